@@ -1,0 +1,280 @@
+//! Decoding and validation of location events (`event-schema.md`).
+//!
+//! The hot path: one `serde_json` pass over the borrowed bytes into a struct of borrowed
+//! strings and plain numbers, then range checks. The vehicle id and tenant become
+//! `CompactString`s, which stay inline (no allocation) up to 24 bytes. Errors are
+//! `(Reason, detail)` values, never panics.
+
+use fleetflow_types::fix::Fix;
+use fleetflow_types::records::Reason;
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::{Millis, DAY_MS};
+use fleetflow_types::CompactString;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Earliest accepted event time: 2000-01-01T00:00:00Z.
+pub const MIN_TS: Millis = 946_684_800_000;
+
+/// Why a line was rejected, with a human detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// `malformed` or `invalid`.
+    pub reason: Reason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn invalid(detail: impl Into<String>) -> Self {
+        Rejection { reason: Reason::Invalid, detail: detail.into() }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, default)]
+    vehicle_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts: Option<RawTs>,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+    #[serde(default)]
+    speed_kmh: Option<f64>,
+    #[serde(default)]
+    heading_deg: Option<f64>,
+    #[serde(default)]
+    fuel_level_pct: Option<f64>,
+    #[serde(default)]
+    fuel_used_l: Option<f64>,
+    #[serde(default)]
+    odometer_km: Option<f64>,
+    #[serde(default)]
+    ignition: Option<bool>,
+    #[serde(borrow, default)]
+    tenant: Option<Cow<'a, str>>,
+}
+
+/// `ts` as epoch ms, or an RFC 3339 string, or something wrong (kept to report it).
+enum RawTs {
+    Ms(Millis),
+    Bad(&'static str),
+}
+
+impl<'de> Deserialize<'de> for RawTs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawTs, E> {
+                Ok(RawTs::Ms(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawTs, E> {
+                Ok(i64::try_from(v).map(RawTs::Ms).unwrap_or(RawTs::Bad("ts out of range")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawTs, E> {
+                if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Ok(RawTs::Ms(v as i64))
+                } else {
+                    Ok(RawTs::Bad("ts must be whole epoch milliseconds"))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTs, E> {
+                Ok(fleetflow_types::time::parse_rfc3339(v).map(RawTs::Ms).unwrap_or(RawTs::Bad("ts is not RFC 3339")))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawTs, E> {
+                Ok(RawTs::Bad("ts is null"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawTs, E> {
+                Ok(RawTs::Bad("ts must be a number or a string"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn check_range(name: &str, v: Option<f64>, lo: f64, hi: f64, hi_inclusive: bool) -> Result<(), Rejection> {
+    if let Some(x) = v {
+        let ok = x.is_finite() && x >= lo && if hi_inclusive { x <= hi } else { x < hi };
+        if !ok {
+            return Err(Rejection::invalid(format!("{name} {x} out of range")));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and validates one event. `now` is the processing clock (ms) for the
+/// "not more than a day in the future" rule; `registry` resolves tenants.
+pub fn decode(line: &[u8], now: Millis, registry: Option<&VehicleRegistry>) -> Result<Fix, Rejection> {
+    let first = line.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(Rejection { reason: Reason::Malformed, detail: "not a JSON object".into() });
+    }
+    let raw: RawEvent<'_> = serde_json::from_slice(line).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
+        _ => Rejection { reason: Reason::Malformed, detail: e.to_string() },
+    })?;
+    let vehicle_id = match raw.vehicle_id {
+        Some(v) if !v.is_empty() && v.len() <= 64 => v,
+        Some(v) if v.is_empty() => return Err(Rejection::invalid("vehicle_id is empty")),
+        Some(_) => return Err(Rejection::invalid("vehicle_id longer than 64 bytes")),
+        None => return Err(Rejection::invalid("vehicle_id missing")),
+    };
+    let ts = match raw.ts {
+        Some(RawTs::Ms(ts)) => ts,
+        Some(RawTs::Bad(why)) => return Err(Rejection::invalid(why)),
+        None => return Err(Rejection::invalid("ts missing")),
+    };
+    if ts < MIN_TS {
+        return Err(Rejection::invalid(format!("ts {ts} before 2000-01-01")));
+    }
+    if ts > now.saturating_add(DAY_MS) {
+        return Err(Rejection::invalid(format!("ts {ts} more than 1 day in the future")));
+    }
+    let lat = raw.lat.ok_or_else(|| Rejection::invalid("lat missing"))?;
+    let lon = raw.lon.ok_or_else(|| Rejection::invalid("lon missing"))?;
+    check_range("lat", Some(lat), -90.0, 90.0, true)?;
+    check_range("lon", Some(lon), -180.0, 180.0, true)?;
+    check_range("speed_kmh", raw.speed_kmh, 0.0, f64::MAX, true)?;
+    check_range("heading_deg", raw.heading_deg, 0.0, 360.0, false)?;
+    check_range("fuel_level_pct", raw.fuel_level_pct, 0.0, 100.0, true)?;
+    check_range("fuel_used_l", raw.fuel_used_l, 0.0, f64::MAX, true)?;
+    check_range("odometer_km", raw.odometer_km, 0.0, f64::MAX, true)?;
+    let tenant = match raw.tenant {
+        Some(t) if !t.is_empty() => CompactString::from(t.as_ref()),
+        _ => registry
+            .and_then(|r| r.get(&vehicle_id))
+            .and_then(|info| info.tenant.clone())
+            .unwrap_or_else(|| CompactString::const_new("default")),
+    };
+    Ok(Fix {
+        vehicle_id: CompactString::from(vehicle_id.as_ref()),
+        tenant,
+        ts,
+        lat,
+        lon,
+        speed_kmh: raw.speed_kmh,
+        heading_deg: raw.heading_deg,
+        fuel_level_pct: raw.fuel_level_pct,
+        fuel_used_l: raw.fuel_used_l,
+        odometer_km: raw.odometer_km,
+        ignition: raw.ignition,
+    })
+}
+
+/// Writes a fix as one NDJSON line in the input format (used by the generator and tests).
+pub fn encode(fix: &Fix, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "{{\"vehicle_id\":\"{}\",\"ts\":{},\"lat\":{},\"lon\":{}", fix.vehicle_id, fix.ts, fix.lat, fix.lon);
+    let opt = |out: &mut Vec<u8>, k: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = write!(out, ",\"{k}\":{v}");
+        }
+    };
+    opt(out, "speed_kmh", fix.speed_kmh);
+    opt(out, "heading_deg", fix.heading_deg);
+    opt(out, "fuel_level_pct", fix.fuel_level_pct);
+    opt(out, "fuel_used_l", fix.fuel_used_l);
+    opt(out, "odometer_km", fix.odometer_km);
+    if let Some(i) = fix.ignition {
+        let _ = write!(out, ",\"ignition\":{i}");
+    }
+    if fix.tenant != "default" {
+        let _ = write!(out, ",\"tenant\":\"{}\"", fix.tenant);
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_763_893_530_123;
+
+    fn dec(s: &str) -> Result<Fix, Rejection> {
+        decode(s.as_bytes(), NOW, None)
+    }
+
+    #[test]
+    fn decodes_the_schema_example() {
+        let f = dec(r#"{"vehicle_id":"V00042","ts":1763893530123,"lat":52.52,"lon":13.405,"speed_kmh":42.5,"heading_deg":182.0,"fuel_level_pct":63.2,"fuel_used_l":10234.56,"odometer_km":120345.7,"ignition":true,"tenant":"acme","extra":[1,2]}"#).unwrap();
+        assert_eq!(f.vehicle_id, "V00042");
+        assert_eq!(f.tenant, "acme");
+        assert_eq!(f.ts, 1_763_893_530_123);
+        assert_eq!(f.speed_kmh, Some(42.5));
+        assert_eq!(f.ignition, Some(true));
+    }
+
+    #[test]
+    fn rfc3339_timestamps_and_default_tenant() {
+        let f = dec(r#"{"vehicle_id":"a\"b","ts":"2025-11-23T10:25:30.123Z","lat":1,"lon":2}"#).unwrap();
+        assert_eq!(f.ts, 1_763_893_530_123);
+        assert_eq!(f.vehicle_id, "a\"b");
+        assert_eq!(f.tenant, "default");
+    }
+
+    #[test]
+    fn registry_supplies_the_tenant() {
+        let reg = VehicleRegistry::parse("vehicle_id,tenant\nV1,acme\n").unwrap();
+        let f = decode(br#"{"vehicle_id":"V1","ts":1763893530123,"lat":1,"lon":2}"#, NOW, Some(&reg)).unwrap();
+        assert_eq!(f.tenant, "acme");
+    }
+
+    #[test]
+    fn rejections_carry_reasons() {
+        let cases: &[(&str, Reason, &str)] = &[
+            ("not json", Reason::Malformed, "not a JSON object"),
+            ("{\"vehicle_id\":", Reason::Malformed, "EOF"),
+            ("[1,2]", Reason::Malformed, "object"),
+            (r#"{"ts":1763893530123,"lat":1,"lon":2}"#, Reason::Invalid, "vehicle_id missing"),
+            (r#"{"vehicle_id":"","ts":1763893530123,"lat":1,"lon":2}"#, Reason::Invalid, "empty"),
+            (r#"{"vehicle_id":"v","lat":1,"lon":2}"#, Reason::Invalid, "ts missing"),
+            (r#"{"vehicle_id":"v","ts":5,"lat":1,"lon":2}"#, Reason::Invalid, "before 2000"),
+            (r#"{"vehicle_id":"v","ts":1863893530123,"lat":1,"lon":2}"#, Reason::Invalid, "future"),
+            (r#"{"vehicle_id":"v","ts":"yesterday","lat":1,"lon":2}"#, Reason::Invalid, "RFC 3339"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":91,"lon":2}"#, Reason::Invalid, "lat 91"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":-181}"#, Reason::Invalid, "lon"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1}"#, Reason::Invalid, "lon missing"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"speed_kmh":-1}"#, Reason::Invalid, "speed"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"heading_deg":360}"#, Reason::Invalid, "heading"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"fuel_level_pct":101}"#, Reason::Invalid, "fuel_level"),
+            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":"x","lon":2}"#, Reason::Invalid, "invalid type"),
+            (r#"{"vehicle_id":"v","ts":1763893530123.5,"lat":1,"lon":2}"#, Reason::Invalid, "whole"),
+        ];
+        for (line, reason, needle) in cases {
+            let r = dec(line).expect_err(line);
+            assert_eq!(r.reason, *reason, "{line}: {r:?}");
+            assert!(r.detail.contains(needle), "{line}: {r:?}");
+        }
+        let long = format!(r#"{{"vehicle_id":"{}","ts":1763893530123,"lat":1,"lon":2}}"#, "x".repeat(65));
+        assert_eq!(dec(&long).unwrap_err().reason, Reason::Invalid);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(
+            lat in -90.0f64..=90.0, lon in -180.0f64..=180.0, ts in MIN_TS..NOW,
+            speed in proptest::option::of(0.0f64..300.0), level in proptest::option::of(0.0f64..=100.0),
+            ign in proptest::option::of(proptest::bool::ANY), id in "[A-Za-z0-9_-]{1,64}",
+        ) {
+            let fix = Fix { vehicle_id: id.as_str().into(), tenant: "t1".into(), ts, lat, lon, speed_kmh: speed,
+                heading_deg: None, fuel_level_pct: level, fuel_used_l: None, odometer_km: Some(12.5), ignition: ign };
+            let mut buf = Vec::new();
+            encode(&fix, &mut buf);
+            let back = decode(&buf, NOW, None).unwrap();
+            proptest::prop_assert_eq!(back, fix);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decode(&bytes, NOW, None);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The contract every source implements, and the timely operator that runs one.
+//!
+//! ```text
+//!   Source (file / generator / kafka)        one instance per worker
+//!        │ poll(input, budget) -> raw lines
+//!        ▼
+//!   "Source: NAME"  timely operator, time = epoch (processing-time ms)
+//!        ├── fixes        IncomingFix        decoded + validated, exchanged by vehicle later
+//!        ├── reports      InputReport        per-input greatest ts / state, broadcast later
+//!        └── dead letters DeadLetter         malformed / invalid lines, with payload
+//! ```
+//!
+//! Event time is data, not the timely time: every record is stamped with the processing
+//! epoch at which it was read, and each input reports the greatest `ts` it has seen at that
+//! epoch. The dataflow derives the watermark from those reports, epoch by epoch, so all
+//! workers agree on it. The operator reads the local input that is furthest behind in event
+//! time first, so that no input races ahead of the others and makes their data late.
+//!
+//! Dropping the [`SourceToken`] (or setting the shared shutdown flag) stops the source
+//! without reporting its inputs finished: the dataflow then knows the job was interrupted
+//! rather than at the end of its input.
+
+use crate::intake;
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{DeadLetter, IncomingFix, InputReport, InputState};
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::{now_ms, Millis};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{Scope, Stream};
+
+/// What one poll of an input produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// This many records were handed over.
+    Data(usize),
+    /// Nothing available right now (rate limit, no new messages).
+    Empty,
+    /// The input has ended; it will produce nothing more.
+    Finished,
+}
+
+/// An operational failure of a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// An I/O error reading an input; retrying may help.
+    #[error("reading {input}: {error}")]
+    Io {
+        /// The input's name.
+        input: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// A source of raw event payloads, split into inputs that each have their own event-time
+/// progress (files, generator partitions, Kafka partitions).
+///
+/// Contract: `inputs()` is fixed for the life of the source and names every input this
+/// instance will ever read (globally unique ids, the same on every worker); `poll` hands
+/// over up to `budget` payloads of one input in that input's order, each with a position
+/// (line, sequence number or offset) that identifies it within the input.
+pub trait Source {
+    /// Global ids of the inputs this instance reads.
+    fn inputs(&self) -> Vec<u32>;
+    /// Reads up to `budget` payloads of local input `local` (an index into `inputs()`).
+    fn poll(&mut self, local: usize, budget: usize, sink: &mut dyn FnMut(&[u8], u64)) -> Result<Polled, SourceError>;
+    /// Whether inputs that stay silent become idle after `idle_timeout` (true for
+    /// external inputs such as Kafka; false for files and the generator, which are never
+    /// waiting for data).
+    fn can_idle(&self) -> bool {
+        false
+    }
+}
+
+/// Stops a running source when dropped (or when [`SourceToken::stop`] is called).
+#[derive(Clone, Debug)]
+pub struct SourceToken {
+    flag: Arc<AtomicBool>,
+}
+
+impl SourceToken {
+    /// A token over a shared shutdown flag.
+    pub fn new(flag: Arc<AtomicBool>) -> Self {
+        SourceToken { flag }
+    }
+    /// Asks the source to stop.
+    pub fn stop(&self) {
+        self.flag.store(true, Relaxed);
+    }
+}
+
+/// Settings the source operator needs beyond the source itself.
+#[derive(Clone)]
+pub struct IntakeContext {
+    /// Shared counters.
+    pub metrics: Arc<Metrics>,
+    /// Tenants from the vehicle registry.
+    pub registry: Arc<VehicleRegistry>,
+    /// Silence after which an input is idle (processing time).
+    pub idle_timeout: Duration,
+    /// Set to stop the source (interrupt, not end of input).
+    pub shutdown: Arc<AtomicBool>,
+    /// Global input id -> name, for dead-letter `source` columns.
+    pub input_names: Arc<Vec<String>>,
+}
+
+struct LocalInput {
+    id: u32,
+    max_ts: Option<Millis>,
+    state: InputState,
+    last_data: std::time::Instant,
+    /// When it last reported `Empty`, to avoid busy polling.
+    empty_since: Option<std::time::Instant>,
+    dirty: bool,
+}
+
+/// The three streams a source produces.
+pub struct SourceStreams<'scope> {
+    /// Decoded fixes.
+    pub fixes: Stream<'scope, u64, Vec<IncomingFix>>,
+    /// Per-input progress reports.
+    pub reports: Stream<'scope, u64, Vec<InputReport>>,
+    /// Lines that could not be decoded.
+    pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
+}
+
+/// Records read per activation before yielding to the other operators.
+const BUDGET: usize = 4096;
+
+/// Renders `source` as a timely operator (see the module docs).
+pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: Box<dyn Source>, ctx: IntakeContext) -> SourceStreams<'scope> {
+    let mut builder = OperatorBuilder::new(format!("Source: {name}"), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address.clone());
+    let (fix_out, fixes) = builder.new_output::<Vec<IncomingFix>>();
+    let (report_out, reports) = builder.new_output::<Vec<InputReport>>();
+    let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let mut fix_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<IncomingFix>>>::from(fix_out);
+    let mut report_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<InputReport>>>::from(report_out);
+    let mut dead_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+
+    let can_idle = source.can_idle();
+    let start = std::time::Instant::now();
+    let mut inputs: Vec<LocalInput> = source
+        .inputs()
+        .into_iter()
+        .map(|id| LocalInput { id, max_ts: None, state: InputState::Pending, last_data: start, empty_since: None, dirty: true })
+        .collect();
+
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(BUDGET);
+        let mut dead_buf: Vec<DeadLetter> = Vec::new();
+        move |_frontiers| {
+            let Some(held) = caps.as_mut() else { return };
+            if ctx.shutdown.load(Relaxed) {
+                // Interrupted: stop without claiming the inputs ended.
+                caps = None;
+                return;
+            }
+            let now = now_ms();
+            let now_instant = std::time::Instant::now();
+            // Pick the unfinished input furthest behind in event time that may have data.
+            let pick = inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.state != InputState::Finished)
+                .filter(|(_, i)| i.empty_since.is_none_or(|t| now_instant.duration_since(t) >= Duration::from_millis(5)))
+                .min_by_key(|(_, i)| (i.max_ts.unwrap_or(i64::MIN), i.id))
+                .map(|(n, _)| n);
+            if let Some(local) = pick {
+                let input = &mut inputs[local];
+                let names = &ctx.input_names;
+                let metrics = &ctx.metrics;
+                let registry = &ctx.registry;
+                let id = input.id;
+                let mut max_ts = input.max_ts;
+                let polled = source.poll(local, BUDGET, &mut |payload, position| {
+                    metrics.events_in.fetch_add(1, Relaxed);
+                    metrics.bytes_in.fetch_add(payload.len() as u64 + 1, Relaxed);
+                    match intake::decode(payload, now, Some(registry)) {
+                        Ok(fix) => {
+                            max_ts = Some(max_ts.map_or(fix.ts, |m| m.max(fix.ts)));
+                            fixes_buf.push(IncomingFix {
+                                fix,
+                                payload: String::from_utf8_lossy(payload).into(),
+                                input: id,
+                                position,
+                                received_at: now,
+                            });
+                        }
+                        Err(rej) => {
+                            metrics.dead_letter(rej.reason);
+                            dead_buf.push(DeadLetter {
+                                reason: rej.reason,
+                                detail: rej.detail,
+                                payload: String::from_utf8_lossy(payload).into_owned(),
+                                source: source_name(names, id, position),
+                                received_at: now,
+                                event_ts: now,
+                            });
+                        }
+                    }
+                });
+                match polled {
+                    Ok(Polled::Data(_)) => {
+                        input.empty_since = None;
+                        input.last_data = now_instant;
+                        if input.max_ts != max_ts || matches!(input.state, InputState::Pending | InputState::Idle) && max_ts.is_some() {
+                            input.dirty = true;
+                        }
+                        input.max_ts = max_ts;
+                        if max_ts.is_some() && input.state != InputState::Active {
+                            input.state = InputState::Active;
+                            input.dirty = true;
+                        }
+                    }
+                    Ok(Polled::Empty) => input.empty_since = Some(now_instant),
+                    Ok(Polled::Finished) => {
+                        input.max_ts = max_ts;
+                        input.state = InputState::Finished;
+                        input.dirty = true;
+                    }
+                    Err(e) => {
+                        // A broken input ends; the error is logged and the job goes on.
+                        tracing::error!(input = %names.get(id as usize).map(String::as_str).unwrap_or("?"), error = %e, "input failed; treating it as ended");
+                        input.max_ts = max_ts;
+                        input.state = InputState::Finished;
+                        input.dirty = true;
+                    }
+                }
+            }
+            if can_idle {
+                for input in inputs.iter_mut() {
+                    if input.state == InputState::Active && now_instant.duration_since(input.last_data) >= ctx.idle_timeout {
+                        input.state = InputState::Idle;
+                        input.dirty = true;
+                    }
+                }
+            }
+            {
+                let mut out = fix_out.activate();
+                if !fixes_buf.is_empty() {
+                    out.session(&held[0]).give_container(&mut fixes_buf);
+                }
+            }
+            {
+                let mut out = dead_out.activate();
+                if !dead_buf.is_empty() {
+                    out.session(&held[2]).give_container(&mut dead_buf);
+                }
+            }
+            {
+                let mut out = report_out.activate();
+                let mut session = out.session(&held[1]);
+                for input in inputs.iter_mut().filter(|i| i.dirty) {
+                    input.dirty = false;
+                    session.give(InputReport { input: input.id, max_ts: input.max_ts, state: input.state });
+                }
+            }
+            if inputs.iter().all(|i| i.state == InputState::Finished) {
+                caps = None;
+                return;
+            }
+            // Advance the epoch to processing time.
+            let epoch = (now as u64).max(*held[0].time());
+            if epoch > *held[0].time() {
+                for cap in held.iter_mut() {
+                    cap.downgrade(&epoch);
+                }
+            }
+            let all_waiting = inputs.iter().all(|i| i.state == InputState::Finished || i.empty_since.is_some());
+            if all_waiting {
+                activator.activate_after(Duration::from_millis(2));
+            } else {
+                activator.activate();
+            }
+        }
+    });
+    SourceStreams { fixes, reports, dead_letters }
+}
+
+/// `NAME:POSITION`, the `source` column of a dead letter.
+pub fn source_name(names: &[String], input: u32, position: u64) -> String {
+    format!("{}:{}", names.get(input as usize).map(String::as_str).unwrap_or("input"), position)
+}

@@ -1,0 +1,224 @@
+//! What the job produces: vehicle state, tier rows and dead letters.
+
+use crate::fix::Fix;
+use crate::time::Millis;
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+/// Why an input line was rejected (the `reason` column of the `dead_letter` dataset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not JSON, or not an object of the expected shape.
+    Malformed,
+    /// JSON, but a field is missing or out of range.
+    Invalid,
+    /// `ts` below the watermark when it arrived.
+    Late,
+    /// Farther than 1 km from the previous accepted fix at more than 300 km/h.
+    ImplausibleJump,
+}
+
+impl Reason {
+    /// Every reason, in metric order.
+    pub const ALL: [Reason; 4] = [Reason::Malformed, Reason::Invalid, Reason::Late, Reason::ImplausibleJump];
+
+    /// The snake_case name used in the lake and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::Invalid => "invalid",
+            Reason::Late => "late",
+            Reason::ImplausibleJump => "implausible_jump",
+        }
+    }
+
+    /// Index into [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A rejected input line with its reason and original payload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: Reason,
+    /// A human-readable detail, e.g. which field was out of range.
+    pub detail: String,
+    /// The raw payload as received (lossy UTF-8).
+    pub payload: String,
+    /// Where it came from: `file:PATH:LINE`, `generator:PARTITION:SEQ`, `kafka:TOPIC/P@OFFSET`.
+    pub source: String,
+    /// Processing time at which it was received, epoch ms.
+    pub received_at: Millis,
+    /// The event time of the record when it could be read (partitions the dataset), else
+    /// `received_at`.
+    pub event_ts: Millis,
+}
+
+/// Operational status of a vehicle (semantics §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Last fix shows speed >= 3 km/h.
+    Moving,
+    /// Engine on (or unknown) and not moving.
+    Idle,
+    /// Last fix has ignition off.
+    Parked,
+    /// No fix for longer than `offline_after` behind the watermark.
+    Offline,
+}
+
+impl Status {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Moving => "moving",
+            Status::Idle => "idle",
+            Status::Parked => "parked",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "moving" => Ok(Status::Moving),
+            "idle" => Ok(Status::Idle),
+            "parked" => Ok(Status::Parked),
+            "offline" => Ok(Status::Offline),
+            other => Err(format!("unknown status {other:?} (moving, idle, parked, offline)")),
+        }
+    }
+}
+
+/// The state of one vehicle (semantics §3): its latest fix, status and today's sums.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VehicleState {
+    /// The latest accepted fix (greatest `ts`).
+    #[serde(flatten)]
+    pub fix: Fix,
+    /// Derived status at the watermark.
+    pub status: Status,
+    /// Distance of the current UTC day's segments, km.
+    pub today_distance_km: f64,
+    /// Fuel used in the current UTC day's segments, litres.
+    pub today_fuel_used_l: f64,
+}
+
+impl VehicleState {
+    fn total_cmp(&self, other: &Self) -> Ordering {
+        self.fix
+            .canonical_cmp(&other.fix)
+            .then(self.status.cmp(&other.status))
+            .then(self.today_distance_km.total_cmp(&other.today_distance_km))
+            .then(self.today_fuel_used_l.total_cmp(&other.today_fuel_used_l))
+    }
+}
+
+impl PartialEq for VehicleState {
+    fn eq(&self, other: &Self) -> bool {
+        self.total_cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for VehicleState {}
+impl PartialOrd for VehicleState {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.total_cmp(other))
+    }
+}
+impl Ord for VehicleState {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.total_cmp(other)
+    }
+}
+
+/// One row of a downsampled tier (semantics §4) for `(vehicle_id, window_start)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TierRow {
+    /// Index of the tier in the job's list of window tiers.
+    pub tier: u8,
+    /// Vehicle.
+    pub vehicle_id: CompactString,
+    /// Tenant of the vehicle (of the window's last fix).
+    pub tenant: CompactString,
+    /// Window start, epoch ms (inclusive).
+    pub window_start: Millis,
+    /// Window end, epoch ms (exclusive).
+    pub window_end: Millis,
+    /// Accepted fixes with `ts` in the window.
+    pub fixes: u32,
+    /// Least `ts` of those fixes.
+    pub first_ts: Millis,
+    /// Greatest `ts` of those fixes.
+    pub last_ts: Millis,
+    /// Latitude of the last fix.
+    pub lat: f64,
+    /// Longitude of the last fix.
+    pub lon: f64,
+    /// Mean reported speed over fixes that report one.
+    pub avg_speed_kmh: Option<f64>,
+    /// Greatest reported speed.
+    pub max_speed_kmh: Option<f64>,
+    /// Distance over segments ending in the window, km.
+    pub distance_km: f64,
+    /// Fuel used over segments ending in the window, litres.
+    pub fuel_used_l: f64,
+    /// Moving time over segments ending in the window, seconds.
+    pub moving_s: f64,
+    /// Idle time over segments ending in the window, seconds.
+    pub idle_s: f64,
+}
+
+impl TierRow {
+    /// `distance_km / fuel_used_l` when fuel was used, else `None`.
+    pub fn km_per_l(&self) -> Option<f64> {
+        (self.fuel_used_l > 0.0).then(|| self.distance_km / self.fuel_used_l)
+    }
+}
+
+/// Lifecycle of one input (a file, a generator partition, a Kafka partition) as seen by
+/// the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum InputState {
+    /// Has not produced data yet: holds the watermark at its minimum.
+    Pending,
+    /// Producing data: its greatest `ts` bounds the watermark.
+    Active,
+    /// No data for `idle_timeout`: does not hold the watermark back.
+    Idle,
+    /// Ended (end of file): does not hold the watermark back.
+    Finished,
+}
+
+/// What one input reports about its progress, broadcast to every worker at an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InputReport {
+    /// Globally unique input id.
+    pub input: u32,
+    /// Greatest event time seen on the input, if any.
+    pub max_ts: Option<Millis>,
+    /// Its state.
+    pub state: InputState,
+}
+
+/// A fix on its way into the dataflow, with the raw payload and origin kept until it is
+/// final (a fix rejected later, e.g. as an implausible jump, is dead-lettered with them).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IncomingFix {
+    /// The decoded fix.
+    pub fix: Fix,
+    /// The raw payload as received.
+    pub payload: Box<str>,
+    /// Global id of the input it was read from.
+    pub input: u32,
+    /// Its position within that input (line, sequence number or offset).
+    pub position: u64,
+    /// Processing time it was read at.
+    pub received_at: Millis,
+}
