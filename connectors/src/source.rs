@@ -22,7 +22,7 @@
 
 use crate::intake;
 use fleetflow_types::metrics::Metrics;
-use fleetflow_types::records::{DeadLetter, IncomingFix, InputReport, InputState};
+use fleetflow_types::records::{source_name, DeadLetter, IncomingFix, InputReport, InputState};
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::{now_ms, Millis};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -282,9 +282,4 @@ pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: 
         }
     });
     SourceStreams { fixes, reports, dead_letters }
-}
-
-/// `NAME:POSITION`, the `source` column of a dead letter.
-pub fn source_name(names: &[String], input: u32, position: u64) -> String {
-    format!("{}:{}", names.get(input as usize).map(String::as_str).unwrap_or("input"), position)
 }

@@ -1,1 +1,16 @@
-//! placeholder
+//! The differential dataflows of fleetflow.
+//!
+//! - [`segments`]: what a pair of consecutive fixes contributes (distance, fuel, time).
+//! - [`tiers`]: window accumulators of the downsampled tiers.
+//! - [`watermark`]: the job watermark from per-input reports.
+//! - [`timeline`]: per-vehicle event-time logic (dedup, lateness, jumps, state, windows).
+//! - [`operator`]: the timely operator running the timelines on every worker.
+//! - [`publish`]: arranged vehicle state, applied to a shared view for the query API.
+#![deny(missing_docs)]
+
+pub mod operator;
+pub mod publish;
+pub mod segments;
+pub mod tiers;
+pub mod timeline;
+pub mod watermark;

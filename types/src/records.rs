@@ -222,3 +222,8 @@ pub struct IncomingFix {
     /// Processing time it was read at.
     pub received_at: Millis,
 }
+
+/// `NAME:POSITION`, the `source` column of a dead letter, from a table of input names.
+pub fn source_name(names: &[String], input: u32, position: u64) -> String {
+    format!("{}:{}", names.get(input as usize).map(String::as_str).unwrap_or("input"), position)
+}

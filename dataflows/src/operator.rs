@@ -1,0 +1,209 @@
+//! The timely operator that runs [`Timelines`] on every worker.
+//!
+//! ```text
+//!   fixes ──Exchange(hash vehicle_id)──┐
+//!                                      ├─► "VehicleTimeline" ─┬─► raw fixes       (final)
+//!   input reports ──Broadcast──────────┘                      ├─► tier rows       (final)
+//!                                                             ├─► dead letters    (late, implausible_jump)
+//!                                                             ├─► vehicle state   (differential updates)
+//!                                                             └─► progress        (watermark per epoch)
+//! ```
+//!
+//! Timely times are processing epochs. When both input frontiers pass an epoch, the
+//! operator takes that epoch's fixes (checking lateness against the watermark before the
+//! epoch) and then its input reports (which move the watermark). Because reports are
+//! broadcast and applied in epoch order, every worker derives the same watermark.
+//!
+//! When the frontier empties, the job has either reached the end of every input (every
+//! input reported `Finished`: all fixes become final, every window completes) or was
+//! interrupted (open windows are left unwritten rather than written incomplete).
+
+use crate::timeline::{Outputs, TimelineConfig, Timelines};
+use crate::watermark::{Watermark, WatermarkTracker};
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use fleetflow_types::fix::Fix;
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{DeadLetter, IncomingFix, InputReport, TierRow, VehicleState};
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::Stream;
+
+/// The watermark a worker reached at an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Progress {
+    /// Worker index.
+    pub worker: usize,
+    /// The state watermark: results are complete through it (`as_of`).
+    pub watermark: Millis,
+    /// Whether every input has ended and every window is complete.
+    pub end: bool,
+}
+
+/// Everything the per-vehicle operator needs.
+#[derive(Clone)]
+pub struct CoreConfig {
+    /// Allowed lateness, ms.
+    pub lateness: Millis,
+    /// The per-vehicle logic's settings.
+    pub timeline: TimelineConfig,
+    /// Vehicle registry (tank capacities).
+    pub registry: Arc<VehicleRegistry>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Global input id -> name.
+    pub input_names: Arc<Vec<String>>,
+}
+
+/// The streams of the core dataflow.
+pub struct CoreStreams<'scope> {
+    /// Accepted fixes, final.
+    pub raw: Stream<'scope, u64, Vec<Fix>>,
+    /// Completed tier rows.
+    pub rows: Stream<'scope, u64, Vec<TierRow>>,
+    /// Late fixes and implausible jumps.
+    pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
+    /// Vehicle state, keyed by vehicle id.
+    pub state: VecCollection<'scope, u64, (CompactString, VehicleState), isize>,
+    /// The watermark each worker reached, per epoch.
+    pub progress: Stream<'scope, u64, Vec<Progress>>,
+}
+
+type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
+
+/// Renders the per-vehicle operator over decoded fixes and input reports.
+pub fn render_timeline<'scope>(
+    fixes: Stream<'scope, u64, Vec<IncomingFix>>,
+    reports: Stream<'scope, u64, Vec<InputReport>>,
+    cfg: CoreConfig,
+) -> CoreStreams<'scope> {
+    let scope = fixes.scope();
+    let worker = scope.index();
+    let reports = reports.broadcast();
+    let mut builder = OperatorBuilder::new("VehicleTimeline".to_owned(), scope);
+    let mut fix_in = builder.new_input(fixes, Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()));
+    let mut report_in = builder.new_input(reports, Pipeline);
+    let (raw_out, raw) = builder.new_output::<Vec<Fix>>();
+    let (row_out, rows) = builder.new_output::<Vec<TierRow>>();
+    let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let (state_out, state) = builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
+    let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
+    let mut raw_out: Out<Fix> = OutputBuilder::from(raw_out);
+    let mut row_out: Out<TierRow> = OutputBuilder::from(row_out);
+    let mut dead_out: Out<DeadLetter> = OutputBuilder::from(dead_out);
+    let mut state_out: Out<((CompactString, VehicleState), u64, isize)> = OutputBuilder::from(state_out);
+    let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
+
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        let mut timelines = Timelines::new(cfg.timeline.clone(), cfg.registry.clone(), cfg.input_names.clone(), cfg.metrics.clone());
+        let mut tracker = WatermarkTracker::new(cfg.lateness);
+        let mut watermark: Option<Millis> = None;
+        let mut published: Option<Millis> = None;
+        let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
+        let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
+        let mut out = Outputs::default();
+        move |frontiers| {
+            fix_in.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    fix_stash.entry(*t).or_default().push(std::mem::take(data));
+                }
+            });
+            report_in.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    report_stash.entry(*t).or_default().append(data);
+                }
+            });
+            let Some(held) = caps.as_mut() else { return };
+            // Epochs below both frontiers are complete.
+            let frontier: Option<u64> = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
+            let mut last_epoch = None;
+            loop {
+                let next = [fix_stash.keys().next(), report_stash.keys().next()].into_iter().flatten().min().copied();
+                let Some(epoch) = next.filter(ready) else { break };
+                for batch in fix_stash.remove(&epoch).unwrap_or_default() {
+                    for inc in batch {
+                        timelines.offer(inc, watermark, &mut out);
+                    }
+                }
+                for r in report_stash.remove(&epoch).unwrap_or_default() {
+                    tracker.apply(&r);
+                }
+                if let Watermark::At(w) = tracker.watermark() {
+                    watermark = Some(watermark.map_or(w, |old| old.max(w)));
+                }
+                last_epoch = Some(epoch);
+            }
+            let finished = frontier.is_none();
+            let at_end = finished && tracker.watermark() == Watermark::End;
+            let state_watermark = if at_end {
+                // End of input: the watermark moves to the end of the data.
+                tracker.max_ts().map(|m| m.saturating_add(1)).or(watermark)
+            } else {
+                watermark
+            };
+            if at_end {
+                timelines.finish(&mut out);
+            } else if let Some(w) = watermark {
+                timelines.advance(w, &mut out);
+            } else if finished {
+                // Interrupted before any watermark: nothing is final.
+            }
+            if finished && !at_end {
+                let (pending, windows) = timelines.open_state();
+                if pending + windows > 0 {
+                    tracing::info!(worker, pending, windows, "interrupted: fixes above the watermark and open windows are not written");
+                }
+            }
+            timelines.publish(state_watermark, &mut out);
+            let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
+            let advanced = state_watermark != published || at_end;
+            if !out.raw.is_empty() || !out.rows.is_empty() || !out.dead.is_empty() || !out.state.is_empty() || advanced {
+                let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&emit_at)).collect();
+                if !out.raw.is_empty() {
+                    raw_out.activate().session(&caps_at[0]).give_container(&mut out.raw);
+                }
+                if !out.rows.is_empty() {
+                    row_out.activate().session(&caps_at[1]).give_container(&mut out.rows);
+                }
+                if !out.dead.is_empty() {
+                    dead_out.activate().session(&caps_at[2]).give_container(&mut out.dead);
+                }
+                if !out.state.is_empty() {
+                    let mut o = state_out.activate();
+                    let mut s = o.session(&caps_at[3]);
+                    for (d, r) in out.state.drain(..) {
+                        s.give((d, emit_at, r));
+                    }
+                }
+                if advanced {
+                    if let Some(w) = state_watermark {
+                        cfg.metrics.advance_watermark(w);
+                        progress_out.activate().session(&caps_at[4]).give(Progress { worker, watermark: w, end: at_end });
+                    }
+                    published = state_watermark;
+                }
+            }
+            match frontier {
+                None => caps = None,
+                Some(f) => {
+                    for c in held.iter_mut() {
+                        if *c.time() < f {
+                            c.downgrade(&f);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    CoreStreams { raw, rows, dead_letters, state: state.as_collection(), progress }
+}

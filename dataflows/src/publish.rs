@@ -1,0 +1,95 @@
+//! Arranged vehicle state, and its publication to a view outside the dataflow.
+//!
+//! ```text
+//!   state updates ──► "Arrange: VehicleState" ──► (other consumers import the arrangement)
+//!                              │ batches
+//!                              ▼
+//!   progress ─────────► "Publish: VehicleState" ──► sink(updates in time order, as_of)
+//! ```
+//!
+//! The sink runs on the worker thread; it must only apply updates to a shared structure
+//! (e.g. a lock-protected map) and never block on I/O. Updates are handed over only for
+//! epochs the frontier has passed, in time order with retractions first, together with the
+//! watermark the worker had reached, so that a reader sees a consistent `as_of`.
+
+use crate::operator::Progress;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::VecCollection;
+use fleetflow_types::records::VehicleState;
+use fleetflow_types::CompactString;
+use std::collections::BTreeMap;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::Stream;
+
+/// The arranged vehicle state: key vehicle id, value its state.
+pub type StateArrangement<'scope> =
+    differential_dataflow::operators::arrange::Arranged<'scope, TraceAgent<ValSpine<CompactString, VehicleState, u64, isize>>>;
+
+/// Arranges vehicle state by vehicle id (once; import it everywhere it is needed).
+pub fn arrange_state(state: VecCollection<'_, u64, (CompactString, VehicleState), isize>) -> StateArrangement<'_> {
+    state.arrange_by_key_named("Arrange: VehicleState")
+}
+
+/// Hands the arranged state's changes and the worker's progress to `sink` (see module docs).
+pub fn publish_state<'scope, F>(arranged: StateArrangement<'scope>, progress: Stream<'scope, u64, Vec<Progress>>, sink: F)
+where
+    F: FnMut(Vec<((CompactString, VehicleState), isize)>, Option<Progress>) + 'static,
+{
+    publish(arranged.as_vecs(), progress, sink)
+}
+
+/// Hands a collection's changes and progress to `sink`, in time order, once complete.
+pub fn publish<'scope, D, F>(updates: VecCollection<'scope, u64, D, isize>, progress: Stream<'scope, u64, Vec<Progress>>, mut sink: F)
+where
+    D: timely::ExchangeData + Ord,
+    F: FnMut(Vec<(D, isize)>, Option<Progress>) + 'static,
+{
+    let scope = progress.scope();
+    let mut builder = OperatorBuilder::new("Publish: VehicleState".to_owned(), scope);
+    let mut upd_in = builder.new_input(updates.inner, Pipeline);
+    let mut prog_in = builder.new_input(progress, Pipeline);
+    builder.build(move |_caps| {
+        let mut updates: BTreeMap<u64, Vec<(D, isize)>> = BTreeMap::new();
+        let mut progress: BTreeMap<u64, Progress> = BTreeMap::new();
+        move |frontiers| {
+            upd_in.for_each(|_cap, data| {
+                for (d, t, r) in data.drain(..) {
+                    updates.entry(t).or_default().push((d, r));
+                }
+            });
+            prog_in.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    for p in data.drain(..) {
+                        let e = progress.entry(*t).or_insert(p);
+                        if p.watermark >= e.watermark {
+                            *e = p;
+                        }
+                    }
+                }
+            });
+            let frontier: Option<u64> = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
+            let mut batch = Vec::new();
+            while let Some((t, _)) = updates.first_key_value() {
+                if !ready(t) {
+                    break;
+                }
+                let (_, mut ups) = updates.pop_first().expect("checked");
+                ups.sort_by_key(|(_, r)| *r);
+                batch.extend(ups);
+            }
+            let mut latest = None;
+            while let Some((t, _)) = progress.first_key_value() {
+                if !ready(t) {
+                    break;
+                }
+                latest = progress.pop_first().map(|(_, p)| p);
+            }
+            if !batch.is_empty() || latest.is_some() {
+                sink(batch, latest);
+            }
+        }
+    });
+}

@@ -1,0 +1,374 @@
+//! Per-vehicle event-time logic on one worker: dedup, late fixes, implausible jumps,
+//! segments, tier windows and vehicle state (semantics §1-§4), independent of timely.
+//!
+//! ```text
+//!  offer(fix) ──► late? ──► dead letter `late`
+//!                 │
+//!                 ▼
+//!  pending (sorted by ts, per vehicle; dedup by ts) ──► provisional latest fix (state)
+//!                 │ advance(watermark): ts < watermark, in ts order
+//!                 ▼
+//!  implausible? ──► dead letter `implausible_jump`
+//!                 │
+//!                 ▼
+//!  accepted ──► raw row, segment from the previous accepted fix,
+//!               tier windows (1m/1h/1d), today's sums
+//! ```
+//!
+//! State kept per vehicle: the last final fix, the fixes not yet below the watermark
+//! (bounded by the allowed lateness), one open window per tier and today's sums. Nothing
+//! grows with the number of events seen.
+
+use crate::segments::{implied_kmh, is_implausible, segment, MOVING_KMH};
+use crate::tiers::WindowAcc;
+use fleetflow_types::fix::{haversine_km, Fix};
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{source_name, DeadLetter, IncomingFix, Reason, Status, TierRow, VehicleState};
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::{day_of, Millis};
+use fleetflow_types::CompactString;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Settings of the per-vehicle logic.
+#[derive(Clone, Debug)]
+pub struct TimelineConfig {
+    /// Silence after which a vehicle is offline, ms.
+    pub offline_after: Millis,
+    /// Window sizes of the window tiers, ms, in tier order.
+    pub tiers: Vec<Millis>,
+    /// Whether accepted fixes are emitted for the raw tier.
+    pub raw: bool,
+}
+
+/// What the logic produced; drained by the caller.
+#[derive(Default, Debug)]
+pub struct Outputs {
+    /// Accepted fixes, final, for the raw tier.
+    pub raw: Vec<Fix>,
+    /// Completed tier rows.
+    pub rows: Vec<TierRow>,
+    /// Late fixes and implausible jumps.
+    pub dead: Vec<DeadLetter>,
+    /// Changes to the vehicle-state collection.
+    pub state: Vec<((CompactString, VehicleState), isize)>,
+}
+
+struct Vehicle {
+    capacity: Option<f64>,
+    /// Last final accepted fix and the implied speed of the segment ending at it.
+    anchor: Option<(Fix, Option<f64>)>,
+    /// Fixes not yet final, sorted by ts, distinct ts.
+    pending: VecDeque<IncomingFix>,
+    /// Newest provisionally accepted fix (the anchor when no pending fix qualifies).
+    latest: Option<(Fix, Option<f64>)>,
+    windows: Vec<Option<WindowAcc>>,
+    today_day: i64,
+    today_km: f64,
+    today_l: f64,
+    published: Option<VehicleState>,
+    touched: bool,
+}
+
+/// Every vehicle of one worker.
+pub struct Timelines {
+    cfg: TimelineConfig,
+    registry: Arc<VehicleRegistry>,
+    input_names: Arc<Vec<String>>,
+    metrics: Arc<Metrics>,
+    slots: ahash::AHashMap<CompactString, u32>,
+    vehicles: Vec<Vehicle>,
+    /// (least pending ts, slot): vehicles with fixes to finalize.
+    due: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// (window end, slot, tier): windows to close.
+    closing: BinaryHeap<Reverse<(Millis, u32, u8)>>,
+    /// (time it goes offline, slot).
+    offline: BinaryHeap<Reverse<(Millis, u32)>>,
+    touched: Vec<u32>,
+    day: Option<i64>,
+}
+
+impl Timelines {
+    /// Empty timelines.
+    pub fn new(cfg: TimelineConfig, registry: Arc<VehicleRegistry>, input_names: Arc<Vec<String>>, metrics: Arc<Metrics>) -> Self {
+        Timelines {
+            cfg,
+            registry,
+            input_names,
+            metrics,
+            slots: Default::default(),
+            vehicles: Vec::new(),
+            due: BinaryHeap::new(),
+            closing: BinaryHeap::new(),
+            offline: BinaryHeap::new(),
+            touched: Vec::new(),
+            day: None,
+        }
+    }
+
+    /// Number of vehicles seen.
+    pub fn vehicles(&self) -> usize {
+        self.vehicles.len()
+    }
+
+    /// Fixes waiting for the watermark, and open windows (for memory accounting and logs).
+    pub fn open_state(&self) -> (usize, usize) {
+        let pending = self.vehicles.iter().map(|v| v.pending.len()).sum();
+        let windows = self.vehicles.iter().map(|v| v.windows.iter().filter(|w| w.is_some()).count()).sum();
+        (pending, windows)
+    }
+
+    fn slot(&mut self, id: &CompactString) -> u32 {
+        if let Some(s) = self.slots.get(id) {
+            return *s;
+        }
+        let s = self.vehicles.len() as u32;
+        self.vehicles.push(Vehicle {
+            capacity: self.registry.get(id).and_then(|i| i.tank_capacity_l),
+            anchor: None,
+            pending: VecDeque::new(),
+            latest: None,
+            windows: vec![None; self.cfg.tiers.len()],
+            today_day: i64::MIN,
+            today_km: 0.0,
+            today_l: 0.0,
+            published: None,
+            touched: false,
+        });
+        self.slots.insert(id.clone(), s);
+        s
+    }
+
+    fn touch(&mut self, slot: u32) {
+        let v = &mut self.vehicles[slot as usize];
+        if !v.touched {
+            v.touched = true;
+            self.touched.push(slot);
+        }
+    }
+
+    /// Takes in a fix that arrived while the watermark was `watermark`.
+    pub fn offer(&mut self, inc: IncomingFix, watermark: Option<Millis>, out: &mut Outputs) {
+        let slot = self.slot(&inc.fix.vehicle_id);
+        let v = &mut self.vehicles[slot as usize];
+        let ts = inc.fix.ts;
+        let below_final = v.anchor.as_ref().is_some_and(|(a, _)| ts <= a.ts);
+        if let Some(w) = watermark.filter(|w| ts < *w).or(below_final.then_some(Millis::MIN)) {
+            self.metrics.dead_letter(Reason::Late);
+            let detail = if w == Millis::MIN { "ts not after the last final fix".to_string() } else { format!("ts {ts} below the watermark {w}") };
+            out.dead.push(dead_letter(&self.input_names, Reason::Late, detail, inc));
+            return;
+        }
+        let at = v.pending.partition_point(|p| p.fix.ts < ts);
+        if v.pending.get(at).is_some_and(|p| p.fix.ts == ts) {
+            self.metrics.duplicates.fetch_add(1, Relaxed);
+            if inc.fix < v.pending[at].fix {
+                v.pending[at] = inc;
+                v.recompute_latest();
+                self.touch(slot);
+            }
+            return;
+        }
+        let appended = at == v.pending.len();
+        if at == 0 {
+            self.due.push(Reverse((ts, slot)));
+        }
+        v.pending.insert(at, inc);
+        if appended {
+            let new = &v.pending[at].fix;
+            match &v.latest {
+                Some((l, _)) if is_implausible(l, new) => {}
+                Some((l, _)) => {
+                    let kmh = implied_kmh(haversine_km(l.lat, l.lon, new.lat, new.lon), new.ts - l.ts);
+                    v.latest = Some((new.clone(), Some(kmh)));
+                }
+                None => v.latest = Some((new.clone(), None)),
+            }
+        } else {
+            v.recompute_latest();
+        }
+        self.touch(slot);
+    }
+
+    /// Makes every fix with `ts < watermark` final and completes the windows that end at or
+    /// before it.
+    pub fn advance(&mut self, watermark: Millis, out: &mut Outputs) {
+        while let Some(Reverse((ts, slot))) = self.due.peek().copied() {
+            if ts >= watermark {
+                break;
+            }
+            self.due.pop();
+            let v = &self.vehicles[slot as usize];
+            if v.pending.front().is_none_or(|p| p.fix.ts != ts) {
+                continue; // stale entry
+            }
+            self.finalize_vehicle(slot, watermark, out);
+            if let Some(p) = self.vehicles[slot as usize].pending.front() {
+                self.due.push(Reverse((p.fix.ts, slot)));
+            }
+        }
+        while let Some(Reverse((end, slot, tier))) = self.closing.peek().copied() {
+            if end > watermark {
+                break;
+            }
+            self.closing.pop();
+            let w = &mut self.vehicles[slot as usize].windows[tier as usize];
+            if w.as_ref().is_some_and(|w| w.end() == end) {
+                out.rows.push(w.take().expect("checked").finish());
+            }
+        }
+    }
+
+    /// End of input: every pending fix becomes final and every window completes.
+    pub fn finish(&mut self, out: &mut Outputs) {
+        self.advance(Millis::MAX, out);
+        for v in &mut self.vehicles {
+            for w in &mut v.windows {
+                if let Some(w) = w.take() {
+                    out.rows.push(w.finish());
+                }
+            }
+        }
+        self.closing.clear();
+    }
+
+    fn finalize_vehicle(&mut self, slot: u32, watermark: Millis, out: &mut Outputs) {
+        let tiers = &self.cfg.tiers;
+        let v = &mut self.vehicles[slot as usize];
+        let mut changed = false;
+        while v.pending.front().is_some_and(|p| p.fix.ts < watermark) {
+            let inc = v.pending.pop_front().expect("checked");
+            if let Some((a, _)) = &v.anchor {
+                if is_implausible(a, &inc.fix) {
+                    let d = haversine_km(a.lat, a.lon, inc.fix.lat, inc.fix.lon);
+                    let detail = format!("{d:.3} km in {:.3} s after the fix at {}", (inc.fix.ts - a.ts) as f64 / 1000.0, a.ts);
+                    self.metrics.dead_letter(Reason::ImplausibleJump);
+                    out.dead.push(dead_letter(&self.input_names, Reason::ImplausibleJump, detail, inc));
+                    continue;
+                }
+            }
+            let fix = inc.fix;
+            let seg = v.anchor.as_ref().map(|(a, _)| segment(a, &fix, v.capacity));
+            if let Some(s) = &seg {
+                let day = day_of(fix.ts);
+                if day != v.today_day {
+                    (v.today_day, v.today_km, v.today_l) = (day, 0.0, 0.0);
+                }
+                v.today_km += s.distance_km;
+                v.today_l += s.fuel_used_l;
+            }
+            for (i, size) in tiers.iter().enumerate() {
+                let w = &mut v.windows[i];
+                if w.as_ref().is_some_and(|w| fix.ts >= w.end()) {
+                    out.rows.push(w.take().expect("checked").finish());
+                }
+                let w = w.get_or_insert_with(|| {
+                    let acc = WindowAcc::open(i as u8, *size, &fix);
+                    self.closing.push(Reverse((acc.end(), slot, i as u8)));
+                    acc
+                });
+                w.add(&fix, seg.as_ref());
+            }
+            self.metrics.accepted.fetch_add(1, Relaxed);
+            if self.cfg.raw {
+                out.raw.push(fix.clone());
+            }
+            v.anchor = Some((fix, seg.map(|s| s.implied_kmh())));
+            changed = true;
+        }
+        if changed {
+            if v.latest.is_none() {
+                v.latest = v.anchor.clone();
+            }
+            self.touch(slot);
+        }
+    }
+
+    /// Emits the changes to vehicle state since the last call, at the state watermark
+    /// `watermark` (status and "today" depend on it).
+    pub fn publish(&mut self, watermark: Option<Millis>, out: &mut Outputs) {
+        if let Some(w) = watermark {
+            let day = day_of(w);
+            if self.day != Some(day) {
+                self.day = Some(day);
+                for s in 0..self.vehicles.len() as u32 {
+                    self.touch(s);
+                }
+            }
+            while let Some(Reverse((at, slot))) = self.offline.peek().copied() {
+                if at >= w {
+                    break;
+                }
+                self.offline.pop();
+                self.touch(slot);
+            }
+        }
+        let offline_after = self.cfg.offline_after;
+        for slot in std::mem::take(&mut self.touched) {
+            let v = &mut self.vehicles[slot as usize];
+            v.touched = false;
+            let Some((fix, kmh)) = v.latest.as_ref() else { continue };
+            let status = status_of(fix, *kmh, watermark, offline_after);
+            let today = watermark.map(day_of).unwrap_or(v.today_day) == v.today_day;
+            let state = VehicleState {
+                fix: fix.clone(),
+                status,
+                today_distance_km: if today { v.today_km } else { 0.0 },
+                today_fuel_used_l: if today { v.today_l } else { 0.0 },
+            };
+            if v.published.as_ref() == Some(&state) {
+                continue;
+            }
+            if status != Status::Offline && v.published.as_ref().is_none_or(|p| p.fix.ts != fix.ts) {
+                self.offline.push(Reverse((fix.ts.saturating_add(offline_after), slot)));
+            }
+            if let Some(old) = v.published.take() {
+                out.state.push(((old.fix.vehicle_id.clone(), old), -1));
+            }
+            out.state.push(((state.fix.vehicle_id.clone(), state.clone()), 1));
+            v.published = Some(state);
+        }
+    }
+}
+
+impl Vehicle {
+    /// Re-runs the implausible-jump chain from the last final fix over the pending fixes.
+    fn recompute_latest(&mut self) {
+        let mut last: Option<(&Fix, Option<f64>)> = self.anchor.as_ref().map(|(f, k)| (f, *k));
+        for p in &self.pending {
+            match last {
+                Some((a, _)) if is_implausible(a, &p.fix) => {}
+                Some((a, _)) => last = Some((&p.fix, Some(implied_kmh(haversine_km(a.lat, a.lon, p.fix.lat, p.fix.lon), p.fix.ts - a.ts)))),
+                None => last = Some((&p.fix, None)),
+            }
+        }
+        self.latest = last.map(|(f, k)| (f.clone(), k));
+    }
+}
+
+/// Status of a vehicle whose latest fix is `fix` (semantics §3). A missing speed is taken
+/// from the implied speed of the segment ending at the fix.
+pub fn status_of(fix: &Fix, implied_kmh: Option<f64>, watermark: Option<Millis>, offline_after: Millis) -> Status {
+    if watermark.is_some_and(|w| w.saturating_sub(fix.ts) > offline_after) {
+        Status::Offline
+    } else if fix.ignition == Some(false) {
+        Status::Parked
+    } else if fix.speed_kmh.or(implied_kmh).unwrap_or(0.0) >= MOVING_KMH {
+        Status::Moving
+    } else {
+        Status::Idle
+    }
+}
+
+fn dead_letter(names: &[String], reason: Reason, detail: String, inc: IncomingFix) -> DeadLetter {
+    DeadLetter {
+        reason,
+        detail,
+        source: source_name(names, inc.input, inc.position),
+        payload: inc.payload.into(),
+        received_at: inc.received_at,
+        event_ts: inc.fix.ts,
+    }
+}
