@@ -23,11 +23,11 @@ use crate::watermark::{Watermark, WatermarkTracker};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
+pub use fleetflow_types::records::Progress;
 use fleetflow_types::records::{DeadLetter, IncomingFix, InputReport, TierRow, VehicleState};
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
@@ -36,17 +36,6 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
-
-/// The watermark a worker reached at an epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Progress {
-    /// Worker index.
-    pub worker: usize,
-    /// The state watermark: results are complete through it (`as_of`).
-    pub watermark: Millis,
-    /// Whether every input has ended and every window is complete.
-    pub end: bool,
-}
 
 /// Everything the per-vehicle operator needs.
 #[derive(Clone)]

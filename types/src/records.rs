@@ -227,3 +227,14 @@ pub struct IncomingFix {
 pub fn source_name(names: &[String], input: u32, position: u64) -> String {
     format!("{}:{}", names.get(input as usize).map(String::as_str).unwrap_or("input"), position)
 }
+
+/// The watermark a worker of the core dataflow reached at an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Progress {
+    /// Worker index.
+    pub worker: usize,
+    /// The state watermark: results are complete through it (`as_of`).
+    pub watermark: Millis,
+    /// Whether every input has ended and every window is complete.
+    pub end: bool,
+}

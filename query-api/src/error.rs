@@ -1,0 +1,36 @@
+//! The JSON error body of every failed request: `{"error": {"code", "message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// A request that cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is malformed or out of range (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such resource (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not ready yet (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        (status, Json(serde_json::json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+    }
+}

@@ -1,0 +1,153 @@
+//! Router tests without a socket.
+
+use super::*;
+use axum::body::Body;
+use axum::http::Request;
+use fleetflow_types::fix::Fix;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn state(id: &str, tenant: &str, lat: f64, status: Status) -> VehicleState {
+    VehicleState {
+        fix: Fix {
+            vehicle_id: id.into(),
+            tenant: tenant.into(),
+            ts: 1_000,
+            lat,
+            lon: 13.0,
+            speed_kmh: Some(10.0),
+            heading_deg: None,
+            fuel_level_pct: None,
+            fuel_used_l: None,
+            odometer_km: None,
+            ignition: Some(true),
+        },
+        status,
+        today_distance_km: 1.5,
+        today_fuel_used_l: 0.2,
+    }
+}
+
+fn app() -> (Router, Arc<VehicleView>, Arc<Metrics>) {
+    let view = Arc::new(VehicleView::new(2));
+    let metrics = Arc::new(Metrics::new(vec!["raw".into(), "1m".into()]));
+    (router(ApiState { vehicles: view.clone(), metrics: metrics.clone() }), view, metrics)
+}
+
+async fn call(app: &Router, uri: &str) -> (StatusCode, serde_json::Value, String) {
+    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
+}
+
+fn fill(view: &VehicleView) {
+    let ups = (0..5).map(|i| ((format!("V{i}").into(), state(&format!("V{i}"), if i % 2 == 0 { "a" } else { "b" }, 52.0 + i as f64 * 0.01, Status::Moving)), 1)).collect();
+    view.apply(0, ups, Some(5_000));
+}
+
+#[tokio::test]
+async fn vehicle_by_id_with_as_of_once_every_worker_published() {
+    let (app, view, _) = app();
+    fill(&view);
+    let (st, body, _) = call(&app, "/v1/vehicles/V1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["vehicle_id"], "V1");
+    assert_eq!(body["status"], "moving");
+    assert!(body["as_of"].is_null(), "worker 1 has not published a watermark");
+    view.apply(1, vec![], Some(4_000));
+    let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
+    assert_eq!(body["as_of"], 4_000, "as_of is the slowest worker's watermark");
+    let (st, body, _) = call(&app, "/v1/vehicles/nope").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn retraction_then_insertion_replaces_state() {
+    let (app, view, _) = app();
+    fill(&view);
+    let old = view.get("V1").unwrap();
+    let mut new = old.clone();
+    new.status = Status::Parked;
+    view.apply(0, vec![(("V1".into(), old), -1), (("V1".into(), new), 1)], None);
+    let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
+    assert_eq!(body["status"], "parked");
+}
+
+#[tokio::test]
+async fn list_pages_with_cursor_and_filters() {
+    let (app, view, _) = app();
+    fill(&view);
+    view.apply(1, vec![], Some(5_000));
+    let (st, body, _) = call(&app, "/v1/vehicles?limit=2").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    assert_eq!(body["as_of"], 5_000);
+    let mut seen = vec![];
+    let mut uri = "/v1/vehicles?limit=2".to_string();
+    loop {
+        let (_, body, _) = call(&app, &uri).await;
+        seen.extend(body["items"].as_array().unwrap().iter().map(|v| v["vehicle_id"].as_str().unwrap().to_string()));
+        match body["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/vehicles?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["V0", "V1", "V2", "V3", "V4"]);
+    let (_, body, _) = call(&app, "/v1/vehicles?tenant=b").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    let (_, body, _) = call(&app, "/v1/vehicles?bbox=12,52.015,14,53").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 3);
+    let (_, body, _) = call(&app, "/v1/vehicles?status=parked").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn bad_requests_are_4xx_with_json_errors() {
+    let (app, view, _) = app();
+    fill(&view);
+    for uri in [
+        "/v1/vehicles?limit=0",
+        "/v1/vehicles?limit=abc",
+        "/v1/vehicles?limit=5000",
+        "/v1/vehicles?bbox=1,2,3",
+        "/v1/vehicles?bbox=14,52,12,53",
+        "/v1/vehicles?bbox=a,b,c,d",
+        "/v1/vehicles?status=flying",
+        "/v1/vehicles?cursor=***",
+        "/v1/vehicles?colour=red",
+    ] {
+        let (st, body, text) = call(&app, uri).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {text}");
+        assert_eq!(body["error"]["code"], "bad_request", "{uri}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (st, body, _) = call(&app, "/v2/nothing").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let (app, view, metrics) = app();
+    let (st, _, _) = call(&app, "/healthz").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = call(&app, "/readyz").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    view.apply(0, vec![], Some(7));
+    view.apply(1, vec![], Some(9));
+    let (st, body, _) = call(&app, "/readyz").await;
+    assert_eq!((st, body["as_of"].as_i64()), (StatusCode::OK, Some(7)));
+    metrics.events_in.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+    metrics.dead_letter(Reason::Late);
+    metrics.advance_watermark(1234);
+    metrics.add_rows("1m", 10);
+    let (_, _, text) = call(&app, "/metrics").await;
+    assert!(text.contains("fleetflow_events_in_total 3"), "{text}");
+    assert!(text.contains("fleetflow_dead_letters_total{reason=\"late\"} 1"));
+    assert!(text.contains("fleetflow_dead_letters_total{reason=\"implausible_jump\"} 0"));
+    assert!(text.contains("fleetflow_watermark_ms 1234"));
+    assert!(text.contains("fleetflow_lake_rows_total{dataset=\"1m\"} 10"));
+}

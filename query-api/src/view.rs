@@ -1,0 +1,85 @@
+//! The query API's view of vehicle state: applied from the dataflow's published changes,
+//! read by handlers without ever touching a dataflow worker.
+
+use fleetflow_types::records::VehicleState;
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// Vehicle id -> state, with the watermark each worker has published through.
+#[derive(Debug)]
+pub struct VehicleView {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    vehicles: BTreeMap<CompactString, VehicleState>,
+    as_of: Vec<Option<Millis>>,
+}
+
+impl VehicleView {
+    /// An empty view fed by `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        VehicleView { inner: RwLock::new(Inner { vehicles: BTreeMap::new(), as_of: vec![None; workers.max(1)] }) }
+    }
+
+    /// Applies a worker's changes (retractions before insertions) and its watermark.
+    pub fn apply(&self, worker: usize, updates: Vec<((CompactString, VehicleState), isize)>, watermark: Option<Millis>) {
+        let mut inner = self.inner.write().expect("view lock");
+        for ((id, state), diff) in updates {
+            if diff < 0 {
+                if inner.vehicles.get(&id) == Some(&state) {
+                    inner.vehicles.remove(&id);
+                }
+            } else {
+                inner.vehicles.insert(id, state);
+            }
+        }
+        if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
+            *slot = Some(slot.map_or(w, |old| old.max(w)));
+        }
+    }
+
+    /// The watermark through which every worker's results are published.
+    pub fn as_of(&self) -> Option<Millis> {
+        let inner = self.inner.read().expect("view lock");
+        inner.as_of.iter().copied().collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min())
+    }
+
+    /// One vehicle.
+    pub fn get(&self, id: &str) -> Option<VehicleState> {
+        self.inner.read().expect("view lock").vehicles.get(id).cloned()
+    }
+
+    /// Up to `limit` vehicles after `after` (exclusive) in id order that pass `keep`, and
+    /// whether more follow.
+    pub fn page(&self, after: Option<&str>, limit: usize, keep: impl Fn(&VehicleState) -> bool) -> (Vec<VehicleState>, bool) {
+        let inner = self.inner.read().expect("view lock");
+        let range = match after {
+            Some(a) => inner.vehicles.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => inner.vehicles.range::<str, _>(..),
+        };
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for (_, v) in range.filter(|(_, v)| keep(v)) {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(v.clone());
+        }
+        (items, more)
+    }
+
+    /// Number of vehicles.
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("view lock").vehicles.len()
+    }
+
+    /// Whether no vehicle is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,263 @@
+//! Partitioned Parquet writers and the timely sink operator that feeds them.
+//!
+//! ```text
+//!   raw fixes ───┐
+//!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
+//!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
+//!   progress ────┘                                       │ roll: partition closed by the watermark,
+//!                                                        │       target size, max age, end of input
+//!                                                        ▼
+//!                                                Uploader: one atomic put per file
+//! ```
+//!
+//! Every row reaching this operator is final (closed windows, final fixes), so each is
+//! written exactly once in a run. Files are named `part-{run}-w{worker}-{seq}.parquet`.
+
+use crate::lake::Uploader;
+use crate::schema::LakeRecord;
+use fleetflow_types::config::WindowTier;
+use fleetflow_types::fix::Fix;
+use fleetflow_types::records::{DeadLetter, Progress, TierRow};
+use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::Stream;
+
+/// Rows encoded into Arrow at a time.
+const BATCH_ROWS: usize = 8192;
+
+/// How a dataset is partitioned by event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partitioning {
+    /// `date=YYYY-MM-DD/hour=HH`
+    Hour,
+    /// `date=YYYY-MM-DD`
+    Day,
+    /// `month=YYYY-MM`
+    Month,
+}
+
+impl Partitioning {
+    /// The partitioning `interface.md` gives a window tier of `size_ms`.
+    pub fn for_window(size_ms: Millis) -> Self {
+        if size_ms < HOUR_MS {
+            Partitioning::Hour
+        } else if size_ms < DAY_MS {
+            Partitioning::Day
+        } else {
+            Partitioning::Month
+        }
+    }
+
+    /// The partition key (its start, for hours and days; `year*100+month` for months).
+    pub fn key(self, ts: Millis) -> i64 {
+        match self {
+            Partitioning::Hour => window_start(ts, HOUR_MS),
+            Partitioning::Day => window_start(ts, DAY_MS),
+            Partitioning::Month => {
+                let (y, m, _, _) = utc_parts(ts);
+                y as i64 * 100 + m as i64
+            }
+        }
+    }
+
+    /// The partition directory of a key.
+    pub fn dir(self, key: i64) -> String {
+        match self {
+            Partitioning::Hour => {
+                let (y, m, d, h) = utc_parts(key);
+                format!("date={y:04}-{m:02}-{d:02}/hour={h:02}")
+            }
+            Partitioning::Day => {
+                let (y, m, d, _) = utc_parts(key);
+                format!("date={y:04}-{m:02}-{d:02}")
+            }
+            Partitioning::Month => format!("month={:04}-{:02}", key / 100, key % 100),
+        }
+    }
+
+    /// Event time at which the partition of `key` is complete (None for months: they
+    /// close with their last day's rows, which the age and end-of-input rules flush).
+    pub fn closes_at(self, key: i64) -> Option<Millis> {
+        match self {
+            Partitioning::Hour => Some(key + HOUR_MS),
+            Partitioning::Day => Some(key + DAY_MS),
+            Partitioning::Month => None,
+        }
+    }
+}
+
+/// File rolling settings.
+#[derive(Clone, Debug)]
+pub struct RollPolicy {
+    /// Roll at this encoded size.
+    pub target_bytes: u64,
+    /// Roll at this age (processing time).
+    pub max_age: Duration,
+}
+
+struct PartBuf<R> {
+    rows: Vec<R>,
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    opened: Instant,
+    count: u64,
+}
+
+/// Buffers and encodes one dataset's rows per partition.
+pub struct DatasetWriter<R: LakeRecord> {
+    name: String,
+    partitioning: Option<Partitioning>,
+    prefix: String,
+    parts: HashMap<i64, PartBuf<R>>,
+    seq: u64,
+}
+
+fn props() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(256 * 1024)).build()
+}
+
+impl<R: LakeRecord> DatasetWriter<R> {
+    /// A writer of dataset `name` (its directory) with the given partitioning (by day when
+    /// `None`... see [`Partitioning`]); file names start with `prefix`.
+    pub fn new(name: &str, partitioning: Partitioning, prefix: String) -> Self {
+        DatasetWriter { name: name.to_string(), partitioning: Some(partitioning), prefix, parts: HashMap::new(), seq: 0 }
+    }
+
+    /// Adds a row whose partitioning time is `ts`.
+    pub fn push(&mut self, ts: Millis, row: R) -> Result<(), parquet::errors::ParquetError> {
+        let key = self.partitioning.map(|p| p.key(ts)).unwrap_or(0);
+        let part = self.parts.entry(key).or_insert_with(|| PartBuf { rows: Vec::with_capacity(1024), writer: None, opened: Instant::now(), count: 0 });
+        part.rows.push(row);
+        part.count += 1;
+        if part.rows.len() >= BATCH_ROWS {
+            encode(part)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls the files that are due: partitions the watermark closed, files at the target
+    /// size or age, or everything when `force`.
+    pub fn roll(&mut self, watermark: Option<Millis>, policy: &RollPolicy, force: bool, worker: usize, uploader: &Uploader) -> Result<(), parquet::errors::ParquetError> {
+        let partitioning = self.partitioning.unwrap_or(Partitioning::Day);
+        let due: Vec<i64> = self
+            .parts
+            .iter()
+            .filter(|(key, p)| {
+                let closed = matches!((watermark, partitioning.closes_at(**key)), (Some(w), Some(c)) if w >= c);
+                let size = p.writer.as_ref().map_or(0, |w| w.in_progress_size() + w.bytes_written()) as u64 + (p.rows.len() * R::APPROX_BYTES / 4) as u64;
+                force || closed || size >= policy.target_bytes || p.opened.elapsed() >= policy.max_age
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let mut part = self.parts.remove(&key).expect("listed");
+            encode(&mut part)?;
+            let Some(writer) = part.writer.take() else { continue };
+            let bytes = writer.into_inner()?;
+            self.seq += 1;
+            let path = format!("{}/{}/{}-w{worker:03}-{:06}.parquet", self.name, partitioning.dir(key), self.prefix, self.seq);
+            uploader.submit(path, bytes, self.name.clone(), part.count);
+        }
+        Ok(())
+    }
+}
+
+fn encode<R: LakeRecord>(part: &mut PartBuf<R>) -> Result<(), parquet::errors::ParquetError> {
+    if part.rows.is_empty() {
+        return Ok(());
+    }
+    let batch = R::to_batch(&part.rows)?;
+    part.rows.clear();
+    let writer = match &mut part.writer {
+        Some(w) => w,
+        None => part.writer.insert(ArrowWriter::try_new(Vec::new(), R::schema(), Some(props()))?),
+    };
+    writer.write(&batch)
+}
+
+/// What the lake sink writes.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    /// Write the raw tier.
+    pub raw: bool,
+    /// The window tiers, in the order of `TierRow::tier`.
+    pub tiers: Vec<WindowTier>,
+    /// File naming prefix, unique per run (`part-{run}`).
+    pub prefix: String,
+    /// File rolling.
+    pub roll: RollPolicy,
+}
+
+/// Renders the lake sink for one worker's share of the results.
+pub fn render_lake_sink<'scope>(
+    raw: Stream<'scope, u64, Vec<Fix>>,
+    rows: Stream<'scope, u64, Vec<TierRow>>,
+    dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    progress: Stream<'scope, u64, Vec<Progress>>,
+    cfg: SinkConfig,
+    uploader: Uploader,
+) {
+    let scope = raw.scope();
+    let worker = scope.index();
+    let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
+    let mut raw_in = builder.new_input(raw, Pipeline);
+    let mut rows_in = builder.new_input(rows, Pipeline);
+    let mut dead_in = builder.new_input(dead, Pipeline);
+    let mut progress_in = builder.new_input(progress, Pipeline);
+    builder.build(move |_caps| {
+        let mut raw_w: DatasetWriter<Fix> = DatasetWriter::new("raw", Partitioning::Hour, cfg.prefix.clone());
+        let mut tier_w: Vec<DatasetWriter<TierRow>> =
+            cfg.tiers.iter().map(|t| DatasetWriter::new(&t.name, Partitioning::for_window(t.size_ms), cfg.prefix.clone())).collect();
+        let mut dead_w: DatasetWriter<DeadLetter> = DatasetWriter::new("dead_letter", Partitioning::Day, cfg.prefix.clone());
+        let mut watermark: Option<Millis> = None;
+        let mut end = false;
+        let mut done = false;
+        let mut last_roll = Instant::now();
+        let fail = |e: parquet::errors::ParquetError| panic!("encoding Parquet failed: {e}");
+        move |frontiers| {
+            if done {
+                return;
+            }
+            raw_in.for_each(|_, data| {
+                for fix in data.drain(..) {
+                    if cfg.raw {
+                        raw_w.push(fix.ts, fix).unwrap_or_else(fail);
+                    }
+                }
+            });
+            rows_in.for_each(|_, data| {
+                for row in data.drain(..) {
+                    let start = row.window_start;
+                    tier_w[row.tier as usize].push(start, row).unwrap_or_else(fail);
+                }
+            });
+            dead_in.for_each(|_, data| {
+                for d in data.drain(..) {
+                    dead_w.push(d.event_ts, d).unwrap_or_else(fail);
+                }
+            });
+            progress_in.for_each(|_, data| {
+                for p in data.drain(..) {
+                    watermark = Some(watermark.map_or(p.watermark, |w| w.max(p.watermark)));
+                    end |= p.end;
+                }
+            });
+            let finished = frontiers.iter().all(|f| f.frontier().is_empty());
+            if finished || end || last_roll.elapsed() >= Duration::from_millis(200) {
+                last_roll = Instant::now();
+                let force = finished || end;
+                raw_w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                for w in tier_w.iter_mut() {
+                    w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                }
+                dead_w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                done = finished;
+            }
+        }
+    });
+}
