@@ -1,1 +1,221 @@
-fn main() {}
+//! `fleetflow`: run, validate and feed stream-processing jobs over vehicle telemetry.
+//!
+//! Exit codes: 0 success, 2 bad arguments or job spec, 1 runtime failure. Errors are one
+//! line on stderr.
+
+use clap::{Parser, Subcommand};
+use fleetflow::job::{run_job, JobError, RunOptions};
+use fleetflow_connectors::generator::Generator;
+use fleetflow_connectors::source::{Polled, Source};
+use fleetflow_types::config::{GeneratorSpec, JobSpec, SpecError};
+use fleetflow_types::time::HumanDuration;
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "fleetflow", version, about = "Incremental stream processing of vehicle telemetry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job.
+    Run {
+        /// The job spec.
+        job: std::path::PathBuf,
+        /// Timely worker threads (overrides `workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// API address (overrides `[api].listen`).
+        #[arg(long)]
+        listen: Option<String>,
+        /// With a file source: keep the API up after the input is done, until interrupted.
+        #[arg(long)]
+        serve: bool,
+        /// Processes in the timely cluster.
+        #[arg(long)]
+        processes: Option<usize>,
+        /// This process's index in the cluster.
+        #[arg(long)]
+        process_index: Option<usize>,
+        /// File of `host:port` lines, one per process.
+        #[arg(long)]
+        hosts: Option<std::path::PathBuf>,
+    },
+    /// Check a job spec.
+    Validate {
+        /// The job spec.
+        job: std::path::PathBuf,
+    },
+    /// Write deterministic synthetic events in the input format.
+    Generate {
+        /// Number of vehicles.
+        #[arg(long)]
+        vehicles: u32,
+        /// Event-time span, e.g. 10m.
+        #[arg(long)]
+        duration: HumanDuration,
+        /// Interval between a vehicle's fixes.
+        #[arg(long, default_value = "5s")]
+        interval: HumanDuration,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Event time of the first fix (RFC 3339).
+        #[arg(long)]
+        start: Option<String>,
+        /// Output NDJSON file.
+        #[arg(long, required_unless_present = "kafka")]
+        out: Option<std::path::PathBuf>,
+        /// Kafka bootstrap servers.
+        #[arg(long, requires = "topic")]
+        kafka: Option<String>,
+        /// Kafka topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Events per second.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Greatest arrival displacement, e.g. 10s.
+        #[arg(long)]
+        disorder: Option<HumanDuration>,
+        /// Fraction of fixes sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Fraction of extra junk lines.
+        #[arg(long, default_value_t = 0.0)]
+        bad_lines: f64,
+    },
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<JobError> for Failure {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Spec(s) => Failure::Usage(s.to_string()),
+            JobError::Runtime(e) => Failure::Runtime(format!("{e:#}")),
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<(JobSpec, String), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let spec = JobSpec::parse(&text).map_err(|e: SpecError| Failure::Usage(format!("{}: {e}", path.display())))?;
+    Ok((spec, text))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate { job } => {
+            let (spec, text) = load(&job)?;
+            spec.check_paths(&text).map_err(|e| Failure::Usage(format!("{}: {e}", job.display())))?;
+            println!("{}: ok", job.display());
+            Ok(())
+        }
+        Command::Run { job, workers, listen, serve, processes, process_index, hosts } => {
+            if processes.unwrap_or(1) > 1 || process_index.is_some() || hosts.is_some() {
+                return Err(Failure::Usage("--processes/--process-index/--hosts: cluster mode is not available in this build yet".into()));
+            }
+            if workers == Some(0) {
+                return Err(Failure::Usage("--workers: must be at least 1".into()));
+            }
+            if let Some(l) = &listen {
+                if l.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(Failure::Usage(format!("--listen: not a socket address: {l:?}")));
+                }
+            }
+            let (spec, text) = load(&job)?;
+            let opts = RunOptions { workers, listen: listen.map(Some), serve, progress: true, ..Default::default() };
+            let result = run_job(&spec, &text, opts).map_err(|e| match Failure::from(e) {
+                Failure::Usage(m) => Failure::Usage(format!("{}: {m}", job.display())),
+                f => f,
+            })?;
+            eprint!("{}", result.summary);
+            Ok(())
+        }
+        Command::Generate { vehicles, duration, interval, seed, start, out, kafka, topic: _, rate, disorder, duplicates, bad_lines } => {
+            if kafka.is_some() {
+                return Err(Failure::Usage("--kafka: producing to Kafka is not available in this build yet (use --out)".into()));
+            }
+            if vehicles == 0 {
+                return Err(Failure::Usage("--vehicles: must be at least 1".into()));
+            }
+            for (name, v) in [("--duplicates", duplicates), ("--bad-lines", bad_lines)] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(Failure::Usage(format!("{name}: must be a fraction between 0 and 1, got {v}")));
+                }
+            }
+            let start = start.unwrap_or_else(fleetflow_types::config::default_start);
+            if fleetflow_types::time::parse_rfc3339(&start).is_none() {
+                return Err(Failure::Usage(format!("--start: invalid RFC 3339 timestamp {start:?}")));
+            }
+            let spec = GeneratorSpec { vehicles, interval, seed, rate, duration: Some(duration), start, disorder, duplicates, bad_lines, ..GeneratorSpec::default() };
+            let path = out.expect("clap requires --out without --kafka");
+            let file = std::fs::File::create(&path).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut generator = Generator::new(&spec, 0, 1);
+            let expected = (duration.millis() / interval.millis().max(1)) as u64 * vehicles as u64;
+            let bar = indicatif::ProgressBar::new(expected);
+            let started = std::time::Instant::now();
+            let (mut n, mut err) = (0u64, None);
+            loop {
+                let polled = generator
+                    .poll(0, 8192, &mut |line, _| {
+                        if err.is_none() {
+                            if let Err(e) = w.write_all(line).and_then(|_| w.write_all(b"\n")) {
+                                err = Some(e);
+                            }
+                        }
+                        n += 1;
+                    })
+                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                bar.set_position(n);
+                match polled {
+                    Polled::Finished => break,
+                    Polled::Empty => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    Polled::Data(_) => {}
+                }
+            }
+            bar.finish_and_clear();
+            if let Some(e) = err {
+                return Err(Failure::Runtime(format!("{}: {e}", path.display())));
+            }
+            w.flush().map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!("wrote {n} events to {} in {secs:.2}s ({:.0} events/s)", path.display(), n as f64 / secs.max(1e-9));
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,fleetflow=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -37,6 +37,7 @@ struct FileInput {
     path: PathBuf,
     reader: Option<BufReader<File>>,
     line: u64,
+    done: bool,
 }
 
 /// Reads this worker's share of the files.
@@ -52,7 +53,7 @@ impl FileSource {
             .iter()
             .enumerate()
             .filter(|(i, _)| i % peers == worker)
-            .map(|(i, p)| FileInput { id: i as u32, path: p.clone(), reader: None, line: 0 })
+            .map(|(i, p)| FileInput { id: i as u32, path: p.clone(), reader: None, line: 0, done: false })
             .collect();
         FileSource { files, buf: Vec::with_capacity(1024) }
     }
@@ -70,6 +71,9 @@ impl Source for FileSource {
 
     fn poll(&mut self, local: usize, budget: usize, sink: &mut dyn FnMut(&[u8], u64)) -> Result<Polled, SourceError> {
         let f = &mut self.files[local];
+        if f.done {
+            return Ok(Polled::Finished);
+        }
         let io = |error| SourceError::Io { input: f.path.display().to_string(), error };
         if f.reader.is_none() {
             let file = File::open(&f.path).map_err(|e| SourceError::Io { input: f.path.display().to_string(), error: e })?;
@@ -82,6 +86,7 @@ impl Source for FileSource {
             let read = reader.read_until(b'\n', &mut self.buf).map_err(io)?;
             if read == 0 {
                 f.reader = None;
+                f.done = true;
                 return Ok(if n > 0 { Polled::Data(n) } else { Polled::Finished });
             }
             f.line += 1;
@@ -123,5 +128,18 @@ mod tests {
             }
         }
         assert_eq!(got, vec![("b1".to_string(), 1), ("b2".to_string(), 3)]);
+    }
+
+    #[test]
+    fn regression_a_file_ending_inside_a_batch_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.ndjson"), "1\n2\n3\n").unwrap();
+        let all = list_files(dir.path()).unwrap();
+        let mut src = FileSource::new(&all, 0, 1);
+        let mut n = 0;
+        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Data(3));
+        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Finished);
+        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Finished);
+        assert_eq!(n, 3);
     }
 }

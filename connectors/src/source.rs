@@ -106,6 +106,8 @@ pub struct IntakeContext {
     pub shutdown: Arc<AtomicBool>,
     /// Global input id -> name, for dead-letter `source` columns.
     pub input_names: Arc<Vec<String>>,
+    /// Records read per poll before yielding (re-batching changes no result).
+    pub budget: usize,
 }
 
 struct LocalInput {
@@ -127,9 +129,6 @@ pub struct SourceStreams<'scope> {
     /// Lines that could not be decoded.
     pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
 }
-
-/// Records read per activation before yielding to the other operators.
-const BUDGET: usize = 4096;
 
 /// Renders `source` as a timely operator (see the module docs).
 pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: Box<dyn Source>, ctx: IntakeContext) -> SourceStreams<'scope> {
@@ -153,7 +152,8 @@ pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: 
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
-        let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(BUDGET);
+        let budget = ctx.budget.max(1);
+        let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(budget);
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
@@ -179,7 +179,7 @@ pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: 
                 let registry = &ctx.registry;
                 let id = input.id;
                 let mut max_ts = input.max_ts;
-                let polled = source.poll(local, BUDGET, &mut |payload, position| {
+                let polled = source.poll(local, budget, &mut |payload, position| {
                     metrics.events_in.fetch_add(1, Relaxed);
                     metrics.bytes_in.fetch_add(payload.len() as u64 + 1, Relaxed);
                     match intake::decode(payload, now, Some(registry)) {

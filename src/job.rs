@@ -1,0 +1,352 @@
+//! Running one job: wiring sources, the core dataflow, the lake sink and the API.
+
+use anyhow::{anyhow, Context};
+use fleetflow_connectors::file::{list_files, FileSource};
+use fleetflow_connectors::generator::{registry_rows, Generator};
+use fleetflow_connectors::source::{render_source, IntakeContext, Source};
+use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
+use fleetflow_dataflows::publish::{arrange_state, publish_state};
+use fleetflow_dataflows::timeline::TimelineConfig;
+use fleetflow_query_api::view::VehicleView;
+use fleetflow_query_api::ApiState;
+use fleetflow_sinks::lake::{Lake, Uploader};
+use fleetflow_sinks::writer::{render_lake_sink, RollPolicy, SinkConfig};
+use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
+use fleetflow_types::fix::Fix;
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{DeadLetter, Reason, TierRow};
+use fleetflow_types::registry::VehicleRegistry;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use timely::dataflow::operators::{Concat, Inspect};
+
+/// Everything a finished run captured, for tests (off in production runs).
+#[derive(Default, Debug)]
+pub struct Captured {
+    /// Accepted fixes (raw tier rows).
+    pub raw: Vec<Fix>,
+    /// Tier rows.
+    pub rows: Vec<TierRow>,
+    /// Dead letters of every reason.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// A shared capture buffer.
+pub type Capture = Arc<Mutex<Captured>>;
+
+/// How to run a job beyond its spec.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Overrides `workers`.
+    pub workers: Option<usize>,
+    /// Overrides `[api].listen`; `Some(None)` runs without the API.
+    pub listen: Option<Option<String>>,
+    /// Keep serving the API after a finite input is done, until interrupted.
+    pub serve: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Records read per source poll (default 4096); tests vary it to re-batch input.
+    pub batch: Option<usize>,
+    /// Capture outputs in memory (tests).
+    pub capture: Option<Capture>,
+    /// Set to interrupt the job (SIGINT/SIGTERM do the same).
+    pub shutdown: Option<Arc<AtomicBool>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Events read.
+    pub events: u64,
+    /// Fixes accepted.
+    pub accepted: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Dead letters per reason.
+    pub dead_letters: Vec<(Reason, u64)>,
+    /// Rows written per dataset.
+    pub rows: Vec<(String, u64)>,
+    /// Files written.
+    pub files: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Peak resident memory, bytes (Linux).
+    pub peak_rss: Option<u64>,
+    /// Final watermark.
+    pub watermark: Option<i64>,
+}
+
+impl Summary {
+    /// Events per second of wall time.
+    pub fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "events      {} in {:.2}s ({:.0} events/s)", self.events, self.elapsed.as_secs_f64(), self.events_per_s())?;
+        writeln!(f, "accepted    {}", self.accepted)?;
+        writeln!(f, "duplicates  {}", self.duplicates)?;
+        let dl: Vec<String> = self.dead_letters.iter().map(|(r, n)| format!("{}={n}", r.as_str())).collect();
+        writeln!(f, "dead        {}", dl.join(" "))?;
+        let rows: Vec<String> = self.rows.iter().map(|(d, n)| format!("{d}={n}")).collect();
+        writeln!(f, "rows        {}", rows.join(" "))?;
+        writeln!(f, "files       {}", self.files)?;
+        if let Some(w) = self.watermark {
+            writeln!(f, "watermark   {} ({})", w, fleetflow_types::time::rfc3339(w))?;
+        }
+        if let Some(rss) = self.peak_rss {
+            writeln!(f, "peak rss    {:.1} MiB", rss as f64 / (1024.0 * 1024.0))?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`run_job`].
+pub struct RunResult {
+    /// Counters and timing.
+    pub summary: Summary,
+    /// The final vehicle-state view.
+    pub vehicles: Arc<VehicleView>,
+}
+
+/// Why a job could not run: a bad spec (exit 2) or a runtime failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The spec or the arguments are wrong.
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    /// Something failed while running.
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+fn spec_error(text: &str, section: &str, key: &str, message: String) -> JobError {
+    JobError::Spec(SpecError { field: format!("{section}.{key}"), line: fleetflow_types::config::locate(text, section, key), message })
+}
+
+/// Peak resident set size of this process, from `/proc/self/status`.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+enum Inputs {
+    Files(Vec<PathBuf>),
+    Generator(fleetflow_types::config::GeneratorSpec),
+}
+
+/// Runs a job (see the crate docs). `text` is the spec's source, for error lines.
+pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult, JobError> {
+    let started = Instant::now();
+    spec.check_paths(text)?;
+    let workers = opts.workers.unwrap_or(spec.workers).max(1);
+
+    // Vehicle registry: the spec's file, plus the generator's own fleet.
+    let mut registry = match spec.vehicles.as_ref().and_then(|v| v.registry.as_ref()) {
+        Some(path) => {
+            let body = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            VehicleRegistry::parse(&body).map_err(|e| spec_error(text, "vehicles", "registry", e.to_string()))?
+        }
+        None => VehicleRegistry::default(),
+    };
+    let (inputs, input_names) = match &spec.source {
+        SourceSpec::File(f) => {
+            let files = list_files(std::path::Path::new(&f.path)).with_context(|| format!("listing {}", f.path))?;
+            if files.is_empty() {
+                return Err(spec_error(text, "source", "path", format!("no .ndjson/.jsonl/.json files under {:?}", f.path)));
+            }
+            let names = FileSource::input_names(&files);
+            (Inputs::Files(files), names)
+        }
+        SourceSpec::Generator(g) => {
+            for row in registry_rows(g) {
+                if registry.get(&row.vehicle_id).is_none() {
+                    registry.insert(row);
+                }
+            }
+            (Inputs::Generator(g.clone()), Generator::input_names(workers as u32))
+        }
+        SourceSpec::Kafka(_) => return Err(spec_error(text, "source", "kind", "the kafka source is not available in this build yet (use file or generator)".into())),
+    };
+    if spec.geofences.as_ref().is_some_and(|g| g.path.is_some()) {
+        tracing::warn!("[geofences] is accepted but geofences are not evaluated by this version");
+    }
+    if !spec.lake.retention.is_empty() {
+        tracing::warn!("[lake].retention is accepted but not enforced by this version");
+    }
+    let lake = Lake::open(&spec.lake.url).map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
+    let tiers = spec.lake.window_tiers();
+    let mut datasets: Vec<String> = Vec::new();
+    if spec.lake.has_raw() {
+        datasets.push("raw".into());
+    }
+    datasets.extend(tiers.iter().map(|t| t.name.clone()));
+    datasets.push("dead_letter".into());
+    let metrics = Arc::new(Metrics::new(datasets.clone()));
+    let registry = Arc::new(registry);
+    let input_names = Arc::new(input_names);
+    let vehicles = Arc::new(VehicleView::new(workers));
+    let shutdown = opts.shutdown.clone().unwrap_or_default();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("fleetflow-io").build().context("starting the I/O runtime")?;
+    let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
+
+    // Signals: SIGINT / SIGTERM interrupt the job.
+    {
+        let shutdown = shutdown.clone();
+        runtime.spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term = async move {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+            tracing::info!("interrupted: stopping sources");
+            shutdown.store(true, Relaxed);
+        });
+    }
+
+    // The API.
+    let api_stop = Arc::new(tokio::sync::Notify::new());
+    let listen = match &opts.listen {
+        Some(l) => l.clone(),
+        None => Some(spec.api.listen.clone()),
+    };
+    let api_task = match listen {
+        Some(addr) => {
+            let listener = runtime.block_on(tokio::net::TcpListener::bind(&addr)).with_context(|| format!("api.listen: cannot bind {addr}"))?;
+            let local = listener.local_addr().ok();
+            tracing::info!(addr = ?local, "query API listening");
+            let state = ApiState { vehicles: vehicles.clone(), metrics: metrics.clone() };
+            let stop = api_stop.clone();
+            Some(runtime.spawn(fleetflow_query_api::serve(listener, state, async move { stop.notified().await })))
+        }
+        None => None,
+    };
+
+    // Progress.
+    let total_bytes: u64 = match &inputs {
+        Inputs::Files(files) => files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum(),
+        Inputs::Generator(_) => 0,
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let progress_thread = opts.progress.then(|| {
+        let metrics = metrics.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let bar = if total_bytes > 0 {
+                let b = indicatif::ProgressBar::new(total_bytes);
+                b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} eta {eta}").expect("template"));
+                b
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            while !done.load(Relaxed) {
+                let r = Relaxed;
+                bar.set_position(metrics.bytes_in.load(r));
+                bar.set_message(format!("{} events, {} accepted", metrics.events_in.load(r), metrics.accepted.load(r)));
+                if total_bytes == 0 {
+                    bar.tick();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        })
+    });
+
+    // The dataflow, on every worker.
+    let lateness = spec.time.allowed_lateness.millis();
+    let timeline_cfg = TimelineConfig { offline_after: spec.time.offline_after.millis(), tiers: tiers.iter().map(|t| t.size_ms).collect(), raw: spec.lake.has_raw() };
+    let target_bytes = spec.lake.target_file_bytes().map_err(|m| spec_error(text, "lake", "target_file_size", m))?;
+    let sink_cfg = SinkConfig {
+        raw: spec.lake.has_raw(),
+        tiers: tiers.clone(),
+        prefix: format!("part-{}", fleetflow_types::time::now_ms()),
+        roll: RollPolicy { target_bytes, max_age: spec.lake.max_file_age.0 },
+    };
+    let idle_timeout = spec.time.idle_timeout.0;
+    let batch = opts.batch.unwrap_or(4096).max(1);
+    let capture = opts.capture.clone();
+    let inputs = Arc::new(inputs);
+    let ctx_base = (metrics.clone(), registry.clone(), shutdown.clone(), input_names.clone());
+    let view = vehicles.clone();
+    let uploader_w = uploader.clone();
+    let config = timely::Config::process(workers);
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let (metrics, registry, shutdown, input_names) = ctx_base.clone();
+        let source: Box<dyn Source> = match &*inputs {
+            Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
+            Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
+        };
+        let ctx = IntakeContext { metrics: metrics.clone(), registry: registry.clone(), idle_timeout, shutdown, input_names: input_names.clone(), budget: batch };
+        let core_cfg = CoreConfig { lateness, timeline: timeline_cfg.clone(), registry, metrics, input_names };
+        let view = view.clone();
+        let uploader = uploader_w.clone();
+        let sink_cfg = sink_cfg.clone();
+        let capture = capture.clone();
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let source = render_source(scope, "locations", source, ctx);
+            let core = render_timeline(source.fixes, source.reports, core_cfg);
+            let dead = source.dead_letters.concat(core.dead_letters);
+            let (mut raw, mut rows, mut dead) = (core.raw, core.rows, dead);
+            if let Some(cap) = capture {
+                let (c1, c2, c3) = (cap.clone(), cap.clone(), cap);
+                raw = raw.inspect(move |f| c1.lock().expect("capture").raw.push(f.clone()));
+                rows = rows.inspect(move |r| c2.lock().expect("capture").rows.push(r.clone()));
+                dead = dead.inspect(move |d| c3.lock().expect("capture").dead.push(d.clone()));
+            }
+            let arranged = arrange_state(core.state);
+            let progress = core.progress;
+            publish_state(arranged, progress.clone(), move |updates, p| view.apply(index, updates, p.map(|p| p.watermark)));
+            render_lake_sink(raw, rows, dead, progress, sink_cfg, uploader);
+        });
+    })
+    .map_err(|e| anyhow!("starting workers: {e}"))?;
+    let results = guards.join();
+    done.store(true, Relaxed);
+    if let Some(t) = progress_thread {
+        let _ = t.join();
+    }
+    for r in results {
+        r.map_err(|e| anyhow!("a worker failed: {e}"))?;
+    }
+    uploader.finish().context("writing the lake")?;
+
+    let r = Relaxed;
+    let summary = Summary {
+        events: metrics.events_in.load(r),
+        accepted: metrics.accepted.load(r),
+        duplicates: metrics.duplicates.load(r),
+        dead_letters: Reason::ALL.iter().map(|reason| (*reason, metrics.dead_letters_of(*reason))).collect(),
+        rows: datasets.iter().map(|d| (d.clone(), metrics.rows_of(d))).collect(),
+        files: metrics.files_written.load(r),
+        elapsed: started.elapsed(),
+        peak_rss: peak_rss(),
+        watermark: metrics.watermark(),
+    };
+    if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {
+        eprintln!("{summary}input done; serving the API until interrupted");
+        while !shutdown.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    api_stop.notify_waiters();
+    api_stop.notify_one();
+    if let Some(task) = api_task {
+        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(RunResult { summary, vehicles })
+}

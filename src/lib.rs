@@ -1,0 +1,15 @@
+//! The fleetflow job runtime: turns a job spec into a running timely cluster of workers.
+//!
+//! ```text
+//!  source ──► "Source" ──fixes──► "VehicleTimeline" ──state──► "Arrange: VehicleState" ──► "Publish" ──► API view
+//!              │   │                  │   │   │
+//!              │   └──reports (bcast)─┘   │   └──raw / tier rows / dead letters──► "LakeSink" ──► Uploader ──► lake
+//!              └──dead letters (malformed, invalid)──────────────────────────────────┘
+//! ```
+//!
+//! [`run_job`] runs a job to completion (file input, or until interrupted) and returns a
+//! [`Summary`]; the `fleetflow` binary is a thin CLI over it.
+
+pub mod job;
+
+pub use job::{run_job, Capture, RunOptions, RunResult, Summary};
