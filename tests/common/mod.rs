@@ -1,0 +1,116 @@
+//! Shared test helpers: a plain sequential reference of semantics §1-§4, job runners,
+//! data converters and DuckDB.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use fleetflow::job::{run_job, Captured, RunOptions, RunResult};
+use fleetflow_types::config::JobSpec;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Path of a file under `../shared/data`.
+pub fn shared_data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+/// Runs a file job over `input` into `lake`, in process, capturing outputs.
+pub fn run_file_job(input: &Path, lake: &Path, workers: usize, batch: usize, extra: &str) -> (RunResult, Captured) {
+    let text = format!(
+        "name = \"test\"\nworkers = {workers}\n[source]\nkind = \"file\"\npath = {input:?}\n[lake]\nurl = \"file://{}\"\n{extra}",
+        lake.display()
+    );
+    let spec = JobSpec::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let capture = Arc::new(Mutex::new(Captured::default()));
+    let opts = RunOptions { listen: Some(None), batch: Some(batch), capture: Some(capture.clone()), ..Default::default() };
+    let result = run_job(&spec, &text, opts).unwrap_or_else(|e| panic!("job failed: {e}"));
+    let captured = std::mem::take(&mut *capture.lock().unwrap());
+    (result, captured)
+}
+
+/// Writes lines to a file.
+pub fn write_lines(path: &Path, lines: &[String]) {
+    let mut body = lines.join("\n");
+    body.push('\n');
+    std::fs::write(path, body).unwrap();
+}
+
+/// Generated lines (the generator's output in its own arrival order).
+pub fn generated_lines(vehicles: u32, minutes: u64, disorder_s: u64, duplicates: f64, bad_lines: f64, seed: u64) -> Vec<String> {
+    use fleetflow_connectors::generator::Generator;
+    use fleetflow_connectors::source::{Polled, Source};
+    use fleetflow_types::config::GeneratorSpec;
+    use fleetflow_types::time::HumanDuration;
+    let spec = GeneratorSpec {
+        vehicles,
+        seed,
+        duration: Some(HumanDuration::from_millis(minutes * 60_000)),
+        disorder: (disorder_s > 0).then(|| HumanDuration::from_millis(disorder_s * 1000)),
+        duplicates,
+        bad_lines,
+        // Start just before midnight so that runs cross a day (and a month) boundary.
+        start: "2025-01-31T23:40:00Z".into(),
+        ..GeneratorSpec::default()
+    };
+    let mut g = Generator::new(&spec, 0, 1);
+    let mut out = Vec::new();
+    while let Polled::Data(_) = g.poll(0, 4096, &mut |l, _| out.push(String::from_utf8(l.to_vec()).unwrap())).unwrap() {}
+    out
+}
+
+/// Shuffles lines so that no fix moves more than `max_ms` of event time behind a fix
+/// already delivered (junk lines keep a random place): sort by `ts + U[0, max_ms)`.
+pub fn shuffle_within(lines: &[String], max_ms: i64, seed: u64) -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut keyed: Vec<(i64, usize, &String)> = Vec::with_capacity(lines.len());
+    let mut last_ts = 0i64;
+    for (i, l) in lines.iter().enumerate() {
+        let ts = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["ts"].as_i64()).unwrap_or(last_ts);
+        last_ts = ts;
+        keyed.push((ts + rng.random_range(0..max_ms), i, l));
+    }
+    keyed.sort();
+    keyed.into_iter().map(|(_, _, l)| l.clone()).collect()
+}
+
+/// Porto taxi trips (ECML/PKDD 2015 sample) as NDJSON lines in event-time order: one fix
+/// every 15 s from the trip's TIMESTAMP, vehicle = TAXI_ID.
+pub fn porto_lines(file: &str) -> Vec<String> {
+    let path = shared_data(&format!("porto_taxi_ecml2015/{file}"));
+    let mut reader = csv::Reader::from_path(&path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (taxi, ts, poly) = (col("TAXI_ID"), col("TIMESTAMP"), col("POLYLINE"));
+    let mut fixes: Vec<(i64, String, String)> = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.unwrap();
+        let start: i64 = rec[ts].parse().unwrap();
+        let points: Vec<[f64; 2]> = serde_json::from_str(&rec[poly]).unwrap();
+        for (i, [lon, lat]) in points.into_iter().enumerate() {
+            let t = (start + 15 * i as i64) * 1000;
+            let line = format!("{{\"vehicle_id\":\"{}\",\"ts\":{t},\"lat\":{lat},\"lon\":{lon},\"tenant\":\"porto\"}}", &rec[taxi]);
+            fixes.push((t, rec[taxi].to_string(), line));
+        }
+    }
+    fixes.sort();
+    fixes.into_iter().map(|(_, _, l)| l).collect()
+}
+
+/// Runs a DuckDB query (Python `duckdb` package) and returns its rows as JSON arrays.
+pub fn duckdb(sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let script = r#"
+import duckdb, json, sys
+rows = duckdb.connect().sql(sys.argv[1]).fetchall()
+print(json.dumps([list(r) for r in rows], default=str))
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(sql).output().expect("python3 with duckdb (pip install duckdb)");
+    assert!(out.status.success(), "duckdb failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts `a` and `b` agree to 1e-9 relative (or 1e-9 absolute near zero).
+pub fn assert_close(a: f64, b: f64, what: &str) {
+    let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
+    assert!((a - b).abs() <= tol, "{what}: {a} vs {b}");
+}
