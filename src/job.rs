@@ -225,8 +225,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let api_task = match listen {
         Some(addr) => {
             let listener = runtime.block_on(tokio::net::TcpListener::bind(&addr)).with_context(|| format!("api.listen: cannot bind {addr}"))?;
-            let local = listener.local_addr().ok();
-            tracing::info!(addr = ?local, "query API listening");
+            match listener.local_addr() {
+                Ok(local) => tracing::info!("query API listening on http://{local}"),
+                Err(e) => tracing::warn!(error = %e, "query API listening on an unknown address"),
+            }
             let state = ApiState { vehicles: vehicles.clone(), metrics: metrics.clone() };
             let stop = api_stop.clone();
             Some(runtime.spawn(fleetflow_query_api::serve(listener, state, async move { stop.notified().await })))

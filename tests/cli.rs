@@ -1,0 +1,108 @@
+//! The command line: exit codes and one-line errors naming the field.
+
+use std::process::Command;
+
+fn fleetflow(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow")).args(args).current_dir(cwd).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const GOOD: &str = r#"name = "t"
+workers = 1
+
+[source]
+kind = "file"
+path = "in.ndjson"
+
+[time]
+allowed_lateness = "30s"
+
+[lake]
+url = "file://./lake"
+tiers = ["raw", "1m", "1h", "1d"]
+
+[api]
+listen = "127.0.0.1:0"
+"#;
+
+#[test]
+fn validate_accepts_a_good_spec_and_the_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+    std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    let (code, out, err) = fleetflow(&["validate", "job.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"));
+    let root = env!("CARGO_MANIFEST_DIR");
+    for ex in ["examples/quickstart.toml", "examples/porto.toml"] {
+        let (code, _, err) = fleetflow(&["validate", ex], std::path::Path::new(root));
+        assert_eq!(code, 0, "{ex}: {err}");
+    }
+}
+
+#[test]
+fn bad_specs_exit_2_with_one_line_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("allowed_lateness = \"30s\"", "allowed_lateness = \"half a minute\"", "line 9: time.allowed_lateness"),
+        ("workers = 1", "workers = 0", "line 2: workers"),
+        ("workers = 1", "workers = \"two\"", "workers"),
+        ("path = \"in.ndjson\"", "path = \"missing.ndjson\"", "line 6: source.path"),
+        ("kind = \"file\"", "kind = \"ftp\"", "source"),
+        ("\"1d\"]", "\"7m\"]", "line 13: lake.tiers"),
+        ("listen = \"127.0.0.1:0\"", "listen = \"everywhere\"", "line 16: api.listen"),
+        ("url = \"file://./lake\"", "url = \"ftp://x\"", "line 12: lake.url"),
+        ("[time]", "[time]\nlateness = \"1s\"", "unknown field `lateness`"),
+        ("name = \"t\"", "name = ", "line 1"),
+    ];
+    for (from, to, needle) in cases {
+        let spec = GOOD.replace(from, to);
+        assert_ne!(spec, GOOD, "{from}");
+        std::fs::write(dir.path().join("bad.toml"), &spec).unwrap();
+        for cmd in ["validate", "run"] {
+            let (code, _, err) = fleetflow(&[cmd, "bad.toml"], dir.path());
+            assert_eq!(code, 2, "{cmd} {to}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{cmd} {to}: one line, got {err:?}");
+            assert!(err.contains(needle), "{cmd} {to}: {err:?} should name {needle:?}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+    std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run"], "JOB"),
+        (&["run", "nope.toml"], "nope.toml"),
+        (&["run", "job.toml", "--workers", "0"], "--workers"),
+        (&["run", "job.toml", "--workers", "many"], "--workers"),
+        (&["run", "job.toml", "--listen", "nowhere"], "--listen"),
+        (&["run", "job.toml", "--frobnicate"], "--frobnicate"),
+        (&["generate", "--duration", "10m", "--out", "x.ndjson"], "--vehicles"),
+        (&["generate", "--vehicles", "3", "--duration", "soon", "--out", "x.ndjson"], "--duration"),
+        (&["generate", "--vehicles", "3", "--duration", "1m"], "--out"),
+        (&["generate", "--vehicles", "0", "--duration", "1m", "--out", "x.ndjson"], "--vehicles"),
+        (&["generate", "--vehicles", "3", "--duration", "1m", "--out", "x.ndjson", "--duplicates", "2"], "--duplicates"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, err) = fleetflow(args, dir.path());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} should name {needle:?}");
+    }
+}
+
+#[test]
+fn generate_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &'static str| ["generate", "--vehicles", "5", "--duration", "2m", "--seed", "3", "--disorder", "5s", "--out", out];
+    assert_eq!(fleetflow(&args("a.ndjson"), dir.path()).0, 0);
+    assert_eq!(fleetflow(&args("b.ndjson"), dir.path()).0, 0);
+    let a = std::fs::read_to_string(dir.path().join("a.ndjson")).unwrap();
+    assert_eq!(a, std::fs::read_to_string(dir.path().join("b.ndjson")).unwrap());
+    assert_eq!(a.lines().count(), 5 * 24);
+}
