@@ -76,6 +76,10 @@ pub struct Summary {
     pub peak_rss: Option<u64>,
     /// Final watermark.
     pub watermark: Option<i64>,
+    /// Median time from reading an event to its state being visible in the API, ms.
+    pub latency_p50_ms: Option<u64>,
+    /// 99th percentile of the same.
+    pub latency_p99_ms: Option<u64>,
 }
 
 impl Summary {
@@ -87,16 +91,37 @@ impl Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events      {} in {:.2}s ({:.0} events/s)", self.events, self.elapsed.as_secs_f64(), self.events_per_s())?;
+        writeln!(
+            f,
+            "events      {} in {:.2}s ({:.0} events/s)",
+            self.events,
+            self.elapsed.as_secs_f64(),
+            self.events_per_s()
+        )?;
         writeln!(f, "accepted    {}", self.accepted)?;
         writeln!(f, "duplicates  {}", self.duplicates)?;
-        let dl: Vec<String> = self.dead_letters.iter().map(|(r, n)| format!("{}={n}", r.as_str())).collect();
+        let dl: Vec<String> = self
+            .dead_letters
+            .iter()
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect();
         writeln!(f, "dead        {}", dl.join(" "))?;
         let rows: Vec<String> = self.rows.iter().map(|(d, n)| format!("{d}={n}")).collect();
         writeln!(f, "rows        {}", rows.join(" "))?;
         writeln!(f, "files       {}", self.files)?;
         if let Some(w) = self.watermark {
-            writeln!(f, "watermark   {} ({})", w, fleetflow_types::time::rfc3339(w))?;
+            writeln!(
+                f,
+                "watermark   {} ({})",
+                w,
+                fleetflow_types::time::rfc3339(w)
+            )?;
+        }
+        if let (Some(p50), Some(p99)) = (self.latency_p50_ms, self.latency_p99_ms) {
+            writeln!(
+                f,
+                "latency     p50 {p50} ms, p99 {p99} ms (read -> visible in the API)"
+            )?;
         }
         if let Some(rss) = self.peak_rss {
             writeln!(f, "peak rss    {:.1} MiB", rss as f64 / (1024.0 * 1024.0))?;
@@ -125,7 +150,11 @@ pub enum JobError {
 }
 
 fn spec_error(text: &str, section: &str, key: &str, message: String) -> JobError {
-    JobError::Spec(SpecError { field: format!("{section}.{key}"), line: fleetflow_types::config::locate(text, section, key), message })
+    JobError::Spec(SpecError {
+        field: format!("{section}.{key}"),
+        line: fleetflow_types::config::locate(text, section, key),
+        message,
+    })
 }
 
 /// Peak resident set size of this process, from `/proc/self/status`.
@@ -151,15 +180,22 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let mut registry = match spec.vehicles.as_ref().and_then(|v| v.registry.as_ref()) {
         Some(path) => {
             let body = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            VehicleRegistry::parse(&body).map_err(|e| spec_error(text, "vehicles", "registry", e.to_string()))?
+            VehicleRegistry::parse(&body)
+                .map_err(|e| spec_error(text, "vehicles", "registry", e.to_string()))?
         }
         None => VehicleRegistry::default(),
     };
     let (inputs, input_names) = match &spec.source {
         SourceSpec::File(f) => {
-            let files = list_files(std::path::Path::new(&f.path)).with_context(|| format!("listing {}", f.path))?;
+            let files = list_files(std::path::Path::new(&f.path))
+                .with_context(|| format!("listing {}", f.path))?;
             if files.is_empty() {
-                return Err(spec_error(text, "source", "path", format!("no .ndjson/.jsonl/.json files under {:?}", f.path)));
+                return Err(spec_error(
+                    text,
+                    "source",
+                    "path",
+                    format!("no .ndjson/.jsonl/.json files under {:?}", f.path),
+                ));
             }
             let names = FileSource::input_names(&files);
             (Inputs::Files(files), names)
@@ -170,9 +206,20 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                     registry.insert(row);
                 }
             }
-            (Inputs::Generator(g.clone()), Generator::input_names(workers as u32))
+            (
+                Inputs::Generator(g.clone()),
+                Generator::input_names(workers as u32),
+            )
         }
-        SourceSpec::Kafka(_) => return Err(spec_error(text, "source", "kind", "the kafka source is not available in this build yet (use file or generator)".into())),
+        SourceSpec::Kafka(_) => {
+            return Err(spec_error(
+                text,
+                "source",
+                "kind",
+                "the kafka source is not available in this build yet (use file or generator)"
+                    .into(),
+            ))
+        }
     };
     if spec.geofences.as_ref().is_some_and(|g| g.path.is_some()) {
         tracing::warn!("[geofences] is accepted but geofences are not evaluated by this version");
@@ -180,7 +227,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     if !spec.lake.retention.is_empty() {
         tracing::warn!("[lake].retention is accepted but not enforced by this version");
     }
-    let lake = Lake::open(&spec.lake.url).map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
+    let lake =
+        Lake::open(&spec.lake.url).map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
     let tiers = spec.lake.window_tiers();
     let mut datasets: Vec<String> = Vec::new();
     if spec.lake.has_raw() {
@@ -194,14 +242,20 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let vehicles = Arc::new(VehicleView::new(workers));
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("fleetflow-io").build().context("starting the I/O runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("fleetflow-io")
+        .build()
+        .context("starting the I/O runtime")?;
     let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
 
     // Signals: SIGINT / SIGTERM interrupt the job.
     {
         let shutdown = shutdown.clone();
         runtime.spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let term = async move {
                 match term.as_mut() {
                     Some(t) => {
@@ -224,21 +278,34 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     };
     let api_task = match listen {
         Some(addr) => {
-            let listener = runtime.block_on(tokio::net::TcpListener::bind(&addr)).with_context(|| format!("api.listen: cannot bind {addr}"))?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(&addr))
+                .with_context(|| format!("api.listen: cannot bind {addr}"))?;
             match listener.local_addr() {
                 Ok(local) => tracing::info!("query API listening on http://{local}"),
                 Err(e) => tracing::warn!(error = %e, "query API listening on an unknown address"),
             }
-            let state = ApiState { vehicles: vehicles.clone(), metrics: metrics.clone() };
+            let state = ApiState {
+                vehicles: vehicles.clone(),
+                metrics: metrics.clone(),
+            };
             let stop = api_stop.clone();
-            Some(runtime.spawn(fleetflow_query_api::serve(listener, state, async move { stop.notified().await })))
+            Some(
+                runtime.spawn(fleetflow_query_api::serve(listener, state, async move {
+                    stop.notified().await
+                })),
+            )
         }
         None => None,
     };
 
     // Progress.
     let total_bytes: u64 = match &inputs {
-        Inputs::Files(files) => files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum(),
+        Inputs::Files(files) => files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum(),
         Inputs::Generator(_) => 0,
     };
     let done = Arc::new(AtomicBool::new(false));
@@ -248,7 +315,12 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         std::thread::spawn(move || {
             let bar = if total_bytes > 0 {
                 let b = indicatif::ProgressBar::new(total_bytes);
-                b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} eta {eta}").expect("template"));
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {msg} eta {eta}",
+                    )
+                    .expect("template"),
+                );
                 b
             } else {
                 indicatif::ProgressBar::new_spinner()
@@ -256,7 +328,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             while !done.load(Relaxed) {
                 let r = Relaxed;
                 bar.set_position(metrics.bytes_in.load(r));
-                bar.set_message(format!("{} events, {} accepted", metrics.events_in.load(r), metrics.accepted.load(r)));
+                bar.set_message(format!(
+                    "{} events, {} accepted",
+                    metrics.events_in.load(r),
+                    metrics.accepted.load(r)
+                ));
                 if total_bytes == 0 {
                     bar.tick();
                 }
@@ -268,19 +344,34 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
 
     // The dataflow, on every worker.
     let lateness = spec.time.allowed_lateness.millis();
-    let timeline_cfg = TimelineConfig { offline_after: spec.time.offline_after.millis(), tiers: tiers.iter().map(|t| t.size_ms).collect(), raw: spec.lake.has_raw() };
-    let target_bytes = spec.lake.target_file_bytes().map_err(|m| spec_error(text, "lake", "target_file_size", m))?;
+    let timeline_cfg = TimelineConfig {
+        offline_after: spec.time.offline_after.millis(),
+        tiers: tiers.iter().map(|t| t.size_ms).collect(),
+        raw: spec.lake.has_raw(),
+    };
+    let target_bytes = spec
+        .lake
+        .target_file_bytes()
+        .map_err(|m| spec_error(text, "lake", "target_file_size", m))?;
     let sink_cfg = SinkConfig {
         raw: spec.lake.has_raw(),
         tiers: tiers.clone(),
         prefix: format!("part-{}", fleetflow_types::time::now_ms()),
-        roll: RollPolicy { target_bytes, max_age: spec.lake.max_file_age.0 },
+        roll: RollPolicy {
+            target_bytes,
+            max_age: spec.lake.max_file_age.0,
+        },
     };
     let idle_timeout = spec.time.idle_timeout.0;
     let batch = opts.batch.unwrap_or(4096).max(1);
     let capture = opts.capture.clone();
     let inputs = Arc::new(inputs);
-    let ctx_base = (metrics.clone(), registry.clone(), shutdown.clone(), input_names.clone());
+    let ctx_base = (
+        metrics.clone(),
+        registry.clone(),
+        shutdown.clone(),
+        input_names.clone(),
+    );
     let view = vehicles.clone();
     let uploader_w = uploader.clone();
     let config = timely::Config::process(workers);
@@ -288,12 +379,26 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let index = worker.index();
         let peers = worker.peers();
         let (metrics, registry, shutdown, input_names) = ctx_base.clone();
+        let metrics_w = metrics.clone();
         let source: Box<dyn Source> = match &*inputs {
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
         };
-        let ctx = IntakeContext { metrics: metrics.clone(), registry: registry.clone(), idle_timeout, shutdown, input_names: input_names.clone(), budget: batch };
-        let core_cfg = CoreConfig { lateness, timeline: timeline_cfg.clone(), registry, metrics, input_names };
+        let ctx = IntakeContext {
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            idle_timeout,
+            shutdown,
+            input_names: input_names.clone(),
+            budget: batch,
+        };
+        let core_cfg = CoreConfig {
+            lateness,
+            timeline: timeline_cfg.clone(),
+            registry,
+            metrics,
+            input_names,
+        };
         let view = view.clone();
         let uploader = uploader_w.clone();
         let sink_cfg = sink_cfg.clone();
@@ -311,7 +416,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             }
             let arranged = arrange_state(core.state);
             let progress = core.progress;
-            publish_state(arranged, progress.clone(), move |updates, p| view.apply(index, updates, p.map(|p| p.watermark)));
+            let latency_metrics = metrics_w.clone();
+            publish_state(arranged, progress.clone(), move |updates, p, epoch| {
+                if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
+                    let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
+                    latency_metrics
+                        .visibility_latency
+                        .record(lag, updates.iter().filter(|(_, r)| *r > 0).count() as u64);
+                }
+                view.apply(index, updates, p.map(|p| p.watermark));
+            });
             render_lake_sink(raw, rows, dead, progress, sink_cfg, uploader);
         });
     })
@@ -331,12 +445,20 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         events: metrics.events_in.load(r),
         accepted: metrics.accepted.load(r),
         duplicates: metrics.duplicates.load(r),
-        dead_letters: Reason::ALL.iter().map(|reason| (*reason, metrics.dead_letters_of(*reason))).collect(),
-        rows: datasets.iter().map(|d| (d.clone(), metrics.rows_of(d))).collect(),
+        dead_letters: Reason::ALL
+            .iter()
+            .map(|reason| (*reason, metrics.dead_letters_of(*reason)))
+            .collect(),
+        rows: datasets
+            .iter()
+            .map(|d| (d.clone(), metrics.rows_of(d)))
+            .collect(),
         files: metrics.files_written.load(r),
         elapsed: started.elapsed(),
         peak_rss: peak_rss(),
         watermark: metrics.watermark(),
+        latency_p50_ms: metrics.visibility_latency.quantile(0.5),
+        latency_p99_ms: metrics.visibility_latency.quantile(0.99),
     };
     if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {
         eprintln!("{summary}input done; serving the API until interrupted");
@@ -347,7 +469,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     api_stop.notify_waiters();
     api_stop.notify_one();
     if let Some(task) = api_task {
-        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        let _ =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunResult { summary, vehicles })

@@ -13,7 +13,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fleetflow", version, about = "Incremental stream processing of vehicle telemetry")]
+#[command(
+    name = "fleetflow",
+    version,
+    about = "Incremental stream processing of vehicle telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,8 +109,10 @@ impl From<JobError> for Failure {
 }
 
 fn load(path: &std::path::Path) -> Result<(JobSpec, String), Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-    let spec = JobSpec::parse(&text).map_err(|e: SpecError| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let spec = JobSpec::parse(&text)
+        .map_err(|e: SpecError| Failure::Usage(format!("{}: {e}", path.display())))?;
     Ok((spec, text))
 }
 
@@ -114,11 +120,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Validate { job } => {
             let (spec, text) = load(&job)?;
-            spec.check_paths(&text).map_err(|e| Failure::Usage(format!("{}: {e}", job.display())))?;
+            spec.check_paths(&text)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", job.display())))?;
             println!("{}: ok", job.display());
             Ok(())
         }
-        Command::Run { job, workers, listen, serve, processes, process_index, hosts } => {
+        Command::Run {
+            job,
+            workers,
+            listen,
+            serve,
+            processes,
+            process_index,
+            hosts,
+        } => {
             if processes.unwrap_or(1) > 1 || process_index.is_some() || hosts.is_some() {
                 return Err(Failure::Usage("--processes/--process-index/--hosts: cluster mode is not available in this build yet".into()));
             }
@@ -127,11 +142,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             if let Some(l) = &listen {
                 if l.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(Failure::Usage(format!("--listen: not a socket address: {l:?}")));
+                    return Err(Failure::Usage(format!(
+                        "--listen: not a socket address: {l:?}"
+                    )));
                 }
             }
             let (spec, text) = load(&job)?;
-            let opts = RunOptions { workers, listen: listen.map(Some), serve, progress: true, ..Default::default() };
+            let opts = RunOptions {
+                workers,
+                listen: listen.map(Some),
+                serve,
+                progress: true,
+                ..Default::default()
+            };
             let result = run_job(&spec, &text, opts).map_err(|e| match Failure::from(e) {
                 Failure::Usage(m) => Failure::Usage(format!("{}: {m}", job.display())),
                 f => f,
@@ -139,25 +162,57 @@ fn run(cli: Cli) -> Result<(), Failure> {
             eprint!("{}", result.summary);
             Ok(())
         }
-        Command::Generate { vehicles, duration, interval, seed, start, out, kafka, topic: _, rate, disorder, duplicates, bad_lines } => {
+        Command::Generate {
+            vehicles,
+            duration,
+            interval,
+            seed,
+            start,
+            out,
+            kafka,
+            topic: _,
+            rate,
+            disorder,
+            duplicates,
+            bad_lines,
+        } => {
             if kafka.is_some() {
-                return Err(Failure::Usage("--kafka: producing to Kafka is not available in this build yet (use --out)".into()));
+                return Err(Failure::Usage(
+                    "--kafka: producing to Kafka is not available in this build yet (use --out)"
+                        .into(),
+                ));
             }
             if vehicles == 0 {
                 return Err(Failure::Usage("--vehicles: must be at least 1".into()));
             }
             for (name, v) in [("--duplicates", duplicates), ("--bad-lines", bad_lines)] {
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(Failure::Usage(format!("{name}: must be a fraction between 0 and 1, got {v}")));
+                    return Err(Failure::Usage(format!(
+                        "{name}: must be a fraction between 0 and 1, got {v}"
+                    )));
                 }
             }
             let start = start.unwrap_or_else(fleetflow_types::config::default_start);
             if fleetflow_types::time::parse_rfc3339(&start).is_none() {
-                return Err(Failure::Usage(format!("--start: invalid RFC 3339 timestamp {start:?}")));
+                return Err(Failure::Usage(format!(
+                    "--start: invalid RFC 3339 timestamp {start:?}"
+                )));
             }
-            let spec = GeneratorSpec { vehicles, interval, seed, rate, duration: Some(duration), start, disorder, duplicates, bad_lines, ..GeneratorSpec::default() };
+            let spec = GeneratorSpec {
+                vehicles,
+                interval,
+                seed,
+                rate,
+                duration: Some(duration),
+                start,
+                disorder,
+                duplicates,
+                bad_lines,
+                ..GeneratorSpec::default()
+            };
             let path = out.expect("clap requires --out without --kafka");
-            let file = std::fs::File::create(&path).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            let file = std::fs::File::create(&path)
+                .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             let mut generator = Generator::new(&spec, 0, 1);
             let expected = (duration.millis() / interval.millis().max(1)) as u64 * vehicles as u64;
@@ -186,9 +241,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(e) = err {
                 return Err(Failure::Runtime(format!("{}: {e}", path.display())));
             }
-            w.flush().map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            w.flush()
+                .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
             let secs = started.elapsed().as_secs_f64();
-            eprintln!("wrote {n} events to {} in {secs:.2}s ({:.0} events/s)", path.display(), n as f64 / secs.max(1e-9));
+            eprintln!(
+                "wrote {n} events to {} in {secs:.2}s ({:.0} events/s)",
+                path.display(),
+                n as f64 / secs.max(1e-9)
+            );
             Ok(())
         }
     }
@@ -196,7 +256,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,fleetflow=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,fleetflow=info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

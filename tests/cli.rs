@@ -3,8 +3,16 @@
 use std::process::Command;
 
 fn fleetflow(args: &[&str], cwd: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow")).args(args).current_dir(cwd).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const GOOD: &str = r#"name = "t"
@@ -45,15 +53,35 @@ fn bad_specs_exit_2_with_one_line_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
     let cases: &[(&str, &str, &str)] = &[
-        ("allowed_lateness = \"30s\"", "allowed_lateness = \"half a minute\"", "line 9: time.allowed_lateness"),
+        (
+            "allowed_lateness = \"30s\"",
+            "allowed_lateness = \"half a minute\"",
+            "line 9: time.allowed_lateness",
+        ),
         ("workers = 1", "workers = 0", "line 2: workers"),
         ("workers = 1", "workers = \"two\"", "workers"),
-        ("path = \"in.ndjson\"", "path = \"missing.ndjson\"", "line 6: source.path"),
+        (
+            "path = \"in.ndjson\"",
+            "path = \"missing.ndjson\"",
+            "line 6: source.path",
+        ),
         ("kind = \"file\"", "kind = \"ftp\"", "source"),
         ("\"1d\"]", "\"7m\"]", "line 13: lake.tiers"),
-        ("listen = \"127.0.0.1:0\"", "listen = \"everywhere\"", "line 16: api.listen"),
-        ("url = \"file://./lake\"", "url = \"ftp://x\"", "line 12: lake.url"),
-        ("[time]", "[time]\nlateness = \"1s\"", "unknown field `lateness`"),
+        (
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"everywhere\"",
+            "line 16: api.listen",
+        ),
+        (
+            "url = \"file://./lake\"",
+            "url = \"ftp://x\"",
+            "line 12: lake.url",
+        ),
+        (
+            "[time]",
+            "[time]\nlateness = \"1s\"",
+            "unknown field `lateness`",
+        ),
         ("name = \"t\"", "name = ", "line 1"),
     ];
     for (from, to, needle) in cases {
@@ -63,8 +91,15 @@ fn bad_specs_exit_2_with_one_line_naming_the_field() {
         for cmd in ["validate", "run"] {
             let (code, _, err) = fleetflow(&[cmd, "bad.toml"], dir.path());
             assert_eq!(code, 2, "{cmd} {to}: {err}");
-            assert_eq!(err.trim_end().lines().count(), 1, "{cmd} {to}: one line, got {err:?}");
-            assert!(err.contains(needle), "{cmd} {to}: {err:?} should name {needle:?}");
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{cmd} {to}: one line, got {err:?}"
+            );
+            assert!(
+                err.contains(needle),
+                "{cmd} {to}: {err:?} should name {needle:?}"
+            );
             assert!(!err.contains("panicked"), "{err}");
         }
     }
@@ -82,27 +117,88 @@ fn bad_arguments_exit_2() {
         (&["run", "job.toml", "--workers", "many"], "--workers"),
         (&["run", "job.toml", "--listen", "nowhere"], "--listen"),
         (&["run", "job.toml", "--frobnicate"], "--frobnicate"),
-        (&["generate", "--duration", "10m", "--out", "x.ndjson"], "--vehicles"),
-        (&["generate", "--vehicles", "3", "--duration", "soon", "--out", "x.ndjson"], "--duration"),
-        (&["generate", "--vehicles", "3", "--duration", "1m"], "--out"),
-        (&["generate", "--vehicles", "0", "--duration", "1m", "--out", "x.ndjson"], "--vehicles"),
-        (&["generate", "--vehicles", "3", "--duration", "1m", "--out", "x.ndjson", "--duplicates", "2"], "--duplicates"),
+        (
+            &["generate", "--duration", "10m", "--out", "x.ndjson"],
+            "--vehicles",
+        ),
+        (
+            &[
+                "generate",
+                "--vehicles",
+                "3",
+                "--duration",
+                "soon",
+                "--out",
+                "x.ndjson",
+            ],
+            "--duration",
+        ),
+        (
+            &["generate", "--vehicles", "3", "--duration", "1m"],
+            "--out",
+        ),
+        (
+            &[
+                "generate",
+                "--vehicles",
+                "0",
+                "--duration",
+                "1m",
+                "--out",
+                "x.ndjson",
+            ],
+            "--vehicles",
+        ),
+        (
+            &[
+                "generate",
+                "--vehicles",
+                "3",
+                "--duration",
+                "1m",
+                "--out",
+                "x.ndjson",
+                "--duplicates",
+                "2",
+            ],
+            "--duplicates",
+        ),
         (&["frobnicate"], "frobnicate"),
     ];
     for (args, needle) in cases {
         let (code, _, err) = fleetflow(args, dir.path());
         assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err:?} should name {needle:?}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should name {needle:?}"
+        );
     }
 }
 
 #[test]
 fn generate_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let args = |out: &'static str| ["generate", "--vehicles", "5", "--duration", "2m", "--seed", "3", "--disorder", "5s", "--out", out];
+    let args = |out: &'static str| {
+        [
+            "generate",
+            "--vehicles",
+            "5",
+            "--duration",
+            "2m",
+            "--seed",
+            "3",
+            "--disorder",
+            "5s",
+            "--out",
+            out,
+        ]
+    };
     assert_eq!(fleetflow(&args("a.ndjson"), dir.path()).0, 0);
     assert_eq!(fleetflow(&args("b.ndjson"), dir.path()).0, 0);
     let a = std::fs::read_to_string(dir.path().join("a.ndjson")).unwrap();
-    assert_eq!(a, std::fs::read_to_string(dir.path().join("b.ndjson")).unwrap());
+    assert_eq!(
+        a,
+        std::fs::read_to_string(dir.path().join("b.ndjson")).unwrap()
+    );
     assert_eq!(a.lines().count(), 5 * 24);
 }

@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn lake_glob(lake: &std::path::Path, dataset: &str) -> String {
-    format!("read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = true)", lake.display())
+    format!(
+        "read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = true)",
+        lake.display()
+    )
 }
 
 #[test]
@@ -21,25 +24,41 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
     let tiers = [60_000i64, 3_600_000, 86_400_000];
     let exp = expected(&lines, &tiers, &VehicleRegistry::default(), 600_000);
     let dir = tempfile::tempdir().unwrap();
-    write_lines(&dir.path().join("porto.ndjson"), &shuffle_within(&lines, 20_000, 9));
+    write_lines(
+        &dir.path().join("porto.ndjson"),
+        &shuffle_within(&lines, 20_000, 9),
+    );
     std::fs::write(
         dir.path().join("job.toml"),
         "name = \"porto\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"porto.ndjson\"\n[lake]\nurl = \"file://./lake\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow")).args(["run", "job.toml"]).current_dir(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args(["run", "job.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("accepted    {}", exp.accepted.len())), "summary: {stderr}");
+    assert!(
+        stderr.contains(&format!("accepted    {}", exp.accepted.len())),
+        "summary: {stderr}"
+    );
     let lake = dir.path().join("lake");
 
     // raw: exactly the accepted fixes.
-    let raw = duckdb(&format!("select vehicle_id, epoch_ms(ts), lat, lon from {} order by 1, 2", lake_glob(&lake, "raw")));
+    let raw = duckdb(&format!(
+        "select vehicle_id, epoch_ms(ts), lat, lon from {} order by 1, 2",
+        lake_glob(&lake, "raw")
+    ));
     assert_eq!(raw.len(), exp.accepted.len());
     for (row, fix) in raw.iter().zip(&exp.accepted) {
         assert_eq!(row[0].as_str(), Some(fix.vehicle_id.as_str()));
         assert_eq!(row[1].as_i64(), Some(fix.ts));
-        assert_eq!((row[2].as_f64(), row[3].as_f64()), (Some(fix.lat), Some(fix.lon)));
+        assert_eq!(
+            (row[2].as_f64(), row[3].as_f64()),
+            (Some(fix.lat), Some(fix.lon))
+        );
     }
     // Tiers: every row and value.
     for (t, name) in ["1m", "1h", "1d"].iter().enumerate() {
@@ -53,26 +72,64 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
             let key = format!("{name} {} {}", w.vehicle_id, w.window_start);
             assert_eq!(g[0].as_str(), Some(w.vehicle_id.as_str()), "{key}");
             assert_eq!(g[1].as_str(), Some(w.tenant.as_str()), "{key}");
-            let ints: Vec<i64> = [2, 3, 4, 5, 6].iter().map(|i| g[*i].as_i64().unwrap()).collect();
-            assert_eq!(ints, vec![w.window_start, w.window_end, w.fixes as i64, w.first_ts, w.last_ts], "{key}");
-            assert_eq!((g[7].as_f64(), g[8].as_f64()), (Some(w.lat), Some(w.lon)), "{key}");
-            for (i, v) in [(9, w.distance_km), (10, w.fuel_used_l), (11, w.moving_s), (12, w.idle_s)] {
+            let ints: Vec<i64> = [2, 3, 4, 5, 6]
+                .iter()
+                .map(|i| g[*i].as_i64().unwrap())
+                .collect();
+            assert_eq!(
+                ints,
+                vec![
+                    w.window_start,
+                    w.window_end,
+                    w.fixes as i64,
+                    w.first_ts,
+                    w.last_ts
+                ],
+                "{key}"
+            );
+            assert_eq!(
+                (g[7].as_f64(), g[8].as_f64()),
+                (Some(w.lat), Some(w.lon)),
+                "{key}"
+            );
+            for (i, v) in [
+                (9, w.distance_km),
+                (10, w.fuel_used_l),
+                (11, w.moving_s),
+                (12, w.idle_s),
+            ] {
                 assert_close(g[i].as_f64().unwrap(), v, &key);
             }
-            assert!(g[13].is_null() && g[14].is_null(), "{key}: no fuel and no speeds in the Porto data");
+            assert!(
+                g[13].is_null() && g[14].is_null(),
+                "{key}: no fuel and no speeds in the Porto data"
+            );
         }
     }
     // Dead letters: the implausible jumps, with their payloads.
-    let dead = duckdb(&format!("select reason, count(*) from {} group by 1", lake_glob(&lake, "dead_letter")));
+    let dead = duckdb(&format!(
+        "select reason, count(*) from {} group by 1",
+        lake_glob(&lake, "dead_letter")
+    ));
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0][0].as_str(), Some(Reason::ImplausibleJump.as_str()));
     assert_eq!(dead[0][1].as_u64(), Some(exp.implausible.len() as u64));
     // Hive partition columns.
-    let parts = duckdb(&format!("select distinct cast(date as varchar), hour from {} order by 2", lake_glob(&lake, "1m")));
-    assert!(parts.iter().all(|p| p[0].as_str() == Some("2013-07-01")), "{parts:?}");
+    let parts = duckdb(&format!(
+        "select distinct cast(date as varchar), hour from {} order by 2",
+        lake_glob(&lake, "1m")
+    ));
+    assert!(
+        parts.iter().all(|p| p[0].as_str() == Some("2013-07-01")),
+        "{parts:?}"
+    );
     // No partial or staging files are visible.
     for entry in walk(&lake) {
-        assert!(entry.extension().is_some_and(|e| e == "parquet"), "unexpected file {}", entry.display());
+        assert!(
+            entry.extension().is_some_and(|e| e == "parquet"),
+            "unexpected file {}",
+            entry.display()
+        );
     }
 }
 
@@ -92,20 +149,33 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 #[test]
 fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let quickstart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    let quickstart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["run", quickstart.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            quickstart.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,18 +221,32 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
     assert_eq!(status, 400, "{body}");
     std::thread::sleep(Duration::from_secs(2));
     let (_, metrics) = http_get(&addr, "/metrics");
-    let accepted: u64 = metrics.lines().find_map(|l| l.strip_prefix("fleetflow_events_accepted_total ")).unwrap().parse().unwrap();
+    let accepted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fleetflow_events_accepted_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(accepted > 1000, "{metrics}");
 
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     let log = collected.join().unwrap();
     assert!(exit.success(), "exit {exit:?}: {log}");
     assert!(log.contains("events "), "closing summary: {log}");
     let lake = dir.path().join("lake");
-    let rows = duckdb(&format!("select count(*), sum(fixes) from {}", lake_glob(&lake, "1m")));
+    let rows = duckdb(&format!(
+        "select count(*), sum(fixes) from {}",
+        lake_glob(&lake, "1m")
+    ));
     assert!(rows[0][0].as_i64().unwrap() > 100, "{rows:?}");
     let raw = duckdb(&format!("select count(*) from {}", lake_glob(&lake, "raw")));
-    assert!(raw[0][0].as_i64().unwrap() >= rows[0][1].as_i64().unwrap(), "raw holds every fix of the closed windows");
+    assert!(
+        raw[0][0].as_i64().unwrap() >= rows[0][1].as_i64().unwrap(),
+        "raw holds every fix of the closed windows"
+    );
 }

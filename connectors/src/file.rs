@@ -23,7 +23,10 @@ pub fn list_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
             let p = entry?.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("ndjson" | "jsonl" | "json")) {
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("ndjson" | "jsonl" | "json")
+            ) {
                 out.push(p);
             }
         }
@@ -53,14 +56,25 @@ impl FileSource {
             .iter()
             .enumerate()
             .filter(|(i, _)| i % peers == worker)
-            .map(|(i, p)| FileInput { id: i as u32, path: p.clone(), reader: None, line: 0, done: false })
+            .map(|(i, p)| FileInput {
+                id: i as u32,
+                path: p.clone(),
+                reader: None,
+                line: 0,
+                done: false,
+            })
             .collect();
-        FileSource { files, buf: Vec::with_capacity(1024) }
+        FileSource {
+            files,
+            buf: Vec::with_capacity(1024),
+        }
     }
 
     /// Names of the inputs, indexed by global id: `file:PATH`.
     pub fn input_names(all: &[PathBuf]) -> Vec<String> {
-        all.iter().map(|p| format!("file:{}", p.display())).collect()
+        all.iter()
+            .map(|p| format!("file:{}", p.display()))
+            .collect()
     }
 }
 
@@ -69,14 +83,25 @@ impl Source for FileSource {
         self.files.iter().map(|f| f.id).collect()
     }
 
-    fn poll(&mut self, local: usize, budget: usize, sink: &mut dyn FnMut(&[u8], u64)) -> Result<Polled, SourceError> {
+    fn poll(
+        &mut self,
+        local: usize,
+        budget: usize,
+        sink: &mut dyn FnMut(&[u8], u64),
+    ) -> Result<Polled, SourceError> {
         let f = &mut self.files[local];
         if f.done {
             return Ok(Polled::Finished);
         }
-        let io = |error| SourceError::Io { input: f.path.display().to_string(), error };
+        let io = |error| SourceError::Io {
+            input: f.path.display().to_string(),
+            error,
+        };
         if f.reader.is_none() {
-            let file = File::open(&f.path).map_err(|e| SourceError::Io { input: f.path.display().to_string(), error: e })?;
+            let file = File::open(&f.path).map_err(|e| SourceError::Io {
+                input: f.path.display().to_string(),
+                error: e,
+            })?;
             f.reader = Some(BufReader::with_capacity(256 * 1024, file));
         }
         let reader = f.reader.as_mut().expect("opened above");
@@ -87,7 +112,11 @@ impl Source for FileSource {
             if read == 0 {
                 f.reader = None;
                 f.done = true;
-                return Ok(if n > 0 { Polled::Data(n) } else { Polled::Finished });
+                return Ok(if n > 0 {
+                    Polled::Data(n)
+                } else {
+                    Polled::Finished
+                });
             }
             f.line += 1;
             let mut line = &self.buf[..];
@@ -111,7 +140,11 @@ mod tests {
     #[test]
     fn files_are_dealt_to_workers_and_read_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [("b.ndjson", "b1\r\n\nb2\n"), ("a.ndjson", "a1\na2"), ("c.txt", "ignored\n")] {
+        for (name, body) in [
+            ("b.ndjson", "b1\r\n\nb2\n"),
+            ("a.ndjson", "a1\na2"),
+            ("c.txt", "ignored\n"),
+        ] {
             std::fs::write(dir.path().join(name), body).unwrap();
         }
         let all = list_files(dir.path()).unwrap();
@@ -121,7 +154,12 @@ mod tests {
         assert_eq!(w1.inputs(), vec![1]);
         let mut got = Vec::new();
         loop {
-            match w1.poll(0, 1, &mut |l, pos| got.push((String::from_utf8(l.to_vec()).unwrap(), pos))).unwrap() {
+            match w1
+                .poll(0, 1, &mut |l, pos| {
+                    got.push((String::from_utf8(l.to_vec()).unwrap(), pos))
+                })
+                .unwrap()
+            {
                 Polled::Finished => break,
                 Polled::Data(n) => assert_eq!(n, 1),
                 Polled::Empty => unreachable!(),
@@ -137,9 +175,18 @@ mod tests {
         let all = list_files(dir.path()).unwrap();
         let mut src = FileSource::new(&all, 0, 1);
         let mut n = 0;
-        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Data(3));
-        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Finished);
-        assert_eq!(src.poll(0, 10, &mut |_, _| n += 1).unwrap(), Polled::Finished);
+        assert_eq!(
+            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            Polled::Data(3)
+        );
+        assert_eq!(
+            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            Polled::Finished
+        );
+        assert_eq!(
+            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            Polled::Finished
+        );
         assert_eq!(n, 3);
     }
 }

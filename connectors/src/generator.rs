@@ -53,7 +53,11 @@ struct SimVehicle {
 }
 
 fn vehicle_rng(seed: u64, index: u32) -> SmallRng {
-    SmallRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 0x5151)
+    SmallRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+            ^ 0x5151,
+    )
 }
 
 impl SimVehicle {
@@ -75,7 +79,11 @@ impl SimVehicle {
             lon,
             heading: rng.random::<f64>() * 360.0,
             speed: 0.0,
-            mode: if rng.random::<f64>() < 0.7 { Mode::Driving } else { Mode::Parked },
+            mode: if rng.random::<f64>() < 0.7 {
+                Mode::Driving
+            } else {
+                Mode::Parked
+            },
             remaining_s: rng.random_range(60.0..900.0),
             fuel_used: rng.random_range(1_000.0..50_000.0),
             level_pct: rng.random_range(30.0..95.0),
@@ -128,7 +136,9 @@ impl SimVehicle {
             if self.remaining_s <= 0.0 {
                 let u = self.rng.random::<f64>();
                 (self.mode, self.remaining_s) = match self.mode {
-                    Mode::Driving if u < 0.65 => (Mode::Stopped, self.rng.random_range(20.0..150.0)),
+                    Mode::Driving if u < 0.65 => {
+                        (Mode::Stopped, self.rng.random_range(20.0..150.0))
+                    }
                     Mode::Driving => (Mode::Parked, self.rng.random_range(300.0..2_400.0)),
                     Mode::Stopped if u < 0.9 => (Mode::Driving, self.rng.random_range(60.0..900.0)),
                     Mode::Stopped => (Mode::Parked, self.rng.random_range(300.0..2_400.0)),
@@ -145,7 +155,14 @@ impl SimVehicle {
 
     fn fix(&mut self, ts: Millis) -> Fix {
         let round = |x: f64, d: f64| (x * d).round() / d;
-        let (fuel_used, level) = if self.level_only { (None, Some(round(self.level_pct, 100.0))) } else { (Some(round(self.fuel_used, 1000.0)), Some(round(self.level_pct, 100.0))) };
+        let (fuel_used, level) = if self.level_only {
+            (None, Some(round(self.level_pct, 100.0)))
+        } else {
+            (
+                Some(round(self.fuel_used, 1000.0)),
+                Some(round(self.level_pct, 100.0)),
+            )
+        };
         Fix {
             vehicle_id: self.id.clone(),
             tenant: self.tenant.clone(),
@@ -168,7 +185,12 @@ pub fn registry_rows(spec: &GeneratorSpec) -> Vec<VehicleInfo> {
     (0..spec.vehicles)
         .map(|i| {
             let v = SimVehicle::new(spec, i);
-            VehicleInfo { vehicle_id: v.id, tenant: Some(v.tenant), tank_capacity_l: Some(v.capacity), class: Some("van".into()) }
+            VehicleInfo {
+                vehicle_id: v.id,
+                tenant: Some(v.tenant),
+                tank_capacity_l: Some(v.capacity),
+                class: Some("van".into()),
+            }
         })
         .collect()
 }
@@ -195,7 +217,10 @@ impl Generator {
     /// Partition `partition` of `partitions` of the fleet described by `spec`.
     pub fn new(spec: &GeneratorSpec, partition: u32, partitions: u32) -> Self {
         let t0 = fleetflow_types::time::parse_rfc3339(&spec.start).unwrap_or(1_736_143_200_000);
-        let vehicles = (0..spec.vehicles).filter(|i| i % partitions == partition).map(|i| SimVehicle::new(spec, i)).collect();
+        let vehicles = (0..spec.vehicles)
+            .filter(|i| i % partitions == partition)
+            .map(|i| SimVehicle::new(spec, i))
+            .collect();
         Generator {
             partition,
             vehicles,
@@ -230,7 +255,11 @@ impl Generator {
             self.exhausted = true;
             return;
         }
-        let dt = if self.round == 0 { 0.0 } else { self.interval as f64 / 1000.0 };
+        let dt = if self.round == 0 {
+            0.0
+        } else {
+            self.interval as f64 / 1000.0
+        };
         let disorder = self.spec.disorder.map(|d| d.millis()).unwrap_or(0);
         for i in 0..self.vehicles.len() {
             let center = self.spec.center;
@@ -248,7 +277,13 @@ impl Generator {
             }
             let mut line = Vec::with_capacity(256);
             intake::encode(&fix, &mut line);
-            let delay = |rng: &mut SmallRng| if disorder > 0 { rng.random_range(0..=disorder) } else { 0 };
+            let delay = |rng: &mut SmallRng| {
+                if disorder > 0 {
+                    rng.random_range(0..=disorder)
+                } else {
+                    0
+                }
+            };
             if self.rng.random::<f64>() < self.spec.duplicates {
                 let d = delay(&mut self.rng);
                 self.hold(ts + d, line.clone());
@@ -256,7 +291,9 @@ impl Generator {
             if self.rng.random::<f64>() < self.spec.bad_lines {
                 let junk = match self.rng.random_range(0..4) {
                     0 => format!("{{\"vehicle_id\":\"V{vid:05}\",\"ts\":{ts},\"lat\":"),
-                    1 => format!("{{\"vehicle_id\":\"V{vid:05}\",\"ts\":{ts},\"lat\":123.0,\"lon\":2.0}}"),
+                    1 => format!(
+                        "{{\"vehicle_id\":\"V{vid:05}\",\"ts\":{ts},\"lat\":123.0,\"lon\":2.0}}"
+                    ),
                     2 => format!("{{\"vehicle_id\":\"V{vid:05}\",\"lat\":1.0,\"lon\":2.0}}"),
                     _ => "garbage that is not json".to_string(),
                 };
@@ -274,7 +311,12 @@ impl Source for Generator {
         vec![self.partition]
     }
 
-    fn poll(&mut self, _local: usize, budget: usize, sink: &mut dyn FnMut(&[u8], u64)) -> Result<Polled, SourceError> {
+    fn poll(
+        &mut self,
+        _local: usize,
+        budget: usize,
+        sink: &mut dyn FnMut(&[u8], u64),
+    ) -> Result<Polled, SourceError> {
         let started = *self.started.get_or_insert_with(std::time::Instant::now);
         let mut allowed = budget as u64;
         if let Some(rate) = self.spec.rate {
@@ -287,7 +329,11 @@ impl Source for Generator {
         let mut n = 0u64;
         while n < allowed {
             // Release what is due before the next round starts.
-            let horizon = if self.exhausted { Millis::MAX } else { self.t0 + self.round as i64 * self.interval };
+            let horizon = if self.exhausted {
+                Millis::MAX
+            } else {
+                self.t0 + self.round as i64 * self.interval
+            };
             match self.held.peek() {
                 Some(Reverse((release, _, _))) if *release < horizon => {
                     let Reverse((_, seq, line)) = self.held.pop().expect("peeked");
@@ -313,18 +359,29 @@ mod tests {
 
     fn drain(g: &mut Generator) -> Vec<String> {
         let mut out = Vec::new();
-        while let Polled::Data(_) = g.poll(0, 1000, &mut |l, _| out.push(String::from_utf8(l.to_vec()).unwrap())).unwrap() {}
+        while let Polled::Data(_) = g
+            .poll(0, 1000, &mut |l, _| {
+                out.push(String::from_utf8(l.to_vec()).unwrap())
+            })
+            .unwrap()
+        {}
         out
     }
 
     fn spec() -> GeneratorSpec {
-        GeneratorSpec { vehicles: 7, duration: Some(HumanDuration::from_millis(600_000)), ..GeneratorSpec::default() }
+        GeneratorSpec {
+            vehicles: 7,
+            duration: Some(HumanDuration::from_millis(600_000)),
+            ..GeneratorSpec::default()
+        }
     }
 
     #[test]
     fn partitions_together_produce_the_same_events() {
         let mut one = drain(&mut Generator::new(&spec(), 0, 1));
-        let mut three: Vec<String> = (0..3).flat_map(|p| drain(&mut Generator::new(&spec(), p, 3))).collect();
+        let mut three: Vec<String> = (0..3)
+            .flat_map(|p| drain(&mut Generator::new(&spec(), p, 3)))
+            .collect();
         assert_eq!(one.len(), 7 * 120);
         one.sort();
         three.sort();
@@ -334,9 +391,18 @@ mod tests {
     #[test]
     fn output_decodes_and_is_realistic() {
         let lines = drain(&mut Generator::new(&spec(), 0, 1));
-        let fixes: Vec<Fix> = lines.iter().map(|l| intake::decode(l.as_bytes(), i64::MAX / 2, None).unwrap()).collect();
-        assert!(fixes.iter().any(|f| f.ignition == Some(false)), "some vehicles park");
-        assert!(fixes.iter().any(|f| f.speed_kmh.unwrap() > 30.0), "some vehicles drive");
+        let fixes: Vec<Fix> = lines
+            .iter()
+            .map(|l| intake::decode(l.as_bytes(), i64::MAX / 2, None).unwrap())
+            .collect();
+        assert!(
+            fixes.iter().any(|f| f.ignition == Some(false)),
+            "some vehicles park"
+        );
+        assert!(
+            fixes.iter().any(|f| f.speed_kmh.unwrap() > 30.0),
+            "some vehicles drive"
+        );
         let mut by_vehicle: std::collections::BTreeMap<_, Vec<&Fix>> = Default::default();
         for f in &fixes {
             by_vehicle.entry(f.vehicle_id.clone()).or_default().push(f);
@@ -354,12 +420,24 @@ mod tests {
 
     #[test]
     fn disorder_duplicates_and_junk_stay_within_bounds() {
-        let s = GeneratorSpec { disorder: Some(HumanDuration::from_millis(10_000)), duplicates: 0.05, bad_lines: 0.05, ..spec() };
+        let s = GeneratorSpec {
+            disorder: Some(HumanDuration::from_millis(10_000)),
+            duplicates: 0.05,
+            bad_lines: 0.05,
+            ..spec()
+        };
         let lines = drain(&mut Generator::new(&s, 0, 1));
-        let decoded: Vec<_> = lines.iter().map(|l| intake::decode(l.as_bytes(), i64::MAX / 2, None)).collect();
+        let decoded: Vec<_> = lines
+            .iter()
+            .map(|l| intake::decode(l.as_bytes(), i64::MAX / 2, None))
+            .collect();
         let bad = decoded.iter().filter(|d| d.is_err()).count();
         assert!(bad > 10, "junk lines appear: {bad}");
-        let ts: Vec<Millis> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|f| f.ts).collect();
+        let ts: Vec<Millis> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|f| f.ts)
+            .collect();
         assert!(ts.windows(2).any(|w| w[1] < w[0]), "some disorder");
         let mut max = i64::MIN;
         for t in ts {
@@ -370,7 +448,10 @@ mod tests {
 
     #[test]
     fn rate_limits_emission() {
-        let s = GeneratorSpec { rate: Some(1000), ..spec() };
+        let s = GeneratorSpec {
+            rate: Some(1000),
+            ..spec()
+        };
         let mut g = Generator::new(&s, 0, 1);
         let mut n = 0;
         let t = std::time::Instant::now();

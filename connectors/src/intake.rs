@@ -29,7 +29,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn invalid(detail: impl Into<String>) -> Self {
-        Rejection { reason: Reason::Invalid, detail: detail.into() }
+        Rejection {
+            reason: Reason::Invalid,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -77,7 +80,9 @@ impl<'de> Deserialize<'de> for RawTs {
                 Ok(RawTs::Ms(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawTs, E> {
-                Ok(i64::try_from(v).map(RawTs::Ms).unwrap_or(RawTs::Bad("ts out of range")))
+                Ok(i64::try_from(v)
+                    .map(RawTs::Ms)
+                    .unwrap_or(RawTs::Bad("ts out of range")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawTs, E> {
                 if v.fract() == 0.0 && v.abs() < 9.0e15 {
@@ -87,7 +92,9 @@ impl<'de> Deserialize<'de> for RawTs {
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTs, E> {
-                Ok(fleetflow_types::time::parse_rfc3339(v).map(RawTs::Ms).unwrap_or(RawTs::Bad("ts is not RFC 3339")))
+                Ok(fleetflow_types::time::parse_rfc3339(v)
+                    .map(RawTs::Ms)
+                    .unwrap_or(RawTs::Bad("ts is not RFC 3339")))
             }
             fn visit_unit<E: de::Error>(self) -> Result<RawTs, E> {
                 Ok(RawTs::Bad("ts is null"))
@@ -100,7 +107,13 @@ impl<'de> Deserialize<'de> for RawTs {
     }
 }
 
-fn check_range(name: &str, v: Option<f64>, lo: f64, hi: f64, hi_inclusive: bool) -> Result<(), Rejection> {
+fn check_range(
+    name: &str,
+    v: Option<f64>,
+    lo: f64,
+    hi: f64,
+    hi_inclusive: bool,
+) -> Result<(), Rejection> {
     if let Some(x) = v {
         let ok = x.is_finite() && x >= lo && if hi_inclusive { x <= hi } else { x < hi };
         if !ok {
@@ -112,14 +125,24 @@ fn check_range(name: &str, v: Option<f64>, lo: f64, hi: f64, hi_inclusive: bool)
 
 /// Decodes and validates one event. `now` is the processing clock (ms) for the
 /// "not more than a day in the future" rule; `registry` resolves tenants.
-pub fn decode(line: &[u8], now: Millis, registry: Option<&VehicleRegistry>) -> Result<Fix, Rejection> {
+pub fn decode(
+    line: &[u8],
+    now: Millis,
+    registry: Option<&VehicleRegistry>,
+) -> Result<Fix, Rejection> {
     let first = line.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(Rejection { reason: Reason::Malformed, detail: "not a JSON object".into() });
+        return Err(Rejection {
+            reason: Reason::Malformed,
+            detail: "not a JSON object".into(),
+        });
     }
     let raw: RawEvent<'_> = serde_json::from_slice(line).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
-        _ => Rejection { reason: Reason::Malformed, detail: e.to_string() },
+        _ => Rejection {
+            reason: Reason::Malformed,
+            detail: e.to_string(),
+        },
     })?;
     let vehicle_id = match raw.vehicle_id {
         Some(v) if !v.is_empty() && v.len() <= 64 => v,
@@ -136,7 +159,9 @@ pub fn decode(line: &[u8], now: Millis, registry: Option<&VehicleRegistry>) -> R
         return Err(Rejection::invalid(format!("ts {ts} before 2000-01-01")));
     }
     if ts > now.saturating_add(DAY_MS) {
-        return Err(Rejection::invalid(format!("ts {ts} more than 1 day in the future")));
+        return Err(Rejection::invalid(format!(
+            "ts {ts} more than 1 day in the future"
+        )));
     }
     let lat = raw.lat.ok_or_else(|| Rejection::invalid("lat missing"))?;
     let lon = raw.lon.ok_or_else(|| Rejection::invalid("lon missing"))?;
@@ -172,7 +197,11 @@ pub fn decode(line: &[u8], now: Millis, registry: Option<&VehicleRegistry>) -> R
 /// Writes a fix as one NDJSON line in the input format (used by the generator and tests).
 pub fn encode(fix: &Fix, out: &mut Vec<u8>) {
     use std::io::Write;
-    let _ = write!(out, "{{\"vehicle_id\":\"{}\",\"ts\":{},\"lat\":{},\"lon\":{}", fix.vehicle_id, fix.ts, fix.lat, fix.lon);
+    let _ = write!(
+        out,
+        "{{\"vehicle_id\":\"{}\",\"ts\":{},\"lat\":{},\"lon\":{}",
+        fix.vehicle_id, fix.ts, fix.lat, fix.lon
+    );
     let opt = |out: &mut Vec<u8>, k: &str, v: Option<f64>| {
         if let Some(v) = v {
             let _ = write!(out, ",\"{k}\":{v}");
@@ -214,7 +243,8 @@ mod tests {
 
     #[test]
     fn rfc3339_timestamps_and_default_tenant() {
-        let f = dec(r#"{"vehicle_id":"a\"b","ts":"2025-11-23T10:25:30.123Z","lat":1,"lon":2}"#).unwrap();
+        let f = dec(r#"{"vehicle_id":"a\"b","ts":"2025-11-23T10:25:30.123Z","lat":1,"lon":2}"#)
+            .unwrap();
         assert_eq!(f.ts, 1_763_893_530_123);
         assert_eq!(f.vehicle_id, "a\"b");
         assert_eq!(f.tenant, "default");
@@ -223,7 +253,12 @@ mod tests {
     #[test]
     fn registry_supplies_the_tenant() {
         let reg = VehicleRegistry::parse("vehicle_id,tenant\nV1,acme\n").unwrap();
-        let f = decode(br#"{"vehicle_id":"V1","ts":1763893530123,"lat":1,"lon":2}"#, NOW, Some(&reg)).unwrap();
+        let f = decode(
+            br#"{"vehicle_id":"V1","ts":1763893530123,"lat":1,"lon":2}"#,
+            NOW,
+            Some(&reg),
+        )
+        .unwrap();
         assert_eq!(f.tenant, "acme");
     }
 
@@ -233,27 +268,86 @@ mod tests {
             ("not json", Reason::Malformed, "not a JSON object"),
             ("{\"vehicle_id\":", Reason::Malformed, "EOF"),
             ("[1,2]", Reason::Malformed, "object"),
-            (r#"{"ts":1763893530123,"lat":1,"lon":2}"#, Reason::Invalid, "vehicle_id missing"),
-            (r#"{"vehicle_id":"","ts":1763893530123,"lat":1,"lon":2}"#, Reason::Invalid, "empty"),
-            (r#"{"vehicle_id":"v","lat":1,"lon":2}"#, Reason::Invalid, "ts missing"),
-            (r#"{"vehicle_id":"v","ts":5,"lat":1,"lon":2}"#, Reason::Invalid, "before 2000"),
-            (r#"{"vehicle_id":"v","ts":1863893530123,"lat":1,"lon":2}"#, Reason::Invalid, "future"),
-            (r#"{"vehicle_id":"v","ts":"yesterday","lat":1,"lon":2}"#, Reason::Invalid, "RFC 3339"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":91,"lon":2}"#, Reason::Invalid, "lat 91"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":-181}"#, Reason::Invalid, "lon"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1}"#, Reason::Invalid, "lon missing"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"speed_kmh":-1}"#, Reason::Invalid, "speed"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"heading_deg":360}"#, Reason::Invalid, "heading"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"fuel_level_pct":101}"#, Reason::Invalid, "fuel_level"),
-            (r#"{"vehicle_id":"v","ts":1763893530123,"lat":"x","lon":2}"#, Reason::Invalid, "invalid type"),
-            (r#"{"vehicle_id":"v","ts":1763893530123.5,"lat":1,"lon":2}"#, Reason::Invalid, "whole"),
+            (
+                r#"{"ts":1763893530123,"lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "vehicle_id missing",
+            ),
+            (
+                r#"{"vehicle_id":"","ts":1763893530123,"lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "empty",
+            ),
+            (
+                r#"{"vehicle_id":"v","lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "ts missing",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":5,"lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "before 2000",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1863893530123,"lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "future",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":"yesterday","lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "RFC 3339",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":91,"lon":2}"#,
+                Reason::Invalid,
+                "lat 91",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":-181}"#,
+                Reason::Invalid,
+                "lon",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1}"#,
+                Reason::Invalid,
+                "lon missing",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"speed_kmh":-1}"#,
+                Reason::Invalid,
+                "speed",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"heading_deg":360}"#,
+                Reason::Invalid,
+                "heading",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"fuel_level_pct":101}"#,
+                Reason::Invalid,
+                "fuel_level",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123,"lat":"x","lon":2}"#,
+                Reason::Invalid,
+                "invalid type",
+            ),
+            (
+                r#"{"vehicle_id":"v","ts":1763893530123.5,"lat":1,"lon":2}"#,
+                Reason::Invalid,
+                "whole",
+            ),
         ];
         for (line, reason, needle) in cases {
             let r = dec(line).expect_err(line);
             assert_eq!(r.reason, *reason, "{line}: {r:?}");
             assert!(r.detail.contains(needle), "{line}: {r:?}");
         }
-        let long = format!(r#"{{"vehicle_id":"{}","ts":1763893530123,"lat":1,"lon":2}}"#, "x".repeat(65));
+        let long = format!(
+            r#"{{"vehicle_id":"{}","ts":1763893530123,"lat":1,"lon":2}}"#,
+            "x".repeat(65)
+        );
         assert_eq!(dec(&long).unwrap_err().reason, Reason::Invalid);
     }
 

@@ -67,7 +67,12 @@ pub trait Source {
     /// Global ids of the inputs this instance reads.
     fn inputs(&self) -> Vec<u32>;
     /// Reads up to `budget` payloads of local input `local` (an index into `inputs()`).
-    fn poll(&mut self, local: usize, budget: usize, sink: &mut dyn FnMut(&[u8], u64)) -> Result<Polled, SourceError>;
+    fn poll(
+        &mut self,
+        local: usize,
+        budget: usize,
+        sink: &mut dyn FnMut(&[u8], u64),
+    ) -> Result<Polled, SourceError>;
     /// Whether inputs that stay silent become idle after `idle_timeout` (true for
     /// external inputs such as Kafka; false for files and the generator, which are never
     /// waiting for data).
@@ -131,23 +136,44 @@ pub struct SourceStreams<'scope> {
 }
 
 /// Renders `source` as a timely operator (see the module docs).
-pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: Box<dyn Source>, ctx: IntakeContext) -> SourceStreams<'scope> {
+pub fn render_source<'scope>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    mut source: Box<dyn Source>,
+    ctx: IntakeContext,
+) -> SourceStreams<'scope> {
     let mut builder = OperatorBuilder::new(format!("Source: {name}"), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let (fix_out, fixes) = builder.new_output::<Vec<IncomingFix>>();
     let (report_out, reports) = builder.new_output::<Vec<InputReport>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
-    let mut fix_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<IncomingFix>>>::from(fix_out);
-    let mut report_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<InputReport>>>::from(report_out);
-    let mut dead_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+    let mut fix_out = OutputBuilder::<
+        _,
+        timely::container::CapacityContainerBuilder<Vec<IncomingFix>>,
+    >::from(fix_out);
+    let mut report_out = OutputBuilder::<
+        _,
+        timely::container::CapacityContainerBuilder<Vec<InputReport>>,
+    >::from(report_out);
+    let mut dead_out = OutputBuilder::<
+        _,
+        timely::container::CapacityContainerBuilder<Vec<DeadLetter>>,
+    >::from(dead_out);
 
     let can_idle = source.can_idle();
     let start = std::time::Instant::now();
     let mut inputs: Vec<LocalInput> = source
         .inputs()
         .into_iter()
-        .map(|id| LocalInput { id, max_ts: None, state: InputState::Pending, last_data: start, empty_since: None, dirty: true })
+        .map(|id| LocalInput {
+            id,
+            max_ts: None,
+            state: InputState::Pending,
+            last_data: start,
+            empty_since: None,
+            dirty: true,
+        })
         .collect();
 
     builder.build(move |caps| {
@@ -281,5 +307,9 @@ pub fn render_source<'scope>(scope: Scope<'scope, u64>, name: &str, mut source: 
             }
         }
     });
-    SourceStreams { fixes, reports, dead_letters }
+    SourceStreams {
+        fixes,
+        reports,
+        dead_letters,
+    }
 }

@@ -78,22 +78,32 @@ pub fn render_timeline<'scope>(
     let worker = scope.index();
     let reports = reports.broadcast();
     let mut builder = OperatorBuilder::new("VehicleTimeline".to_owned(), scope);
-    let mut fix_in = builder.new_input(fixes, Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()));
+    let mut fix_in = builder.new_input(
+        fixes,
+        Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()),
+    );
     let mut report_in = builder.new_input(reports, Pipeline);
     let (raw_out, raw) = builder.new_output::<Vec<Fix>>();
     let (row_out, rows) = builder.new_output::<Vec<TierRow>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
-    let (state_out, state) = builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
+    let (state_out, state) =
+        builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
     let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
     let mut raw_out: Out<Fix> = OutputBuilder::from(raw_out);
     let mut row_out: Out<TierRow> = OutputBuilder::from(row_out);
     let mut dead_out: Out<DeadLetter> = OutputBuilder::from(dead_out);
-    let mut state_out: Out<((CompactString, VehicleState), u64, isize)> = OutputBuilder::from(state_out);
+    let mut state_out: Out<((CompactString, VehicleState), u64, isize)> =
+        OutputBuilder::from(state_out);
     let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
-        let mut timelines = Timelines::new(cfg.timeline.clone(), cfg.registry.clone(), cfg.input_names.clone(), cfg.metrics.clone());
+        let mut timelines = Timelines::new(
+            cfg.timeline.clone(),
+            cfg.registry.clone(),
+            cfg.input_names.clone(),
+            cfg.metrics.clone(),
+        );
         let mut tracker = WatermarkTracker::new(cfg.lateness);
         let mut watermark: Option<Millis> = None;
         let mut published: Option<Millis> = None;
@@ -113,12 +123,21 @@ pub fn render_timeline<'scope>(
             });
             let Some(held) = caps.as_mut() else { return };
             // Epochs below both frontiers are complete.
-            let frontier: Option<u64> = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            let frontier: Option<u64> = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
             let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
             let mut last_epoch = None;
             loop {
-                let next = [fix_stash.keys().next(), report_stash.keys().next()].into_iter().flatten().min().copied();
-                let Some(epoch) = next.filter(ready) else { break };
+                let next = [fix_stash.keys().next(), report_stash.keys().next()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .copied();
+                let Some(epoch) = next.filter(ready) else {
+                    break;
+                };
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
                     for inc in batch {
                         timelines.offer(inc, watermark, &mut out);
@@ -150,22 +169,41 @@ pub fn render_timeline<'scope>(
             if finished && !at_end {
                 let (pending, windows) = timelines.open_state();
                 if pending + windows > 0 {
-                    tracing::info!(worker, pending, windows, "interrupted: fixes above the watermark and open windows are not written");
+                    tracing::info!(
+                        worker,
+                        pending,
+                        windows,
+                        "interrupted: fixes above the watermark and open windows are not written"
+                    );
                 }
             }
             timelines.publish(state_watermark, &mut out);
             let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
             let advanced = state_watermark != published || at_end;
-            if !out.raw.is_empty() || !out.rows.is_empty() || !out.dead.is_empty() || !out.state.is_empty() || advanced {
+            if !out.raw.is_empty()
+                || !out.rows.is_empty()
+                || !out.dead.is_empty()
+                || !out.state.is_empty()
+                || advanced
+            {
                 let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&emit_at)).collect();
                 if !out.raw.is_empty() {
-                    raw_out.activate().session(&caps_at[0]).give_container(&mut out.raw);
+                    raw_out
+                        .activate()
+                        .session(&caps_at[0])
+                        .give_container(&mut out.raw);
                 }
                 if !out.rows.is_empty() {
-                    row_out.activate().session(&caps_at[1]).give_container(&mut out.rows);
+                    row_out
+                        .activate()
+                        .session(&caps_at[1])
+                        .give_container(&mut out.rows);
                 }
                 if !out.dead.is_empty() {
-                    dead_out.activate().session(&caps_at[2]).give_container(&mut out.dead);
+                    dead_out
+                        .activate()
+                        .session(&caps_at[2])
+                        .give_container(&mut out.dead);
                 }
                 if !out.state.is_empty() {
                     let mut o = state_out.activate();
@@ -177,7 +215,11 @@ pub fn render_timeline<'scope>(
                 if advanced {
                     if let Some(w) = state_watermark {
                         cfg.metrics.advance_watermark(w);
-                        progress_out.activate().session(&caps_at[4]).give(Progress { worker, watermark: w, end: at_end });
+                        progress_out.activate().session(&caps_at[4]).give(Progress {
+                            worker,
+                            watermark: w,
+                            end: at_end,
+                        });
                     }
                     published = state_watermark;
                 }
@@ -194,5 +236,11 @@ pub fn render_timeline<'scope>(
             }
         }
     });
-    CoreStreams { raw, rows, dead_letters, state: state.as_collection(), progress }
+    CoreStreams {
+        raw,
+        rows,
+        dead_letters,
+        state: state.as_collection(),
+        progress,
+    }
 }

@@ -24,27 +24,38 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
 /// The arranged vehicle state: key vehicle id, value its state.
-pub type StateArrangement<'scope> =
-    differential_dataflow::operators::arrange::Arranged<'scope, TraceAgent<ValSpine<CompactString, VehicleState, u64, isize>>>;
+pub type StateArrangement<'scope> = differential_dataflow::operators::arrange::Arranged<
+    'scope,
+    TraceAgent<ValSpine<CompactString, VehicleState, u64, isize>>,
+>;
 
 /// Arranges vehicle state by vehicle id (once; import it everywhere it is needed).
-pub fn arrange_state(state: VecCollection<'_, u64, (CompactString, VehicleState), isize>) -> StateArrangement<'_> {
+pub fn arrange_state(
+    state: VecCollection<'_, u64, (CompactString, VehicleState), isize>,
+) -> StateArrangement<'_> {
     state.arrange_by_key_named("Arrange: VehicleState")
 }
 
 /// Hands the arranged state's changes and the worker's progress to `sink` (see module docs).
-pub fn publish_state<'scope, F>(arranged: StateArrangement<'scope>, progress: Stream<'scope, u64, Vec<Progress>>, sink: F)
-where
-    F: FnMut(Vec<((CompactString, VehicleState), isize)>, Option<Progress>) + 'static,
+pub fn publish_state<'scope, F>(
+    arranged: StateArrangement<'scope>,
+    progress: Stream<'scope, u64, Vec<Progress>>,
+    sink: F,
+) where
+    F: FnMut(Vec<((CompactString, VehicleState), isize)>, Option<Progress>, Option<u64>) + 'static,
 {
     publish(arranged.as_vecs(), progress, sink)
 }
 
-/// Hands a collection's changes and progress to `sink`, in time order, once complete.
-pub fn publish<'scope, D, F>(updates: VecCollection<'scope, u64, D, isize>, progress: Stream<'scope, u64, Vec<Progress>>, mut sink: F)
-where
+/// Hands a collection's changes and progress to `sink`, in time order, once complete,
+/// with the latest epoch (processing-time ms the inputs were read at) they cover.
+pub fn publish<'scope, D, F>(
+    updates: VecCollection<'scope, u64, D, isize>,
+    progress: Stream<'scope, u64, Vec<Progress>>,
+    mut sink: F,
+) where
     D: timely::ExchangeData + Ord,
-    F: FnMut(Vec<(D, isize)>, Option<Progress>) + 'static,
+    F: FnMut(Vec<(D, isize)>, Option<Progress>, Option<u64>) + 'static,
 {
     let scope = progress.scope();
     let mut builder = OperatorBuilder::new("Publish: VehicleState".to_owned(), scope);
@@ -69,14 +80,19 @@ where
                     }
                 }
             });
-            let frontier: Option<u64> = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            let frontier: Option<u64> = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
             let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
             let mut batch = Vec::new();
+            let mut epoch = None;
             while let Some((t, _)) = updates.first_key_value() {
                 if !ready(t) {
                     break;
                 }
-                let (_, mut ups) = updates.pop_first().expect("checked");
+                let (t, mut ups) = updates.pop_first().expect("checked");
+                epoch = Some(t);
                 ups.sort_by_key(|(_, r)| *r);
                 batch.extend(ups);
             }
@@ -88,7 +104,7 @@ where
                 latest = progress.pop_first().map(|(_, p)| p);
             }
             if !batch.is_empty() || latest.is_some() {
-                sink(batch, latest);
+                sink(batch, latest, epoch);
             }
         }
     });

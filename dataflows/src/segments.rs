@@ -54,7 +54,8 @@ pub fn segment(a: &Fix, b: &Fix, capacity_l: Option<f64>) -> Segment {
     let (mut fuel_used_l, mut refuel_l) = (0.0, 0.0);
     if let (Some(fa), Some(fb)) = (a.fuel_used_l, b.fuel_used_l) {
         fuel_used_l = (fb - fa).max(0.0);
-    } else if let (Some(pa), Some(pb), Some(cap)) = (a.fuel_level_pct, b.fuel_level_pct, capacity_l) {
+    } else if let (Some(pa), Some(pb), Some(cap)) = (a.fuel_level_pct, b.fuel_level_pct, capacity_l)
+    {
         fuel_used_l = (pa - pb).max(0.0) * cap / 100.0;
         if pb - pa >= REFUEL_POINTS {
             refuel_l = (pb - pa) * cap / 100.0;
@@ -63,7 +64,8 @@ pub fn segment(a: &Fix, b: &Fix, capacity_l: Option<f64>) -> Segment {
     let (mut moving_s, mut idle_s) = (0.0, 0.0);
     if dt_ms <= GAP_MS {
         let implied = implied_kmh(distance_km, dt_ms);
-        let moving = a.speed_kmh.unwrap_or(implied) >= MOVING_KMH || b.speed_kmh.unwrap_or(implied) >= MOVING_KMH;
+        let moving = a.speed_kmh.unwrap_or(implied) >= MOVING_KMH
+            || b.speed_kmh.unwrap_or(implied) >= MOVING_KMH;
         let secs = dt_ms as f64 / 1000.0;
         if moving {
             moving_s = secs;
@@ -71,7 +73,14 @@ pub fn segment(a: &Fix, b: &Fix, capacity_l: Option<f64>) -> Segment {
             idle_s = secs;
         }
     }
-    Segment { dt_ms, distance_km, fuel_used_l, refuel_l, moving_s, idle_s }
+    Segment {
+        dt_ms,
+        distance_km,
+        fuel_used_l,
+        refuel_l,
+        moving_s,
+        idle_s,
+    }
 }
 
 #[cfg(test)]
@@ -104,15 +113,27 @@ mod tests {
         b.fuel_level_pct = Some(40.0);
         assert_eq!(segment(&a, &b, Some(60.0)).fuel_used_l, 0.5);
         b.fuel_used_l = Some(99.0);
-        assert_eq!(segment(&a, &b, Some(60.0)).fuel_used_l, 0.0, "a counter reset uses nothing");
+        assert_eq!(
+            segment(&a, &b, Some(60.0)).fuel_used_l,
+            0.0,
+            "a counter reset uses nothing"
+        );
         b.fuel_used_l = None;
         assert!((segment(&a, &b, Some(60.0)).fuel_used_l - 6.0).abs() < 1e-12);
-        assert_eq!(segment(&a, &b, None).fuel_used_l, 0.0, "no capacity, no litres");
+        assert_eq!(
+            segment(&a, &b, None).fuel_used_l,
+            0.0,
+            "no capacity, no litres"
+        );
         b.fuel_level_pct = Some(80.0);
         let s = segment(&a, &b, Some(60.0));
         assert_eq!((s.fuel_used_l, s.refuel_l), (0.0, 18.0));
         b.fuel_level_pct = Some(54.0);
-        assert_eq!(segment(&a, &b, Some(60.0)).refuel_l, 0.0, "a 4-point rise is noise");
+        assert_eq!(
+            segment(&a, &b, Some(60.0)).refuel_l,
+            0.0,
+            "a 4-point rise is noise"
+        );
     }
 
     #[test]
@@ -137,8 +158,14 @@ mod tests {
     #[test]
     fn implausible_needs_both_distance_and_speed() {
         let a = fix(0, 52.0, 13.0);
-        assert!(is_implausible(&a, &fix(10_000, 52.05, 13.0)), "5.5 km in 10 s");
-        assert!(!is_implausible(&a, &fix(3_600_000, 52.05, 13.0)), "5.5 km in an hour");
+        assert!(
+            is_implausible(&a, &fix(10_000, 52.05, 13.0)),
+            "5.5 km in 10 s"
+        );
+        assert!(
+            !is_implausible(&a, &fix(3_600_000, 52.05, 13.0)),
+            "5.5 km in an hour"
+        );
         assert!(!is_implausible(&a, &fix(1_000, 52.008, 13.0)), "under 1 km");
     }
 }

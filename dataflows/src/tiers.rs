@@ -79,7 +79,8 @@ impl WindowAcc {
 
     /// The finished row.
     pub fn finish(mut self) -> TierRow {
-        self.row.avg_speed_kmh = (self.speed_count > 0).then(|| self.speed_sum / self.speed_count as f64);
+        self.row.avg_speed_kmh =
+            (self.speed_count > 0).then(|| self.speed_sum / self.speed_count as f64);
         self.row
     }
 }
@@ -108,12 +109,28 @@ mod tests {
         f.ts = 70_000;
         f.lat = 1.5;
         f.speed_kmh = None;
-        let seg = Segment { dt_ms: 9_500, distance_km: 2.0, fuel_used_l: 0.5, refuel_l: 0.0, moving_s: 9.5, idle_s: 0.0 };
+        let seg = Segment {
+            dt_ms: 9_500,
+            distance_km: 2.0,
+            fuel_used_l: 0.5,
+            refuel_l: 0.0,
+            moving_s: 9.5,
+            idle_s: 0.0,
+        };
         w.add(&f, Some(&seg));
         let row = w.finish();
-        assert_eq!((row.window_start, row.window_end, row.fixes), (60_000, 120_000, 2));
+        assert_eq!(
+            (row.window_start, row.window_end, row.fixes),
+            (60_000, 120_000, 2)
+        );
         assert_eq!((row.first_ts, row.last_ts, row.lat), (60_500, 70_000, 1.5));
-        assert_eq!((row.avg_speed_kmh, row.max_speed_kmh), (Some(10.0), Some(10.0)));
-        assert_eq!((row.distance_km, row.moving_s, row.km_per_l()), (2.0, 9.5, Some(4.0)));
+        assert_eq!(
+            (row.avg_speed_kmh, row.max_speed_kmh),
+            (Some(10.0), Some(10.0))
+        );
+        assert_eq!(
+            (row.distance_km, row.moving_s, row.km_per_l()),
+            (2.0, 9.5, Some(4.0))
+        );
     }
 }

@@ -23,7 +23,9 @@ use crate::segments::{implied_kmh, is_implausible, segment, MOVING_KMH};
 use crate::tiers::WindowAcc;
 use fleetflow_types::fix::{haversine_km, Fix};
 use fleetflow_types::metrics::Metrics;
-use fleetflow_types::records::{source_name, DeadLetter, IncomingFix, Reason, Status, TierRow, VehicleState};
+use fleetflow_types::records::{
+    source_name, DeadLetter, IncomingFix, Reason, Status, TierRow, VehicleState,
+};
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::{day_of, Millis};
 use fleetflow_types::CompactString;
@@ -92,7 +94,12 @@ pub struct Timelines {
 
 impl Timelines {
     /// Empty timelines.
-    pub fn new(cfg: TimelineConfig, registry: Arc<VehicleRegistry>, input_names: Arc<Vec<String>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: TimelineConfig,
+        registry: Arc<VehicleRegistry>,
+        input_names: Arc<Vec<String>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Timelines {
             cfg,
             registry,
@@ -116,7 +123,11 @@ impl Timelines {
     /// Fixes waiting for the watermark, and open windows (for memory accounting and logs).
     pub fn open_state(&self) -> (usize, usize) {
         let pending = self.vehicles.iter().map(|v| v.pending.len()).sum();
-        let windows = self.vehicles.iter().map(|v| v.windows.iter().filter(|w| w.is_some()).count()).sum();
+        let windows = self
+            .vehicles
+            .iter()
+            .map(|v| v.windows.iter().filter(|w| w.is_some()).count())
+            .sum();
         (pending, windows)
     }
 
@@ -155,10 +166,18 @@ impl Timelines {
         let v = &mut self.vehicles[slot as usize];
         let ts = inc.fix.ts;
         let below_final = v.anchor.as_ref().is_some_and(|(a, _)| ts <= a.ts);
-        if let Some(w) = watermark.filter(|w| ts < *w).or(below_final.then_some(Millis::MIN)) {
+        if let Some(w) = watermark
+            .filter(|w| ts < *w)
+            .or(below_final.then_some(Millis::MIN))
+        {
             self.metrics.dead_letter(Reason::Late);
-            let detail = if w == Millis::MIN { "ts not after the last final fix".to_string() } else { format!("ts {ts} below the watermark {w}") };
-            out.dead.push(dead_letter(&self.input_names, Reason::Late, detail, inc));
+            let detail = if w == Millis::MIN {
+                "ts not after the last final fix".to_string()
+            } else {
+                format!("ts {ts} below the watermark {w}")
+            };
+            out.dead
+                .push(dead_letter(&self.input_names, Reason::Late, detail, inc));
             return;
         }
         let at = v.pending.partition_point(|p| p.fix.ts < ts);
@@ -181,7 +200,8 @@ impl Timelines {
             match &v.latest {
                 Some((l, _)) if is_implausible(l, new) => {}
                 Some((l, _)) => {
-                    let kmh = implied_kmh(haversine_km(l.lat, l.lon, new.lat, new.lon), new.ts - l.ts);
+                    let kmh =
+                        implied_kmh(haversine_km(l.lat, l.lon, new.lat, new.lon), new.ts - l.ts);
                     v.latest = Some((new.clone(), Some(kmh)));
                 }
                 None => v.latest = Some((new.clone(), None)),
@@ -243,9 +263,18 @@ impl Timelines {
             if let Some((a, _)) = &v.anchor {
                 if is_implausible(a, &inc.fix) {
                     let d = haversine_km(a.lat, a.lon, inc.fix.lat, inc.fix.lon);
-                    let detail = format!("{d:.3} km in {:.3} s after the fix at {}", (inc.fix.ts - a.ts) as f64 / 1000.0, a.ts);
+                    let detail = format!(
+                        "{d:.3} km in {:.3} s after the fix at {}",
+                        (inc.fix.ts - a.ts) as f64 / 1000.0,
+                        a.ts
+                    );
                     self.metrics.dead_letter(Reason::ImplausibleJump);
-                    out.dead.push(dead_letter(&self.input_names, Reason::ImplausibleJump, detail, inc));
+                    out.dead.push(dead_letter(
+                        &self.input_names,
+                        Reason::ImplausibleJump,
+                        detail,
+                        inc,
+                    ));
                     continue;
                 }
             }
@@ -309,7 +338,9 @@ impl Timelines {
         for slot in std::mem::take(&mut self.touched) {
             let v = &mut self.vehicles[slot as usize];
             v.touched = false;
-            let Some((fix, kmh)) = v.latest.as_ref() else { continue };
+            let Some((fix, kmh)) = v.latest.as_ref() else {
+                continue;
+            };
             let status = status_of(fix, *kmh, watermark, offline_after);
             let today = watermark.map(day_of).unwrap_or(v.today_day) == v.today_day;
             let state = VehicleState {
@@ -321,13 +352,16 @@ impl Timelines {
             if v.published.as_ref() == Some(&state) {
                 continue;
             }
-            if status != Status::Offline && v.published.as_ref().is_none_or(|p| p.fix.ts != fix.ts) {
-                self.offline.push(Reverse((fix.ts.saturating_add(offline_after), slot)));
+            if status != Status::Offline && v.published.as_ref().is_none_or(|p| p.fix.ts != fix.ts)
+            {
+                self.offline
+                    .push(Reverse((fix.ts.saturating_add(offline_after), slot)));
             }
             if let Some(old) = v.published.take() {
                 out.state.push(((old.fix.vehicle_id.clone(), old), -1));
             }
-            out.state.push(((state.fix.vehicle_id.clone(), state.clone()), 1));
+            out.state
+                .push(((state.fix.vehicle_id.clone(), state.clone()), 1));
             v.published = Some(state);
         }
     }
@@ -340,7 +374,15 @@ impl Vehicle {
         for p in &self.pending {
             match last {
                 Some((a, _)) if is_implausible(a, &p.fix) => {}
-                Some((a, _)) => last = Some((&p.fix, Some(implied_kmh(haversine_km(a.lat, a.lon, p.fix.lat, p.fix.lon), p.fix.ts - a.ts)))),
+                Some((a, _)) => {
+                    last = Some((
+                        &p.fix,
+                        Some(implied_kmh(
+                            haversine_km(a.lat, a.lon, p.fix.lat, p.fix.lon),
+                            p.fix.ts - a.ts,
+                        )),
+                    ))
+                }
                 None => last = Some((&p.fix, None)),
             }
         }
@@ -350,7 +392,12 @@ impl Vehicle {
 
 /// Status of a vehicle whose latest fix is `fix` (semantics §3). A missing speed is taken
 /// from the implied speed of the segment ending at the fix.
-pub fn status_of(fix: &Fix, implied_kmh: Option<f64>, watermark: Option<Millis>, offline_after: Millis) -> Status {
+pub fn status_of(
+    fix: &Fix,
+    implied_kmh: Option<f64>,
+    watermark: Option<Millis>,
+    offline_after: Millis,
+) -> Status {
     if watermark.is_some_and(|w| w.saturating_sub(fix.ts) > offline_after) {
         Status::Offline
     } else if fix.ignition == Some(false) {

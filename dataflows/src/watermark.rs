@@ -28,7 +28,10 @@ pub struct WatermarkTracker {
 impl WatermarkTracker {
     /// A tracker for a job with the given allowed lateness (ms).
     pub fn new(lateness: Millis) -> Self {
-        WatermarkTracker { inputs: BTreeMap::new(), lateness }
+        WatermarkTracker {
+            inputs: BTreeMap::new(),
+            lateness,
+        }
     }
 
     /// Applies one report.
@@ -82,7 +85,11 @@ mod tests {
     use super::*;
 
     fn r(input: u32, max_ts: Option<Millis>, state: InputState) -> InputReport {
-        InputReport { input, max_ts, state }
+        InputReport {
+            input,
+            max_ts,
+            state,
+        }
     }
 
     #[test]
@@ -91,13 +98,25 @@ mod tests {
         assert_eq!(t.watermark(), Watermark::None);
         t.apply(&r(0, None, InputState::Pending));
         t.apply(&r(1, Some(1000), InputState::Active));
-        assert_eq!(t.watermark(), Watermark::None, "a pending input holds it back");
+        assert_eq!(
+            t.watermark(),
+            Watermark::None,
+            "a pending input holds it back"
+        );
         t.apply(&r(0, Some(500), InputState::Active));
         assert_eq!(t.watermark(), Watermark::At(470));
         t.apply(&r(0, Some(500), InputState::Idle));
-        assert_eq!(t.watermark(), Watermark::At(970), "idle inputs do not hold it back");
+        assert_eq!(
+            t.watermark(),
+            Watermark::At(970),
+            "idle inputs do not hold it back"
+        );
         t.apply(&r(1, Some(1200), InputState::Idle));
-        assert_eq!(t.watermark(), Watermark::At(1170), "all idle: follows the newest");
+        assert_eq!(
+            t.watermark(),
+            Watermark::At(1170),
+            "all idle: follows the newest"
+        );
         t.apply(&r(1, Some(1200), InputState::Finished));
         t.apply(&r(0, Some(500), InputState::Finished));
         assert_eq!(t.watermark(), Watermark::End);

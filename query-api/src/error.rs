@@ -31,6 +31,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        (status, Json(serde_json::json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+        (
+            status,
+            Json(serde_json::json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
     }
 }

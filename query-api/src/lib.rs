@@ -39,7 +39,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/vehicles", get(list_vehicles))
         .route("/v1/vehicles/{id}", get(get_vehicle))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -47,8 +50,14 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[derive(Serialize)]
@@ -58,7 +67,10 @@ struct VehicleAnswer {
     as_of: Option<i64>,
 }
 
-async fn get_vehicle(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<VehicleAnswer>, ApiError> {
+async fn get_vehicle(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<VehicleAnswer>, ApiError> {
     let as_of = s.vehicles.as_of();
     match s.vehicles.get(&id) {
         Some(state) => Ok(Json(VehicleAnswer { state, as_of })),
@@ -67,7 +79,8 @@ async fn get_vehicle(State(s): State<ApiState>, Path(id): Path<String>) -> Resul
 }
 
 fn params(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
 }
 
 /// Parsed `GET /v1/vehicles` parameters.
@@ -81,27 +94,67 @@ struct ListQuery {
 }
 
 fn parse_list(raw: Option<String>) -> Result<ListQuery, ApiError> {
-    let mut q = ListQuery { limit: 100, ..Default::default() };
+    let mut q = ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
     for (k, v) in params(raw)? {
         match k.as_str() {
             "tenant" => q.tenant = Some(v),
             "status" => q.status = Some(v.parse().map_err(ApiError::BadRequest)?),
             "limit" => {
-                q.limit = v.parse().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::BadRequest(format!("limit must be an integer from 1 to 1000, got {v:?}")))?
+                q.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit must be an integer from 1 to 1000, got {v:?}"
+                        ))
+                    })?
             }
             "cursor" => {
-                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&v).map_err(|_| ApiError::BadRequest("cursor is not one this API issued".into()))?;
-                q.cursor = Some(String::from_utf8(bytes).map_err(|_| ApiError::BadRequest("cursor is not one this API issued".into()))?);
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&v)
+                    .map_err(|_| {
+                        ApiError::BadRequest("cursor is not one this API issued".into())
+                    })?;
+                q.cursor = Some(String::from_utf8(bytes).map_err(|_| {
+                    ApiError::BadRequest("cursor is not one this API issued".into())
+                })?);
             }
             "bbox" => {
-                let parts: Vec<f64> = v.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|_| ApiError::BadRequest(format!("bbox must be minLon,minLat,maxLon,maxLat, got {v:?}")))?;
-                let [a, b, c, d]: [f64; 4] = parts.try_into().map_err(|_| ApiError::BadRequest(format!("bbox needs 4 numbers, got {v:?}")))?;
-                if !(a.is_finite() && b.is_finite() && c.is_finite() && d.is_finite()) || a > c || b > d || b < -90.0 || d > 90.0 || a < -180.0 || c > 180.0 {
-                    return Err(ApiError::BadRequest(format!("bbox {v:?} is inverted or out of range (minLon,minLat,maxLon,maxLat)")));
+                let parts: Vec<f64> = v
+                    .split(',')
+                    .map(|p| p.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "bbox must be minLon,minLat,maxLon,maxLat, got {v:?}"
+                        ))
+                    })?;
+                let [a, b, c, d]: [f64; 4] = parts.try_into().map_err(|_| {
+                    ApiError::BadRequest(format!("bbox needs 4 numbers, got {v:?}"))
+                })?;
+                if !(a.is_finite() && b.is_finite() && c.is_finite() && d.is_finite())
+                    || a > c
+                    || b > d
+                    || b < -90.0
+                    || d > 90.0
+                    || a < -180.0
+                    || c > 180.0
+                {
+                    return Err(ApiError::BadRequest(format!(
+                        "bbox {v:?} is inverted or out of range (minLon,minLat,maxLon,maxLat)"
+                    )));
                 }
                 q.bbox = Some([a, b, c, d]);
             }
-            other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?} (tenant, status, bbox, limit, cursor)"))),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?} (tenant, status, bbox, limit, cursor)"
+                )))
+            }
         }
     }
     Ok(q)
@@ -114,16 +167,31 @@ struct ListAnswer {
     as_of: Option<i64>,
 }
 
-async fn list_vehicles(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Json<ListAnswer>, ApiError> {
+async fn list_vehicles(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<ListAnswer>, ApiError> {
     let q = parse_list(raw)?;
     let as_of = s.vehicles.as_of();
     let (items, more) = s.vehicles.page(q.cursor.as_deref(), q.limit, |v| {
         q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
             && q.status.is_none_or(|st| v.status == st)
-            && q.bbox.is_none_or(|[a, b, c, d]| v.fix.lon >= a && v.fix.lon <= c && v.fix.lat >= b && v.fix.lat <= d)
+            && q.bbox.is_none_or(|[a, b, c, d]| {
+                v.fix.lon >= a && v.fix.lon <= c && v.fix.lat >= b && v.fix.lat <= d
+            })
     });
-    let next_cursor = more.then(|| items.last().map(|v| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.fix.vehicle_id.as_bytes()))).flatten();
-    Ok(Json(ListAnswer { items, next_cursor, as_of }))
+    let next_cursor = more
+        .then(|| {
+            items.last().map(|v| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.fix.vehicle_id.as_bytes())
+            })
+        })
+        .flatten();
+    Ok(Json(ListAnswer {
+        items,
+        next_cursor,
+        as_of,
+    }))
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
@@ -138,28 +206,69 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let r = std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     };
-    counter("fleetflow_events_in_total", "Events read from every source.", m.events_in.load(r));
-    counter("fleetflow_bytes_in_total", "Payload bytes read.", m.bytes_in.load(r));
-    counter("fleetflow_events_accepted_total", "Fixes accepted into the results.", m.accepted.load(r));
-    counter("fleetflow_duplicates_total", "Duplicate fixes dropped.", m.duplicates.load(r));
-    counter("fleetflow_lake_files_total", "Parquet files committed.", m.files_written.load(r));
-    counter("fleetflow_lake_bytes_total", "Bytes committed to the lake.", m.bytes_written.load(r));
+    counter(
+        "fleetflow_events_in_total",
+        "Events read from every source.",
+        m.events_in.load(r),
+    );
+    counter(
+        "fleetflow_bytes_in_total",
+        "Payload bytes read.",
+        m.bytes_in.load(r),
+    );
+    counter(
+        "fleetflow_events_accepted_total",
+        "Fixes accepted into the results.",
+        m.accepted.load(r),
+    );
+    counter(
+        "fleetflow_duplicates_total",
+        "Duplicate fixes dropped.",
+        m.duplicates.load(r),
+    );
+    counter(
+        "fleetflow_lake_files_total",
+        "Parquet files committed.",
+        m.files_written.load(r),
+    );
+    counter(
+        "fleetflow_lake_bytes_total",
+        "Bytes committed to the lake.",
+        m.bytes_written.load(r),
+    );
     let _ = writeln!(out, "# HELP fleetflow_dead_letters_total Rejected events by reason.\n# TYPE fleetflow_dead_letters_total counter");
     for reason in Reason::ALL {
-        let _ = writeln!(out, "fleetflow_dead_letters_total{{reason=\"{}\"}} {}", reason.as_str(), m.dead_letters_of(reason));
+        let _ = writeln!(
+            out,
+            "fleetflow_dead_letters_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            m.dead_letters_of(reason)
+        );
     }
     let _ = writeln!(out, "# HELP fleetflow_lake_rows_total Rows committed per dataset.\n# TYPE fleetflow_lake_rows_total counter");
     for (i, d) in m.datasets.iter().enumerate() {
-        let _ = writeln!(out, "fleetflow_lake_rows_total{{dataset=\"{d}\"}} {}", m.rows_written[i].load(r));
+        let _ = writeln!(
+            out,
+            "fleetflow_lake_rows_total{{dataset=\"{d}\"}} {}",
+            m.rows_written[i].load(r)
+        );
     }
     let _ = writeln!(out, "# HELP fleetflow_watermark_ms The job watermark, epoch ms.\n# TYPE fleetflow_watermark_ms gauge");
     if let Some(w) = m.watermark() {
         let _ = writeln!(out, "fleetflow_watermark_ms {w}");
     }
     let _ = writeln!(out, "# HELP fleetflow_vehicles Vehicles in the state view.\n# TYPE fleetflow_vehicles gauge\nfleetflow_vehicles {}", s.vehicles.len());
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

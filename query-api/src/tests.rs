@@ -31,19 +31,49 @@ fn state(id: &str, tenant: &str, lat: f64, status: Status) -> VehicleState {
 fn app() -> (Router, Arc<VehicleView>, Arc<Metrics>) {
     let view = Arc::new(VehicleView::new(2));
     let metrics = Arc::new(Metrics::new(vec!["raw".into(), "1m".into()]));
-    (router(ApiState { vehicles: view.clone(), metrics: metrics.clone() }), view, metrics)
+    (
+        router(ApiState {
+            vehicles: view.clone(),
+            metrics: metrics.clone(),
+        }),
+        view,
+        metrics,
+    )
 }
 
 async fn call(app: &Router, uri: &str) -> (StatusCode, serde_json::Value, String) {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    )
 }
 
 fn fill(view: &VehicleView) {
-    let ups = (0..5).map(|i| ((format!("V{i}").into(), state(&format!("V{i}"), if i % 2 == 0 { "a" } else { "b" }, 52.0 + i as f64 * 0.01, Status::Moving)), 1)).collect();
+    let ups = (0..5)
+        .map(|i| {
+            (
+                (
+                    format!("V{i}").into(),
+                    state(
+                        &format!("V{i}"),
+                        if i % 2 == 0 { "a" } else { "b" },
+                        52.0 + i as f64 * 0.01,
+                        Status::Moving,
+                    ),
+                ),
+                1,
+            )
+        })
+        .collect();
     view.apply(0, ups, Some(5_000));
 }
 
@@ -55,10 +85,16 @@ async fn vehicle_by_id_with_as_of_once_every_worker_published() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body["vehicle_id"], "V1");
     assert_eq!(body["status"], "moving");
-    assert!(body["as_of"].is_null(), "worker 1 has not published a watermark");
+    assert!(
+        body["as_of"].is_null(),
+        "worker 1 has not published a watermark"
+    );
     view.apply(1, vec![], Some(4_000));
     let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
-    assert_eq!(body["as_of"], 4_000, "as_of is the slowest worker's watermark");
+    assert_eq!(
+        body["as_of"], 4_000,
+        "as_of is the slowest worker's watermark"
+    );
     let (st, body, _) = call(&app, "/v1/vehicles/nope").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
@@ -71,7 +107,11 @@ async fn retraction_then_insertion_replaces_state() {
     let old = view.get("V1").unwrap();
     let mut new = old.clone();
     new.status = Status::Parked;
-    view.apply(0, vec![(("V1".into(), old), -1), (("V1".into(), new), 1)], None);
+    view.apply(
+        0,
+        vec![(("V1".into(), old), -1), (("V1".into(), new), 1)],
+        None,
+    );
     let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
     assert_eq!(body["status"], "parked");
 }
@@ -89,7 +129,13 @@ async fn list_pages_with_cursor_and_filters() {
     let mut uri = "/v1/vehicles?limit=2".to_string();
     loop {
         let (_, body, _) = call(&app, &uri).await;
-        seen.extend(body["items"].as_array().unwrap().iter().map(|v| v["vehicle_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["vehicle_id"].as_str().unwrap().to_string()),
+        );
         match body["next_cursor"].as_str() {
             Some(c) => uri = format!("/v1/vehicles?limit=2&cursor={c}"),
             None => break,
@@ -140,7 +186,9 @@ async fn health_readiness_and_metrics() {
     view.apply(1, vec![], Some(9));
     let (st, body, _) = call(&app, "/readyz").await;
     assert_eq!((st, body["as_of"].as_i64()), (StatusCode::OK, Some(7)));
-    metrics.events_in.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .events_in
+        .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
     metrics.dead_letter(Reason::Late);
     metrics.advance_watermark(1234);
     metrics.add_rows("1m", 10);

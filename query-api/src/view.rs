@@ -22,11 +22,21 @@ struct Inner {
 impl VehicleView {
     /// An empty view fed by `workers` workers.
     pub fn new(workers: usize) -> Self {
-        VehicleView { inner: RwLock::new(Inner { vehicles: BTreeMap::new(), as_of: vec![None; workers.max(1)] }) }
+        VehicleView {
+            inner: RwLock::new(Inner {
+                vehicles: BTreeMap::new(),
+                as_of: vec![None; workers.max(1)],
+            }),
+        }
     }
 
     /// Applies a worker's changes (retractions before insertions) and its watermark.
-    pub fn apply(&self, worker: usize, updates: Vec<((CompactString, VehicleState), isize)>, watermark: Option<Millis>) {
+    pub fn apply(
+        &self,
+        worker: usize,
+        updates: Vec<((CompactString, VehicleState), isize)>,
+        watermark: Option<Millis>,
+    ) {
         let mut inner = self.inner.write().expect("view lock");
         for ((id, state), diff) in updates {
             if diff < 0 {
@@ -45,20 +55,37 @@ impl VehicleView {
     /// The watermark through which every worker's results are published.
     pub fn as_of(&self) -> Option<Millis> {
         let inner = self.inner.read().expect("view lock");
-        inner.as_of.iter().copied().collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min())
+        inner
+            .as_of
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().min())
     }
 
     /// One vehicle.
     pub fn get(&self, id: &str) -> Option<VehicleState> {
-        self.inner.read().expect("view lock").vehicles.get(id).cloned()
+        self.inner
+            .read()
+            .expect("view lock")
+            .vehicles
+            .get(id)
+            .cloned()
     }
 
     /// Up to `limit` vehicles after `after` (exclusive) in id order that pass `keep`, and
     /// whether more follow.
-    pub fn page(&self, after: Option<&str>, limit: usize, keep: impl Fn(&VehicleState) -> bool) -> (Vec<VehicleState>, bool) {
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&VehicleState) -> bool,
+    ) -> (Vec<VehicleState>, bool) {
         let inner = self.inner.read().expect("view lock");
         let range = match after {
-            Some(a) => inner.vehicles.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            Some(a) => inner
+                .vehicles
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => inner.vehicles.range::<str, _>(..),
         };
         let mut items = Vec::with_capacity(limit.min(1024));

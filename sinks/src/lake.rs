@@ -56,10 +56,20 @@ impl Lake {
     pub fn open(url: &str) -> Result<Lake, LakeError> {
         if let Some(dir) = url.strip_prefix("file://") {
             let dir = std::path::PathBuf::from(if dir.is_empty() { "." } else { dir });
-            std::fs::create_dir_all(&dir).map_err(|error| LakeError::Io { path: dir.display().to_string(), error })?;
-            let abs = dir.canonicalize().map_err(|error| LakeError::Io { path: dir.display().to_string(), error })?;
+            std::fs::create_dir_all(&dir).map_err(|error| LakeError::Io {
+                path: dir.display().to_string(),
+                error,
+            })?;
+            let abs = dir.canonicalize().map_err(|error| LakeError::Io {
+                path: dir.display().to_string(),
+                error,
+            })?;
             let store = LocalFileSystem::new_with_prefix(&abs)?;
-            return Ok(Lake { store: Arc::new(store), url: url.to_string(), local_dir: Some(abs) });
+            return Ok(Lake {
+                store: Arc::new(store),
+                url: url.to_string(),
+                local_dir: Some(abs),
+            });
         }
         Err(LakeError::Unsupported(url.to_string()))
     }
@@ -84,7 +94,19 @@ pub struct Uploader {
 impl Uploader {
     /// An uploader to `lake` running on `runtime`.
     pub fn new(lake: Lake, runtime: tokio::runtime::Handle, metrics: Arc<Metrics>) -> Self {
-        Uploader { lake, runtime, metrics, state: Arc::new((Mutex::new(Inflight { files: 0, errors: Vec::new() }), Condvar::new())), max_inflight: 16 }
+        Uploader {
+            lake,
+            runtime,
+            metrics,
+            state: Arc::new((
+                Mutex::new(Inflight {
+                    files: 0,
+                    errors: Vec::new(),
+                }),
+                Condvar::new(),
+            )),
+            max_inflight: 16,
+        }
     }
 
     /// Queues `bytes` to be written at `path`; `dataset` and `rows` feed the metrics once
@@ -143,7 +165,10 @@ impl Uploader {
         }
         match s.errors.first() {
             None => Ok(()),
-            Some(first) => Err(LakeError::WritesFailed { count: s.errors.len(), first: first.clone() }),
+            Some(first) => Err(LakeError::WritesFailed {
+                count: s.errors.len(),
+                first: first.clone(),
+            }),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! Timestamps are `Timestamp(Millisecond, "UTC")`, which Parquet stores as
 //! `TIMESTAMP(MILLIS, isAdjustedToUTC=true)`.
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -63,7 +66,8 @@ impl LakeRecord for Fix {
         let mut ts = ts_builder(n);
         let mut lat = Float64Builder::with_capacity(n);
         let mut lon = Float64Builder::with_capacity(n);
-        let mut opt: Vec<Float64Builder> = (0..5).map(|_| Float64Builder::with_capacity(n)).collect();
+        let mut opt: Vec<Float64Builder> =
+            (0..5).map(|_| Float64Builder::with_capacity(n)).collect();
         let mut ign = BooleanBuilder::with_capacity(n);
         for r in rows {
             vid.append_value(&r.vehicle_id);
@@ -71,12 +75,24 @@ impl LakeRecord for Fix {
             ts.append_value(r.ts);
             lat.append_value(r.lat);
             lon.append_value(r.lon);
-            for (b, v) in opt.iter_mut().zip([r.speed_kmh, r.heading_deg, r.fuel_level_pct, r.fuel_used_l, r.odometer_km]) {
+            for (b, v) in opt.iter_mut().zip([
+                r.speed_kmh,
+                r.heading_deg,
+                r.fuel_level_pct,
+                r.fuel_used_l,
+                r.odometer_km,
+            ]) {
                 b.append_option(v);
             }
             ign.append_option(r.ignition);
         }
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(vid.finish()), Arc::new(tenant.finish()), Arc::new(ts.finish()), Arc::new(lat.finish()), Arc::new(lon.finish())];
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(vid.finish()),
+            Arc::new(tenant.finish()),
+            Arc::new(ts.finish()),
+            Arc::new(lat.finish()),
+            Arc::new(lon.finish()),
+        ];
         cols.extend(opt.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         cols.push(Arc::new(ign.finish()));
         RecordBatch::try_new(raw_schema(), cols)
@@ -121,15 +137,29 @@ impl LakeRecord for TierRow {
         let mut tenant = StringBuilder::with_capacity(n, n * 8);
         let mut ts: Vec<TimestampMillisecondBuilder> = (0..4).map(|_| ts_builder(n)).collect();
         let mut fixes = Int64Builder::with_capacity(n);
-        let mut fl: Vec<Float64Builder> = (0..9).map(|_| Float64Builder::with_capacity(n)).collect();
+        let mut fl: Vec<Float64Builder> =
+            (0..9).map(|_| Float64Builder::with_capacity(n)).collect();
         for r in rows {
             vid.append_value(&r.vehicle_id);
             tenant.append_value(&r.tenant);
-            for (b, v) in ts.iter_mut().zip([r.window_start, r.window_end, r.first_ts, r.last_ts]) {
+            for (b, v) in ts
+                .iter_mut()
+                .zip([r.window_start, r.window_end, r.first_ts, r.last_ts])
+            {
                 b.append_value(v);
             }
             fixes.append_value(r.fixes as i64);
-            let vals = [Some(r.lat), Some(r.lon), r.avg_speed_kmh, r.max_speed_kmh, Some(r.distance_km), Some(r.fuel_used_l), Some(r.moving_s), Some(r.idle_s), r.km_per_l()];
+            let vals = [
+                Some(r.lat),
+                Some(r.lon),
+                r.avg_speed_kmh,
+                r.max_speed_kmh,
+                Some(r.distance_km),
+                Some(r.fuel_used_l),
+                Some(r.moving_s),
+                Some(r.idle_s),
+                r.km_per_l(),
+            ];
             for (b, v) in fl.iter_mut().zip(vals) {
                 b.append_option(v);
             }
@@ -181,7 +211,13 @@ impl LakeRecord for DeadLetter {
         }
         RecordBatch::try_new(
             dead_letter_schema(),
-            vec![Arc::new(reason.finish()), Arc::new(payload.finish()), Arc::new(source.finish()), Arc::new(at.finish()), Arc::new(detail.finish())],
+            vec![
+                Arc::new(reason.finish()),
+                Arc::new(payload.finish()),
+                Arc::new(source.finish()),
+                Arc::new(at.finish()),
+                Arc::new(detail.finish()),
+            ],
         )
     }
 }

@@ -118,20 +118,34 @@ pub struct DatasetWriter<R: LakeRecord> {
 }
 
 fn props() -> WriterProperties {
-    WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(256 * 1024)).build()
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build()
 }
 
 impl<R: LakeRecord> DatasetWriter<R> {
     /// A writer of dataset `name` (its directory) with the given partitioning (by day when
     /// `None`... see [`Partitioning`]); file names start with `prefix`.
     pub fn new(name: &str, partitioning: Partitioning, prefix: String) -> Self {
-        DatasetWriter { name: name.to_string(), partitioning: Some(partitioning), prefix, parts: HashMap::new(), seq: 0 }
+        DatasetWriter {
+            name: name.to_string(),
+            partitioning: Some(partitioning),
+            prefix,
+            parts: HashMap::new(),
+            seq: 0,
+        }
     }
 
     /// Adds a row whose partitioning time is `ts`.
     pub fn push(&mut self, ts: Millis, row: R) -> Result<(), parquet::errors::ParquetError> {
         let key = self.partitioning.map(|p| p.key(ts)).unwrap_or(0);
-        let part = self.parts.entry(key).or_insert_with(|| PartBuf { rows: Vec::with_capacity(1024), writer: None, opened: Instant::now(), count: 0 });
+        let part = self.parts.entry(key).or_insert_with(|| PartBuf {
+            rows: Vec::with_capacity(1024),
+            writer: None,
+            opened: Instant::now(),
+            count: 0,
+        });
         part.rows.push(row);
         part.count += 1;
         if part.rows.len() >= BATCH_ROWS {
@@ -142,7 +156,14 @@ impl<R: LakeRecord> DatasetWriter<R> {
 
     /// Rolls the files that are due: partitions the watermark closed, files at the target
     /// size or age, or everything when `force`.
-    pub fn roll(&mut self, watermark: Option<Millis>, policy: &RollPolicy, force: bool, worker: usize, uploader: &Uploader) -> Result<(), parquet::errors::ParquetError> {
+    pub fn roll(
+        &mut self,
+        watermark: Option<Millis>,
+        policy: &RollPolicy,
+        force: bool,
+        worker: usize,
+        uploader: &Uploader,
+    ) -> Result<(), parquet::errors::ParquetError> {
         let partitioning = self.partitioning.unwrap_or(Partitioning::Day);
         let due: Vec<i64> = self
             .parts
@@ -157,10 +178,18 @@ impl<R: LakeRecord> DatasetWriter<R> {
         for key in due {
             let mut part = self.parts.remove(&key).expect("listed");
             encode(&mut part)?;
-            let Some(writer) = part.writer.take() else { continue };
+            let Some(writer) = part.writer.take() else {
+                continue;
+            };
             let bytes = writer.into_inner()?;
             self.seq += 1;
-            let path = format!("{}/{}/{}-w{worker:03}-{:06}.parquet", self.name, partitioning.dir(key), self.prefix, self.seq);
+            let path = format!(
+                "{}/{}/{}-w{worker:03}-{:06}.parquet",
+                self.name,
+                partitioning.dir(key),
+                self.prefix,
+                self.seq
+            );
             uploader.submit(path, bytes, self.name.clone(), part.count);
         }
         Ok(())
@@ -175,7 +204,11 @@ fn encode<R: LakeRecord>(part: &mut PartBuf<R>) -> Result<(), parquet::errors::P
     part.rows.clear();
     let writer = match &mut part.writer {
         Some(w) => w,
-        None => part.writer.insert(ArrowWriter::try_new(Vec::new(), R::schema(), Some(props()))?),
+        None => part.writer.insert(ArrowWriter::try_new(
+            Vec::new(),
+            R::schema(),
+            Some(props()),
+        )?),
     };
     writer.write(&batch)
 }
@@ -210,10 +243,21 @@ pub fn render_lake_sink<'scope>(
     let mut dead_in = builder.new_input(dead, Pipeline);
     let mut progress_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
-        let mut raw_w: DatasetWriter<Fix> = DatasetWriter::new("raw", Partitioning::Hour, cfg.prefix.clone());
-        let mut tier_w: Vec<DatasetWriter<TierRow>> =
-            cfg.tiers.iter().map(|t| DatasetWriter::new(&t.name, Partitioning::for_window(t.size_ms), cfg.prefix.clone())).collect();
-        let mut dead_w: DatasetWriter<DeadLetter> = DatasetWriter::new("dead_letter", Partitioning::Day, cfg.prefix.clone());
+        let mut raw_w: DatasetWriter<Fix> =
+            DatasetWriter::new("raw", Partitioning::Hour, cfg.prefix.clone());
+        let mut tier_w: Vec<DatasetWriter<TierRow>> = cfg
+            .tiers
+            .iter()
+            .map(|t| {
+                DatasetWriter::new(
+                    &t.name,
+                    Partitioning::for_window(t.size_ms),
+                    cfg.prefix.clone(),
+                )
+            })
+            .collect();
+        let mut dead_w: DatasetWriter<DeadLetter> =
+            DatasetWriter::new("dead_letter", Partitioning::Day, cfg.prefix.clone());
         let mut watermark: Option<Millis> = None;
         let mut end = false;
         let mut done = false;
@@ -233,7 +277,9 @@ pub fn render_lake_sink<'scope>(
             rows_in.for_each(|_, data| {
                 for row in data.drain(..) {
                     let start = row.window_start;
-                    tier_w[row.tier as usize].push(start, row).unwrap_or_else(fail);
+                    tier_w[row.tier as usize]
+                        .push(start, row)
+                        .unwrap_or_else(fail);
                 }
             });
             dead_in.for_each(|_, data| {
@@ -251,11 +297,16 @@ pub fn render_lake_sink<'scope>(
             if finished || end || last_roll.elapsed() >= Duration::from_millis(200) {
                 last_roll = Instant::now();
                 let force = finished || end;
-                raw_w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                raw_w
+                    .roll(watermark, &cfg.roll, force, worker, &uploader)
+                    .unwrap_or_else(fail);
                 for w in tier_w.iter_mut() {
-                    w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                    w.roll(watermark, &cfg.roll, force, worker, &uploader)
+                        .unwrap_or_else(fail);
                 }
-                dead_w.roll(watermark, &cfg.roll, force, worker, &uploader).unwrap_or_else(fail);
+                dead_w
+                    .roll(watermark, &cfg.roll, force, worker, &uploader)
+                    .unwrap_or_else(fail);
                 done = finished;
             }
         }

@@ -11,18 +11,31 @@ use std::sync::{Arc, Mutex};
 
 /// Path of a file under `../shared/data`.
 pub fn shared_data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
 }
 
 /// Runs a file job over `input` into `lake`, in process, capturing outputs.
-pub fn run_file_job(input: &Path, lake: &Path, workers: usize, batch: usize, extra: &str) -> (RunResult, Captured) {
+pub fn run_file_job(
+    input: &Path,
+    lake: &Path,
+    workers: usize,
+    batch: usize,
+    extra: &str,
+) -> (RunResult, Captured) {
     let text = format!(
         "name = \"test\"\nworkers = {workers}\n[source]\nkind = \"file\"\npath = {input:?}\n[lake]\nurl = \"file://{}\"\n{extra}",
         lake.display()
     );
     let spec = JobSpec::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let capture = Arc::new(Mutex::new(Captured::default()));
-    let opts = RunOptions { listen: Some(None), batch: Some(batch), capture: Some(capture.clone()), ..Default::default() };
+    let opts = RunOptions {
+        listen: Some(None),
+        batch: Some(batch),
+        capture: Some(capture.clone()),
+        ..Default::default()
+    };
     let result = run_job(&spec, &text, opts).unwrap_or_else(|e| panic!("job failed: {e}"));
     let captured = std::mem::take(&mut *capture.lock().unwrap());
     (result, captured)
@@ -36,7 +49,14 @@ pub fn write_lines(path: &Path, lines: &[String]) {
 }
 
 /// Generated lines (the generator's output in its own arrival order).
-pub fn generated_lines(vehicles: u32, minutes: u64, disorder_s: u64, duplicates: f64, bad_lines: f64, seed: u64) -> Vec<String> {
+pub fn generated_lines(
+    vehicles: u32,
+    minutes: u64,
+    disorder_s: u64,
+    duplicates: f64,
+    bad_lines: f64,
+    seed: u64,
+) -> Vec<String> {
     use fleetflow_connectors::generator::Generator;
     use fleetflow_connectors::source::{Polled, Source};
     use fleetflow_types::config::GeneratorSpec;
@@ -54,7 +74,12 @@ pub fn generated_lines(vehicles: u32, minutes: u64, disorder_s: u64, duplicates:
     };
     let mut g = Generator::new(&spec, 0, 1);
     let mut out = Vec::new();
-    while let Polled::Data(_) = g.poll(0, 4096, &mut |l, _| out.push(String::from_utf8(l.to_vec()).unwrap())).unwrap() {}
+    while let Polled::Data(_) = g
+        .poll(0, 4096, &mut |l, _| {
+            out.push(String::from_utf8(l.to_vec()).unwrap())
+        })
+        .unwrap()
+    {}
     out
 }
 
@@ -66,7 +91,10 @@ pub fn shuffle_within(lines: &[String], max_ms: i64, seed: u64) -> Vec<String> {
     let mut keyed: Vec<(i64, usize, &String)> = Vec::with_capacity(lines.len());
     let mut last_ts = 0i64;
     for (i, l) in lines.iter().enumerate() {
-        let ts = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["ts"].as_i64()).unwrap_or(last_ts);
+        let ts = serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["ts"].as_i64())
+            .unwrap_or(last_ts);
         last_ts = ts;
         keyed.push((ts + rng.random_range(0..max_ms), i, l));
     }
@@ -104,8 +132,17 @@ import duckdb, json, sys
 rows = duckdb.connect().sql(sys.argv[1]).fetchall()
 print(json.dumps([list(r) for r in rows], default=str))
 "#;
-    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(sql).output().expect("python3 with duckdb (pip install duckdb)");
-    assert!(out.status.success(), "duckdb failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(sql)
+        .output()
+        .expect("python3 with duckdb (pip install duckdb)");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

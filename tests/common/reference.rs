@@ -40,7 +40,13 @@ struct Seg {
 fn seg(a: &Fix, b: &Fix, capacity: Option<f64>) -> Seg {
     let km = haversine_km(a.lat, a.lon, b.lat, b.lon);
     let dt = (b.ts - a.ts) as f64 / 1000.0;
-    let litres = match (a.fuel_used_l, b.fuel_used_l, a.fuel_level_pct, b.fuel_level_pct, capacity) {
+    let litres = match (
+        a.fuel_used_l,
+        b.fuel_used_l,
+        a.fuel_level_pct,
+        b.fuel_level_pct,
+        capacity,
+    ) {
         (Some(x), Some(y), ..) => (y - x).max(0.0),
         (_, _, Some(p), Some(q), Some(c)) => (p - q).max(0.0) * c / 100.0,
         _ => 0.0,
@@ -55,11 +61,22 @@ fn seg(a: &Fix, b: &Fix, capacity: Option<f64>) -> Seg {
             idle_s = dt;
         }
     }
-    Seg { end_ts: b.ts, km, litres, moving_s, idle_s }
+    Seg {
+        end_ts: b.ts,
+        km,
+        litres,
+        moving_s,
+        idle_s,
+    }
 }
 
 /// Computes the expected results of `lines` (all read, nothing late).
-pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, offline_after: i64) -> Expected {
+pub fn expected(
+    lines: &[String],
+    tiers: &[i64],
+    registry: &VehicleRegistry,
+    offline_after: i64,
+) -> Expected {
     let now = fleetflow_types::time::now_ms();
     let mut e = Expected::default();
     let mut by_vehicle: BTreeMap<String, BTreeMap<i64, Fix>> = BTreeMap::new();
@@ -106,10 +123,18 @@ pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, off
         for (t, size) in tiers.iter().enumerate() {
             let mut windows: BTreeMap<i64, (Vec<&Fix>, Vec<&Seg>)> = BTreeMap::new();
             for f in &accepted {
-                windows.entry(f.ts.div_euclid(*size) * size).or_default().0.push(f);
+                windows
+                    .entry(f.ts.div_euclid(*size) * size)
+                    .or_default()
+                    .0
+                    .push(f);
             }
             for s in &segs {
-                windows.entry(s.end_ts.div_euclid(*size) * size).or_default().1.push(s);
+                windows
+                    .entry(s.end_ts.div_euclid(*size) * size)
+                    .or_default()
+                    .1
+                    .push(s);
             }
             for (start, (fs, ss)) in windows {
                 let last = fs.last().expect("a segment end is a fix");
@@ -125,7 +150,8 @@ pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, off
                     last_ts: last.ts,
                     lat: last.lat,
                     lon: last.lon,
-                    avg_speed_kmh: (!speeds.is_empty()).then(|| speeds.iter().sum::<f64>() / speeds.len() as f64),
+                    avg_speed_kmh: (!speeds.is_empty())
+                        .then(|| speeds.iter().sum::<f64>() / speeds.len() as f64),
                     max_speed_kmh: speeds.iter().copied().reduce(f64::max),
                     distance_km: ss.iter().map(|s| s.km).sum(),
                     fuel_used_l: ss.iter().map(|s| s.litres).sum(),
@@ -136,7 +162,10 @@ pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, off
         }
         // Vehicle state at the end of input.
         let last = accepted.last().expect("at least one fix").clone();
-        let implied = segs.last().filter(|s| s.end_ts == last.ts).map(|s| s.km / ((s.end_ts - accepted[accepted.len() - 2].ts) as f64 / 3_600_000.0));
+        let implied = segs
+            .last()
+            .filter(|s| s.end_ts == last.ts)
+            .map(|s| s.km / ((s.end_ts - accepted[accepted.len() - 2].ts) as f64 / 3_600_000.0));
         let status = if e.end_watermark - last.ts > offline_after {
             Status::Offline
         } else if last.ignition == Some(false) {
@@ -146,7 +175,10 @@ pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, off
         } else {
             Status::Idle
         };
-        let today: Vec<&Seg> = segs.iter().filter(|s| s.end_ts.div_euclid(86_400_000) == end_day).collect();
+        let today: Vec<&Seg> = segs
+            .iter()
+            .filter(|s| s.end_ts.div_euclid(86_400_000) == end_day)
+            .collect();
         e.states.insert(
             vid.clone(),
             VehicleState {
@@ -158,6 +190,8 @@ pub fn expected(lines: &[String], tiers: &[i64], registry: &VehicleRegistry, off
         );
         e.accepted.extend(accepted);
     }
-    e.rows.sort_by(|a, b| (a.tier, &a.vehicle_id, a.window_start).cmp(&(b.tier, &b.vehicle_id, b.window_start)));
+    e.rows.sort_by(|a, b| {
+        (a.tier, &a.vehicle_id, a.window_start).cmp(&(b.tier, &b.vehicle_id, b.window_start))
+    });
     e
 }

@@ -301,7 +301,10 @@ fn default_listen() -> String {
 
 impl Default for ApiSpec {
     fn default() -> Self {
-        ApiSpec { listen: default_listen(), tokens: BTreeMap::new() }
+        ApiSpec {
+            listen: default_listen(),
+            tokens: BTreeMap::new(),
+        }
     }
 }
 
@@ -325,7 +328,12 @@ impl LakeSpec {
         self.tiers
             .iter()
             .filter(|t| *t != "raw")
-            .filter_map(|t| parse_tier_name(t).map(|size_ms| WindowTier { name: t.clone(), size_ms }))
+            .filter_map(|t| {
+                parse_tier_name(t).map(|size_ms| WindowTier {
+                    name: t.clone(),
+                    size_ms,
+                })
+            })
             .collect()
     }
 
@@ -338,15 +346,20 @@ impl LakeSpec {
 /// Parses a tier name such as `1m`, `15m`, `1h`, `1d` into its window size in ms.
 pub fn parse_tier_name(name: &str) -> Option<i64> {
     let ms = humantime::parse_duration(name).ok()?.as_millis() as i64;
-    (ms >= 1_000 && crate::time::DAY_MS % ms == 0 || ms % crate::time::DAY_MS == 0 && ms > 0).then_some(ms)
+    (ms >= 1_000 && crate::time::DAY_MS % ms == 0 || ms % crate::time::DAY_MS == 0 && ms > 0)
+        .then_some(ms)
 }
 
 /// Parses `"128MB"`, `"64 KiB"`, `"1000"` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?} (write e.g. \"128MB\")"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (write e.g. \"128MB\")"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -355,7 +368,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("invalid size unit in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     Ok((n * mult) as u64)
 }
@@ -385,7 +402,11 @@ pub fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 impl JobSpec {
@@ -413,17 +434,31 @@ impl JobSpec {
 
     fn check(&self, text: &str) -> Result<(), SpecError> {
         let err = |section: &str, key: &str, message: String| {
-            let field = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
-            Err(SpecError { field, line: locate(text, section, key), message })
+            let field = if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            };
+            Err(SpecError {
+                field,
+                line: locate(text, section, key),
+                message,
+            })
         };
         if self.name.trim().is_empty() {
             return err("", "name", "must not be empty".into());
         }
         if self.workers == 0 || self.workers > 256 {
-            return err("", "workers", format!("must be between 1 and 256, got {}", self.workers));
+            return err(
+                "",
+                "workers",
+                format!("must be between 1 and 256, got {}", self.workers),
+            );
         }
         match &self.source {
-            SourceSpec::File(f) if f.path.trim().is_empty() => return err("source", "path", "must not be empty".into()),
+            SourceSpec::File(f) if f.path.trim().is_empty() => {
+                return err("source", "path", "must not be empty".into())
+            }
             SourceSpec::Generator(g) => {
                 if g.vehicles == 0 {
                     return err("source", "vehicles", "must be at least 1".into());
@@ -432,14 +467,30 @@ impl JobSpec {
                     return err("source", "interval", "must be at least 1ms".into());
                 }
                 if g.rate == Some(0) {
-                    return err("source", "rate", "must be at least 1 event/s (leave it out for as fast as possible)".into());
+                    return err(
+                        "source",
+                        "rate",
+                        "must be at least 1 event/s (leave it out for as fast as possible)".into(),
+                    );
                 }
                 if crate::time::parse_rfc3339(&g.start).is_none() {
-                    return err("source", "start", format!("invalid RFC 3339 timestamp {:?}", g.start));
+                    return err(
+                        "source",
+                        "start",
+                        format!("invalid RFC 3339 timestamp {:?}", g.start),
+                    );
                 }
-                for (k, v) in [("duplicates", g.duplicates), ("bad_lines", g.bad_lines), ("level_only", g.level_only)] {
+                for (k, v) in [
+                    ("duplicates", g.duplicates),
+                    ("bad_lines", g.bad_lines),
+                    ("level_only", g.level_only),
+                ] {
                     if !(0.0..=1.0).contains(&v) {
-                        return err("source", k, format!("must be a fraction between 0 and 1, got {v}"));
+                        return err(
+                            "source",
+                            k,
+                            format!("must be a fraction between 0 and 1, got {v}"),
+                        );
                     }
                 }
             }
@@ -457,7 +508,11 @@ impl JobSpec {
             return err("time", "allowed_lateness", "must be at most 1d".into());
         }
         if !(self.lake.url.starts_with("file://") || self.lake.url.starts_with("s3://")) {
-            return err("lake", "url", format!("must start with file:// or s3://, got {:?}", self.lake.url));
+            return err(
+                "lake",
+                "url",
+                format!("must start with file:// or s3://, got {:?}", self.lake.url),
+            );
         }
         if self.lake.tiers.is_empty() {
             return err("lake", "tiers", "must name at least one tier".into());
@@ -476,14 +531,25 @@ impl JobSpec {
         }
         for k in self.lake.retention.keys() {
             if !self.lake.tiers.contains(k) {
-                return err("lake", "retention", format!("retention for {k:?}, which is not in lake.tiers"));
+                return err(
+                    "lake",
+                    "retention",
+                    format!("retention for {k:?}, which is not in lake.tiers"),
+                );
             }
         }
         if let Err(m) = self.lake.target_file_bytes() {
             return err("lake", "target_file_size", m);
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
-            return err("api", "listen", format!("not a socket address: {:?} (write e.g. \"127.0.0.1:8080\")", self.api.listen));
+            return err(
+                "api",
+                "listen",
+                format!(
+                    "not a socket address: {:?} (write e.g. \"127.0.0.1:8080\")",
+                    self.api.listen
+                ),
+            );
         }
         Ok(())
     }
@@ -542,8 +608,14 @@ retention = { raw = "7d", "1m" = "90d" }
         assert_eq!(spec.time.offline_after.millis(), 600_000);
         assert_eq!(spec.api.listen, "127.0.0.1:8080");
         let tiers = spec.lake.window_tiers();
-        assert_eq!(tiers.iter().map(|t| t.size_ms).collect::<Vec<_>>(), vec![60_000, 3_600_000, 86_400_000]);
-        assert!(matches!(spec.source, SourceSpec::Generator(GeneratorSpec { vehicles: 10, .. })));
+        assert_eq!(
+            tiers.iter().map(|t| t.size_ms).collect::<Vec<_>>(),
+            vec![60_000, 3_600_000, 86_400_000]
+        );
+        assert!(matches!(
+            spec.source,
+            SourceSpec::Generator(GeneratorSpec { vehicles: 10, .. })
+        ));
     }
 
     #[test]
@@ -552,7 +624,11 @@ retention = { raw = "7d", "1m" = "90d" }
         let e = JobSpec::parse(&text).unwrap_err();
         assert_eq!(e.field, "time.allowed_lateness");
         assert_eq!(e.line, Some(10));
-        assert!(e.to_string().starts_with("line 10: time.allowed_lateness: invalid duration"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("line 10: time.allowed_lateness: invalid duration"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -578,9 +654,13 @@ retention = { raw = "7d", "1m" = "90d" }
 
     #[test]
     fn missing_required_field_is_named() {
-        let e = JobSpec::parse("name = \"x\"\n[source]\nkind = \"file\"\n[lake]\nurl = \"file://l\"\n").unwrap_err();
+        let e =
+            JobSpec::parse("name = \"x\"\n[source]\nkind = \"file\"\n[lake]\nurl = \"file://l\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("path"), "{e}");
-        let e = JobSpec::parse("name = \"x\"\n[source]\nkind = \"ftp\"\n[lake]\nurl = \"file://l\"\n").unwrap_err();
+        let e =
+            JobSpec::parse("name = \"x\"\n[source]\nkind = \"ftp\"\n[lake]\nurl = \"file://l\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("source"), "{e}");
     }
 

@@ -81,7 +81,7 @@ impl PartialEq for Fix {
 impl Eq for Fix {}
 impl PartialOrd for Fix {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.canonical_cmp(other))
+        Some(self.cmp(other))
     }
 }
 impl Ord for Fix {

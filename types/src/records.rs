@@ -22,7 +22,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in metric order.
-    pub const ALL: [Reason; 4] = [Reason::Malformed, Reason::Invalid, Reason::Late, Reason::ImplausibleJump];
+    pub const ALL: [Reason; 4] = [
+        Reason::Malformed,
+        Reason::Invalid,
+        Reason::Late,
+        Reason::ImplausibleJump,
+    ];
 
     /// The snake_case name used in the lake and in metrics.
     pub fn as_str(self) -> &'static str {
@@ -92,7 +97,9 @@ impl std::str::FromStr for Status {
             "idle" => Ok(Status::Idle),
             "parked" => Ok(Status::Parked),
             "offline" => Ok(Status::Offline),
-            other => Err(format!("unknown status {other:?} (moving, idle, parked, offline)")),
+            other => Err(format!(
+                "unknown status {other:?} (moving, idle, parked, offline)"
+            )),
         }
     }
 }
@@ -129,7 +136,7 @@ impl PartialEq for VehicleState {
 impl Eq for VehicleState {}
 impl PartialOrd for VehicleState {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.total_cmp(other))
+        Some(self.cmp(other))
     }
 }
 impl Ord for VehicleState {
@@ -225,7 +232,14 @@ pub struct IncomingFix {
 
 /// `NAME:POSITION`, the `source` column of a dead letter, from a table of input names.
 pub fn source_name(names: &[String], input: u32, position: u64) -> String {
-    format!("{}:{}", names.get(input as usize).map(String::as_str).unwrap_or("input"), position)
+    format!(
+        "{}:{}",
+        names
+            .get(input as usize)
+            .map(String::as_str)
+            .unwrap_or("input"),
+        position
+    )
 }
 
 /// The watermark a worker of the core dataflow reached at an epoch.

@@ -46,21 +46,31 @@ impl VehicleRegistry {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let row: VehicleInfo =
-                    serde_json::from_str(line).map_err(|e| RegistryError { line: i + 1, message: e.to_string() })?;
+                let row: VehicleInfo = serde_json::from_str(line).map_err(|e| RegistryError {
+                    line: i + 1,
+                    message: e.to_string(),
+                })?;
                 rows.insert(row.vehicle_id.clone(), row);
             }
         } else {
-            let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            let mut reader = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .from_reader(text.as_bytes());
             for (i, rec) in reader.deserialize::<VehicleInfo>().enumerate() {
-                let row = rec.map_err(|e| RegistryError { line: i + 2, message: e.to_string() })?;
+                let row = rec.map_err(|e| RegistryError {
+                    line: i + 2,
+                    message: e.to_string(),
+                })?;
                 rows.insert(row.vehicle_id.clone(), row);
             }
         }
         for row in rows.values() {
             if let Some(c) = row.tank_capacity_l {
                 if !(c.is_finite() && c > 0.0) {
-                    return Err(RegistryError { line: 0, message: format!("{}: tank_capacity_l must be > 0", row.vehicle_id) });
+                    return Err(RegistryError {
+                        line: 0,
+                        message: format!("{}: tank_capacity_l must be > 0", row.vehicle_id),
+                    });
                 }
             }
         }
@@ -100,7 +110,14 @@ mod tests {
         assert_eq!(r.get("V1").unwrap().tenant.as_deref(), Some("acme"));
         assert_eq!(r.get("V2").unwrap().tenant, None);
         let nd = "{\"vehicle_id\":\"V3\",\"tank_capacity_l\":80}\n";
-        assert_eq!(VehicleRegistry::parse(nd).unwrap().get("V3").unwrap().tank_capacity_l, Some(80.0));
+        assert_eq!(
+            VehicleRegistry::parse(nd)
+                .unwrap()
+                .get("V3")
+                .unwrap()
+                .tank_capacity_l,
+            Some(80.0)
+        );
         assert!(VehicleRegistry::parse("vehicle_id,tank_capacity_l\nV1,-3\n").is_err());
     }
 }

@@ -49,7 +49,9 @@ pub fn rfc3339(ts: Millis) -> String {
 
 /// Parses an RFC 3339 timestamp to epoch milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    DateTime::parse_from_rfc3339(s).ok().map(|dt| dt.timestamp_millis())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|dt| dt.timestamp_millis())
 }
 
 /// Parses `YYYY-MM-DD` to the epoch milliseconds of its UTC midnight.
@@ -86,7 +88,9 @@ impl std::str::FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"10m\", \"7d\")"))
+            .map_err(|e| {
+                format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"10m\", \"7d\")")
+            })
     }
 }
 

@@ -1,0 +1,109 @@
+//! The per-vehicle operators without timely: `cargo bench --bench operators`.
+//!
+//! `timeline/offer_advance` is the whole per-vehicle path (dedup, lateness, implausible
+//! jumps, segments, three window tiers, vehicle state) for 100k fixes of 1,000 vehicles,
+//! advancing the watermark every 5,000 fixes.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fleetflow_connectors::generator::Generator;
+use fleetflow_connectors::intake::decode;
+use fleetflow_connectors::source::{Polled, Source};
+use fleetflow_dataflows::segments::segment;
+use fleetflow_dataflows::timeline::{Outputs, TimelineConfig, Timelines};
+use fleetflow_types::config::GeneratorSpec;
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::IncomingFix;
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::HumanDuration;
+use std::hint::black_box;
+use std::sync::Arc;
+
+fn fixes(n: usize) -> Vec<IncomingFix> {
+    let spec = GeneratorSpec {
+        vehicles: 1000,
+        duration: Some(HumanDuration::from_millis(36_000_000)),
+        ..GeneratorSpec::default()
+    };
+    let mut g = Generator::new(&spec, 0, 1);
+    let mut out = Vec::with_capacity(n);
+    let now = fleetflow_types::time::now_ms();
+    while out.len() < n {
+        if let Polled::Finished = g
+            .poll(0, 4096, &mut |l, pos| {
+                let fix = decode(l, now, None).unwrap();
+                out.push(IncomingFix {
+                    fix,
+                    payload: String::from_utf8_lossy(l).into(),
+                    input: 0,
+                    position: pos,
+                    received_at: now,
+                });
+            })
+            .unwrap()
+        {
+            break;
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let input = fixes(100_000);
+    let mut group = c.benchmark_group("timeline");
+    group.throughput(Throughput::Elements(input.len() as u64));
+    group.sample_size(20);
+    group.bench_function("offer_advance", |b| {
+        b.iter_batched(
+            || input.clone(),
+            |input| {
+                let cfg = TimelineConfig {
+                    offline_after: 600_000,
+                    tiers: vec![60_000, 3_600_000, 86_400_000],
+                    raw: true,
+                };
+                let mut t = Timelines::new(
+                    cfg,
+                    Arc::new(VehicleRegistry::default()),
+                    Arc::new(vec!["bench".into()]),
+                    Arc::new(Metrics::new(vec![])),
+                );
+                let mut out = Outputs::default();
+                let mut max_ts = i64::MIN;
+                for (i, inc) in input.into_iter().enumerate() {
+                    max_ts = max_ts.max(inc.fix.ts);
+                    t.offer(inc, Some(max_ts - 30_000 - 5_000), &mut out);
+                    if i % 5_000 == 4_999 {
+                        t.advance(max_ts - 30_000, &mut out);
+                        t.publish(Some(max_ts - 30_000), &mut out);
+                        out.raw.clear();
+                        out.rows.clear();
+                        out.state.clear();
+                    }
+                }
+                t.finish(&mut out);
+                black_box(out.rows.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+    let pairs: Vec<_> = input
+        .windows(2)
+        .take(10_000)
+        .map(|w| (w[0].fix.clone(), w[1].fix.clone()))
+        .collect();
+    let mut group = c.benchmark_group("segments");
+    group.throughput(Throughput::Elements(pairs.len() as u64));
+    group.bench_function("segment", |b| {
+        b.iter(|| {
+            for (a, x) in &pairs {
+                black_box(segment(black_box(a), black_box(x), Some(60.0)));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
