@@ -419,3 +419,197 @@ fn dead_letter(names: &[String], reason: Reason, detail: String, inc: IncomingFi
         event_ts: inc.fix.ts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetflow_types::time::{DAY_MS, MINUTE_MS};
+
+    const T0: Millis = 1_736_121_600_000; // 2025-01-06T00:00:00Z
+
+    fn inc(vid: &str, ts: Millis, lat: f64, speed: Option<f64>) -> IncomingFix {
+        let fix = Fix {
+            vehicle_id: vid.into(),
+            tenant: "t".into(),
+            ts,
+            lat,
+            lon: 13.0,
+            speed_kmh: speed,
+            heading_deg: None,
+            fuel_level_pct: None,
+            fuel_used_l: None,
+            odometer_km: None,
+            ignition: Some(true),
+        };
+        IncomingFix {
+            payload: format!("payload@{ts}").into(),
+            fix,
+            input: 0,
+            position: ts as u64,
+            received_at: 0,
+        }
+    }
+
+    fn timelines() -> (Timelines, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(vec![]));
+        let cfg = TimelineConfig {
+            offline_after: 10 * MINUTE_MS,
+            tiers: vec![MINUTE_MS, DAY_MS],
+            raw: true,
+        };
+        (
+            Timelines::new(
+                cfg,
+                Arc::new(VehicleRegistry::default()),
+                Arc::new(vec!["in".into()]),
+                metrics.clone(),
+            ),
+            metrics,
+        )
+    }
+
+    fn latest(out: &Outputs, vid: &str) -> Option<VehicleState> {
+        out.state
+            .iter()
+            .rev()
+            .find(|((v, _), r)| v == vid && *r > 0)
+            .map(|((_, s), _)| s.clone())
+    }
+
+    #[test]
+    fn a_fix_below_the_watermark_is_late_and_changes_nothing() {
+        let (mut t, m) = timelines();
+        let mut out = Outputs::default();
+        t.offer(
+            inc("a", T0 + 10_000, 52.0, Some(10.0)),
+            Some(T0 + 20_000),
+            &mut out,
+        );
+        assert_eq!(out.dead.len(), 1);
+        assert_eq!(out.dead[0].reason, Reason::Late);
+        assert_eq!(out.dead[0].payload, format!("payload@{}", T0 + 10_000));
+        assert_eq!(out.dead[0].source, format!("in:{}", T0 + 10_000));
+        assert_eq!(m.dead_letters_of(Reason::Late), 1);
+        t.publish(Some(T0 + 20_000), &mut out);
+        assert!(out.state.is_empty(), "a late fix creates no state");
+        // After a fix is final, an older one is late even if the watermark did not say so.
+        t.offer(
+            inc("a", T0 + 30_000, 52.0, Some(10.0)),
+            Some(T0 + 20_000),
+            &mut out,
+        );
+        t.advance(T0 + 40_000, &mut out);
+        t.offer(inc("a", T0 + 30_000, 52.0, Some(10.0)), None, &mut out);
+        assert_eq!(m.dead_letters_of(Reason::Late), 2);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_the_least_copy_wins_in_any_order() {
+        for order in [[0, 1], [1, 0]] {
+            let (mut t, m) = timelines();
+            let mut out = Outputs::default();
+            let copies = [
+                inc("a", T0, 52.0, Some(10.0)),
+                inc("a", T0, 52.0, Some(11.0)),
+            ];
+            for i in order {
+                t.offer(copies[i].clone(), None, &mut out);
+            }
+            t.finish(&mut out);
+            assert_eq!(m.duplicates.load(Relaxed), 1);
+            assert_eq!(out.raw.len(), 1);
+            assert_eq!(out.raw[0].speed_kmh, Some(10.0), "order {order:?}");
+            assert!(out.dead.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_implausible_jump_is_rejected_and_the_next_fix_compared_with_the_last_good_one() {
+        let (mut t, m) = timelines();
+        let mut out = Outputs::default();
+        t.offer(inc("a", T0, 52.0, Some(10.0)), None, &mut out);
+        t.offer(inc("a", T0 + 10_000, 52.1, Some(10.0)), None, &mut out); // 11 km in 10 s
+        t.offer(inc("a", T0 + 20_000, 52.0005, Some(10.0)), None, &mut out);
+        t.publish(None, &mut out);
+        assert_eq!(
+            latest(&out, "a").unwrap().fix.ts,
+            T0 + 20_000,
+            "eager state skips the jump"
+        );
+        t.finish(&mut out);
+        assert_eq!(
+            out.raw.iter().map(|f| f.ts).collect::<Vec<_>>(),
+            vec![T0, T0 + 20_000]
+        );
+        assert_eq!(m.dead_letters_of(Reason::ImplausibleJump), 1);
+        assert_eq!(out.dead[0].payload, format!("payload@{}", T0 + 10_000));
+        assert!(
+            out.dead[0].detail.contains("km in 10.000 s"),
+            "{}",
+            out.dead[0].detail
+        );
+        let minute = out
+            .rows
+            .iter()
+            .find(|r| r.tier == 0 && r.window_start == T0)
+            .unwrap();
+        assert_eq!(minute.fixes, 2);
+        assert!(
+            (minute.distance_km - 0.0556).abs() < 0.001,
+            "{}",
+            minute.distance_km
+        );
+    }
+
+    #[test]
+    fn state_is_eager_and_revised_when_an_earlier_fix_arrives() {
+        let (mut t, _) = timelines();
+        let mut out = Outputs::default();
+        t.offer(inc("a", T0, 52.0, Some(10.0)), None, &mut out);
+        t.offer(inc("a", T0 + 20_000, 52.018, Some(10.0)), None, &mut out); // 2 km in 20 s: a jump
+        t.publish(None, &mut out);
+        assert_eq!(latest(&out, "a").unwrap().fix.ts, T0);
+        // Fixes in between (each hop under 1 km) make the later one plausible.
+        t.offer(inc("a", T0 + 14_000, 52.0132, Some(10.0)), None, &mut out);
+        t.offer(inc("a", T0 + 7_000, 52.0066, Some(10.0)), None, &mut out);
+        t.publish(None, &mut out);
+        assert_eq!(latest(&out, "a").unwrap().fix.ts, T0 + 20_000);
+        let net: isize = out.state.iter().map(|(_, r)| r).sum();
+        assert_eq!(net, 1, "one live state per vehicle");
+        t.finish(&mut out);
+        assert_eq!(out.raw.len(), 4);
+        assert!(out.dead.is_empty());
+    }
+
+    #[test]
+    fn windows_close_at_the_watermark_and_vehicles_go_offline() {
+        let (mut t, _) = timelines();
+        let mut out = Outputs::default();
+        t.offer(inc("a", T0 + 5_000, 52.0, Some(0.0)), None, &mut out);
+        t.offer(inc("a", T0 + 65_000, 52.001, Some(20.0)), None, &mut out);
+        t.advance(T0 + 60_000, &mut out);
+        assert_eq!(out.rows.len(), 1, "the first minute closed");
+        assert_eq!((out.rows[0].window_start, out.rows[0].fixes), (T0, 1));
+        t.advance(T0 + 120_000, &mut out);
+        assert_eq!(
+            out.rows.len(),
+            2,
+            "the second minute closed without another fix"
+        );
+        t.publish(Some(T0 + 120_000), &mut out);
+        let s = latest(&out, "a").unwrap();
+        assert_eq!(s.status, Status::Moving);
+        assert!(s.today_distance_km > 0.1);
+        t.advance(T0 + 65_000 + 10 * MINUTE_MS + 1, &mut out);
+        t.publish(Some(T0 + 65_000 + 10 * MINUTE_MS + 1), &mut out);
+        assert_eq!(latest(&out, "a").unwrap().status, Status::Offline);
+        // Next day: today's sums reset.
+        t.publish(Some(T0 + DAY_MS), &mut out);
+        assert_eq!(latest(&out, "a").unwrap().today_distance_km, 0.0);
+        t.finish(&mut out);
+        assert!(
+            out.rows.iter().any(|r| r.tier == 1 && r.fixes == 2),
+            "the day row completes at the end"
+        );
+    }
+}
