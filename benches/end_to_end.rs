@@ -5,7 +5,9 @@
 //!
 //! Environment: `FLEETFLOW_BENCH_EVENTS` (comma-separated sizes, default
 //! `1000000,5000000`), `FLEETFLOW_BENCH_VEHICLES` (default 10000),
-//! `FLEETFLOW_BENCH_WORKERS` (default 2). Generated inputs are cached in the target dir.
+//! `FLEETFLOW_BENCH_WORKERS` (default 2), `FLEETFLOW_BENCH_FILES` (the input is a directory
+//! of this many files, each a share of the fleet; default: one per worker, so that every
+//! worker decodes). Generated inputs are cached in the target dir.
 
 use std::process::Command;
 
@@ -20,6 +22,7 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_fleetflow");
     let vehicles: u64 = env_or("FLEETFLOW_BENCH_VEHICLES", "10000").parse().unwrap();
     let workers = env_or("FLEETFLOW_BENCH_WORKERS", "2");
+    let files = env_or("FLEETFLOW_BENCH_FILES", &workers);
     let sizes: Vec<u64> = env_or("FLEETFLOW_BENCH_EVENTS", "1000000,5000000")
         .split(',')
         .map(|s| s.trim().parse().unwrap())
@@ -34,7 +37,7 @@ fn main() {
         "events", "vehicles", "events/s", "p50 ms", "p99 ms", "peak MiB"
     );
     for events in sizes {
-        let input = dir.join(format!("gen-{events}-{vehicles}.ndjson"));
+        let input = dir.join(format!("gen-{events}-{vehicles}-{files}"));
         if !input.exists() {
             let minutes = (events / vehicles * 5).div_ceil(60).max(1);
             let st = Command::new(bin)

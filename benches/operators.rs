@@ -33,7 +33,7 @@ fn fixes(n: usize) -> Vec<IncomingFix> {
                 let fix = decode(l, now, None).unwrap();
                 out.push(IncomingFix {
                     fix,
-                    payload: String::from_utf8_lossy(l).into(),
+                    payload: bytes::Bytes::copy_from_slice(l),
                     input: 0,
                     position: pos,
                     received_at: now,

@@ -5,7 +5,7 @@ use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
-use fleetflow_dataflows::publish::{arrange_state, publish_state};
+use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use timely::dataflow::operators::{Concat, Inspect};
+use timely::dataflow::operators::{Concat, Inspect, Probe};
 
 /// Everything a finished run captured, for tests (off in production runs).
 #[derive(Default, Debug)]
@@ -380,6 +380,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let peers = worker.peers();
         let (metrics, registry, shutdown, input_names) = ctx_base.clone();
         let metrics_w = metrics.clone();
+        let probe = timely::dataflow::ProbeHandle::new();
         let source: Box<dyn Source> = match &*inputs {
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
@@ -391,6 +392,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             shutdown,
             input_names: input_names.clone(),
             budget: batch,
+            backpressure: Some((probe.clone(), 20)),
         };
         let core_cfg = CoreConfig {
             lateness,
@@ -398,6 +400,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             registry,
             metrics,
             input_names,
+            publish_every: Duration::from_millis(50),
         };
         let view = view.clone();
         let uploader = uploader_w.clone();
@@ -414,10 +417,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 rows = rows.inspect(move |r| c2.lock().expect("capture").rows.push(r.clone()));
                 dead = dead.inspect(move |d| c3.lock().expect("capture").dead.push(d.clone()));
             }
-            let arranged = arrange_state(core.state);
-            let progress = core.progress;
+            // The API view applies the timeline's exact retract/insert pairs; the arranged
+            // form (`publish::arrange_state`) is for dataflow consumers that join with it.
+            let progress = core.progress.probe_with(&probe);
             let latency_metrics = metrics_w.clone();
-            publish_state(arranged, progress.clone(), move |updates, p, epoch| {
+            publish(core.state, progress.clone(), move |updates, p, epoch| {
                 if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
                     let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
                     latency_metrics

@@ -12,6 +12,13 @@ use fleetflow_types::time::HumanDuration;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// jemalloc: the job allocates and frees many multi-megabyte buffers (Parquet parts, read
+/// chunks) from several threads; glibc's malloc keeps such memory in per-thread arenas and
+/// peak RSS then drifts up with the length of the run. jemalloc returns it.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fleetflow",
@@ -70,9 +77,12 @@ enum Command {
         /// Event time of the first fix (RFC 3339).
         #[arg(long)]
         start: Option<String>,
-        /// Output NDJSON file.
+        /// Output NDJSON file (with --files N: a directory of N files).
         #[arg(long, required_unless_present = "kafka")]
         out: Option<std::path::PathBuf>,
+        /// Split the fleet over this many files (vehicle i goes to file i mod N).
+        #[arg(long, default_value_t = 1)]
+        files: u32,
         /// Kafka bootstrap servers.
         #[arg(long, requires = "topic")]
         kafka: Option<String>,
@@ -169,6 +179,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             seed,
             start,
             out,
+            files,
             kafka,
             topic: _,
             rate,
@@ -210,39 +221,57 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 bad_lines,
                 ..GeneratorSpec::default()
             };
-            let path = out.expect("clap requires --out without --kafka");
-            let file = std::fs::File::create(&path)
-                .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut generator = Generator::new(&spec, 0, 1);
+            if files == 0 || files > vehicles {
+                return Err(Failure::Usage(format!(
+                    "--files: must be between 1 and --vehicles ({vehicles}), got {files}"
+                )));
+            }
+            let out = out.expect("clap requires --out without --kafka");
+            let paths: Vec<std::path::PathBuf> = if files == 1 {
+                vec![out.clone()]
+            } else {
+                std::fs::create_dir_all(&out)
+                    .map_err(|e| Failure::Runtime(format!("{}: {e}", out.display())))?;
+                (0..files)
+                    .map(|i| out.join(format!("part-{i:03}.ndjson")))
+                    .collect()
+            };
             let expected = (duration.millis() / interval.millis().max(1)) as u64 * vehicles as u64;
             let bar = indicatif::ProgressBar::new(expected);
             let started = std::time::Instant::now();
-            let (mut n, mut err) = (0u64, None);
-            loop {
-                let polled = generator
-                    .poll(0, 8192, &mut |line, _| {
-                        if err.is_none() {
-                            if let Err(e) = w.write_all(line).and_then(|_| w.write_all(b"\n")) {
-                                err = Some(e);
+            let mut n = 0u64;
+            for (i, path) in paths.iter().enumerate() {
+                let file = std::fs::File::create(path)
+                    .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                let mut generator = Generator::new(&spec, i as u32, files);
+                let mut err = None;
+                loop {
+                    let polled = generator
+                        .poll(0, 8192, &mut |line, _| {
+                            if err.is_none() {
+                                if let Err(e) = w.write_all(line).and_then(|_| w.write_all(b"\n")) {
+                                    err = Some(e);
+                                }
                             }
-                        }
-                        n += 1;
-                    })
-                    .map_err(|e| Failure::Runtime(e.to_string()))?;
-                bar.set_position(n);
-                match polled {
-                    Polled::Finished => break,
-                    Polled::Empty => std::thread::sleep(std::time::Duration::from_millis(1)),
-                    Polled::Data(_) => {}
+                            n += 1;
+                        })
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    bar.set_position(n);
+                    match polled {
+                        Polled::Finished => break,
+                        Polled::Empty => std::thread::sleep(std::time::Duration::from_millis(1)),
+                        Polled::Data(_) => {}
+                    }
                 }
+                if let Some(e) = err {
+                    return Err(Failure::Runtime(format!("{}: {e}", path.display())));
+                }
+                w.flush()
+                    .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
             }
             bar.finish_and_clear();
-            if let Some(e) = err {
-                return Err(Failure::Runtime(format!("{}: {e}", path.display())));
-            }
-            w.flush()
-                .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+            let path = out;
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
                 "wrote {n} events to {} in {secs:.2}s ({:.0} events/s)",

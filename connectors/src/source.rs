@@ -113,6 +113,11 @@ pub struct IntakeContext {
     pub input_names: Arc<Vec<String>>,
     /// Records read per poll before yielding (re-batching changes no result).
     pub budget: usize,
+    /// Flow control: a probe on the downstream operator and the greatest lag (in epochs,
+    /// i.e. ms) it may have behind this source before the source stops reading. Timely has
+    /// no back-pressure of its own; without this a source faster than the dataflow would
+    /// queue an unbounded backlog.
+    pub backpressure: Option<(timely::dataflow::ProbeHandle<u64>, u64)>,
 }
 
 struct LocalInput {
@@ -190,6 +195,14 @@ pub fn render_source<'scope>(
             }
             let now = now_ms();
             let now_instant = std::time::Instant::now();
+            if let Some((probe, max_lag)) = &ctx.backpressure {
+                let epoch = *held[0].time();
+                if epoch > *max_lag && probe.less_than(&(epoch - max_lag)) {
+                    // Downstream is behind: let it run rather than queue more.
+                    activator.activate();
+                    return;
+                }
+            }
             // Pick the unfinished input furthest behind in event time that may have data.
             let pick = inputs
                 .iter()
@@ -205,15 +218,21 @@ pub fn render_source<'scope>(
                 let registry = &ctx.registry;
                 let id = input.id;
                 let mut max_ts = input.max_ts;
+                let (mut events, mut bytes) = (0u64, 0u64);
+                let first = fixes_buf.len();
+                let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
+                let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
                 let polled = source.poll(local, budget, &mut |payload, position| {
-                    metrics.events_in.fetch_add(1, Relaxed);
-                    metrics.bytes_in.fetch_add(payload.len() as u64 + 1, Relaxed);
+                    events += 1;
+                    bytes += payload.len() as u64 + 1;
                     match intake::decode(payload, now, Some(registry)) {
                         Ok(fix) => {
                             max_ts = Some(max_ts.map_or(fix.ts, |m| m.max(fix.ts)));
+                            spans.push((arena.len(), arena.len() + payload.len()));
+                            arena.extend_from_slice(payload);
                             fixes_buf.push(IncomingFix {
                                 fix,
-                                payload: String::from_utf8_lossy(payload).into(),
+                                payload: bytes::Bytes::new(),
                                 input: id,
                                 position,
                                 received_at: now,
@@ -232,6 +251,12 @@ pub fn render_source<'scope>(
                         }
                     }
                 });
+                let chunk = bytes::Bytes::from(arena);
+                for (inc, (a, b)) in fixes_buf[first..].iter_mut().zip(spans) {
+                    inc.payload = chunk.slice(a..b);
+                }
+                metrics.events_in.fetch_add(events, Relaxed);
+                metrics.bytes_in.fetch_add(bytes, Relaxed);
                 match polled {
                     Ok(Polled::Data(_)) => {
                         input.empty_since = None;

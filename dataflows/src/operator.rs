@@ -50,6 +50,9 @@ pub struct CoreConfig {
     pub metrics: Arc<Metrics>,
     /// Global input id -> name.
     pub input_names: Arc<Vec<String>>,
+    /// How often vehicle state and progress are published (processing time). State changes
+    /// within an interval are coalesced into one update per vehicle.
+    pub publish_every: std::time::Duration,
 }
 
 /// The streams of the core dataflow.
@@ -78,6 +81,7 @@ pub fn render_timeline<'scope>(
     let worker = scope.index();
     let reports = reports.broadcast();
     let mut builder = OperatorBuilder::new("VehicleTimeline".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
     let mut fix_in = builder.new_input(
         fixes,
         Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()),
@@ -110,6 +114,7 @@ pub fn render_timeline<'scope>(
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
         let mut out = Outputs::default();
+        let mut last_publish = std::time::Instant::now();
         move |frontiers| {
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
@@ -177,9 +182,17 @@ pub fn render_timeline<'scope>(
                     );
                 }
             }
-            timelines.publish(state_watermark, &mut out);
+            // Publish state and progress together, at most once per interval (always at the
+            // end), so that `as_of` never runs ahead of the published state.
+            let publish_now = finished || last_publish.elapsed() >= cfg.publish_every;
+            if publish_now {
+                timelines.publish(state_watermark, &mut out);
+                last_publish = std::time::Instant::now();
+            } else {
+                activator.activate_after(cfg.publish_every.saturating_sub(last_publish.elapsed()));
+            }
             let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
-            let advanced = state_watermark != published || at_end;
+            let advanced = publish_now && (state_watermark != published || at_end);
             if !out.raw.is_empty()
                 || !out.rows.is_empty()
                 || !out.dead.is_empty()

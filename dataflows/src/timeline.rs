@@ -414,7 +414,7 @@ fn dead_letter(names: &[String], reason: Reason, detail: String, inc: IncomingFi
         reason,
         detail,
         source: source_name(names, inc.input, inc.position),
-        payload: inc.payload.into(),
+        payload: String::from_utf8_lossy(&inc.payload).into_owned(),
         received_at: inc.received_at,
         event_ts: inc.fix.ts,
     }
@@ -442,7 +442,7 @@ mod tests {
             ignition: Some(true),
         };
         IncomingFix {
-            payload: format!("payload@{ts}").into(),
+            payload: format!("payload@{ts}").into_bytes().into(),
             fix,
             input: 0,
             position: ts as u64,

@@ -1,14 +1,17 @@
 //! The lake: an object store (local directory now, S3 with the lake issue) and the
 //! uploader that commits finished Parquet files to it.
 //!
-//! Every file is written with a single `put`: the local store stages it and renames it into
-//! place, S3 makes it visible atomically, so a reader never sees a partial file.
+//! A small file is written with a single `put`; a large one streams out as a multipart upload
+//! while it is being encoded ([`StreamingFile`]), so memory per open file stays at about one
+//! part whatever the file's size. Either way the file becomes visible atomically (the local
+//! store stages it and renames it into place, S3 completes the upload), so a reader never
+//! sees a partial file.
 
 use bytes::Bytes;
 use fleetflow_types::metrics::Metrics;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -112,14 +115,7 @@ impl Uploader {
     /// Queues `bytes` to be written at `path`; `dataset` and `rows` feed the metrics once
     /// committed. Blocks while too many files are in flight.
     pub fn submit(&self, path: String, bytes: Vec<u8>, dataset: String, rows: u64) {
-        {
-            let (lock, cv) = &*self.state;
-            let mut s = lock.lock().expect("uploader lock");
-            while s.files >= self.max_inflight {
-                s = cv.wait(s).expect("uploader lock");
-            }
-            s.files += 1;
-        }
+        self.reserve();
         let store = self.lake.store.clone();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
@@ -145,15 +141,68 @@ impl Uploader {
                 metrics.bytes_written.fetch_add(len, Relaxed);
                 metrics.add_rows(&dataset, rows);
             }
-            let (lock, cv) = &*state;
-            let mut s = lock.lock().expect("uploader lock");
-            s.files -= 1;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "lake write failed");
-                s.errors.push(e);
-            }
-            cv.notify_all();
+            Self::release(&state, result);
         });
+    }
+
+    /// Completes a multipart upload in the background once its parts are written.
+    fn submit_multipart(
+        &self,
+        path: String,
+        mut upload: Box<dyn MultipartUpload>,
+        parts: Vec<PartHandle>,
+        bytes: u64,
+        dataset: String,
+        rows: u64,
+    ) {
+        self.reserve();
+        let metrics = self.metrics.clone();
+        let state = self.state.clone();
+        self.runtime.spawn(async move {
+            let mut result = Ok(());
+            for part in parts {
+                match part.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = Err(format!("{path}: part: {e}")),
+                    Err(e) => result = Err(format!("{path}: part task: {e}")),
+                }
+            }
+            if result.is_ok() {
+                result = upload
+                    .complete()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{path}: complete: {e}"));
+            }
+            if result.is_err() {
+                let _ = upload.abort().await;
+            } else {
+                metrics.files_written.fetch_add(1, Relaxed);
+                metrics.bytes_written.fetch_add(bytes, Relaxed);
+                metrics.add_rows(&dataset, rows);
+            }
+            Self::release(&state, result);
+        });
+    }
+
+    fn reserve(&self) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().expect("uploader lock");
+        while s.files >= self.max_inflight {
+            s = cv.wait(s).expect("uploader lock");
+        }
+        s.files += 1;
+    }
+
+    fn release(state: &(Mutex<Inflight>, Condvar), result: Result<(), String>) {
+        let (lock, cv) = state;
+        let mut s = lock.lock().expect("uploader lock");
+        s.files -= 1;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "lake write failed");
+            s.errors.push(e);
+        }
+        cv.notify_all();
     }
 
     /// Waits until every queued file is committed; reports failures.
@@ -170,5 +219,149 @@ impl Uploader {
                 first: first.clone(),
             }),
         }
+    }
+}
+
+type PartHandle = tokio::task::JoinHandle<object_store::Result<()>>;
+
+/// Bytes shipped per multipart part (S3 needs at least 5 MiB for all but the last).
+pub const PART_BYTES: usize = 6 * 1024 * 1024;
+
+/// A file being encoded: a `Write` sink that keeps at most about one part in memory and
+/// streams the rest to the lake as a multipart upload. [`StreamingFile::finish`] commits it.
+pub struct StreamingFile {
+    uploader: Uploader,
+    path: String,
+    buf: Vec<u8>,
+    shipped: u64,
+    upload: Option<(Box<dyn MultipartUpload>, Vec<PartHandle>)>,
+}
+
+impl StreamingFile {
+    /// A file that will be committed at `path` (relative to the lake root).
+    pub fn new(uploader: Uploader, path: String) -> Self {
+        StreamingFile {
+            uploader,
+            path,
+            buf: Vec::new(),
+            shipped: 0,
+            upload: None,
+        }
+    }
+
+    fn ship_part(&mut self) -> std::io::Result<()> {
+        let handle = self.uploader.runtime.clone();
+        if self.upload.is_none() {
+            let store = self.uploader.lake.store.clone();
+            let location = Path::from(self.path.as_str());
+            let upload = handle
+                .block_on(async move { store.put_multipart(&location).await })
+                .map_err(std::io::Error::other)?;
+            self.upload = Some((upload, Vec::new()));
+        }
+        let (upload, parts) = self.upload.as_mut().expect("started above");
+        // Bound the parts in flight per file.
+        if parts.len() >= 2 {
+            let first = parts.remove(0);
+            handle
+                .block_on(first)
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+        }
+        let data = std::mem::take(&mut self.buf);
+        self.shipped += data.len() as u64;
+        let part = upload.put_part(PutPayload::from(Bytes::from(data)));
+        parts.push(handle.spawn(part));
+        Ok(())
+    }
+
+    /// Commits the file: one `put` when it stayed small, else the last part and the
+    /// completion of the multipart upload. `dataset` and `rows` feed the metrics.
+    pub fn finish(mut self, dataset: String, rows: u64) -> std::io::Result<()> {
+        match self.upload.take() {
+            None => {
+                self.uploader.submit(self.path, self.buf, dataset, rows);
+                Ok(())
+            }
+            Some((upload, parts)) => {
+                self.upload = Some((upload, parts));
+                if !self.buf.is_empty() {
+                    self.ship_part()?;
+                }
+                let (upload, parts) = self.upload.take().expect("started");
+                self.uploader.submit_multipart(
+                    self.path,
+                    upload,
+                    parts,
+                    self.shipped,
+                    dataset,
+                    rows,
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::io::Write for StreamingFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(PART_BYTES + 1024 * 1024);
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PART_BYTES {
+            self.ship_part()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn large_files_stream_as_multipart_and_appear_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&format!("file://{}", dir.path().display())).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
+        let uploader = Uploader::new(lake, rt.handle().clone(), metrics.clone());
+        let mut file = StreamingFile::new(
+            uploader.clone(),
+            "raw/date=2025-01-06/hour=01/big.parquet".into(),
+        );
+        let chunk: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        for _ in 0..20 {
+            file.write_all(&chunk).unwrap();
+            expected.extend_from_slice(&chunk);
+        }
+        assert!(file.upload.is_some(), "more than one part: multipart");
+        assert!(
+            file.buf.len() < PART_BYTES,
+            "at most one part is held in memory"
+        );
+        let target = dir.path().join("raw/date=2025-01-06/hour=01/big.parquet");
+        assert!(!target.exists(), "not visible before it is complete");
+        file.finish("raw".into(), 42).unwrap();
+        uploader.finish().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), expected);
+        assert_eq!(metrics.rows_of("raw"), 42);
+        assert_eq!(metrics.bytes_written.load(Relaxed), expected.len() as u64);
+        let names: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no staging leftovers: {names:?}");
     }
 }

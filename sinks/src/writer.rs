@@ -13,7 +13,7 @@
 //! Every row reaching this operator is final (closed windows, final fixes), so each is
 //! written exactly once in a run. Files are named `part-{run}-w{worker}-{seq}.parquet`.
 
-use crate::lake::Uploader;
+use crate::lake::{StreamingFile, Uploader};
 use crate::schema::LakeRecord;
 use fleetflow_types::config::WindowTier;
 use fleetflow_types::fix::Fix;
@@ -103,43 +103,56 @@ pub struct RollPolicy {
 
 struct PartBuf<R> {
     rows: Vec<R>,
-    writer: Option<ArrowWriter<Vec<u8>>>,
+    writer: Option<ArrowWriter<StreamingFile>>,
     opened: Instant,
     count: u64,
 }
 
-/// Buffers and encodes one dataset's rows per partition.
+/// Buffers and encodes one dataset's rows per partition; each open partition streams its
+/// file to the lake as it grows (see [`StreamingFile`]).
 pub struct DatasetWriter<R: LakeRecord> {
     name: String,
-    partitioning: Option<Partitioning>,
+    partitioning: Partitioning,
     prefix: String,
     parts: HashMap<i64, PartBuf<R>>,
     seq: u64,
+    worker: usize,
+    uploader: Uploader,
 }
 
 fn props() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_max_row_group_row_count(Some(128 * 1024))
         .build()
 }
 
+type ParquetResult = Result<(), parquet::errors::ParquetError>;
+
 impl<R: LakeRecord> DatasetWriter<R> {
-    /// A writer of dataset `name` (its directory) with the given partitioning (by day when
-    /// `None`... see [`Partitioning`]); file names start with `prefix`.
-    pub fn new(name: &str, partitioning: Partitioning, prefix: String) -> Self {
+    /// A writer of dataset `name` (its directory) with the given partitioning, for
+    /// `worker`; file names start with `prefix`.
+    pub fn new(
+        name: &str,
+        partitioning: Partitioning,
+        prefix: String,
+        worker: usize,
+        uploader: Uploader,
+    ) -> Self {
         DatasetWriter {
             name: name.to_string(),
-            partitioning: Some(partitioning),
+            partitioning,
             prefix,
             parts: HashMap::new(),
             seq: 0,
+            worker,
+            uploader,
         }
     }
 
     /// Adds a row whose partitioning time is `ts`.
-    pub fn push(&mut self, ts: Millis, row: R) -> Result<(), parquet::errors::ParquetError> {
-        let key = self.partitioning.map(|p| p.key(ts)).unwrap_or(0);
+    pub fn push(&mut self, ts: Millis, row: R) -> ParquetResult {
+        let key = self.partitioning.key(ts);
         let part = self.parts.entry(key).or_insert_with(|| PartBuf {
             rows: Vec::with_capacity(1024),
             writer: None,
@@ -149,9 +162,32 @@ impl<R: LakeRecord> DatasetWriter<R> {
         part.rows.push(row);
         part.count += 1;
         if part.rows.len() >= BATCH_ROWS {
-            encode(part)?;
+            self.encode(key)?;
         }
         Ok(())
+    }
+
+    fn encode(&mut self, key: i64) -> ParquetResult {
+        let part = self.parts.get_mut(&key).expect("present");
+        if part.rows.is_empty() {
+            return Ok(());
+        }
+        let batch = R::to_batch(&part.rows)?;
+        part.rows.clear();
+        if part.writer.is_none() {
+            self.seq += 1;
+            let path = format!(
+                "{}/{}/{}-w{:03}-{:06}.parquet",
+                self.name,
+                self.partitioning.dir(key),
+                self.prefix,
+                self.worker,
+                self.seq
+            );
+            let file = StreamingFile::new(self.uploader.clone(), path);
+            part.writer = Some(ArrowWriter::try_new(file, R::schema(), Some(props()))?);
+        }
+        part.writer.as_mut().expect("opened").write(&batch)
     }
 
     /// Rolls the files that are due: partitions the watermark closed, files at the target
@@ -161,10 +197,8 @@ impl<R: LakeRecord> DatasetWriter<R> {
         watermark: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
-        worker: usize,
-        uploader: &Uploader,
-    ) -> Result<(), parquet::errors::ParquetError> {
-        let partitioning = self.partitioning.unwrap_or(Partitioning::Day);
+    ) -> ParquetResult {
+        let partitioning = self.partitioning;
         let due: Vec<i64> = self
             .parts
             .iter()
@@ -176,41 +210,15 @@ impl<R: LakeRecord> DatasetWriter<R> {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
+            self.encode(key)?;
             let mut part = self.parts.remove(&key).expect("listed");
-            encode(&mut part)?;
             let Some(writer) = part.writer.take() else {
                 continue;
             };
-            let bytes = writer.into_inner()?;
-            self.seq += 1;
-            let path = format!(
-                "{}/{}/{}-w{worker:03}-{:06}.parquet",
-                self.name,
-                partitioning.dir(key),
-                self.prefix,
-                self.seq
-            );
-            uploader.submit(path, bytes, self.name.clone(), part.count);
+            writer.into_inner()?.finish(self.name.clone(), part.count)?;
         }
         Ok(())
     }
-}
-
-fn encode<R: LakeRecord>(part: &mut PartBuf<R>) -> Result<(), parquet::errors::ParquetError> {
-    if part.rows.is_empty() {
-        return Ok(());
-    }
-    let batch = R::to_batch(&part.rows)?;
-    part.rows.clear();
-    let writer = match &mut part.writer {
-        Some(w) => w,
-        None => part.writer.insert(ArrowWriter::try_new(
-            Vec::new(),
-            R::schema(),
-            Some(props()),
-        )?),
-    };
-    writer.write(&batch)
 }
 
 /// What the lake sink writes.
@@ -243,8 +251,14 @@ pub fn render_lake_sink<'scope>(
     let mut dead_in = builder.new_input(dead, Pipeline);
     let mut progress_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
-        let mut raw_w: DatasetWriter<Fix> =
-            DatasetWriter::new("raw", Partitioning::Hour, cfg.prefix.clone());
+        let (prefix, up) = (&cfg.prefix, &uploader);
+        let mut raw_w: DatasetWriter<Fix> = DatasetWriter::new(
+            "raw",
+            Partitioning::Hour,
+            prefix.clone(),
+            worker,
+            up.clone(),
+        );
         let mut tier_w: Vec<DatasetWriter<TierRow>> = cfg
             .tiers
             .iter()
@@ -252,12 +266,19 @@ pub fn render_lake_sink<'scope>(
                 DatasetWriter::new(
                     &t.name,
                     Partitioning::for_window(t.size_ms),
-                    cfg.prefix.clone(),
+                    prefix.clone(),
+                    worker,
+                    up.clone(),
                 )
             })
             .collect();
-        let mut dead_w: DatasetWriter<DeadLetter> =
-            DatasetWriter::new("dead_letter", Partitioning::Day, cfg.prefix.clone());
+        let mut dead_w: DatasetWriter<DeadLetter> = DatasetWriter::new(
+            "dead_letter",
+            Partitioning::Day,
+            prefix.clone(),
+            worker,
+            up.clone(),
+        );
         let mut watermark: Option<Millis> = None;
         let mut end = false;
         let mut done = false;
@@ -297,15 +318,12 @@ pub fn render_lake_sink<'scope>(
             if finished || end || last_roll.elapsed() >= Duration::from_millis(200) {
                 last_roll = Instant::now();
                 let force = finished || end;
-                raw_w
-                    .roll(watermark, &cfg.roll, force, worker, &uploader)
-                    .unwrap_or_else(fail);
+                raw_w.roll(watermark, &cfg.roll, force).unwrap_or_else(fail);
                 for w in tier_w.iter_mut() {
-                    w.roll(watermark, &cfg.roll, force, worker, &uploader)
-                        .unwrap_or_else(fail);
+                    w.roll(watermark, &cfg.roll, force).unwrap_or_else(fail);
                 }
                 dead_w
-                    .roll(watermark, &cfg.roll, force, worker, &uploader)
+                    .roll(watermark, &cfg.roll, force)
                     .unwrap_or_else(fail);
                 done = finished;
             }
@@ -356,8 +374,13 @@ mod tests {
             .unwrap();
         let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
         let uploader = Uploader::new(lake, rt.handle().clone(), metrics.clone());
-        let mut w: DatasetWriter<Fix> =
-            DatasetWriter::new("raw", Partitioning::Hour, "part-test".into());
+        let mut w: DatasetWriter<Fix> = DatasetWriter::new(
+            "raw",
+            Partitioning::Hour,
+            "part-test".into(),
+            0,
+            uploader.clone(),
+        );
         let policy = RollPolicy {
             target_bytes: 1 << 30,
             max_age: Duration::from_secs(3600),
@@ -379,7 +402,7 @@ mod tests {
             w.push(fix.ts, fix).unwrap();
         }
         // Nothing closed yet: no file.
-        w.roll(Some(T), &policy, false, 0, &uploader).unwrap();
+        w.roll(Some(T), &policy, false).unwrap();
         uploader.finish().unwrap();
         assert_eq!(
             metrics
@@ -388,8 +411,7 @@ mod tests {
             0
         );
         // The watermark passes the hour: one file with every row.
-        w.roll(Some(T + HOUR_MS), &policy, false, 0, &uploader)
-            .unwrap();
+        w.roll(Some(T + HOUR_MS), &policy, false).unwrap();
         uploader.finish().unwrap();
         assert_eq!(metrics.rows_of("raw"), 20_000);
         let file = dir

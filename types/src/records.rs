@@ -220,8 +220,9 @@ pub struct InputReport {
 pub struct IncomingFix {
     /// The decoded fix.
     pub fix: Fix,
-    /// The raw payload as received.
-    pub payload: Box<str>,
+    /// The raw payload as received: a slice of the buffer the source read it into (no
+    /// allocation per event; the buffer is freed once its last fix is final).
+    pub payload: bytes::Bytes,
     /// Global id of the input it was read from.
     pub input: u32,
     /// Its position within that input (line, sequence number or offset).
