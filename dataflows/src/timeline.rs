@@ -180,7 +180,12 @@ impl Timelines {
                 .push(dead_letter(&self.input_names, Reason::Late, detail, inc));
             return;
         }
-        let at = v.pending.partition_point(|p| p.fix.ts < ts);
+        // Fixes mostly arrive in order: appending is the common case.
+        let at = match v.pending.back() {
+            None => 0,
+            Some(last) if last.fix.ts < ts => v.pending.len(),
+            Some(_) => v.pending.partition_point(|p| p.fix.ts < ts),
+        };
         if v.pending.get(at).is_some_and(|p| p.fix.ts == ts) {
             self.metrics.duplicates.fetch_add(1, Relaxed);
             if inc.fix < v.pending[at].fix {

@@ -37,14 +37,24 @@ impl VehicleView {
         updates: Vec<((CompactString, VehicleState), isize)>,
         watermark: Option<Millis>,
     ) {
+        // A vehicle has one state at a time: an insertion replaces it, and a retraction
+        // only matters when no insertion of the same vehicle follows in the batch.
+        let inserted: std::collections::HashSet<CompactString> = updates
+            .iter()
+            .filter(|(_, d)| *d > 0)
+            .map(|((id, _), _)| id.clone())
+            .collect();
         let mut inner = self.inner.write().expect("view lock");
         for ((id, state), diff) in updates {
-            if diff < 0 {
-                if inner.vehicles.get(&id) == Some(&state) {
-                    inner.vehicles.remove(&id);
+            if diff > 0 {
+                match inner.vehicles.get_mut(&id) {
+                    Some(slot) => *slot = state,
+                    None => {
+                        inner.vehicles.insert(id, state);
+                    }
                 }
-            } else {
-                inner.vehicles.insert(id, state);
+            } else if !inserted.contains(&id) && inner.vehicles.get(&id) == Some(&state) {
+                inner.vehicles.remove(&id);
             }
         }
         if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {

@@ -22,6 +22,7 @@ use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::Pipeline;
@@ -121,10 +122,16 @@ pub struct DatasetWriter<R: LakeRecord> {
 }
 
 fn props() -> WriterProperties {
-    WriterProperties::builder()
+    // Dictionaries pay off for the repetitive string columns only; float columns are nearly
+    // all distinct and would just be hashed and then fall back to plain encoding.
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
-        .build()
+        .set_dictionary_enabled(false);
+    for col in ["vehicle_id", "tenant", "reason", "source"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(col), true);
+    }
+    b.build()
 }
 
 type ParquetResult = Result<(), parquet::errors::ParquetError>;
