@@ -205,42 +205,44 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let m = &s.metrics;
     let r = std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "fleetflow_events_in_total",
+            "Events read from every source.",
+            m.events_in.load(r),
+        ),
+        (
+            "fleetflow_bytes_in_total",
+            "Payload bytes read.",
+            m.bytes_in.load(r),
+        ),
+        (
+            "fleetflow_events_accepted_total",
+            "Fixes accepted into the results.",
+            m.accepted.load(r),
+        ),
+        (
+            "fleetflow_duplicates_total",
+            "Duplicate fixes dropped.",
+            m.duplicates.load(r),
+        ),
+        (
+            "fleetflow_lake_files_total",
+            "Parquet files committed.",
+            m.files_written.load(r),
+        ),
+        (
+            "fleetflow_lake_bytes_total",
+            "Bytes committed to the lake.",
+            m.bytes_written.load(r),
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
-    };
-    counter(
-        "fleetflow_events_in_total",
-        "Events read from every source.",
-        m.events_in.load(r),
-    );
-    counter(
-        "fleetflow_bytes_in_total",
-        "Payload bytes read.",
-        m.bytes_in.load(r),
-    );
-    counter(
-        "fleetflow_events_accepted_total",
-        "Fixes accepted into the results.",
-        m.accepted.load(r),
-    );
-    counter(
-        "fleetflow_duplicates_total",
-        "Duplicate fixes dropped.",
-        m.duplicates.load(r),
-    );
-    counter(
-        "fleetflow_lake_files_total",
-        "Parquet files committed.",
-        m.files_written.load(r),
-    );
-    counter(
-        "fleetflow_lake_bytes_total",
-        "Bytes committed to the lake.",
-        m.bytes_written.load(r),
-    );
+    }
     let _ = writeln!(out, "# HELP fleetflow_dead_letters_total Rejected events by reason.\n# TYPE fleetflow_dead_letters_total counter");
     for reason in Reason::ALL {
         let _ = writeln!(

@@ -320,6 +320,25 @@ impl std::io::Write for StreamingFile {
     }
 }
 
+/// A local lake in `dir` with an uploader on its own runtime, for tests.
+#[cfg(test)]
+pub(crate) fn test_uploader(
+    dir: &std::path::Path,
+) -> (Uploader, Arc<Metrics>, tokio::runtime::Runtime) {
+    let lake = Lake::open(&format!("file://{}", dir.display())).expect("local lake");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
+    (
+        Uploader::new(lake, rt.handle().clone(), metrics.clone()),
+        metrics,
+        rt,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,14 +347,7 @@ mod tests {
     #[test]
     fn large_files_stream_as_multipart_and_appear_only_when_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(&format!("file://{}", dir.path().display())).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
-        let uploader = Uploader::new(lake, rt.handle().clone(), metrics.clone());
+        let (uploader, metrics, _rt) = test_uploader(dir.path());
         let mut file = StreamingFile::new(
             uploader.clone(),
             "raw/date=2025-01-06/hour=01/big.parquet".into(),

@@ -341,9 +341,7 @@ pub fn render_lake_sink<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lake::Lake;
-    use fleetflow_types::metrics::Metrics;
-    use std::sync::Arc;
+    use crate::lake::test_uploader;
 
     const T: Millis = 1_736_125_200_000; // 2025-01-06T01:00:00Z
 
@@ -373,14 +371,7 @@ mod tests {
     #[test]
     fn rows_round_trip_through_parquet_files_in_the_lake() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(&format!("file://{}", dir.path().display())).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
-        let uploader = Uploader::new(lake, rt.handle().clone(), metrics.clone());
+        let (uploader, metrics, _rt) = test_uploader(dir.path());
         let mut w: DatasetWriter<Fix> = DatasetWriter::new(
             "raw",
             Partitioning::Hour,
