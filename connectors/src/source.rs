@@ -118,6 +118,11 @@ pub struct IntakeContext {
     /// no back-pressure of its own; without this a source faster than the dataflow would
     /// queue an unbounded backlog.
     pub backpressure: Option<(timely::dataflow::ProbeHandle<u64>, u64)>,
+    /// Watermark alignment: an input whose newest `ts` is more than this far (ms) ahead of
+    /// the job watermark (`metrics.watermark`) is not read until the others catch up, so
+    /// that fixes waiting for the watermark stay bounded however unevenly inputs are read.
+    /// It changes no result: the slowest input is never paused.
+    pub max_ahead: Option<Millis>,
 }
 
 struct LocalInput {
@@ -204,10 +209,12 @@ pub fn render_source<'scope>(
                 }
             }
             // Pick the unfinished input furthest behind in event time that may have data.
+            let horizon = ctx.max_ahead.and_then(|ahead| ctx.metrics.watermark().map(|w| w.saturating_add(ahead)));
             let pick = inputs
                 .iter()
                 .enumerate()
                 .filter(|(_, i)| i.state != InputState::Finished)
+                .filter(|(_, i)| !matches!((horizon, i.max_ts), (Some(h), Some(m)) if m > h))
                 .filter(|(_, i)| i.empty_since.is_none_or(|t| now_instant.duration_since(t) >= Duration::from_millis(5)))
                 .min_by_key(|(_, i)| (i.max_ts.unwrap_or(i64::MIN), i.id))
                 .map(|(n, _)| n);
@@ -324,7 +331,7 @@ pub fn render_source<'scope>(
                     cap.downgrade(&epoch);
                 }
             }
-            let all_waiting = inputs.iter().all(|i| i.state == InputState::Finished || i.empty_since.is_some());
+            let all_waiting = pick.is_none() || inputs.iter().all(|i| i.state == InputState::Finished || i.empty_since.is_some());
             if all_waiting {
                 activator.activate_after(Duration::from_millis(2));
             } else {

@@ -115,6 +115,7 @@ pub fn render_timeline<'scope>(
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
         let mut out = Outputs::default();
         let mut last_publish = std::time::Instant::now();
+        let mut last_stats = std::time::Instant::now();
         move |frontiers| {
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
@@ -181,6 +182,25 @@ pub fn render_timeline<'scope>(
                         "interrupted: fixes above the watermark and open windows are not written"
                     );
                 }
+            }
+            if tracing::enabled!(tracing::Level::DEBUG)
+                && last_stats.elapsed() >= std::time::Duration::from_secs(1)
+            {
+                last_stats = std::time::Instant::now();
+                let (pending, windows) = timelines.open_state();
+                let (due, closing, offline) = timelines.queue_lengths();
+                let stashed: usize = fix_stash.values().flatten().map(Vec::len).sum();
+                tracing::debug!(
+                    worker,
+                    vehicles = timelines.vehicles(),
+                    pending,
+                    windows,
+                    due,
+                    closing,
+                    offline,
+                    stashed,
+                    "timeline state"
+                );
             }
             // Publish state and progress together, at most once per interval (always at the
             // end), so that `as_of` never runs ahead of the published state.

@@ -72,6 +72,8 @@ struct Vehicle {
     today_l: f64,
     published: Option<VehicleState>,
     touched: bool,
+    /// Whether an offline check is queued (at most one per vehicle).
+    offline_timer: bool,
 }
 
 /// Every vehicle of one worker.
@@ -131,6 +133,12 @@ impl Timelines {
         (pending, windows)
     }
 
+    /// Sizes of the internal timer queues: (fixes to finalize, windows to close, offline
+    /// checks), for diagnostics.
+    pub fn queue_lengths(&self) -> (usize, usize, usize) {
+        (self.due.len(), self.closing.len(), self.offline.len())
+    }
+
     fn slot(&mut self, id: &CompactString) -> u32 {
         if let Some(s) = self.slots.get(id) {
             return *s;
@@ -147,6 +155,7 @@ impl Timelines {
             today_l: 0.0,
             published: None,
             touched: false,
+            offline_timer: false,
         });
         self.slots.insert(id.clone(), s);
         s
@@ -336,6 +345,7 @@ impl Timelines {
                     break;
                 }
                 self.offline.pop();
+                self.vehicles[slot as usize].offline_timer = false;
                 self.touch(slot);
             }
         }
@@ -354,13 +364,14 @@ impl Timelines {
                 today_distance_km: if today { v.today_km } else { 0.0 },
                 today_fuel_used_l: if today { v.today_l } else { 0.0 },
             };
-            if v.published.as_ref() == Some(&state) {
-                continue;
-            }
-            if status != Status::Offline && v.published.as_ref().is_none_or(|p| p.fix.ts != fix.ts)
-            {
+            if status != Status::Offline && !v.offline_timer {
+                // One check per vehicle; when it fires early (newer fix) it is re-armed here.
+                v.offline_timer = true;
                 self.offline
                     .push(Reverse((fix.ts.saturating_add(offline_after), slot)));
+            }
+            if v.published.as_ref() == Some(&state) {
+                continue;
             }
             if let Some(old) = v.published.take() {
                 out.state.push(((old.fix.vehicle_id.clone(), old), -1));
