@@ -393,7 +393,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             input_names: input_names.clone(),
             budget: batch,
             backpressure: Some((probe.clone(), 20)),
-            max_ahead: Some(lateness + 10_000),
+            max_ahead: Some(lateness + 2_000),
         };
         let core_cfg = CoreConfig {
             lateness,

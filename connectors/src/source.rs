@@ -119,7 +119,7 @@ pub struct IntakeContext {
     /// queue an unbounded backlog.
     pub backpressure: Option<(timely::dataflow::ProbeHandle<u64>, u64)>,
     /// Watermark alignment: an input whose newest `ts` is more than this far (ms) ahead of
-    /// the job watermark (`metrics.watermark`) is not read until the others catch up, so
+    /// the job watermark (`metrics.derived_watermark`) is not read until the others catch up, so
     /// that fixes waiting for the watermark stay bounded however unevenly inputs are read.
     /// It changes no result: the slowest input is never paused.
     pub max_ahead: Option<Millis>,
@@ -209,7 +209,8 @@ pub fn render_source<'scope>(
                 }
             }
             // Pick the unfinished input furthest behind in event time that may have data.
-            let horizon = ctx.max_ahead.and_then(|ahead| ctx.metrics.watermark().map(|w| w.saturating_add(ahead)));
+            let derived = ctx.metrics.derived_watermark.load(Relaxed);
+            let horizon = ctx.max_ahead.filter(|_| derived != fleetflow_types::metrics::NO_WATERMARK).map(|ahead| derived.saturating_add(ahead));
             let pick = inputs
                 .iter()
                 .enumerate()

@@ -154,6 +154,9 @@ pub fn render_timeline<'scope>(
                 }
                 if let Watermark::At(w) = tracker.watermark() {
                     watermark = Some(watermark.map_or(w, |old| old.max(w)));
+                    cfg.metrics
+                        .derived_watermark
+                        .fetch_max(w, std::sync::atomic::Ordering::Relaxed);
                 }
                 last_epoch = Some(epoch);
             }
