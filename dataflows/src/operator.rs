@@ -172,8 +172,6 @@ pub fn render_timeline<'scope>(
                 timelines.finish(&mut out);
             } else if let Some(w) = watermark {
                 timelines.advance(w, &mut out);
-            } else if finished {
-                // Interrupted before any watermark: nothing is final.
             }
             if finished && !at_end {
                 let (pending, windows) = timelines.open_state();

@@ -31,6 +31,11 @@ impl Segment {
     pub fn implied_kmh(&self) -> f64 {
         implied_kmh(self.distance_km, self.dt_ms)
     }
+
+    /// Whether the segment's end is an implausible jump from its start.
+    pub fn is_implausible(&self) -> bool {
+        implausible(self.distance_km, self.dt_ms)
+    }
 }
 
 /// `distance / dt` in km/h (infinite for `dt == 0`).
@@ -39,11 +44,19 @@ pub fn implied_kmh(distance_km: f64, dt_ms: i64) -> f64 {
     distance_km / (dt_ms as f64 / 3_600_000.0)
 }
 
-/// Whether `b` is an implausible jump from `a`: farther than 1 km at more than 300 km/h.
+/// The implausible-jump rule of semantics §2: farther than 1 km at more than 300 km/h.
 #[inline]
-pub fn is_implausible(a: &Fix, b: &Fix) -> bool {
+fn implausible(distance_km: f64, dt_ms: i64) -> bool {
+    distance_km > 1.0 && implied_kmh(distance_km, dt_ms) > 300.0
+}
+
+/// One step of the accepted-fix chain from `a` to `b`: `None` when `b` is an implausible
+/// jump from `a`, else the implied speed `distance / dt` in km/h. One distance computation.
+#[inline]
+pub fn chain_step(a: &Fix, b: &Fix) -> Option<f64> {
     let d = haversine_km(a.lat, a.lon, b.lat, b.lon);
-    d > 1.0 && implied_kmh(d, b.ts - a.ts) > 300.0
+    let dt = b.ts - a.ts;
+    (!implausible(d, dt)).then(|| implied_kmh(d, dt))
 }
 
 /// The segment from `a` to `b` (`a.ts < b.ts`). `capacity_l` is the vehicle's tank capacity
@@ -158,14 +171,15 @@ mod tests {
     #[test]
     fn implausible_needs_both_distance_and_speed() {
         let a = fix(0, 52.0, 13.0);
-        assert!(
-            is_implausible(&a, &fix(10_000, 52.05, 13.0)),
-            "5.5 km in 10 s"
-        );
-        assert!(
-            !is_implausible(&a, &fix(3_600_000, 52.05, 13.0)),
-            "5.5 km in an hour"
-        );
-        assert!(!is_implausible(&a, &fix(1_000, 52.008, 13.0)), "under 1 km");
+        for (b, jump, why) in [
+            (fix(10_000, 52.05, 13.0), true, "5.5 km in 10 s"),
+            (fix(3_600_000, 52.05, 13.0), false, "5.5 km in an hour"),
+            (fix(1_000, 52.008, 13.0), false, "under 1 km"),
+        ] {
+            assert_eq!(chain_step(&a, &b).is_none(), jump, "{why}");
+            assert_eq!(segment(&a, &b, None).is_implausible(), jump, "{why}");
+        }
+        let kmh = chain_step(&a, &fix(3_600_000, 52.05, 13.0)).unwrap();
+        assert!((kmh - 5.56).abs() < 0.01, "{kmh}");
     }
 }

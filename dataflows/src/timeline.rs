@@ -19,9 +19,9 @@
 //! (bounded by the allowed lateness), one open window per tier and today's sums. Nothing
 //! grows with the number of events seen.
 
-use crate::segments::{implied_kmh, is_implausible, segment, MOVING_KMH};
+use crate::segments::{chain_step, segment, MOVING_KMH};
 use crate::tiers::WindowAcc;
-use fleetflow_types::fix::{haversine_km, Fix};
+use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{
     source_name, DeadLetter, IncomingFix, Reason, Status, TierRow, VehicleState,
@@ -212,11 +212,10 @@ impl Timelines {
         if appended {
             let new = &v.pending[at].fix;
             match &v.latest {
-                Some((l, _)) if is_implausible(l, new) => {}
                 Some((l, _)) => {
-                    let kmh =
-                        implied_kmh(haversine_km(l.lat, l.lon, new.lat, new.lon), new.ts - l.ts);
-                    v.latest = Some((new.clone(), Some(kmh)));
+                    if let Some(kmh) = chain_step(l, new) {
+                        v.latest = Some((new.clone(), Some(kmh)));
+                    }
                 }
                 None => v.latest = Some((new.clone(), None)),
             }
@@ -257,15 +256,12 @@ impl Timelines {
 
     /// End of input: every pending fix becomes final and every window completes.
     pub fn finish(&mut self, out: &mut Outputs) {
+        // Every open window has an entry in `closing`, so this completes all of them.
         self.advance(Millis::MAX, out);
-        for v in &mut self.vehicles {
-            for w in &mut v.windows {
-                if let Some(w) = w.take() {
-                    out.rows.push(w.finish());
-                }
-            }
-        }
-        self.closing.clear();
+        debug_assert!(self
+            .vehicles
+            .iter()
+            .all(|v| v.windows.iter().all(Option::is_none)));
     }
 
     fn finalize_vehicle(&mut self, slot: u32, watermark: Millis, out: &mut Outputs) {
@@ -274,26 +270,27 @@ impl Timelines {
         let mut changed = false;
         while v.pending.front().is_some_and(|p| p.fix.ts < watermark) {
             let inc = v.pending.pop_front().expect("checked");
-            if let Some((a, _)) = &v.anchor {
-                if is_implausible(a, &inc.fix) {
-                    let d = haversine_km(a.lat, a.lon, inc.fix.lat, inc.fix.lon);
-                    let detail = format!(
-                        "{d:.3} km in {:.3} s after the fix at {}",
-                        (inc.fix.ts - a.ts) as f64 / 1000.0,
-                        a.ts
-                    );
-                    self.metrics.dead_letter(Reason::ImplausibleJump);
-                    out.dead.push(dead_letter(
-                        &self.input_names,
-                        Reason::ImplausibleJump,
-                        detail,
-                        inc,
-                    ));
-                    continue;
-                }
+            let seg = v
+                .anchor
+                .as_ref()
+                .map(|(a, _)| (a.ts, segment(a, &inc.fix, v.capacity)));
+            if let Some((from, s)) = seg.filter(|(_, s)| s.is_implausible()) {
+                let secs = s.dt_ms as f64 / 1000.0;
+                let detail = format!(
+                    "{:.3} km in {secs:.3} s after the fix at {from}",
+                    s.distance_km
+                );
+                self.metrics.dead_letter(Reason::ImplausibleJump);
+                out.dead.push(dead_letter(
+                    &self.input_names,
+                    Reason::ImplausibleJump,
+                    detail,
+                    inc,
+                ));
+                continue;
             }
+            let seg = seg.map(|(_, s)| s);
             let fix = inc.fix;
-            let seg = v.anchor.as_ref().map(|(a, _)| segment(a, &fix, v.capacity));
             if let Some(s) = &seg {
                 let day = day_of(fix.ts);
                 if day != v.today_day {
@@ -389,15 +386,10 @@ impl Vehicle {
         let mut last: Option<(&Fix, Option<f64>)> = self.anchor.as_ref().map(|(f, k)| (f, *k));
         for p in &self.pending {
             match last {
-                Some((a, _)) if is_implausible(a, &p.fix) => {}
                 Some((a, _)) => {
-                    last = Some((
-                        &p.fix,
-                        Some(implied_kmh(
-                            haversine_km(a.lat, a.lon, p.fix.lat, p.fix.lon),
-                            p.fix.ts - a.ts,
-                        )),
-                    ))
+                    if let Some(kmh) = chain_step(a, &p.fix) {
+                        last = Some((&p.fix, Some(kmh)));
+                    }
                 }
                 None => last = Some((&p.fix, None)),
             }
