@@ -471,7 +471,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    api_stop.notify_waiters();
+    // notify_one keeps a permit, so the server stops even if it was not waiting yet.
     api_stop.notify_one();
     if let Some(task) = api_task {
         let _ =

@@ -16,8 +16,8 @@
 //! workers agree on it. The operator reads the local input that is furthest behind in event
 //! time first, so that no input races ahead of the others and makes their data late.
 //!
-//! Dropping the [`SourceToken`] (or setting the shared shutdown flag) stops the source
-//! without reporting its inputs finished: the dataflow then knows the job was interrupted
+//! Setting the shared shutdown flag ([`IntakeContext::shutdown`]) stops the source without
+//! reporting its inputs finished: the dataflow then knows the job was interrupted
 //! rather than at the end of its input.
 
 use crate::intake;
@@ -78,23 +78,6 @@ pub trait Source {
     /// waiting for data).
     fn can_idle(&self) -> bool {
         false
-    }
-}
-
-/// Stops a running source when dropped (or when [`SourceToken::stop`] is called).
-#[derive(Clone, Debug)]
-pub struct SourceToken {
-    flag: Arc<AtomicBool>,
-}
-
-impl SourceToken {
-    /// A token over a shared shutdown flag.
-    pub fn new(flag: Arc<AtomicBool>) -> Self {
-        SourceToken { flag }
-    }
-    /// Asks the source to stop.
-    pub fn stop(&self) {
-        self.flag.store(true, Relaxed);
     }
 }
 
@@ -269,9 +252,7 @@ pub fn render_source<'scope>(
                     Ok(Polled::Data(_)) => {
                         input.empty_since = None;
                         input.last_data = now_instant;
-                        if input.max_ts != max_ts || matches!(input.state, InputState::Pending | InputState::Idle) && max_ts.is_some() {
-                            input.dirty = true;
-                        }
+                        input.dirty |= input.max_ts != max_ts;
                         input.max_ts = max_ts;
                         if max_ts.is_some() && input.state != InputState::Active {
                             input.state = InputState::Active;

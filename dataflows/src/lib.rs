@@ -5,7 +5,7 @@
 //! - [`watermark`]: the job watermark from per-input reports.
 //! - [`timeline`]: per-vehicle event-time logic (dedup, lateness, jumps, state, windows).
 //! - [`operator`]: the timely operator running the timelines on every worker.
-//! - [`publish`]: arranged vehicle state, applied to a shared view for the query API.
+//! - [`publish`]: vehicle-state changes, applied to a shared view for the query API.
 #![deny(missing_docs)]
 
 pub mod operator;

@@ -1,51 +1,27 @@
-//! Arranged vehicle state, and its publication to a view outside the dataflow.
+//! Publication of a collection's changes to a view outside the dataflow (the query API).
 //!
 //! ```text
-//!   state updates ──► "Arrange: VehicleState" ──► (other consumers import the arrangement)
-//!                              │ batches
-//!                              ▼
-//!   progress ─────────► "Publish: VehicleState" ──► sink(updates in time order, as_of)
+//!   vehicle state updates ──┐
+//!                           ├─► "Publish: VehicleState" ──► sink(updates in time order, as_of, epoch)
+//!   progress ───────────────┘
 //! ```
 //!
 //! The sink runs on the worker thread; it must only apply updates to a shared structure
 //! (e.g. a lock-protected map) and never block on I/O. Updates are handed over only for
 //! epochs the frontier has passed, in time order with retractions first, together with the
 //! watermark the worker had reached, so that a reader sees a consistent `as_of`.
+//!
+//! The state collection is not arranged here: the view is its only consumer and the
+//! timeline emits exact retract/insert pairs, so an arrangement would only add work. The
+//! first dataflow consumer that joins with vehicle state (geofences) arranges it once and
+//! shares the arrangement.
 
 use crate::operator::Progress;
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
-use fleetflow_types::records::VehicleState;
-use fleetflow_types::CompactString;
 use std::collections::BTreeMap;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
-
-/// The arranged vehicle state: key vehicle id, value its state.
-pub type StateArrangement<'scope> = differential_dataflow::operators::arrange::Arranged<
-    'scope,
-    TraceAgent<ValSpine<CompactString, VehicleState, u64, isize>>,
->;
-
-/// Arranges vehicle state by vehicle id (once; import it everywhere it is needed).
-pub fn arrange_state(
-    state: VecCollection<'_, u64, (CompactString, VehicleState), isize>,
-) -> StateArrangement<'_> {
-    state.arrange_by_key_named("Arrange: VehicleState")
-}
-
-/// Hands the arranged state's changes and the worker's progress to `sink` (see module docs).
-pub fn publish_state<'scope, F>(
-    arranged: StateArrangement<'scope>,
-    progress: Stream<'scope, u64, Vec<Progress>>,
-    sink: F,
-) where
-    F: FnMut(Vec<((CompactString, VehicleState), isize)>, Option<Progress>, Option<u64>) + 'static,
-{
-    publish(arranged.as_vecs(), progress, sink)
-}
 
 /// Hands a collection's changes and progress to `sink`, in time order, once complete,
 /// with the latest epoch (processing-time ms the inputs were read at) they cover.
