@@ -202,3 +202,22 @@ fn generate_is_deterministic() {
     );
     assert_eq!(a.lines().count(), 5 * 24);
 }
+
+#[test]
+fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.ndjson"),
+        "{\"vehicle_id\":\"V1\",\"ts\":1736143200000,\"lat\":52.5,\"lon\":13.4}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    // A plain file where the `raw` dataset's directory must go: every raw write fails.
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    std::fs::write(dir.path().join("lake/raw"), "in the way").unwrap();
+    let (code, _, err) = fleetflow(&["run", "job.toml"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("error: writing the lake") && last.contains("raw/"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

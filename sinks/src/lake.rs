@@ -185,6 +185,18 @@ impl Uploader {
         });
     }
 
+    /// Records a failure that happened before a file reached the store (e.g. encoding);
+    /// [`Uploader::finish`] reports it.
+    pub fn fail(&self, error: String) {
+        tracing::error!(%error, "lake write failed");
+        self.state
+            .0
+            .lock()
+            .expect("uploader lock")
+            .errors
+            .push(error);
+    }
+
     fn reserve(&self) {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().expect("uploader lock");
@@ -343,6 +355,16 @@ pub(crate) fn test_uploader(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn recorded_failures_fail_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, _rt) = test_uploader(dir.path());
+        assert!(uploader.finish().is_ok());
+        uploader.fail("worker 0: encoding Parquet: boom".into());
+        let e = uploader.finish().unwrap_err().to_string();
+        assert!(e.contains("1 lake writes failed") && e.contains("boom"), "{e}");
+    }
 
     #[test]
     fn large_files_stream_as_multipart_and_appear_only_when_complete() {

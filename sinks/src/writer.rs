@@ -289,30 +289,34 @@ pub fn render_lake_sink<'scope>(
         let mut watermark: Option<Millis> = None;
         let mut end = false;
         let mut done = false;
+        let mut failed = false;
         let mut last_roll = Instant::now();
-        let fail = |e: parquet::errors::ParquetError| panic!("encoding Parquet failed: {e}");
         move |frontiers| {
             if done {
                 return;
             }
+            // The first encoding failure is recorded with the uploader (the job then ends
+            // with a one-line error and exit 1); the rows after it are dropped, not half-written.
+            let mut result: ParquetResult = Ok(());
             raw_in.for_each(|_, data| {
                 for fix in data.drain(..) {
-                    if cfg.raw {
-                        raw_w.push(fix.ts, fix).unwrap_or_else(fail);
+                    if !failed && result.is_ok() {
+                        result = raw_w.push(fix.ts, fix);
                     }
                 }
             });
             rows_in.for_each(|_, data| {
                 for row in data.drain(..) {
-                    let start = row.window_start;
-                    tier_w[row.tier as usize]
-                        .push(start, row)
-                        .unwrap_or_else(fail);
+                    if !failed && result.is_ok() {
+                        result = tier_w[row.tier as usize].push(row.window_start, row);
+                    }
                 }
             });
             dead_in.for_each(|_, data| {
                 for d in data.drain(..) {
-                    dead_w.push(d.event_ts, d).unwrap_or_else(fail);
+                    if !failed && result.is_ok() {
+                        result = dead_w.push(d.event_ts, d);
+                    }
                 }
             });
             progress_in.for_each(|_, data| {
@@ -322,18 +326,23 @@ pub fn render_lake_sink<'scope>(
                 }
             });
             let finished = frontiers.iter().all(|f| f.frontier().is_empty());
-            if finished || end || last_roll.elapsed() >= Duration::from_millis(200) {
+            if !failed
+                && result.is_ok()
+                && (finished || end || last_roll.elapsed() >= Duration::from_millis(200))
+            {
                 last_roll = Instant::now();
                 let force = finished || end;
-                raw_w.roll(watermark, &cfg.roll, force).unwrap_or_else(fail);
+                result = raw_w.roll(watermark, &cfg.roll, force);
                 for w in tier_w.iter_mut() {
-                    w.roll(watermark, &cfg.roll, force).unwrap_or_else(fail);
+                    result = result.and_then(|_| w.roll(watermark, &cfg.roll, force));
                 }
-                dead_w
-                    .roll(watermark, &cfg.roll, force)
-                    .unwrap_or_else(fail);
-                done = finished;
+                result = result.and_then(|_| dead_w.roll(watermark, &cfg.roll, force));
             }
+            if let Err(e) = result {
+                failed = true;
+                uploader.fail(format!("worker {worker}: encoding Parquet: {e}"));
+            }
+            done = finished;
         }
     });
 }
