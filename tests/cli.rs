@@ -218,6 +218,9 @@ fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
     let (code, _, err) = fleetflow(&["run", "job.toml"], dir.path());
     assert_eq!(code, 1, "{err}");
     let last = err.trim_end().lines().last().unwrap();
-    assert!(last.starts_with("error: writing the lake") && last.contains("raw/"), "{err}");
+    assert!(
+        last.starts_with("error: writing the lake") && last.contains("raw/"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -363,7 +363,10 @@ mod tests {
         assert!(uploader.finish().is_ok());
         uploader.fail("worker 0: encoding Parquet: boom".into());
         let e = uploader.finish().unwrap_err().to_string();
-        assert!(e.contains("1 lake writes failed") && e.contains("boom"), "{e}");
+        assert!(
+            e.contains("1 lake writes failed") && e.contains("boom"),
+            "{e}"
+        );
     }
 
     #[test]
