@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
                     offline_after: 600_000,
                     tiers: vec![60_000, 3_600_000, 86_400_000],
                     raw: true,
+                    finals: true,
                 };
                 let mut t = Timelines::new(
                     cfg,

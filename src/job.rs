@@ -4,9 +4,11 @@ use anyhow::{anyhow, Context};
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
+use fleetflow_dataflows::geofence::{render_geofence_input, render_geofences, ViewUpdate};
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
+use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::lake::{Lake, Uploader};
@@ -14,7 +16,7 @@ use fleetflow_sinks::writer::{render_lake_sink, RollPolicy, SinkConfig};
 use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
-use fleetflow_types::records::{DeadLetter, Reason, TierRow};
+use fleetflow_types::records::{DeadLetter, GeofenceChange, GeofenceEvent, Reason, TierRow};
 use fleetflow_types::registry::VehicleRegistry;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -31,6 +33,8 @@ pub struct Captured {
     pub rows: Vec<TierRow>,
     /// Dead letters of every reason.
     pub dead: Vec<DeadLetter>,
+    /// Geofence events.
+    pub geofence_events: Vec<GeofenceEvent>,
 }
 
 /// A shared capture buffer.
@@ -53,6 +57,9 @@ pub struct RunOptions {
     pub capture: Option<Capture>,
     /// Set to interrupt the job (SIGINT/SIGTERM do the same).
     pub shutdown: Option<Arc<AtomicBool>>,
+    /// Geofence changes to apply while the job runs, besides the API's (tests). The job
+    /// keeps the receiving end; the caller sends.
+    pub geofence_changes: Option<Arc<Mutex<std::sync::mpsc::Receiver<GeofenceChange>>>>,
 }
 
 /// What a run did.
@@ -136,6 +143,8 @@ pub struct RunResult {
     pub summary: Summary,
     /// The final vehicle-state view.
     pub vehicles: Arc<VehicleView>,
+    /// The final geofence view.
+    pub geofences: Arc<GeofenceView>,
 }
 
 /// Why a job could not run: a bad spec (exit 2) or a runtime failure (exit 1).
@@ -163,6 +172,33 @@ pub fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Loads `[geofences].path`: rejected features are logged and skipped, an unreadable or
+/// non-GeoJSON file is a spec error.
+fn load_geofences(
+    spec: &JobSpec,
+    text: &str,
+) -> Result<Vec<Arc<fleetflow_types::geofence::Geofence>>, JobError> {
+    let Some(g) = spec.geofences.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let Some(path) = g.path.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let body = std::fs::read_to_string(path)
+        .map_err(|e| spec_error(text, "geofences", "path", format!("reading {path}: {e}")))?;
+    let loaded = fleetflow_types::geofence::load(&body, g.id_property.as_deref())
+        .map_err(|m| spec_error(text, "geofences", "path", format!("{path}: {m}")))?;
+    for e in &loaded.rejected {
+        tracing::warn!("{path}: {e}; skipped");
+    }
+    tracing::info!(
+        loaded = loaded.geofences.len(),
+        rejected = loaded.rejected.len(),
+        "geofences from {path}"
+    );
+    Ok(loaded.geofences.into_iter().map(Arc::new).collect())
 }
 
 enum Inputs {
@@ -221,9 +257,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             ))
         }
     };
-    if spec.geofences.as_ref().is_some_and(|g| g.path.is_some()) {
-        tracing::warn!("[geofences] is accepted but geofences are not evaluated by this version");
-    }
+    let initial_geofences = load_geofences(spec, text)?;
+    let dwell_after = spec
+        .geofences
+        .as_ref()
+        .map_or(600_000, |g| g.dwell_after.millis());
     if !spec.lake.retention.is_empty() {
         tracing::warn!("[lake].retention is accepted but not enforced by this version");
     }
@@ -236,10 +274,22 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     }
     datasets.extend(tiers.iter().map(|t| t.name.clone()));
     datasets.push("dead_letter".into());
+    datasets.push("geofence_events".into());
     let metrics = Arc::new(Metrics::new(datasets.clone()));
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
     let vehicles = Arc::new(VehicleView::new(workers));
+    // Runtime geofence changes: the API (or a test) sends, worker 0 receives.
+    let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
+    let change_rx = match opts.geofence_changes.clone() {
+        Some(rx) => rx,
+        None => Arc::new(Mutex::new(change_rx)),
+    };
+    let geofences = Arc::new(GeofenceView::new(
+        workers,
+        &initial_geofences,
+        Some(change_tx),
+    ));
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -287,6 +337,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             }
             let state = ApiState {
                 vehicles: vehicles.clone(),
+                geofences: geofences.clone(),
                 metrics: metrics.clone(),
             };
             let stop = api_stop.clone();
@@ -348,6 +399,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         offline_after: spec.time.offline_after.millis(),
         tiers: tiers.iter().map(|t| t.size_ms).collect(),
         raw: spec.lake.has_raw(),
+        finals: true,
     };
     let target_bytes = spec
         .lake
@@ -373,6 +425,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         input_names.clone(),
     );
     let view = vehicles.clone();
+    let geo_view = geofences.clone();
+    let initial_geofences = Arc::new(initial_geofences);
     let uploader_w = uploader.clone();
     let config = timely::Config::process(workers);
     let guards = timely::execute(config, move |worker| {
@@ -404,38 +458,75 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             publish_every: Duration::from_millis(50),
         };
         let view = view.clone();
+        let geo_view = geo_view.clone();
+        let initial_geofences = initial_geofences.clone();
+        let change_rx = change_rx.clone();
         let uploader = uploader_w.clone();
         let sink_cfg = sink_cfg.clone();
         let capture = capture.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
             let source = render_source(scope, "locations", source, ctx);
-            let core = render_timeline(source.fixes, source.reports, core_cfg);
+            let changes = render_geofence_input(source.reports.clone(), Some(change_rx));
+            let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
+            let geo = render_geofences(core.finals, initial_geofences, dwell_after);
             let dead = source.dead_letters.concat(core.dead_letters);
-            let (mut raw, mut rows, mut dead) = (core.raw, core.rows, dead);
+            let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, geo.events);
             if let Some(cap) = capture {
-                let (c1, c2, c3) = (cap.clone(), cap.clone(), cap);
+                let (c1, c2, c3, c4) = (cap.clone(), cap.clone(), cap.clone(), cap);
                 raw = raw.inspect(move |f| c1.lock().expect("capture").raw.push(f.clone()));
                 rows = rows.inspect(move |r| c2.lock().expect("capture").rows.push(r.clone()));
                 dead = dead.inspect(move |d| c3.lock().expect("capture").dead.push(d.clone()));
+                events = events
+                    .inspect(move |e| c4.lock().expect("capture").geofence_events.push(e.clone()));
             }
             // The API view applies the timeline's exact retract/insert pairs; the arranged
             // form (`publish::arrange_state`) is for dataflow consumers that join with it.
             let progress = core.progress.probe_with(&probe);
             let latency_metrics = metrics_w.clone();
-            publish(core.state, progress.clone(), move |updates, p, epoch| {
-                if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
-                    let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
-                    latency_metrics
-                        .visibility_latency
-                        .record(lag, updates.iter().filter(|(_, r)| *r > 0).count() as u64);
-                }
-                view.apply(index, updates, p.map(|p| p.watermark));
-            });
-            render_lake_sink(raw, rows, dead, progress, sink_cfg, uploader);
+            publish(
+                "GeofenceView",
+                geo.view,
+                progress.clone(),
+                true,
+                move |updates, p, _| {
+                    let (mut occ, mut evs, mut applied) = (Vec::new(), Vec::new(), Vec::new());
+                    for (u, r) in updates {
+                        match u {
+                            ViewUpdate::Occupant {
+                                geofence,
+                                vehicle,
+                                entered_at,
+                            } => occ.push((geofence, vehicle, entered_at, r)),
+                            ViewUpdate::Event(e) => {
+                                evs.extend(std::iter::repeat_n(e, r.max(0) as usize))
+                            }
+                            ViewUpdate::Applied { seq, at, .. } => applied.push((seq, at)),
+                        }
+                    }
+                    geo_view.apply(index, occ, evs, applied, p.map(|p| p.watermark));
+                },
+            );
+            publish(
+                "VehicleState",
+                core.state,
+                progress.clone(),
+                false,
+                move |updates, p, epoch| {
+                    if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
+                        let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
+                        latency_metrics
+                            .visibility_latency
+                            .record(lag, updates.iter().filter(|(_, r)| *r > 0).count() as u64);
+                    }
+                    view.apply(index, updates, p.map(|p| p.watermark));
+                },
+            );
+            render_lake_sink(raw, rows, dead, events, progress, sink_cfg, uploader);
         });
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
     let results = guards.join();
+    geofences.close();
     done.store(true, Relaxed);
     if let Some(t) = progress_thread {
         let _ = t.join();
@@ -478,5 +569,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
-    Ok(RunResult { summary, vehicles })
+    Ok(RunResult {
+        summary,
+        vehicles,
+        geofences,
+    })
 }

@@ -5,9 +5,11 @@
 //! - [`watermark`]: the job watermark from per-input reports.
 //! - [`timeline`]: per-vehicle event-time logic (dedup, lateness, jumps, state, windows).
 //! - [`operator`]: the timely operator running the timelines on every worker.
+//! - [`geofence`]: geofence membership, events and occupancy over final fixes.
 //! - [`publish`]: vehicle-state changes, applied to a shared view for the query API.
 #![deny(missing_docs)]
 
+pub mod geofence;
 pub mod operator;
 pub mod publish;
 pub mod segments;

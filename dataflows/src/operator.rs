@@ -3,7 +3,8 @@
 //! ```text
 //!   fixes ──Exchange(hash vehicle_id)──┐
 //!                                      ├─► "VehicleTimeline" ─┬─► raw fixes       (final)
-//!   input reports ──Broadcast──────────┘                      ├─► tier rows       (final)
+//!   input reports ──Broadcast──────────┤                      ├─► tier rows       (final)
+//!   geofence changes (broadcast) ──────┘                      ├─► finals          (to geofencing)
 //!                                                             ├─► dead letters    (late, implausible_jump)
 //!                                                             ├─► vehicle state   (differential updates)
 //!                                                             └─► progress        (watermark per epoch)
@@ -13,18 +14,24 @@
 //! operator takes that epoch's fixes (checking lateness against the watermark before the
 //! epoch) and then its input reports (which move the watermark). Because reports are
 //! broadcast and applied in epoch order, every worker derives the same watermark.
+//! Geofence changes of an epoch are applied at that epoch's watermark: fixes below it are
+//! made final first, then the changes follow them on the `finals` output, so every worker
+//! puts a change at the same place among its vehicles' fixes.
 //!
 //! When the frontier empties, the job has either reached the end of every input (every
 //! input reported `Finished`: all fixes become final, every window completes) or was
 //! interrupted (open windows are left unwritten rather than written incomplete).
 
+use crate::geofence::Finalized;
 use crate::timeline::{Outputs, TimelineConfig, Timelines};
 use crate::watermark::{Watermark, WatermarkTracker};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
 pub use fleetflow_types::records::Progress;
-use fleetflow_types::records::{DeadLetter, IncomingFix, InputReport, TierRow, VehicleState};
+use fleetflow_types::records::{
+    DeadLetter, GeofenceChange, IncomingFix, InputReport, TierRow, VehicleState,
+};
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
@@ -67,6 +74,8 @@ pub struct CoreStreams<'scope> {
     pub state: VecCollection<'scope, u64, (CompactString, VehicleState), isize>,
     /// The watermark each worker reached, per epoch.
     pub progress: Stream<'scope, u64, Vec<Progress>>,
+    /// Final fixes with geofence changes interleaved, for geofencing.
+    pub finals: Stream<'scope, u64, Vec<Finalized>>,
 }
 
 type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
@@ -75,6 +84,7 @@ type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 pub fn render_timeline<'scope>(
     fixes: Stream<'scope, u64, Vec<IncomingFix>>,
     reports: Stream<'scope, u64, Vec<InputReport>>,
+    changes: Stream<'scope, u64, Vec<GeofenceChange>>,
     cfg: CoreConfig,
 ) -> CoreStreams<'scope> {
     let scope = fixes.scope();
@@ -87,18 +97,21 @@ pub fn render_timeline<'scope>(
         Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()),
     );
     let mut report_in = builder.new_input(reports, Pipeline);
+    let mut change_in = builder.new_input(changes, Pipeline);
     let (raw_out, raw) = builder.new_output::<Vec<Fix>>();
     let (row_out, rows) = builder.new_output::<Vec<TierRow>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (state_out, state) =
         builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
     let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
+    let (finals_out, finals) = builder.new_output::<Vec<Finalized>>();
     let mut raw_out: Out<Fix> = OutputBuilder::from(raw_out);
     let mut row_out: Out<TierRow> = OutputBuilder::from(row_out);
     let mut dead_out: Out<DeadLetter> = OutputBuilder::from(dead_out);
     let mut state_out: Out<((CompactString, VehicleState), u64, isize)> =
         OutputBuilder::from(state_out);
     let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
+    let mut finals_out: Out<Finalized> = OutputBuilder::from(finals_out);
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
@@ -113,6 +126,7 @@ pub fn render_timeline<'scope>(
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
+        let mut change_stash: BTreeMap<u64, Vec<GeofenceChange>> = BTreeMap::new();
         let mut out = Outputs::default();
         let mut last_publish = std::time::Instant::now();
         let mut last_stats = std::time::Instant::now();
@@ -127,6 +141,11 @@ pub fn render_timeline<'scope>(
                     report_stash.entry(*t).or_default().append(data);
                 }
             });
+            change_in.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    change_stash.entry(*t).or_default().append(data);
+                }
+            });
             let Some(held) = caps.as_mut() else { return };
             // Epochs below both frontiers are complete.
             let frontier: Option<u64> = frontiers
@@ -136,11 +155,15 @@ pub fn render_timeline<'scope>(
             let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
             let mut last_epoch = None;
             loop {
-                let next = [fix_stash.keys().next(), report_stash.keys().next()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .copied();
+                let next = [
+                    fix_stash.keys().next(),
+                    report_stash.keys().next(),
+                    change_stash.keys().next(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .copied();
                 let Some(epoch) = next.filter(ready) else {
                     break;
                 };
@@ -157,6 +180,15 @@ pub fn render_timeline<'scope>(
                     cfg.metrics
                         .derived_watermark
                         .fetch_max(w, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Some(changes) = change_stash.remove(&epoch) {
+                    // A change takes effect at this epoch's watermark: what is final before it
+                    // saw the old geofences, every later fix sees the new ones.
+                    if let Some(w) = watermark {
+                        timelines.advance(w, &mut out);
+                    }
+                    out.finals
+                        .extend(changes.into_iter().map(|c| Finalized::Change(c, watermark)));
                 }
                 last_epoch = Some(epoch);
             }
@@ -215,6 +247,7 @@ pub fn render_timeline<'scope>(
             let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
             let advanced = publish_now && (state_watermark != published || at_end);
             if !out.raw.is_empty()
+                || !out.finals.is_empty()
                 || !out.rows.is_empty()
                 || !out.dead.is_empty()
                 || !out.state.is_empty()
@@ -226,6 +259,12 @@ pub fn render_timeline<'scope>(
                         .activate()
                         .session(&caps_at[0])
                         .give_container(&mut out.raw);
+                }
+                if !out.finals.is_empty() {
+                    finals_out
+                        .activate()
+                        .session(&caps_at[5])
+                        .give_container(&mut out.finals);
                 }
                 if !out.rows.is_empty() {
                     row_out
@@ -276,5 +315,6 @@ pub fn render_timeline<'scope>(
         dead_letters,
         state: state.as_collection(),
         progress,
+        finals,
     }
 }

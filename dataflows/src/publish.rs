@@ -25,16 +25,22 @@ use timely::dataflow::Stream;
 
 /// Hands a collection's changes and progress to `sink`, in time order, once complete,
 /// with the latest epoch (processing-time ms the inputs were read at) they cover.
+///
+/// With `consolidate`, each epoch's updates are consolidated first (an insert and a
+/// retraction of the same record in one epoch cancel); otherwise they must already be exact
+/// retract/insert pairs. Either way retractions come before insertions within an epoch.
 pub fn publish<'scope, D, F>(
+    name: &str,
     updates: VecCollection<'scope, u64, D, isize>,
     progress: Stream<'scope, u64, Vec<Progress>>,
+    consolidate: bool,
     mut sink: F,
 ) where
     D: timely::ExchangeData + Ord,
     F: FnMut(Vec<(D, isize)>, Option<Progress>, Option<u64>) + 'static,
 {
     let scope = progress.scope();
-    let mut builder = OperatorBuilder::new("Publish: VehicleState".to_owned(), scope);
+    let mut builder = OperatorBuilder::new(format!("Publish: {name}"), scope);
     let mut upd_in = builder.new_input(updates.inner, Pipeline);
     let mut prog_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
@@ -69,6 +75,9 @@ pub fn publish<'scope, D, F>(
                 }
                 let (t, mut ups) = updates.pop_first().expect("checked");
                 epoch = Some(t);
+                if consolidate {
+                    differential_dataflow::consolidation::consolidate(&mut ups);
+                }
                 ups.sort_by_key(|(_, r)| *r);
                 batch.extend(ups);
             }

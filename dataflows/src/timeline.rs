@@ -19,6 +19,7 @@
 //! (bounded by the allowed lateness), one open window per tier and today's sums. Nothing
 //! grows with the number of events seen.
 
+use crate::geofence::{Finalized, FixPoint};
 use crate::segments::{chain_step, segment, MOVING_KMH};
 use crate::tiers::WindowAcc;
 use fleetflow_types::fix::Fix;
@@ -43,6 +44,8 @@ pub struct TimelineConfig {
     pub tiers: Vec<Millis>,
     /// Whether accepted fixes are emitted for the raw tier.
     pub raw: bool,
+    /// Whether final fixes are emitted for geofence evaluation.
+    pub finals: bool,
 }
 
 /// What the logic produced; drained by the caller.
@@ -56,6 +59,9 @@ pub struct Outputs {
     pub dead: Vec<DeadLetter>,
     /// Changes to the vehicle-state collection.
     pub state: Vec<((CompactString, VehicleState), isize)>,
+    /// Final fixes in `ts` order per vehicle, interleaved with the geofence changes the
+    /// operator applied between them (for the geofence operator).
+    pub finals: Vec<Finalized>,
 }
 
 struct Vehicle {
@@ -312,6 +318,9 @@ impl Timelines {
                 w.add(&fix, seg.as_ref());
             }
             self.metrics.accepted.fetch_add(1, Relaxed);
+            if self.cfg.finals {
+                out.finals.push(Finalized::Fix(FixPoint::of(&fix)));
+            }
             if self.cfg.raw {
                 out.raw.push(fix.clone());
             }
@@ -464,6 +473,7 @@ mod tests {
             offline_after: 10 * MINUTE_MS,
             tiers: vec![MINUTE_MS, DAY_MS],
             raw: true,
+            finals: false,
         };
         (
             Timelines::new(

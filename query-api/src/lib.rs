@@ -1,6 +1,7 @@
-//! The query API (axum): vehicle state, health and metrics.
+//! The query API (axum): vehicle state, geofences, health and metrics.
 //!
-//! - [`view`]: the shared view the dataflow publishes into and handlers read.
+//! - [`view`]: the shared vehicle view the dataflow publishes into and handlers read.
+//! - [`geofences`]: the geofence catalogue, runtime changes and the occupancy/event view.
 //! - [`error`]: the JSON error body.
 //! - [`router`]: every route; [`serve`] binds it.
 //!
@@ -9,6 +10,8 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod geofence_routes;
+pub mod geofences;
 pub mod view;
 
 use axum::extract::{Path, RawQuery, State};
@@ -30,6 +33,8 @@ use view::VehicleView;
 pub struct ApiState {
     /// Vehicle state.
     pub vehicles: Arc<VehicleView>,
+    /// Geofences: catalogue, changes, occupancy and events.
+    pub geofences: Arc<geofences::GeofenceView>,
     /// Job counters.
     pub metrics: Arc<Metrics>,
 }
@@ -39,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/vehicles", get(list_vehicles))
         .route("/v1/vehicles/{id}", get(get_vehicle))
+        .merge(geofence_routes::routes())
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -78,7 +84,7 @@ async fn get_vehicle(
     }
 }
 
-fn params(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn params(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
 }
@@ -102,27 +108,8 @@ fn parse_list(raw: Option<String>) -> Result<ListQuery, ApiError> {
         match k.as_str() {
             "tenant" => q.tenant = Some(v),
             "status" => q.status = Some(v.parse().map_err(ApiError::BadRequest)?),
-            "limit" => {
-                q.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=1000).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "limit must be an integer from 1 to 1000, got {v:?}"
-                        ))
-                    })?
-            }
-            "cursor" => {
-                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(&v)
-                    .map_err(|_| {
-                        ApiError::BadRequest("cursor is not one this API issued".into())
-                    })?;
-                q.cursor = Some(String::from_utf8(bytes).map_err(|_| {
-                    ApiError::BadRequest("cursor is not one this API issued".into())
-                })?);
-            }
+            "limit" => q.limit = parse_limit(&v, 1000)?,
+            "cursor" => q.cursor = Some(decode_cursor(&v)?),
             "bbox" => {
                 let parts: Vec<f64> = v
                     .split(',')
@@ -160,6 +147,32 @@ fn parse_list(raw: Option<String>) -> Result<ListQuery, ApiError> {
     Ok(q)
 }
 
+/// The opaque cursor of a page that ends at `id`.
+pub(crate) fn encode_cursor(id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+/// The id a cursor from [`encode_cursor`] stands for.
+pub(crate) fn decode_cursor(v: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::BadRequest("cursor is not one this API issued".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(v)
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+/// Parses `limit` (1..=`max`).
+pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "limit must be an integer from 1 to {max}, got {v:?}"
+            ))
+        })
+}
+
 #[derive(Serialize)]
 struct ListAnswer {
     items: Vec<VehicleState>,
@@ -181,11 +194,7 @@ async fn list_vehicles(
             })
     });
     let next_cursor = more
-        .then(|| {
-            items.last().map(|v| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.fix.vehicle_id.as_bytes())
-            })
-        })
+        .then(|| items.last().map(|v| encode_cursor(&v.fix.vehicle_id)))
         .flatten();
     Ok(Json(ListAnswer {
         items,

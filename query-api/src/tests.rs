@@ -34,6 +34,7 @@ fn app() -> (Router, Arc<VehicleView>, Arc<Metrics>) {
     (
         router(ApiState {
             vehicles: view.clone(),
+            geofences: Arc::new(crate::geofences::GeofenceView::new(2, &[], None)),
             metrics: metrics.clone(),
         }),
         view,

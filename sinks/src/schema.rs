@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::records::{DeadLetter, TierRow};
+use fleetflow_types::records::{DeadLetter, GeofenceEvent, TierRow};
 use std::sync::{Arc, OnceLock};
 
 fn ts_type() -> DataType {
@@ -217,6 +217,57 @@ impl LakeRecord for DeadLetter {
                 Arc::new(source.finish()),
                 Arc::new(at.finish()),
                 Arc::new(detail.finish()),
+            ],
+        )
+    }
+}
+
+/// Schema of the `geofence_events` dataset.
+pub fn geofence_event_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("geofence_id", DataType::Utf8, false),
+            Field::new("vehicle_id", DataType::Utf8, false),
+            Field::new("tenant", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("cause", DataType::Utf8, false),
+        ]))
+    })
+    .clone()
+}
+
+impl LakeRecord for GeofenceEvent {
+    const APPROX_BYTES: usize = 24;
+    fn schema() -> SchemaRef {
+        geofence_event_schema()
+    }
+    fn to_batch(rows: &[GeofenceEvent]) -> Result<RecordBatch, ArrowError> {
+        let n = rows.len();
+        let mut geofence = StringBuilder::with_capacity(n, n * 8);
+        let mut vehicle = StringBuilder::with_capacity(n, n * 8);
+        let mut tenant = StringBuilder::with_capacity(n, n * 8);
+        let mut kind = StringBuilder::with_capacity(n, n * 5);
+        let mut ts = ts_builder(n);
+        let mut cause = StringBuilder::with_capacity(n, n * 4);
+        for r in rows {
+            geofence.append_value(&r.geofence_id);
+            vehicle.append_value(&r.vehicle_id);
+            tenant.append_value(&r.tenant);
+            kind.append_value(r.kind.as_str());
+            ts.append_value(r.ts);
+            cause.append_value(r.cause.as_str());
+        }
+        RecordBatch::try_new(
+            geofence_event_schema(),
+            vec![
+                Arc::new(geofence.finish()),
+                Arc::new(vehicle.finish()),
+                Arc::new(tenant.finish()),
+                Arc::new(kind.finish()),
+                Arc::new(ts.finish()),
+                Arc::new(cause.finish()),
             ],
         )
     }

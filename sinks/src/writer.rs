@@ -4,6 +4,7 @@
 //!   raw fixes ───┐
 //!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
 //!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
+//!   geofence ev. ┤
 //!   progress ────┘                                       │ roll: partition closed by the watermark,
 //!                                                        │       target size, max age, end of input
 //!                                                        ▼
@@ -17,7 +18,7 @@ use crate::lake::{StreamingFile, Uploader};
 use crate::schema::LakeRecord;
 use fleetflow_types::config::WindowTier;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::records::{DeadLetter, Progress, TierRow};
+use fleetflow_types::records::{DeadLetter, GeofenceEvent, Progress, TierRow};
 use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -128,7 +129,15 @@ fn props() -> WriterProperties {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_dictionary_enabled(false);
-    for col in ["vehicle_id", "tenant", "reason", "source"] {
+    for col in [
+        "vehicle_id",
+        "tenant",
+        "reason",
+        "source",
+        "geofence_id",
+        "kind",
+        "cause",
+    ] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(col), true);
     }
     b.build()
@@ -246,6 +255,7 @@ pub fn render_lake_sink<'scope>(
     raw: Stream<'scope, u64, Vec<Fix>>,
     rows: Stream<'scope, u64, Vec<TierRow>>,
     dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    geofence_events: Stream<'scope, u64, Vec<GeofenceEvent>>,
     progress: Stream<'scope, u64, Vec<Progress>>,
     cfg: SinkConfig,
     uploader: Uploader,
@@ -256,6 +266,7 @@ pub fn render_lake_sink<'scope>(
     let mut raw_in = builder.new_input(raw, Pipeline);
     let mut rows_in = builder.new_input(rows, Pipeline);
     let mut dead_in = builder.new_input(dead, Pipeline);
+    let mut events_in = builder.new_input(geofence_events, Pipeline);
     let mut progress_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
         let (prefix, up) = (&cfg.prefix, &uploader);
@@ -281,6 +292,13 @@ pub fn render_lake_sink<'scope>(
             .collect();
         let mut dead_w: DatasetWriter<DeadLetter> = DatasetWriter::new(
             "dead_letter",
+            Partitioning::Day,
+            prefix.clone(),
+            worker,
+            up.clone(),
+        );
+        let mut events_w: DatasetWriter<GeofenceEvent> = DatasetWriter::new(
+            "geofence_events",
             Partitioning::Day,
             prefix.clone(),
             worker,
@@ -319,6 +337,13 @@ pub fn render_lake_sink<'scope>(
                     }
                 }
             });
+            events_in.for_each(|_, data| {
+                for e in data.drain(..) {
+                    if !failed && result.is_ok() {
+                        result = events_w.push(e.ts, e);
+                    }
+                }
+            });
             progress_in.for_each(|_, data| {
                 for p in data.drain(..) {
                     watermark = Some(watermark.map_or(p.watermark, |w| w.max(p.watermark)));
@@ -337,6 +362,7 @@ pub fn render_lake_sink<'scope>(
                     result = result.and_then(|_| w.roll(watermark, &cfg.roll, force));
                 }
                 result = result.and_then(|_| dead_w.roll(watermark, &cfg.roll, force));
+                result = result.and_then(|_| events_w.roll(watermark, &cfg.roll, force));
             }
             if let Err(e) = result {
                 failed = true;

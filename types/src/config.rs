@@ -223,6 +223,9 @@ pub struct GeofenceSpec {
     /// GeoJSON file of geofences.
     #[serde(default)]
     pub path: Option<String>,
+    /// Property used as the id of features that have neither an `id` nor `properties.id`.
+    #[serde(default)]
+    pub id_property: Option<String>,
     /// Time inside after which a `dwell` event fires.
     #[serde(default = "default_dwell")]
     pub dwell_after: HumanDuration,

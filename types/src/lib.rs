@@ -5,6 +5,7 @@
 //!
 //! - [`time`]: event-time helpers (epoch milliseconds, UTC calendar, human durations).
 //! - [`fix`]: the decoded location event ([`fix::Fix`]) and great-circle distance.
+//! - [`geofence`]: geofences from GeoJSON, validated, with their membership test.
 //! - [`records`]: what the job produces: vehicle state, tier rows, dead letters.
 //! - [`config`]: the job spec (`job.toml`) with errors that name the field and line.
 //! - [`registry`]: the optional vehicle registry (tenant, tank capacity).
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod fix;
+pub mod geofence;
 pub mod metrics;
 pub mod records;
 pub mod registry;

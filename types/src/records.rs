@@ -253,3 +253,78 @@ pub struct Progress {
     /// Whether every input has ended and every window is complete.
     pub end: bool,
 }
+
+/// What happened between a vehicle and a geofence (semantics §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeofenceEventKind {
+    /// The vehicle is inside and was not before.
+    Enter,
+    /// The vehicle is outside and was inside before.
+    Exit,
+    /// The vehicle has been inside for `dwell_after` since its `enter`.
+    Dwell,
+}
+
+impl GeofenceEventKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeofenceEventKind::Enter => "enter",
+            GeofenceEventKind::Exit => "exit",
+            GeofenceEventKind::Dwell => "dwell",
+        }
+    }
+}
+
+/// Why a geofence event happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeofenceCause {
+    /// A fix of the vehicle.
+    Fix,
+    /// The geofence was added (or replaced) while the vehicle was inside.
+    GeofenceAdded,
+    /// The geofence was removed (or replaced) while the vehicle was inside.
+    GeofenceRemoved,
+}
+
+impl GeofenceCause {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeofenceCause::Fix => "fix",
+            GeofenceCause::GeofenceAdded => "geofence_added",
+            GeofenceCause::GeofenceRemoved => "geofence_removed",
+        }
+    }
+}
+
+/// One row of the `geofence_events` dataset.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GeofenceEvent {
+    /// The geofence.
+    pub geofence_id: CompactString,
+    /// The vehicle.
+    pub vehicle_id: CompactString,
+    /// The vehicle's tenant.
+    pub tenant: CompactString,
+    /// Enter, exit or dwell.
+    pub kind: GeofenceEventKind,
+    /// Event time: the fix's `ts`, or the watermark a geofence change took effect at.
+    pub ts: Millis,
+    /// What caused it.
+    pub cause: GeofenceCause,
+}
+
+/// A runtime change to the geofence set: `geofence` is the new definition (added or
+/// replaced) or `None` (removed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeofenceChange {
+    /// Sequence number, increasing in the order changes were requested.
+    pub seq: u64,
+    /// The geofence's id.
+    pub id: CompactString,
+    /// The new definition, or `None` to remove it.
+    pub geofence: Option<std::sync::Arc<crate::geofence::Geofence>>,
+}

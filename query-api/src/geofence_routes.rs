@@ -1,0 +1,210 @@
+//! Geofence routes: the catalogue, runtime changes, occupants and recent events.
+
+use crate::error::ApiError;
+use crate::geofences::ChangeError;
+use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::records::{GeofenceEvent, GeofenceEventKind};
+use fleetflow_types::time::{parse_rfc3339, Millis};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// How long a change request waits for the dataflow to apply it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/geofences", get(list))
+        .route(
+            "/v1/geofences/{id}",
+            get(get_one).put(put_one).delete(delete_one),
+        )
+        .route("/v1/geofences/{id}/occupants", get(occupants))
+        .route("/v1/geofence-events", get(events))
+}
+
+fn listing(g: &Geofence) -> Value {
+    json!({
+        "id": g.id.as_str(),
+        "tenant": g.tenant.as_deref(),
+        "kind": g.kind(),
+        "bbox": g.bbox(),
+        "feature": g.to_feature(),
+    })
+}
+
+async fn list(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let (mut limit, mut cursor, mut tenant) = (100, None, None);
+    for (k, v) in params(raw)? {
+        match k.as_str() {
+            "limit" => limit = parse_limit(&v, 1000)?,
+            "cursor" => cursor = Some(decode_cursor(&v)?),
+            "tenant" => tenant = Some(v),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?} (tenant, limit, cursor)"
+                )))
+            }
+        }
+    }
+    // A tenant sees its own geofences and those that apply to every tenant.
+    let (items, more) = s.geofences.page(cursor.as_deref(), limit, |g| {
+        tenant.as_deref().is_none_or(|t| g.applies_to(t))
+    });
+    let next_cursor = more
+        .then(|| items.last().map(|g| encode_cursor(&g.id)))
+        .flatten();
+    Ok(Json(json!({
+        "items": items.iter().map(|g| listing(g)).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+        "as_of": s.geofences.as_of(),
+    })))
+}
+
+async fn get_one(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let g = s
+        .geofences
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no geofence {id:?}")))?;
+    let mut v = listing(&g);
+    v["as_of"] = json!(s.geofences.as_of());
+    Ok(Json(v))
+}
+
+fn change_error(e: ChangeError) -> ApiError {
+    match e {
+        ChangeError::NotRunning => ApiError::Conflict(e.to_string()),
+        ChangeError::Unknown(_) => ApiError::NotFound(e.to_string()),
+    }
+}
+
+/// Waits for the change to take effect and answers with the watermark it took effect at
+/// (202 when the dataflow has not applied it within [`APPLY_TIMEOUT`]).
+async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
+    match s.geofences.wait_applied(seq, APPLY_TIMEOUT).await {
+        Some(at) => (ok, Json(json!({"id": id, "seq": seq, "effective_at": at}))).into_response(),
+        None => (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "seq": seq, "effective_at": null, "status": "pending"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_one(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "a geofence id has 1 to 256 bytes".into(),
+        ));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+    if let Some(own) = value.get("id") {
+        let own = match own {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if own != id {
+            return Err(ApiError::BadRequest(format!(
+                "the feature's id {own:?} differs from the path's {id:?}"
+            )));
+        }
+    }
+    let g = Geofence::from_feature(&value, Some(&id), None, &id)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let sub = s.geofences.submit(&id, Some(g)).map_err(change_error)?;
+    let status = if sub.existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(applied(&s, &id, sub.seq, status).await)
+}
+
+async fn delete_one(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sub = s.geofences.submit(&id, None).map_err(change_error)?;
+    Ok(applied(&s, &id, sub.seq, StatusCode::OK).await)
+}
+
+async fn occupants(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let as_of = s.geofences.as_of();
+    let items = s.geofences.occupants(&id);
+    if items.is_empty() && s.geofences.get(&id).is_none() {
+        return Err(ApiError::NotFound(format!("no geofence {id:?}")));
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|(v, t)| json!({"vehicle_id": v.as_str(), "entered_at": t}))
+        .collect();
+    Ok(Json(json!({"items": items, "as_of": as_of})))
+}
+
+fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
+    v.parse::<Millis>()
+        .ok()
+        .or_else(|| parse_rfc3339(v))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{k} must be epoch milliseconds or an RFC 3339 time, got {v:?}"
+            ))
+        })
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (mut limit, mut geofence, mut vehicle, mut since, mut kind) = (100, None, None, None, None);
+    for (k, v) in params(raw)? {
+        match k.as_str() {
+            "limit" => limit = parse_limit(&v, 1000)?,
+            "geofence" => geofence = Some(v),
+            "vehicle" => vehicle = Some(v),
+            "since" => since = Some(parse_time("since", &v)?),
+            "kind" => {
+                kind = Some(match v.as_str() {
+                    "enter" => GeofenceEventKind::Enter,
+                    "exit" => GeofenceEventKind::Exit,
+                    "dwell" => GeofenceEventKind::Dwell,
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "kind must be enter, exit or dwell, got {v:?}"
+                        )))
+                    }
+                })
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?} (geofence, vehicle, since, kind, limit)"
+                )))
+            }
+        }
+    }
+    let as_of = s.geofences.as_of();
+    let items: Vec<GeofenceEvent> = s.geofences.recent_events(limit, |e| {
+        geofence.as_deref().is_none_or(|g| e.geofence_id == g)
+            && vehicle.as_deref().is_none_or(|v| e.vehicle_id == v)
+            && since.is_none_or(|t| e.ts >= t)
+            && kind.is_none_or(|k| e.kind == k)
+    });
+    Ok(Json(json!({"items": items, "as_of": as_of})))
+}

@@ -1,0 +1,265 @@
+//! The query API's geofence side: the catalogue (what the job was told), the channel that
+//! carries runtime changes into the dataflow, and the view the dataflow publishes into
+//! (occupancy, recent events, which changes each worker applied).
+
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::records::{GeofenceChange, GeofenceEvent};
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// How many recent events `GET /v1/geofence-events` can return (the lake has all of them).
+pub const RECENT_EVENTS: usize = 100_000;
+
+/// Why a change could not be handed to the dataflow.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The job no longer runs (its input ended or it was interrupted).
+    #[error("the job is not running: geofences can change only while it runs")]
+    NotRunning,
+    /// No geofence with that id.
+    #[error("no geofence {0:?}")]
+    Unknown(String),
+}
+
+/// A change handed to the dataflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Whether the id existed before.
+    pub existed: bool,
+}
+
+/// Geofence catalogue and view, shared by the API handlers and the dataflow.
+pub struct GeofenceView {
+    catalog: Mutex<Catalog>,
+    inner: RwLock<Inner>,
+    changed: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+struct Catalog {
+    fences: BTreeMap<CompactString, Arc<Geofence>>,
+    sender: Option<std::sync::mpsc::Sender<GeofenceChange>>,
+    next_seq: u64,
+}
+
+struct Inner {
+    occupants: HashMap<CompactString, BTreeMap<CompactString, Millis>>,
+    events: VecDeque<GeofenceEvent>,
+    /// Per worker: the last change applied.
+    applied: Vec<u64>,
+    /// Change -> the watermark it took effect at (recent ones).
+    effective: BTreeMap<u64, Option<Millis>>,
+    as_of: Vec<Option<Millis>>,
+}
+
+impl GeofenceView {
+    /// A view fed by `workers` workers, starting with `initial` geofences in force and
+    /// `sender` carrying changes to the dataflow.
+    pub fn new(
+        workers: usize,
+        initial: &[Arc<Geofence>],
+        sender: Option<std::sync::mpsc::Sender<GeofenceChange>>,
+    ) -> Self {
+        GeofenceView {
+            catalog: Mutex::new(Catalog {
+                fences: initial.iter().map(|g| (g.id.clone(), g.clone())).collect(),
+                sender,
+                next_seq: 1,
+            }),
+            inner: RwLock::new(Inner {
+                occupants: HashMap::new(),
+                events: VecDeque::new(),
+                applied: vec![0; workers.max(1)],
+                effective: BTreeMap::new(),
+                as_of: vec![None; workers.max(1)],
+            }),
+            changed: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The dataflow stopped taking changes.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.catalog.lock().expect("catalog lock").sender = None;
+        self.changed.notify_waiters();
+    }
+
+    /// Adds or replaces (`Some`) or removes (`None`) geofence `id`.
+    pub fn submit(&self, id: &str, geofence: Option<Geofence>) -> Result<Submitted, ChangeError> {
+        let mut c = self.catalog.lock().expect("catalog lock");
+        let existed = c.fences.contains_key(id);
+        if geofence.is_none() && !existed {
+            return Err(ChangeError::Unknown(id.to_owned()));
+        }
+        let seq = c.next_seq;
+        let geofence = geofence.map(Arc::new);
+        let change = GeofenceChange {
+            seq,
+            id: id.into(),
+            geofence: geofence.clone(),
+        };
+        match &c.sender {
+            Some(tx) if tx.send(change).is_ok() => {}
+            _ => return Err(ChangeError::NotRunning),
+        }
+        c.next_seq += 1;
+        match geofence {
+            Some(g) => c.fences.insert(id.into(), g),
+            None => c.fences.remove(id),
+        };
+        Ok(Submitted { seq, existed })
+    }
+
+    /// Waits until every worker applied change `seq` and returns the watermark it took
+    /// effect at; `None` on timeout or when the dataflow stopped first.
+    pub async fn wait_applied(
+        &self,
+        seq: u64,
+        timeout: std::time::Duration,
+    ) -> Option<Option<Millis>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.inner.read().expect("view lock");
+                if inner.applied.iter().all(|a| *a >= seq) {
+                    return Some(inner.effective.get(&seq).copied().flatten());
+                }
+            }
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// One geofence of the catalogue.
+    pub fn get(&self, id: &str) -> Option<Arc<Geofence>> {
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .fences
+            .get(id)
+            .cloned()
+    }
+
+    /// Up to `limit` geofences after `after` in id order that pass `keep`, and whether more
+    /// follow.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Geofence) -> bool,
+    ) -> (Vec<Arc<Geofence>>, bool) {
+        let c = self.catalog.lock().expect("catalog lock");
+        let range = match after {
+            Some(a) => c
+                .fences
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => c.fences.range::<str, _>(..),
+        };
+        let mut items = Vec::new();
+        for (_, g) in range.filter(|(_, g)| keep(g)) {
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push(g.clone());
+        }
+        (items, false)
+    }
+
+    /// Applies a worker's published changes: occupancy updates (retractions first),
+    /// events, applied changes, and its watermark.
+    pub fn apply(
+        &self,
+        worker: usize,
+        occupants: Vec<(CompactString, CompactString, Millis, isize)>,
+        events: Vec<GeofenceEvent>,
+        applied: Vec<(u64, Option<Millis>)>,
+        watermark: Option<Millis>,
+    ) {
+        let notify = !applied.is_empty();
+        {
+            let mut inner = self.inner.write().expect("view lock");
+            for (g, v, entered_at, diff) in occupants {
+                if diff > 0 {
+                    inner.occupants.entry(g).or_default().insert(v, entered_at);
+                } else if let Some(m) = inner.occupants.get_mut(&g) {
+                    if m.get(&v) == Some(&entered_at) {
+                        m.remove(&v);
+                        if m.is_empty() {
+                            inner.occupants.remove(&g);
+                        }
+                    }
+                }
+            }
+            for e in events {
+                if inner.events.len() == RECENT_EVENTS {
+                    inner.events.pop_front();
+                }
+                inner.events.push_back(e);
+            }
+            for (seq, at) in applied {
+                if let Some(a) = inner.applied.get_mut(worker) {
+                    *a = (*a).max(seq);
+                }
+                inner.effective.insert(seq, at);
+                while inner.effective.len() > 4096 {
+                    inner.effective.pop_first();
+                }
+            }
+            if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
+                *slot = Some(slot.map_or(w, |old| old.max(w)));
+            }
+        }
+        if notify {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The watermark through which every worker's geofence results are published.
+    pub fn as_of(&self) -> Option<Millis> {
+        let inner = self.inner.read().expect("view lock");
+        inner
+            .as_of
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().min())
+    }
+
+    /// The vehicles inside geofence `id` with their `entered_at`, by vehicle id.
+    pub fn occupants(&self, id: &str) -> Vec<(CompactString, Millis)> {
+        let inner = self.inner.read().expect("view lock");
+        inner
+            .occupants
+            .get(id)
+            .map(|m| m.iter().map(|(v, t)| (v.clone(), *t)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Recent events passing `keep`, newest first, at most `limit`.
+    pub fn recent_events(
+        &self,
+        limit: usize,
+        keep: impl Fn(&GeofenceEvent) -> bool,
+    ) -> Vec<GeofenceEvent> {
+        let inner = self.inner.read().expect("view lock");
+        let mut out: Vec<GeofenceEvent> =
+            inner.events.iter().filter(|e| keep(e)).cloned().collect();
+        // Newest first; ties in a fixed order.
+        out.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| b.cmp(a)));
+        out.truncate(limit);
+        out
+    }
+}
