@@ -57,9 +57,6 @@ pub struct RunOptions {
     pub capture: Option<Capture>,
     /// Set to interrupt the job (SIGINT/SIGTERM do the same).
     pub shutdown: Option<Arc<AtomicBool>>,
-    /// Geofence changes to apply while the job runs, besides the API's (tests). The job
-    /// keeps the receiving end; the caller sends.
-    pub geofence_changes: Option<Arc<Mutex<std::sync::mpsc::Receiver<GeofenceChange>>>>,
 }
 
 /// What a run did.
@@ -279,12 +276,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
     let vehicles = Arc::new(VehicleView::new(workers));
-    // Runtime geofence changes: the API (or a test) sends, worker 0 receives.
+    // Runtime geofence changes: the API sends, worker 0 receives.
     let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
-    let change_rx = match opts.geofence_changes.clone() {
-        Some(rx) => rx,
-        None => Arc::new(Mutex::new(change_rx)),
-    };
+    let change_rx = Arc::new(Mutex::new(change_rx));
     let geofences = Arc::new(GeofenceView::new(
         workers,
         &initial_geofences,

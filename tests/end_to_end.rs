@@ -7,16 +7,9 @@ use common::reference::expected;
 use common::*;
 use fleetflow_types::records::Reason;
 use fleetflow_types::registry::VehicleRegistry;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn lake_glob(lake: &std::path::Path, dataset: &str) -> String {
-    format!(
-        "read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = true)",
-        lake.display()
-    )
-}
 
 #[test]
 fn porto_lake_read_with_duckdb_equals_the_reference() {
@@ -144,24 +137,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]

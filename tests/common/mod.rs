@@ -2,6 +2,7 @@
 //! data converters and DuckDB.
 #![allow(dead_code)]
 
+pub mod geofence_reference;
 pub mod reference;
 
 use fleetflow::job::{run_job, Captured, RunOptions, RunResult};
@@ -144,6 +145,42 @@ print(json.dumps([list(r) for r in rows], default=str))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One HTTP/1.1 request over a fresh connection: `(status, body)`.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET path`.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None)
+}
+
+/// `read_parquet(...)` over one dataset of a lake directory, with Hive partitioning.
+pub fn lake_glob(lake: &Path, dataset: &str) -> String {
+    format!(
+        "read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = true)",
+        lake.display()
+    )
 }
 
 /// Asserts `a` and `b` agree to 1e-9 relative (or 1e-9 absolute near zero).
