@@ -2,7 +2,11 @@
 //!
 //! `timeline/offer_advance` is the whole per-vehicle path (dedup, lateness, implausible
 //! jumps, segments, three window tiers, vehicle state) for 100k fixes of 1,000 vehicles,
-//! advancing the watermark every 5,000 fixes.
+//! advancing the watermark every 5,000 fixes. `geofencing/{0,1000,100000}` is geofence
+//! membership and events for the same fixes with that many random geofences (50-500 m
+//! across over the generator's area).
+
+mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetflow_connectors::generator::Generator;
@@ -106,5 +110,38 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_geofencing(c: &mut Criterion) {
+    use fleetflow_dataflows::geofence::{FenceIndex, FixPoint, GeoOutputs, Geofencing};
+    let points: Vec<FixPoint> = fixes(100_000)
+        .iter()
+        .map(|f| FixPoint::of(&f.fix))
+        .collect();
+    let mut group = c.benchmark_group("geofencing");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(points.len() as u64));
+    for n in [0usize, 1000, 100_000] {
+        let loaded = fleetflow_types::geofence::load(&common::fences(n), None).unwrap();
+        let index = Arc::new(FenceIndex::new(loaded.geofences.into_iter().map(Arc::new)));
+        group.bench_function(n.to_string(), |b| {
+            b.iter_batched(
+                || (points.clone(), Geofencing::new(index.clone(), 600_000, 0)),
+                |(points, mut g)| {
+                    let mut out = GeoOutputs::default();
+                    for p in points {
+                        g.on_fix(p, &mut out);
+                        if out.events.len() > 4096 {
+                            out.events.clear();
+                            out.view.clear();
+                        }
+                    }
+                    (out, g)
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_geofencing);
 criterion_main!(benches);

@@ -4,7 +4,9 @@ use anyhow::{anyhow, Context};
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
-use fleetflow_dataflows::geofence::{render_geofence_input, render_geofences, ViewUpdate};
+use fleetflow_dataflows::geofence::{
+    render_geofence_input, render_geofences, FenceIndex, ViewUpdate,
+};
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
@@ -76,6 +78,9 @@ pub struct Summary {
     pub files: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Of which start-up: reading the spec, registry and geofences, binding the API,
+    /// building the geofence index, until the workers start.
+    pub startup: Duration,
     /// Peak resident memory, bytes (Linux).
     pub peak_rss: Option<u64>,
     /// Final watermark.
@@ -101,6 +106,12 @@ impl std::fmt::Display for Summary {
             self.events,
             self.elapsed.as_secs_f64(),
             self.events_per_s()
+        )?;
+        writeln!(
+            f,
+            "startup     {:.2}s (then {:.0} events/s)",
+            self.startup.as_secs_f64(),
+            self.events as f64 / (self.elapsed - self.startup).as_secs_f64().max(1e-9)
         )?;
         writeln!(f, "accepted    {}", self.accepted)?;
         writeln!(f, "duplicates  {}", self.duplicates)?;
@@ -420,9 +431,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     );
     let view = vehicles.clone();
     let geo_view = geofences.clone();
-    let initial_geofences = Arc::new(initial_geofences);
+    // Built once, shared by the workers until a runtime change (copy on write).
+    let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
     let uploader_w = uploader.clone();
     let config = timely::Config::process(workers);
+    let startup = started.elapsed();
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -453,7 +466,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         };
         let view = view.clone();
         let geo_view = geo_view.clone();
-        let initial_geofences = initial_geofences.clone();
+        let fence_index = fence_index.clone();
         let change_rx = change_rx.clone();
         let uploader = uploader_w.clone();
         let sink_cfg = sink_cfg.clone();
@@ -462,9 +475,31 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             let source = render_source(scope, "locations", source, ctx);
             let changes = render_geofence_input(source.reports.clone(), Some(change_rx));
             let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
-            let geo = render_geofences(core.finals, initial_geofences, dwell_after);
+            let geo_sink = geo_view.clone();
+            let events = render_geofences(
+                core.finals,
+                fence_index,
+                dwell_after,
+                move |updates, events| {
+                    let (mut occ, mut applied) = (Vec::new(), Vec::new());
+                    let mut as_of = None;
+                    for (u, r) in updates.drain(..) {
+                        match u {
+                            ViewUpdate::Occupant {
+                                geofence,
+                                vehicle,
+                                entered_at,
+                            } => occ.push((geofence, vehicle, entered_at, r)),
+                            ViewUpdate::Applied { seq, at, .. } => applied.push((seq, at)),
+                            ViewUpdate::AsOf(w) => as_of = Some(w),
+                        }
+                    }
+                    geo_sink.apply(index, occ, events, applied);
+                    geo_sink.advance(index, as_of);
+                },
+            );
             let dead = source.dead_letters.concat(core.dead_letters);
-            let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, geo.events);
+            let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, events);
             if let Some(cap) = capture {
                 let (c1, c2, c3, c4) = (cap.clone(), cap.clone(), cap.clone(), cap);
                 raw = raw.inspect(move |f| c1.lock().expect("capture").raw.push(f.clone()));
@@ -478,33 +513,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             let progress = core.progress.probe_with(&probe);
             let latency_metrics = metrics_w.clone();
             publish(
-                "GeofenceView",
-                geo.view,
-                progress.clone(),
-                true,
-                move |updates, p, _| {
-                    let (mut occ, mut evs, mut applied) = (Vec::new(), Vec::new(), Vec::new());
-                    for (u, r) in updates {
-                        match u {
-                            ViewUpdate::Occupant {
-                                geofence,
-                                vehicle,
-                                entered_at,
-                            } => occ.push((geofence, vehicle, entered_at, r)),
-                            ViewUpdate::Event(e) => {
-                                evs.extend(std::iter::repeat_n(e, r.max(0) as usize))
-                            }
-                            ViewUpdate::Applied { seq, at, .. } => applied.push((seq, at)),
-                        }
-                    }
-                    geo_view.apply(index, occ, evs, applied, p.map(|p| p.watermark));
-                },
-            );
-            publish(
                 "VehicleState",
                 core.state,
                 progress.clone(),
-                false,
                 move |updates, p, epoch| {
                     if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
                         let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
@@ -512,7 +523,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                             .visibility_latency
                             .record(lag, updates.iter().filter(|(_, r)| *r > 0).count() as u64);
                     }
-                    view.apply(index, updates, p.map(|p| p.watermark));
+                    let watermark = p.map(|p| p.watermark);
+                    view.apply(index, updates, watermark);
+                    geo_view.advance(index, watermark);
                 },
             );
             render_lake_sink(raw, rows, dead, events, progress, sink_cfg, uploader);
@@ -545,6 +558,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .collect(),
         files: metrics.files_written.load(r),
         elapsed: started.elapsed(),
+        startup,
         peak_rss: peak_rss(),
         watermark: metrics.watermark(),
         latency_p50_ms: metrics.visibility_latency.quantile(0.5),

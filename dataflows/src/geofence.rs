@@ -27,9 +27,8 @@
 //! `enter` (cause `geofence_added`, `entered_at = W`) for vehicles whose latest final fix
 //! is inside; replacing is a removal and an addition.
 
-use differential_dataflow::{AsCollection, VecCollection};
 use fleetflow_types::fix::Fix;
-use fleetflow_types::geofence::Geofence;
+use fleetflow_types::geofence::{circle_contains_near, polygons_contain, Geofence, Shape};
 use fleetflow_types::records::{
     GeofenceCause, GeofenceChange, GeofenceEvent, GeofenceEventKind, InputReport,
 };
@@ -82,9 +81,11 @@ pub enum Finalized {
     Fix(FixPoint),
     /// A geofence change took effect at this watermark (`None`: before the first one).
     Change(GeofenceChange, Option<Millis>),
+    /// Every fix below this watermark has been handed over (the `as_of` of the results).
+    Watermark(Millis),
 }
 
-/// One change to the API's geofence view.
+/// One change to the API's geofence view, in the order it happened.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ViewUpdate {
     /// `vehicle` is inside `geofence` since `entered_at` (diff +1) or no longer (-1).
@@ -96,8 +97,8 @@ pub enum ViewUpdate {
         /// `ts` of its `enter`.
         entered_at: Millis,
     },
-    /// An event (diff +1).
-    Event(GeofenceEvent),
+    /// Results are complete through this watermark.
+    AsOf(Millis),
     /// Worker `worker` applied change `seq` at watermark `at`.
     Applied {
         /// Change sequence number.
@@ -113,40 +114,144 @@ type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 
 type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
 
-/// Every geofence of the job with an R-tree over their bounding boxes.
-#[derive(Default)]
-pub struct FenceIndex {
-    slots: Vec<Option<(Arc<Geofence>, Entry)>>,
-    by_id: HashMap<CompactString, u32>,
-    free: Vec<u32>,
-    tree: RTree<Entry>,
+/// Grid cell size in degrees (about 220 m of latitude).
+const CELL_DEG: f64 = 0.002;
+/// Geofences whose box spans more grid cells than this live in the R-tree instead.
+const MAX_CELLS: i64 = 256;
+
+/// A geofence listed in a grid cell with what a lookup needs inline (box, tenant, and a
+/// circle's parameters), so that scanning a cell touches memory in order and only
+/// polygons that pass the box test are followed to their rings.
+#[derive(Clone, Copy, Debug)]
+struct CellEntry {
+    bbox: fleetflow_types::geofence::BBox,
+    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons (one cache line in all).
+    circle: [f64; 3],
+    /// Interned tenant, 0 for geofences of every tenant.
+    tenant: u32,
+    slot: u32,
 }
 
-fn entry(g: &Geofence, slot: u32) -> Entry {
-    let b = g.bbox();
-    GeomWithData::new(Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]), slot)
+type Cell = (i32, i32);
+
+fn cell_of(lon: f64, lat: f64) -> Cell {
+    (
+        (lon / CELL_DEG).floor() as i32,
+        (lat / CELL_DEG).floor() as i32,
+    )
+}
+
+/// Where a geofence is indexed.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// In every grid cell its box touches (`min` to `max` inclusive).
+    Grid { min: Cell, max: Cell },
+    /// In the R-tree of large geofences.
+    Tree(Entry),
+}
+
+#[derive(Clone)]
+struct Slot {
+    fence: Arc<Geofence>,
+    bbox: fleetflow_types::geofence::BBox,
+    placement: Placement,
+}
+
+/// Every geofence of the job, indexed by a cell covering and an R-tree.
+///
+/// Cloning copies the whole index (a runtime change on a shared index does that once per
+/// worker).
+///
+/// Small geofences (the usual case: depots, stops, sites) are listed in each cell of a
+/// fixed lon/lat grid that their bounding box touches, so a lookup is one hash probe and a
+/// scan of the few geofences near the point. Geofences whose box spans more than
+/// `MAX_CELLS` cells (districts, regions) go into an R-tree of bounding boxes instead, so
+/// that no geofence costs more than a bounded number of cells. Either way, a fix costs
+/// nothing for geofences that are not near it.
+#[derive(Default, Clone)]
+pub struct FenceIndex {
+    slots: Vec<Option<Slot>>,
+    by_id: HashMap<CompactString, u32>,
+    free: Vec<u32>,
+    grid: HashMap<Cell, Vec<CellEntry>, ahash::RandomState>,
+    tree: RTree<Entry>,
+    /// Ids by slot, apart from the geofences for locality.
+    ids: Vec<CompactString>,
+    /// Polygons by slot (empty for circles), apart from the geofences for locality.
+    polygons: Vec<Vec<geo::Polygon<f64>>>,
+    /// Tenant -> code (from 1).
+    tenants: HashMap<CompactString, u32, ahash::RandomState>,
 }
 
 impl FenceIndex {
-    /// An index over `fences` (bulk loaded).
+    /// An index over `fences` (the R-tree bulk loaded).
     pub fn new(fences: impl IntoIterator<Item = Arc<Geofence>>) -> FenceIndex {
         let mut idx = FenceIndex::default();
-        let mut entries = Vec::new();
+        let mut large = Vec::new();
         for g in fences {
-            if let Some(old) = idx.by_id.get(&g.id).copied() {
-                idx.slots[old as usize] = None;
-                idx.free.push(old);
+            if idx.by_id.contains_key(&g.id) {
+                continue; // ids are unique once loaded; keep the first
             }
-            let slot = idx.slots.len() as u32;
-            let e = entry(&g, slot);
-            idx.by_id.insert(g.id.clone(), slot);
-            idx.slots.push(Some((g, e)));
+            if let (_, Placement::Tree(e)) = idx.place(g) {
+                large.push(e);
+            }
         }
-        for s in idx.slots.iter().flatten() {
-            entries.push(s.1);
-        }
-        idx.tree = RTree::bulk_load(entries);
+        idx.tree = RTree::bulk_load(large);
         idx
+    }
+
+    /// Puts `g` in a slot and in the grid (not in the tree: the caller does).
+    fn place(&mut self, g: Arc<Geofence>) -> (u32, Placement) {
+        let slot = self.free.pop().unwrap_or(self.slots.len() as u32);
+        let b = g.bbox();
+        let next_code = self.tenants.len() as u32 + 1;
+        let tenant = match &g.tenant {
+            None => 0,
+            Some(t) => *self.tenants.entry(t.clone()).or_insert(next_code),
+        };
+        let (circle, polygons) = match &g.shape {
+            Shape::Circle { lat, lon, radius_m } => ([*lat, *lon, *radius_m], Vec::new()),
+            Shape::Polygons(mp) => ([0.0, 0.0, f64::NAN], mp.0.clone()),
+        };
+        if self.polygons.len() <= slot as usize {
+            self.polygons.resize_with(slot as usize + 1, Vec::new);
+            self.ids
+                .resize_with(slot as usize + 1, CompactString::default);
+        }
+        self.polygons[slot as usize] = polygons;
+        self.ids[slot as usize] = g.id.clone();
+        let (min, max) = (cell_of(b[0], b[1]), cell_of(b[2], b[3]));
+        let cells = (max.0 as i64 - min.0 as i64 + 1) * (max.1 as i64 - min.1 as i64 + 1);
+        let placement = if cells <= MAX_CELLS {
+            for x in min.0..=max.0 {
+                for y in min.1..=max.1 {
+                    self.grid.entry((x, y)).or_default().push(CellEntry {
+                        bbox: b,
+                        circle,
+                        tenant,
+                        slot,
+                    });
+                }
+            }
+            Placement::Grid { min, max }
+        } else {
+            Placement::Tree(GeomWithData::new(
+                Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]),
+                slot,
+            ))
+        };
+        self.by_id.insert(g.id.clone(), slot);
+        let s = Some(Slot {
+            fence: g,
+            bbox: b,
+            placement,
+        });
+        if slot as usize == self.slots.len() {
+            self.slots.push(s);
+        } else {
+            self.slots[slot as usize] = s;
+        }
+        (slot, placement)
     }
 
     /// Number of geofences.
@@ -163,7 +268,13 @@ impl FenceIndex {
     pub fn get(&self, slot: u32) -> Option<&Arc<Geofence>> {
         self.slots
             .get(slot as usize)
-            .and_then(|s| s.as_ref().map(|s| &s.0))
+            .and_then(|s| s.as_ref().map(|s| &s.fence))
+    }
+
+    /// The id of the geofence in `slot`.
+    #[inline]
+    pub fn id(&self, slot: u32) -> &CompactString {
+        &self.ids[slot as usize]
     }
 
     /// The slot of geofence `id`.
@@ -174,14 +285,9 @@ impl FenceIndex {
     /// Adds a geofence (its id must not be present) and returns its slot.
     pub fn insert(&mut self, g: Arc<Geofence>) -> u32 {
         debug_assert!(!self.by_id.contains_key(&g.id));
-        let slot = self.free.pop().unwrap_or(self.slots.len() as u32);
-        let e = entry(&g, slot);
-        self.tree.insert(e);
-        self.by_id.insert(g.id.clone(), slot);
-        if slot as usize == self.slots.len() {
-            self.slots.push(Some((g, e)));
-        } else {
-            self.slots[slot as usize] = Some((g, e));
+        let (slot, placement) = self.place(g);
+        if let Placement::Tree(e) = placement {
+            self.tree.insert(e);
         }
         slot
     }
@@ -189,9 +295,26 @@ impl FenceIndex {
     /// Removes geofence `id`, returning its former slot.
     pub fn remove(&mut self, id: &str) -> Option<u32> {
         let slot = self.by_id.remove(id)?;
-        if let Some((_, e)) = self.slots[slot as usize].take() {
-            self.tree.remove(&e);
+        if let Some(s) = self.slots[slot as usize].take() {
+            match s.placement {
+                Placement::Tree(e) => {
+                    self.tree.remove(&e);
+                }
+                Placement::Grid { min, max } => {
+                    for x in min.0..=max.0 {
+                        for y in min.1..=max.1 {
+                            if let Some(v) = self.grid.get_mut(&(x, y)) {
+                                v.retain(|e| e.slot != slot);
+                                if v.is_empty() {
+                                    self.grid.remove(&(x, y));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
+        self.polygons[slot as usize] = Vec::new();
         self.free.push(slot);
         Some(slot)
     }
@@ -199,10 +322,37 @@ impl FenceIndex {
     /// The slots of the geofences containing the point that apply to `tenant`, ascending.
     pub fn containing(&self, lat: f64, lon: f64, tenant: &str, out: &mut Vec<u32>) {
         out.clear();
-        for e in self.tree.locate_all_at_point(&[lon, lat]) {
-            let g = &self.slots[e.data as usize].as_ref().expect("indexed").0;
-            if g.applies_to(tenant) && g.contains(lat, lon) {
-                out.push(e.data);
+        let in_box = |b: &fleetflow_types::geofence::BBox| {
+            lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
+        };
+        let test = |slot: u32, out: &mut Vec<u32>| {
+            let s = self.slots[slot as usize].as_ref().expect("indexed");
+            if in_box(&s.bbox) && s.fence.applies_to(tenant) && s.fence.contains(lat, lon) {
+                out.push(slot);
+            }
+        };
+        if let Some(cands) = self.grid.get(&cell_of(lon, lat)) {
+            // Tenants no geofence names match only geofences of every tenant.
+            let code = self.tenants.get(tenant).copied().unwrap_or(u32::MAX);
+            let cos_lat = lat.to_radians().cos();
+            for e in cands {
+                if !in_box(&e.bbox) || (e.tenant != 0 && e.tenant != code) {
+                    continue;
+                }
+                let [clat, clon, r] = e.circle;
+                let inside = if r.is_nan() {
+                    polygons_contain(&self.polygons[e.slot as usize], lat, lon)
+                } else {
+                    circle_contains_near(clat, clon, r, lat, lon, cos_lat)
+                };
+                if inside {
+                    out.push(e.slot);
+                }
+            }
+        }
+        if self.tree.size() > 0 {
+            for e in self.tree.locate_all_at_point(&[lon, lat]) {
+                test(e.data, out);
             }
         }
         out.sort_unstable();
@@ -228,15 +378,17 @@ struct VehicleFences {
 /// What geofencing produced; drained by the caller.
 #[derive(Default, Debug)]
 pub struct GeoOutputs {
-    /// Events, for the lake.
+    /// Events, for the lake and the API's recent events.
     pub events: Vec<GeofenceEvent>,
-    /// Changes for the API view.
+    /// Occupancy and applied changes for the API view.
     pub view: Vec<(ViewUpdate, isize)>,
 }
 
 /// Membership of the vehicles of one worker (independent of timely).
 pub struct Geofencing {
-    index: FenceIndex,
+    /// Shared by the workers until one applies a change (then copied on write), so that
+    /// a large set of geofences is built and cached once.
+    index: Arc<FenceIndex>,
     vehicles: HashMap<CompactString, VehicleFences, ahash::RandomState>,
     dwell_after: Millis,
     worker: usize,
@@ -245,9 +397,9 @@ pub struct Geofencing {
 
 impl Geofencing {
     /// Starts with `fences` in force and no vehicles.
-    pub fn new(fences: &[Arc<Geofence>], dwell_after: Millis, worker: usize) -> Geofencing {
+    pub fn new(index: Arc<FenceIndex>, dwell_after: Millis, worker: usize) -> Geofencing {
         Geofencing {
-            index: FenceIndex::new(fences.iter().cloned()),
+            index,
             vehicles: HashMap::default(),
             dwell_after,
             worker,
@@ -274,16 +426,14 @@ impl Geofencing {
         ts: Millis,
         out: &mut GeoOutputs,
     ) {
-        let g = self.index.get(slot).expect("live slot");
         let e = GeofenceEvent {
-            geofence_id: g.id.clone(),
+            geofence_id: self.index.id(slot).clone(),
             vehicle_id: v.clone(),
             tenant: tenant.clone(),
             kind,
             ts,
             cause,
         };
-        out.view.push((ViewUpdate::Event(e.clone()), 1));
         out.events.push(e);
     }
 
@@ -295,10 +445,9 @@ impl Geofencing {
         diff: isize,
         out: &mut GeoOutputs,
     ) {
-        let g = self.index.get(slot).expect("live slot");
         out.view.push((
             ViewUpdate::Occupant {
-                geofence: g.id.clone(),
+                geofence: self.index.id(slot).clone(),
                 vehicle: v.clone(),
                 entered_at,
             },
@@ -308,15 +457,28 @@ impl Geofencing {
 
     /// A final fix, in `ts` order for its vehicle.
     pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
-        let mut state = match self.vehicles.remove(&p.vehicle_id) {
+        // The map is taken out for the call so that its entry and `self` can be borrowed
+        // together (one hash lookup per fix).
+        let mut vehicles = std::mem::take(&mut self.vehicles);
+        let state = match vehicles.get_mut(&p.vehicle_id) {
             Some(s) => s,
-            None => VehicleFences {
-                tenant: p.tenant.clone(),
-                lat: f64::NAN,
-                lon: f64::NAN,
-                inside: Vec::new(),
-            },
+            None => vehicles
+                .entry(p.vehicle_id.clone())
+                .or_insert(VehicleFences {
+                    tenant: p.tenant.clone(),
+                    lat: f64::NAN,
+                    lon: f64::NAN,
+                    inside: Vec::new(),
+                }),
         };
+        if self.index.is_empty() && state.inside.is_empty() {
+            // No geofence anywhere: only the position matters (for later additions).
+            state.lat = p.lat;
+            state.lon = p.lon;
+            state.tenant = p.tenant;
+            self.vehicles = vehicles;
+            return;
+        }
         // `inside` is exactly the fences containing the last position, so an unmoved
         // vehicle needs no lookup.
         let moved = state.lat != p.lat || state.lon != p.lon || state.tenant != p.tenant;
@@ -388,7 +550,7 @@ impl Geofencing {
                 );
             }
         }
-        self.vehicles.insert(p.vehicle_id, state);
+        self.vehicles = vehicles;
     }
 
     /// A geofence change taking effect at watermark `at`.
@@ -414,10 +576,10 @@ impl Geofencing {
                     out,
                 );
             }
-            self.index.remove(&change.id);
+            Arc::make_mut(&mut self.index).remove(&change.id);
         }
         if let Some(g) = &change.geofence {
-            let slot = self.index.insert(g.clone());
+            let slot = Arc::make_mut(&mut self.index).insert(g.clone());
             let mut events = Vec::new();
             for (vid, state) in self.vehicles.iter_mut() {
                 if g.applies_to(&state.tenant) && g.contains(state.lat, state.lon) {
@@ -457,30 +619,30 @@ impl Geofencing {
     }
 }
 
-/// The streams of the geofence operator.
-pub struct GeofenceStreams<'scope> {
-    /// Events, final, for the lake.
-    pub events: Stream<'scope, u64, Vec<GeofenceEvent>>,
-    /// Occupancy, events and applied changes, for the API view.
-    pub view: VecCollection<'scope, u64, ViewUpdate, isize>,
-}
-
-/// Renders geofencing over the timeline's final fixes and changes (same worker, in order).
-pub fn render_geofences<'scope>(
+/// Renders geofencing over the timeline's final fixes and changes (same worker, in order)
+/// and returns the events, for the lake.
+///
+/// `view` receives this worker's occupancy and applied changes after each batch, in the
+/// order they happened (an enter followed by an exit of the same visit arrives in that
+/// order, so applying them in turn needs no consolidation), and the batch's events. It runs
+/// on the worker thread and must only update a shared structure.
+pub fn render_geofences<'scope, F>(
     finals: Stream<'scope, u64, Vec<Finalized>>,
-    initial: Arc<Vec<Arc<Geofence>>>,
+    index: Arc<FenceIndex>,
     dwell_after: Millis,
-) -> GeofenceStreams<'scope> {
+    mut view: F,
+) -> Stream<'scope, u64, Vec<GeofenceEvent>>
+where
+    F: FnMut(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent]) + 'static,
+{
     let scope = finals.scope();
     let worker = scope.index();
     let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
     let mut input = builder.new_input(finals, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
-    let (view_out, view) = builder.new_output::<Vec<(ViewUpdate, u64, isize)>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
-    let mut view_out: Out<(ViewUpdate, u64, isize)> = OutputBuilder::from(view_out);
     builder.build(move |_caps| {
-        let mut geo = Geofencing::new(&initial, dwell_after, worker);
+        let mut geo = Geofencing::new(index, dwell_after, worker);
         let mut out = GeoOutputs::default();
         move |_frontiers| {
             // A pipeline channel delivers one producer's batches in the order they were sent,
@@ -490,7 +652,12 @@ pub fn render_geofences<'scope>(
                     match item {
                         Finalized::Fix(p) => geo.on_fix(p, &mut out),
                         Finalized::Change(c, at) => geo.on_change(&c, at, &mut out),
+                        Finalized::Watermark(w) => out.view.push((ViewUpdate::AsOf(w), 1)),
                     }
+                }
+                if !out.view.is_empty() || !out.events.is_empty() {
+                    view(&mut out.view, &out.events);
+                    out.view.clear();
                 }
                 let Some(t) = cap.least().copied() else {
                     return;
@@ -500,22 +667,14 @@ pub fn render_geofences<'scope>(
                         .activate()
                         .session(&cap.delayed(&t, 0))
                         .give_container(&mut out.events);
-                }
-                if !out.view.is_empty() {
-                    let at = cap.delayed(&t, 1);
-                    let mut o = view_out.activate();
-                    let mut s = o.session(&at);
-                    for (d, r) in out.view.drain(..) {
-                        s.give((d, t, r));
-                    }
+                    // The container was handed over; start the next one at a useful size
+                    // rather than regrowing it from nothing.
+                    out.events.reserve(1024);
                 }
             });
         }
     });
-    GeofenceStreams {
-        events,
-        view: view.as_collection(),
-    }
+    events
 }
 
 /// Where runtime geofence changes come from: the API sends, the dataflow receives.
@@ -628,6 +787,17 @@ mod tests {
         idx.containing(41.5, -8.6, "acme", &mut out);
         assert!(out.is_empty());
         idx.insert(circle("again", 41.5, -8.6, 10.0, Some("globex")));
+        // A large geofence goes to the R-tree and is found like the small ones.
+        idx.insert(circle("region", 41.4, -8.6, 30_000.0, None));
+        idx.containing(41.5, -8.6, "acme", &mut out);
+        assert_eq!(
+            out.iter()
+                .map(|s| idx.get(*s).unwrap().id.as_str())
+                .collect::<Vec<_>>(),
+            ["region"]
+        );
+        assert_eq!(idx.tree.size(), 1);
+        idx.remove("region");
         idx.containing(41.5, -8.6, "acme", &mut out);
         assert!(out.is_empty(), "tenant fence");
         idx.containing(41.5, -8.6, "globex", &mut out);
@@ -638,7 +808,7 @@ mod tests {
     #[test]
     fn transitions_dwell_and_changes() {
         let a = circle("a", 0.0, 0.0, 1000.0, None);
-        let mut g = Geofencing::new(std::slice::from_ref(&a), 60_000, 0);
+        let mut g = Geofencing::new(Arc::new(FenceIndex::new([a])), 60_000, 0);
         let mut out = GeoOutputs::default();
         g.on_fix(fix("v", 0, 0.0, 0.0), &mut out);
         g.on_fix(fix("v", 30_000, 0.0, 0.001), &mut out);
@@ -693,7 +863,7 @@ mod tests {
                     ..
                 } => *occ.entry((geofence.clone(), *entered_at)).or_default() += r,
                 ViewUpdate::Applied { seq, .. } => applied.push(*seq),
-                ViewUpdate::Event(_) => {}
+                ViewUpdate::AsOf(_) => {}
             }
         }
         assert!(occ.values().all(|r| *r == 0), "{occ:?}");

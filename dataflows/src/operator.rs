@@ -246,6 +246,10 @@ pub fn render_timeline<'scope>(
             }
             let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
             let advanced = publish_now && (state_watermark != published || at_end);
+            if let Some(w) = state_watermark.filter(|_| advanced) {
+                // Everything final below `w` precedes this mark on the finals output.
+                out.finals.push(Finalized::Watermark(w));
+            }
             if !out.raw.is_empty()
                 || !out.finals.is_empty()
                 || !out.rows.is_empty()
@@ -259,12 +263,14 @@ pub fn render_timeline<'scope>(
                         .activate()
                         .session(&caps_at[0])
                         .give_container(&mut out.raw);
+                    out.raw.reserve(4096);
                 }
                 if !out.finals.is_empty() {
                     finals_out
                         .activate()
                         .session(&caps_at[5])
                         .give_container(&mut out.finals);
+                    out.finals.reserve(4096);
                 }
                 if !out.rows.is_empty() {
                     row_out

@@ -25,15 +25,12 @@ use timely::dataflow::Stream;
 
 /// Hands a collection's changes and progress to `sink`, in time order, once complete,
 /// with the latest epoch (processing-time ms the inputs were read at) they cover.
-///
-/// With `consolidate`, each epoch's updates are consolidated first (an insert and a
-/// retraction of the same record in one epoch cancel); otherwise they must already be exact
-/// retract/insert pairs. Either way retractions come before insertions within an epoch.
+/// Within an epoch, retractions come before insertions (the collection must consist of
+/// exact retract/insert pairs).
 pub fn publish<'scope, D, F>(
     name: &str,
     updates: VecCollection<'scope, u64, D, isize>,
     progress: Stream<'scope, u64, Vec<Progress>>,
-    consolidate: bool,
     mut sink: F,
 ) where
     D: timely::ExchangeData + Ord,
@@ -75,9 +72,6 @@ pub fn publish<'scope, D, F>(
                 }
                 let (t, mut ups) = updates.pop_first().expect("checked");
                 epoch = Some(t);
-                if consolidate {
-                    differential_dataflow::consolidation::consolidate(&mut ups);
-                }
                 ups.sort_by_key(|(_, r)| *r);
                 batch.extend(ups);
             }

@@ -36,7 +36,8 @@ pub struct Submitted {
 /// Geofence catalogue and view, shared by the API handlers and the dataflow.
 pub struct GeofenceView {
     catalog: Mutex<Catalog>,
-    inner: RwLock<Inner>,
+    /// One shard per worker: a worker writes only its own (its vehicles), readers merge.
+    shards: Vec<RwLock<Shard>>,
     changed: tokio::sync::Notify,
     closed: AtomicBool,
 }
@@ -47,14 +48,15 @@ struct Catalog {
     next_seq: u64,
 }
 
-struct Inner {
-    occupants: HashMap<CompactString, BTreeMap<CompactString, Millis>>,
+#[derive(Default)]
+struct Shard {
+    occupants: HashMap<CompactString, HashMap<CompactString, Millis>>,
     events: VecDeque<GeofenceEvent>,
-    /// Per worker: the last change applied.
-    applied: Vec<u64>,
+    /// The last change applied.
+    applied: u64,
     /// Change -> the watermark it took effect at (recent ones).
     effective: BTreeMap<u64, Option<Millis>>,
-    as_of: Vec<Option<Millis>>,
+    as_of: Option<Millis>,
 }
 
 impl GeofenceView {
@@ -71,13 +73,9 @@ impl GeofenceView {
                 sender,
                 next_seq: 1,
             }),
-            inner: RwLock::new(Inner {
-                occupants: HashMap::new(),
-                events: VecDeque::new(),
-                applied: vec![0; workers.max(1)],
-                effective: BTreeMap::new(),
-                as_of: vec![None; workers.max(1)],
-            }),
+            shards: (0..workers.max(1))
+                .map(|_| RwLock::new(Shard::default()))
+                .collect(),
             changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         }
@@ -128,11 +126,15 @@ impl GeofenceView {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let inner = self.inner.read().expect("view lock");
-                if inner.applied.iter().all(|a| *a >= seq) {
-                    return Some(inner.effective.get(&seq).copied().flatten());
-                }
+            let mut at = None;
+            let mut done = true;
+            for shard in &self.shards {
+                let shard = shard.read().expect("view lock");
+                done &= shard.applied >= seq;
+                at = at.or(shard.effective.get(&seq).copied());
+            }
+            if done {
+                return Some(at.flatten());
             }
             if self.closed.load(Ordering::Relaxed) {
                 return None;
@@ -178,48 +180,44 @@ impl GeofenceView {
         (items, false)
     }
 
-    /// Applies a worker's published changes: occupancy updates (retractions first),
-    /// events, applied changes, and its watermark.
+    /// Applies a worker's changes in the order they happened: occupancy updates (+1 enters,
+    /// -1 leaves), events and applied changes.
     pub fn apply(
         &self,
         worker: usize,
         occupants: Vec<(CompactString, CompactString, Millis, isize)>,
-        events: Vec<GeofenceEvent>,
+        events: &[GeofenceEvent],
         applied: Vec<(u64, Option<Millis>)>,
-        watermark: Option<Millis>,
     ) {
+        let Some(shard) = self.shards.get(worker) else {
+            return;
+        };
         let notify = !applied.is_empty();
         {
-            let mut inner = self.inner.write().expect("view lock");
+            let mut shard = shard.write().expect("view lock");
             for (g, v, entered_at, diff) in occupants {
                 if diff > 0 {
-                    inner.occupants.entry(g).or_default().insert(v, entered_at);
-                } else if let Some(m) = inner.occupants.get_mut(&g) {
+                    shard.occupants.entry(g).or_default().insert(v, entered_at);
+                } else if let Some(m) = shard.occupants.get_mut(&g) {
                     if m.get(&v) == Some(&entered_at) {
                         m.remove(&v);
                         if m.is_empty() {
-                            inner.occupants.remove(&g);
+                            shard.occupants.remove(&g);
                         }
                     }
                 }
             }
-            for e in events {
-                if inner.events.len() == RECENT_EVENTS {
-                    inner.events.pop_front();
-                }
-                inner.events.push_back(e);
-            }
+            // Only the newest events are kept: copy no more than fit.
+            let events = &events[events.len().saturating_sub(RECENT_EVENTS)..];
+            let excess = (shard.events.len() + events.len()).saturating_sub(RECENT_EVENTS);
+            shard.events.drain(..excess);
+            shard.events.extend(events.iter().cloned());
             for (seq, at) in applied {
-                if let Some(a) = inner.applied.get_mut(worker) {
-                    *a = (*a).max(seq);
+                shard.applied = shard.applied.max(seq);
+                shard.effective.insert(seq, at);
+                while shard.effective.len() > 4096 {
+                    shard.effective.pop_first();
                 }
-                inner.effective.insert(seq, at);
-                while inner.effective.len() > 4096 {
-                    inner.effective.pop_first();
-                }
-            }
-            if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
-                *slot = Some(slot.map_or(w, |old| old.max(w)));
             }
         }
         if notify {
@@ -227,25 +225,33 @@ impl GeofenceView {
         }
     }
 
-    /// The watermark through which every worker's geofence results are published.
+    /// Records the watermark through which `worker`'s geofence results are complete.
+    pub fn advance(&self, worker: usize, watermark: Option<Millis>) {
+        if let (Some(w), Some(shard)) = (watermark, self.shards.get(worker)) {
+            let mut shard = shard.write().expect("view lock");
+            shard.as_of = Some(shard.as_of.map_or(w, |old| old.max(w)));
+        }
+    }
+
+    /// The watermark through which every worker's geofence results are complete.
     pub fn as_of(&self) -> Option<Millis> {
-        let inner = self.inner.read().expect("view lock");
-        inner
-            .as_of
+        self.shards
             .iter()
-            .copied()
+            .map(|s| s.read().expect("view lock").as_of)
             .collect::<Option<Vec<_>>>()
             .and_then(|v| v.into_iter().min())
     }
 
     /// The vehicles inside geofence `id` with their `entered_at`, by vehicle id.
     pub fn occupants(&self, id: &str) -> Vec<(CompactString, Millis)> {
-        let inner = self.inner.read().expect("view lock");
-        inner
-            .occupants
-            .get(id)
-            .map(|m| m.iter().map(|(v, t)| (v.clone(), *t)).collect())
-            .unwrap_or_default()
+        let mut out: Vec<(CompactString, Millis)> = Vec::new();
+        for shard in &self.shards {
+            if let Some(m) = shard.read().expect("view lock").occupants.get(id) {
+                out.extend(m.iter().map(|(v, t)| (v.clone(), *t)));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Recent events passing `keep`, newest first, at most `limit`.
@@ -254,9 +260,11 @@ impl GeofenceView {
         limit: usize,
         keep: impl Fn(&GeofenceEvent) -> bool,
     ) -> Vec<GeofenceEvent> {
-        let inner = self.inner.read().expect("view lock");
-        let mut out: Vec<GeofenceEvent> =
-            inner.events.iter().filter(|e| keep(e)).cloned().collect();
+        let mut out: Vec<GeofenceEvent> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().expect("view lock");
+            out.extend(shard.events.iter().filter(|e| keep(e)).cloned());
+        }
         // Newest first; ties in a fixed order.
         out.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| b.cmp(a)));
         out.truncate(limit);

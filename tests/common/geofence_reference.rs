@@ -1,13 +1,12 @@
 //! A plain, sequential reference of semantics §5 (geofences), written from the text: every
 //! fix is tested against every geofence (no index, no incremental state beyond the
-//! definition), with containment computed here from `geo`'s coordinate position and the
-//! haversine formula.
+//! definition), with containment computed here with `geo`'s `Intersects` (boundary included) and
+//! the haversine formula.
 
 use fleetflow_types::fix::{haversine_km, Fix};
 use fleetflow_types::geofence::{Geofence, Shape};
 use fleetflow_types::records::{GeofenceCause, GeofenceEvent, GeofenceEventKind};
-use geo::coordinate_position::CoordPos;
-use geo::{Coord, CoordinatePosition};
+use geo::{Coord, Intersects};
 use std::collections::BTreeMap;
 
 /// A runtime change that took effect at watermark `at`.
@@ -33,9 +32,7 @@ pub struct GeoExpected {
 /// Whether `(lat, lon)` is inside `g`: boundary inside, holes outside, circles by haversine.
 pub fn inside(g: &Geofence, lat: f64, lon: f64) -> bool {
     match &g.shape {
-        Shape::Polygons(mp) => mp
-            .iter()
-            .any(|p| p.coordinate_position(&Coord { x: lon, y: lat }) != CoordPos::Outside),
+        Shape::Polygons(mp) => mp.intersects(&Coord { x: lon, y: lat }),
         Shape::Circle {
             lat: clat,
             lon: clon,

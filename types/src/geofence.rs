@@ -16,7 +16,8 @@
 
 use crate::fix::{haversine_km, EARTH_RADIUS_KM};
 use compact_str::CompactString;
-use geo::{Coord, Intersects, LineString, MultiPolygon, Polygon, Validation};
+use geo::coordinate_position::CoordPos;
+use geo::{Coord, CoordinatePosition, LineString, MultiPolygon, Polygon, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -62,17 +63,60 @@ pub struct GeofenceError {
 /// Bounding box `[min_lon, min_lat, max_lon, max_lat]`.
 pub type BBox = [f64; 4];
 
+/// Whether any of `polygons` holds the point (boundary included, holes excluded). Callers
+/// usually checked a bounding box already; this does not recompute one.
+#[inline]
+pub fn polygons_contain(polygons: &[Polygon<f64>], lat: f64, lon: f64) -> bool {
+    polygons
+        .iter()
+        .any(|p| p.coordinate_position(&Coord { x: lon, y: lat }) != CoordPos::Outside)
+}
+
+/// Whether the point is within `radius_m` (haversine) of the center.
+#[inline]
+pub fn circle_contains(clat: f64, clon: f64, radius_m: f64, lat: f64, lon: f64) -> bool {
+    haversine_km(clat, clon, lat, lon) * 1000.0 <= radius_m
+}
+
+/// [`circle_contains`] for a point whose `cos(lat)` the caller computed once for many
+/// circles: most points are decided by the equirectangular distance, which for circles up
+/// to 10 km below 80° of latitude is within 0.5% of the haversine one, and only points
+/// within 1% of the radius fall back to the exact haversine test. Same answers, no
+/// trigonometry in the common case.
+#[inline]
+pub fn circle_contains_near(
+    clat: f64,
+    clon: f64,
+    radius_m: f64,
+    lat: f64,
+    lon: f64,
+    cos_lat: f64,
+) -> bool {
+    if radius_m <= 10_000.0 && lat.abs() < 80.0 && clat.abs() < 80.0 && (lon - clon).abs() < 1.0 {
+        let dy = (lat - clat).to_radians();
+        let dx = (lon - clon).to_radians() * cos_lat;
+        let d = EARTH_RADIUS_KM * 1000.0 * (dx * dx + dy * dy).sqrt();
+        if d < radius_m * 0.99 {
+            return true;
+        }
+        if d > radius_m * 1.01 {
+            return false;
+        }
+    }
+    circle_contains(clat, clon, radius_m, lat, lon)
+}
+
 impl Geofence {
     /// Whether the point is inside (boundary included, holes excluded).
     #[inline]
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
         match &self.shape {
-            Shape::Polygons(mp) => mp.intersects(&Coord { x: lon, y: lat }),
+            Shape::Polygons(mp) => polygons_contain(&mp.0, lat, lon),
             Shape::Circle {
                 lat: clat,
                 lon: clon,
                 radius_m,
-            } => haversine_km(*clat, *clon, lat, lon) * 1000.0 <= *radius_m,
+            } => circle_contains(*clat, *clon, *radius_m, lat, lon),
         }
     }
 
@@ -201,7 +245,7 @@ impl Geofence {
             Some(Value::String(t)) if !t.is_empty() => Some(CompactString::from(t.as_str())),
             Some(_) => return Err(err(&name, "properties.tenant must be a string".into())),
         };
-        let feature: geojson::Feature = serde_json::from_value(value.clone())
+        let feature = <geojson::Feature as Deserialize>::deserialize(value)
             .map_err(|e| err(&name, format!("is not valid GeoJSON: {e}")))?;
         let Some(geometry) = feature.geometry else {
             return Err(err(&name, "has no geometry".into()));
@@ -417,6 +461,38 @@ mod tests {
         // Points due east at 149 m are inside and inside the box.
         let east = -8.61 + dlat(149.0) / 41.15f64.to_radians().cos();
         assert!(g.contains(41.15, east) && east < b[2]);
+    }
+
+    #[test]
+    fn the_fast_circle_test_agrees_with_haversine() {
+        use proptest::prelude::*;
+        let mut runner =
+            proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(100_000));
+        runner
+            .run(
+                &(
+                    -85.0..85.0f64,
+                    -179.0..179.0f64,
+                    1.0..12_000.0f64,
+                    0.0..std::f64::consts::TAU,
+                    0.0..2.0f64,
+                ),
+                |(clat, clon, r, angle, frac)| {
+                    // Points around the circle, many close to its edge.
+                    let d = r * frac;
+                    let lat = clat + (d * angle.cos() / 1000.0 / EARTH_RADIUS_KM).to_degrees();
+                    let lon = clon
+                        + (d * angle.sin() / 1000.0 / EARTH_RADIUS_KM).to_degrees()
+                            / clat.to_radians().cos().max(0.05);
+                    let cos = lat.to_radians().cos();
+                    prop_assert_eq!(
+                        circle_contains_near(clat, clon, r, lat, lon, cos),
+                        circle_contains(clat, clon, r, lat, lon)
+                    );
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! Shared by the end-to-end benches: cached generated inputs and running the release binary.
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An environment variable or a default.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Where generated inputs are cached: `$CARGO_TARGET_DIR/bench-data`.
+pub fn data_dir() -> PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| PathBuf::from(d).join("bench-data"))
+        .unwrap_or(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A generated input of about `events` fixes from `vehicles` vehicles in `files` files
+/// (5 s interval), generated once and cached.
+pub fn generated_input(bin: &str, events: u64, vehicles: u64, files: &str) -> PathBuf {
+    let input = data_dir().join(format!("gen-{events}-{vehicles}-f{files}"));
+    if !input.exists() {
+        let st = Command::new(bin)
+            .args([
+                "generate",
+                "--vehicles",
+                &vehicles.to_string(),
+                "--duration",
+                &format!("{}s", events / vehicles * 5),
+                "--files",
+                files,
+                "--out",
+            ])
+            .arg(&input)
+            .status()
+            .unwrap();
+        assert!(st.success(), "generate");
+    }
+    input
+}
+
+/// What one run printed in its summary.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// Events per second (wall time of the whole run).
+    pub events_per_s: String,
+    /// Start-up time, s.
+    pub startup_s: String,
+    /// Events per second after start-up.
+    pub processing_events_per_s: String,
+    /// Read-to-visible latency p50, ms.
+    pub p50_ms: Option<u64>,
+    /// The same, p99.
+    pub p99_ms: Option<u64>,
+    /// Peak resident memory, MiB.
+    pub peak_mib: String,
+    /// The `rows` line (rows per dataset).
+    pub rows: String,
+}
+
+/// Runs `fleetflow run spec` and reads its closing summary.
+pub fn run(bin: &str, spec: &Path) -> Figures {
+    let out = Command::new(bin)
+        .args(["run"])
+        .arg(spec)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{summary}");
+    let field = |prefix: &str| {
+        summary
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    };
+    let events_per_s = field("events")
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    let startup = field("startup");
+    let startup_s = startup
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("?")
+        .trim_end_matches('s')
+        .to_string();
+    let processing_events_per_s = startup
+        .split("(then ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    let lat = field("latency");
+    let mut lat = lat.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    let (p50_ms, p99_ms) = (lat.next(), lat.next());
+    let peak_mib = field("peak rss")
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("?")
+        .to_string();
+    Figures {
+        events_per_s,
+        startup_s,
+        processing_events_per_s,
+        p50_ms,
+        p99_ms,
+        peak_mib,
+        rows: field("rows"),
+    }
+}
+
+/// The generator's default center and area radius.
+const CENTER: [f64; 2] = [52.52, 13.405];
+const AREA_M: f64 = 15_000.0;
+
+fn offset(lat: f64, lon: f64, north_m: f64, east_m: f64) -> [f64; 2] {
+    [
+        lon + east_m / (111_195.0 * lat.to_radians().cos()),
+        lat + north_m / 111_195.0,
+    ]
+}
+
+/// `n` random geofences, half circles, half star-shaped polygons, 50-500 m across.
+pub fn fences(n: usize) -> String {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+    let features: Vec<_> = (0..n)
+        .map(|i| {
+            let (r, a) = (
+                AREA_M * rng.random::<f64>().sqrt(),
+                rng.random_range(0.0..std::f64::consts::TAU),
+            );
+            let [lon, lat] = offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin());
+            let radius = rng.random_range(25.0..250.0);
+            if i % 2 == 0 {
+                json!({"type": "Feature", "id": format!("c{i}"), "properties": {"radius_m": radius},
+                    "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+            } else {
+                let k = rng.random_range(5..10);
+                let mut ring: Vec<[f64; 2]> = (0..k)
+                    .map(|j| {
+                        let t = std::f64::consts::TAU * j as f64 / k as f64;
+                        let rr = radius * rng.random_range(0.5..1.0);
+                        offset(lat, lon, rr * t.cos(), rr * t.sin())
+                    })
+                    .collect();
+                ring.push(ring[0]);
+                json!({"type": "Feature", "id": format!("p{i}"), "properties": {},
+                    "geometry": {"type": "Polygon", "coordinates": [ring]}})
+            }
+        })
+        .collect();
+    json!({"type": "FeatureCollection", "features": features}).to_string()
+}
