@@ -5,16 +5,22 @@
 //!                                                               │ final fixes in ts order per vehicle,
 //!                                                               │ changes interleaved at the watermark
 //!                                                               ▼
-//!                                                         "Geofences" ─┬─► events     (lake, final)
-//!                                                                      └─► view updates (occupancy, events,
-//!                                                                          applied changes) for the API
+//!                                                         "Geofences" ─┬─► events (lake, final)
+//!                                                                      └─► view: occupancy ±1, events,
+//!                                                                          applied changes, as_of (API)
 //! ```
 //!
-//! Every worker holds every geofence in an R-tree of bounding boxes ([`FenceIndex`]), so a
-//! fix costs a tree descent plus an exact test of the few fences whose box holds it,
-//! however many fences exist elsewhere. Per vehicle the operator keeps the position of its
-//! latest final fix and the visits in progress (fence, `entered_at`, dwell emitted): state
-//! grows with vehicles times the fences they are in, never with events.
+//! Every geofence is in one [`FenceIndex`] (a cell covering for small geofences, an R-tree
+//! for large ones), shared by the workers until a runtime change, so a fix costs one cell
+//! scan plus an exact test of the few geofences whose box holds it, however many geofences
+//! exist elsewhere. Per vehicle the operator keeps the position of its latest final fix
+//! and the visits in progress (geofence, `entered_at`, dwell emitted): state grows with
+//! vehicles times the geofences they are in, never with events.
+//!
+//! Occupancy is maintained incrementally: each enter is a +1 and each exit a -1 of
+//! `(geofence, vehicle, entered_at)`, handed in order to the worker's shard of the API's
+//! shared view after every batch (so no consolidation is needed), together with a mark of
+//! the watermark through which the worker's fixes have been processed (`as_of`).
 //!
 //! Events are computed from final fixes only (the watermark passed them), so they are never
 //! revised, and each transition is an event record of its own: an enter and an exit in one

@@ -12,9 +12,9 @@
 //! watermark the worker had reached, so that a reader sees a consistent `as_of`.
 //!
 //! The state collection is not arranged here: the view is its only consumer and the
-//! timeline emits exact retract/insert pairs, so an arrangement would only add work. The
-//! first dataflow consumer that joins with vehicle state (geofences) arranges it once and
-//! shares the arrangement.
+//! timeline emits exact retract/insert pairs, so an arrangement would only add work.
+//! (Geofencing does not join with it either: it follows final fixes per vehicle on the
+//! vehicle's own worker.)
 
 use crate::operator::Progress;
 use differential_dataflow::VecCollection;
