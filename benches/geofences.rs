@@ -39,35 +39,46 @@ fn main() {
         "p99 ms",
         "peak MiB"
     );
-    let mut base: Option<f64> = None;
-    for n in counts {
-        let path = data_dir().join(format!("fences-{n}.geojson"));
-        if !path.exists() {
-            std::fs::write(&path, fences(n)).unwrap();
+    // Runs are interleaved (every count once per round) so that drift of the machine's
+    // speed affects all counts alike; each count reports its median run.
+    let specs: Vec<(usize, tempfile::TempDir)> = counts
+        .iter()
+        .map(|&n| {
+            let path = data_dir().join(format!("fences-{n}.geojson"));
+            if !path.exists() {
+                std::fs::write(&path, fences(n)).unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("job.toml"),
+                format!(
+                    "name = \"bench\"\nworkers = {workers}\n[source]\nkind = \"file\"\npath = {input:?}\n[geofences]\npath = {path:?}\n[lake]\nurl = \"file://{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+                    dir.path().join("lake").display()
+                ),
+            )
+            .unwrap();
+            (n, dir)
+        })
+        .collect();
+    let mut results: Vec<Vec<common::Figures>> = counts.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs.max(1) {
+        for (i, (_, dir)) in specs.iter().enumerate() {
+            let _ = std::fs::remove_dir_all(dir.path().join("lake"));
+            results[i].push(run(bin, &dir.path().join("job.toml")));
         }
-        let lake = tempfile::tempdir().unwrap();
-        let spec = lake.path().join("job.toml");
-        std::fs::write(
-            &spec,
-            format!(
-                "name = \"bench\"\nworkers = {workers}\n[source]\nkind = \"file\"\npath = {input:?}\n[geofences]\npath = {path:?}\n[lake]\nurl = \"file://{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-                lake.path().join("lake").display()
-            ),
-        )
-        .unwrap();
-        let mut all: Vec<_> = (0..runs.max(1)).map(|_| run(bin, &spec)).collect();
-        all.sort_by(|a, b| {
-            let r = |f: &common::Figures| f.processing_events_per_s.parse::<f64>().unwrap_or(0.0);
-            r(a).total_cmp(&r(b))
-        });
+    }
+    let rate = |f: &common::Figures| f.processing_events_per_s.parse::<f64>().unwrap_or(f64::NAN);
+    let mut base: Option<f64> = None;
+    for ((n, _), mut all) in specs.iter().zip(results) {
+        all.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
         let f = all.swap_remove(all.len() / 2);
-        let rate: f64 = f.processing_events_per_s.parse().unwrap_or(f64::NAN);
+        let r = rate(&f);
         let share = match base {
-            None if n == 0 => {
-                base = Some(rate);
+            None if *n == 0 => {
+                base = Some(r);
                 1.0
             }
-            Some(b) => rate / b,
+            Some(b) => r / b,
             None => f64::NAN,
         };
         println!(

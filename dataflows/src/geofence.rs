@@ -130,8 +130,11 @@ const MAX_CELLS: i64 = 256;
 /// polygons that pass the box test are followed to their rings.
 #[derive(Clone, Copy, Debug)]
 struct CellEntry {
-    bbox: fleetflow_types::geofence::BBox,
-    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons (one cache line in all).
+    /// The box relative to the cell's corner, in single precision, widened by
+    /// [`BOX_SLACK`] so that rounding never excludes a point (a pre-test only: the exact
+    /// test follows).
+    bbox: [f32; 4],
+    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons (48 bytes in all).
     circle: [f64; 3],
     /// Interned tenant, 0 for geofences of every tenant.
     tenant: u32,
@@ -139,6 +142,52 @@ struct CellEntry {
 }
 
 type Cell = (i32, i32);
+
+/// A geofence's polygons, the usual single one held inline (one pointer less to follow).
+#[derive(Clone, Debug)]
+enum Rings {
+    None,
+    One(geo::Polygon<f64>),
+    Many(Vec<geo::Polygon<f64>>),
+}
+
+impl Rings {
+    fn of(polygons: &[geo::Polygon<f64>]) -> Rings {
+        match polygons {
+            [] => Rings::None,
+            [one] => Rings::One(one.clone()),
+            many => Rings::Many(many.to_vec()),
+        }
+    }
+
+    fn as_slice(&self) -> &[geo::Polygon<f64>] {
+        match self {
+            Rings::None => &[],
+            Rings::One(p) => std::slice::from_ref(p),
+            Rings::Many(v) => v,
+        }
+    }
+}
+
+/// Widening of the single-precision cell boxes, degrees (about 1 cm; far above the rounding
+/// error of offsets below a degree).
+const BOX_SLACK: f32 = 1e-7;
+
+/// The south-west corner of a cell.
+fn cell_origin((x, y): Cell) -> (f64, f64) {
+    (x as f64 * CELL_DEG, y as f64 * CELL_DEG)
+}
+
+/// `b` relative to the corner of `cell`, widened.
+fn relative_box(b: &fleetflow_types::geofence::BBox, cell: Cell) -> [f32; 4] {
+    let (ox, oy) = cell_origin(cell);
+    [
+        (b[0] - ox) as f32 - BOX_SLACK,
+        (b[1] - oy) as f32 - BOX_SLACK,
+        (b[2] - ox) as f32 + BOX_SLACK,
+        (b[3] - oy) as f32 + BOX_SLACK,
+    ]
+}
 
 fn cell_of(lon: f64, lat: f64) -> Cell {
     (
@@ -184,7 +233,7 @@ pub struct FenceIndex {
     /// Ids by slot, apart from the geofences for locality.
     ids: Vec<CompactString>,
     /// Polygons by slot (empty for circles), apart from the geofences for locality.
-    polygons: Vec<Vec<geo::Polygon<f64>>>,
+    polygons: Vec<Rings>,
     /// Tenant -> code (from 1).
     tenants: HashMap<CompactString, u32, ahash::RandomState>,
 }
@@ -216,11 +265,11 @@ impl FenceIndex {
             Some(t) => *self.tenants.entry(t.clone()).or_insert(next_code),
         };
         let (circle, polygons) = match &g.shape {
-            Shape::Circle { lat, lon, radius_m } => ([*lat, *lon, *radius_m], Vec::new()),
-            Shape::Polygons(mp) => ([0.0, 0.0, f64::NAN], mp.0.clone()),
+            Shape::Circle { lat, lon, radius_m } => ([*lat, *lon, *radius_m], Rings::None),
+            Shape::Polygons(mp) => ([0.0, 0.0, f64::NAN], Rings::of(&mp.0)),
         };
         if self.polygons.len() <= slot as usize {
-            self.polygons.resize_with(slot as usize + 1, Vec::new);
+            self.polygons.resize_with(slot as usize + 1, || Rings::None);
             self.ids
                 .resize_with(slot as usize + 1, CompactString::default);
         }
@@ -232,7 +281,7 @@ impl FenceIndex {
             for x in min.0..=max.0 {
                 for y in min.1..=max.1 {
                     self.grid.entry((x, y)).or_default().push(CellEntry {
-                        bbox: b,
+                        bbox: relative_box(&b, (x, y)),
                         circle,
                         tenant,
                         slot,
@@ -320,7 +369,7 @@ impl FenceIndex {
                 }
             }
         }
-        self.polygons[slot as usize] = Vec::new();
+        self.polygons[slot as usize] = Rings::None;
         self.free.push(slot);
         Some(slot)
     }
@@ -337,17 +386,26 @@ impl FenceIndex {
                 out.push(slot);
             }
         };
-        if let Some(cands) = self.grid.get(&cell_of(lon, lat)) {
+        let cell = cell_of(lon, lat);
+        if let Some(cands) = self.grid.get(&cell) {
             // Tenants no geofence names match only geofences of every tenant.
             let code = self.tenants.get(tenant).copied().unwrap_or(u32::MAX);
             let cos_lat = lat.to_radians().cos();
+            let (ox, oy) = cell_origin(cell);
+            let (x, y) = ((lon - ox) as f32, (lat - oy) as f32);
             for e in cands {
-                if !in_box(&e.bbox) || (e.tenant != 0 && e.tenant != code) {
+                let b = &e.bbox;
+                if x < b[0]
+                    || x > b[2]
+                    || y < b[1]
+                    || y > b[3]
+                    || (e.tenant != 0 && e.tenant != code)
+                {
                     continue;
                 }
                 let [clat, clon, r] = e.circle;
                 let inside = if r.is_nan() {
-                    polygons_contain(&self.polygons[e.slot as usize], lat, lon)
+                    polygons_contain(self.polygons[e.slot as usize].as_slice(), lat, lon)
                 } else {
                     circle_contains_near(clat, clon, r, lat, lon, cos_lat)
                 };
@@ -365,9 +423,11 @@ impl FenceIndex {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Visit {
     slot: u32,
+    /// The geofence's id, kept here so that exits and dwells need not look it up.
+    id: CompactString,
     entered_at: Millis,
     dwelled: bool,
 }
@@ -425,7 +485,7 @@ impl Geofencing {
 
     fn event(
         &self,
-        slot: u32,
+        id: &CompactString,
         v: &CompactString,
         tenant: &CompactString,
         (kind, cause): (GeofenceEventKind, GeofenceCause),
@@ -433,7 +493,7 @@ impl Geofencing {
         out: &mut GeoOutputs,
     ) {
         let e = GeofenceEvent {
-            geofence_id: self.index.id(slot).clone(),
+            geofence_id: id.clone(),
             vehicle_id: v.clone(),
             tenant: tenant.clone(),
             kind,
@@ -445,7 +505,7 @@ impl Geofencing {
 
     fn occupant(
         &self,
-        slot: u32,
+        id: &CompactString,
         v: &CompactString,
         entered_at: Millis,
         diff: isize,
@@ -453,7 +513,7 @@ impl Geofencing {
     ) {
         out.view.push((
             ViewUpdate::Occupant {
-                geofence: self.index.id(slot).clone(),
+                geofence: id.clone(),
                 vehicle: v.clone(),
                 entered_at,
             },
@@ -499,15 +559,15 @@ impl Geofencing {
                 let n = now.get(j).copied();
                 match (o, n) {
                     (Some(a), Some(b)) if a == b => {
-                        next.push(old[i]);
+                        next.push(old[i].clone());
                         i += 1;
                         j += 1;
                     }
                     (Some(a), b) if b.is_none_or(|b| a < b) => {
-                        let visit = old[i];
-                        self.occupant(visit.slot, &p.vehicle_id, visit.entered_at, -1, out);
+                        let visit = &old[i];
+                        self.occupant(&visit.id, &p.vehicle_id, visit.entered_at, -1, out);
                         self.event(
-                            visit.slot,
+                            &visit.id,
                             &p.vehicle_id,
                             &p.tenant,
                             (GeofenceEventKind::Exit, GeofenceCause::Fix),
@@ -517,9 +577,10 @@ impl Geofencing {
                         i += 1;
                     }
                     (_, Some(b)) => {
-                        self.occupant(b, &p.vehicle_id, p.ts, 1, out);
+                        let id = self.index.id(b).clone();
+                        self.occupant(&id, &p.vehicle_id, p.ts, 1, out);
                         self.event(
-                            b,
+                            &id,
                             &p.vehicle_id,
                             &p.tenant,
                             (GeofenceEventKind::Enter, GeofenceCause::Fix),
@@ -528,6 +589,7 @@ impl Geofencing {
                         );
                         next.push(Visit {
                             slot: b,
+                            id,
                             entered_at: p.ts,
                             dwelled: false,
                         });
@@ -542,12 +604,11 @@ impl Geofencing {
             state.lon = p.lon;
             state.tenant = p.tenant.clone();
         }
-        for k in 0..state.inside.len() {
-            let visit = state.inside[k];
+        for visit in state.inside.iter_mut() {
             if !visit.dwelled && p.ts.saturating_sub(visit.entered_at) >= self.dwell_after {
-                state.inside[k].dwelled = true;
+                visit.dwelled = true;
                 self.event(
-                    visit.slot,
+                    &visit.id,
                     &p.vehicle_id,
                     &p.tenant,
                     (GeofenceEventKind::Dwell, GeofenceCause::Fix),
@@ -572,9 +633,9 @@ impl Geofencing {
             }
             events.sort();
             for (vid, tenant, entered_at) in events {
-                self.occupant(slot, &vid, entered_at, -1, out);
+                self.occupant(&change.id, &vid, entered_at, -1, out);
                 self.event(
-                    slot,
+                    &change.id,
                     &vid,
                     &tenant,
                     (GeofenceEventKind::Exit, GeofenceCause::GeofenceRemoved),
@@ -594,6 +655,7 @@ impl Geofencing {
                         k,
                         Visit {
                             slot,
+                            id: g.id.clone(),
                             entered_at: ts,
                             dwelled: false,
                         },
@@ -603,9 +665,9 @@ impl Geofencing {
             }
             events.sort();
             for (vid, tenant) in events {
-                self.occupant(slot, &vid, ts, 1, out);
+                self.occupant(&g.id, &vid, ts, 1, out);
                 self.event(
-                    slot,
+                    &g.id,
                     &vid,
                     &tenant,
                     (GeofenceEventKind::Enter, GeofenceCause::GeofenceAdded),

@@ -48,9 +48,13 @@ struct Catalog {
     next_seq: u64,
 }
 
+type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
+
 #[derive(Default)]
 struct Shard {
-    occupants: HashMap<CompactString, HashMap<CompactString, Millis>>,
+    /// Geofence -> vehicle -> entered_at. A geofence's map is kept when it empties (there
+    /// is at most one per geofence), so vehicles passing through cost no allocation.
+    occupants: Fast<CompactString, Fast<CompactString, Millis>>,
     events: VecDeque<GeofenceEvent>,
     /// The last change applied.
     applied: u64,
@@ -201,9 +205,6 @@ impl GeofenceView {
                 } else if let Some(m) = shard.occupants.get_mut(&g) {
                     if m.get(&v) == Some(&entered_at) {
                         m.remove(&v);
-                        if m.is_empty() {
-                            shard.occupants.remove(&g);
-                        }
                     }
                 }
             }

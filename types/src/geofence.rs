@@ -16,8 +16,8 @@
 
 use crate::fix::{haversine_km, EARTH_RADIUS_KM};
 use compact_str::CompactString;
-use geo::coordinate_position::CoordPos;
-use geo::{Coord, CoordinatePosition, LineString, MultiPolygon, Polygon, Validation};
+use geo::coordinate_position::{coord_pos_relative_to_ring, CoordPos};
+use geo::{Coord, LineString, MultiPolygon, Polygon, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -67,9 +67,19 @@ pub type BBox = [f64; 4];
 /// usually checked a bounding box already; this does not recompute one.
 #[inline]
 pub fn polygons_contain(polygons: &[Polygon<f64>], lat: f64, lon: f64) -> bool {
+    let c = Coord { x: lon, y: lat };
     polygons
         .iter()
-        .any(|p| p.coordinate_position(&Coord { x: lon, y: lat }) != CoordPos::Outside)
+        .any(|p| match coord_pos_relative_to_ring(c, p.exterior()) {
+            CoordPos::Outside => false,
+            CoordPos::OnBoundary => true,
+            // Inside the shell: outside unless strictly inside a hole (a hole's boundary is
+            // the polygon's boundary, which counts as inside).
+            CoordPos::Inside => p
+                .interiors()
+                .iter()
+                .all(|h| coord_pos_relative_to_ring(c, h) != CoordPos::Inside),
+        })
 }
 
 /// Whether the point is within `radius_m` (haversine) of the center.
