@@ -142,8 +142,16 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let quickstart =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let quickstart = examples.join("quickstart.toml");
+    // The spec's relative paths are relative to the working directory, as for a newcomer
+    // in the repository.
+    std::fs::create_dir_all(dir.path().join("examples/geofences")).unwrap();
+    std::fs::copy(
+        examples.join("geofences/berlin.geojson"),
+        dir.path().join("examples/geofences/berlin.geojson"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
         .args([
             "run",
@@ -194,6 +202,10 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
     assert!(["moving", "idle", "parked", "offline"].contains(&v["status"].as_str().unwrap()));
     let (status, body) = http_get(&addr, "/v1/vehicles?limit=-1");
     assert_eq!(status, 400, "{body}");
+    let (status, body) = http_get(&addr, "/v1/geofences");
+    assert_eq!(status, 200, "{body}");
+    let fences: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(fences["items"].as_array().unwrap().len(), 4, "{body}");
     std::thread::sleep(Duration::from_secs(2));
     let (_, metrics) = http_get(&addr, "/metrics");
     let accepted: u64 = metrics
@@ -219,6 +231,11 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
         lake_glob(&lake, "1m")
     ));
     assert!(rows[0][0].as_i64().unwrap() > 100, "{rows:?}");
+    let events = duckdb(&format!(
+        "select count(*), count(distinct geofence_id) from {}",
+        lake_glob(&lake, "geofence_events")
+    ));
+    assert!(events[0][0].as_i64().unwrap() > 0, "{events:?}");
     let raw = duckdb(&format!("select count(*) from {}", lake_glob(&lake, "raw")));
     assert!(
         raw[0][0].as_i64().unwrap() >= rows[0][1].as_i64().unwrap(),

@@ -149,6 +149,16 @@ impl GeofenceView {
         }
     }
 
+    /// Number of geofences in the catalogue.
+    pub fn len(&self) -> usize {
+        self.catalog.lock().expect("catalog lock").fences.len()
+    }
+
+    /// Whether the catalogue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// One geofence of the catalogue.
     pub fn get(&self, id: &str) -> Option<Arc<Geofence>> {
         self.catalog

@@ -274,6 +274,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         let _ = writeln!(out, "fleetflow_watermark_ms {w}");
     }
     let _ = writeln!(out, "# HELP fleetflow_vehicles Vehicles in the state view.\n# TYPE fleetflow_vehicles gauge\nfleetflow_vehicles {}", s.vehicles.len());
+    let _ = writeln!(out, "# HELP fleetflow_geofences Geofences in force.\n# TYPE fleetflow_geofences gauge\nfleetflow_geofences {}", s.geofences.len());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

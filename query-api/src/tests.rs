@@ -200,3 +200,181 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("fleetflow_watermark_ms 1234"));
     assert!(text.contains("fleetflow_lake_rows_total{dataset=\"1m\"} 10"));
 }
+
+mod geofence_routes {
+    use super::*;
+    use crate::geofences::GeofenceView;
+    use fleetflow_types::records::{GeofenceCause, GeofenceEvent, GeofenceEventKind};
+
+    async fn send(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn app_with(geofences: Arc<GeofenceView>) -> Router {
+        router(ApiState {
+            vehicles: Arc::new(VehicleView::new(2)),
+            geofences,
+            metrics: Arc::new(Metrics::new(vec![])),
+        })
+    }
+
+    const CIRCLE: &str = r#"{"type":"Feature","properties":{"radius_m":100},"geometry":{"type":"Point","coordinates":[13.4,52.5]}}"#;
+
+    #[tokio::test]
+    async fn changes_are_acknowledged_with_the_watermark_they_took_effect_at() {
+        let (tx, rx) = std::sync::mpsc::channel::<fleetflow_types::records::GeofenceChange>();
+        let view = Arc::new(GeofenceView::new(2, &[], Some(tx)));
+        // Stands in for the dataflow: both workers apply every change at watermark 7000.
+        let applier = view.clone();
+        std::thread::spawn(move || {
+            for c in rx {
+                for w in 0..2 {
+                    applier.apply(w, vec![], &[], vec![(c.seq, Some(7_000))]);
+                }
+            }
+        });
+        let app = app_with(view.clone());
+        let (s, v) = send(&app, "PUT", "/v1/geofences/depot", CIRCLE).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["effective_at"], 7_000);
+        let (s, _) = send(&app, "PUT", "/v1/geofences/depot", CIRCLE).await;
+        assert_eq!(s, StatusCode::OK, "replacing");
+        let (s, v, _) = call(&app, "/v1/geofences").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["items"].as_array().unwrap().len(), 1);
+        let (s, v, _) = call(&app, "/v1/geofences/depot").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["kind"], "circle");
+        assert_eq!(v["feature"]["properties"]["radius_m"], 100.0);
+        let (s, _) = send(&app, "DELETE", "/v1/geofences/depot", "").await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, v) = send(&app, "DELETE", "/v1/geofences/depot", "").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+        assert_eq!(view.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_changes_are_4xx_and_a_stopped_job_is_a_conflict() {
+        let view = Arc::new(GeofenceView::new(1, &[], None));
+        let app = app_with(view);
+        for (body, want) in [
+            ("{", "not JSON"),
+            (
+                r#"{"type":"Feature","id":"other","properties":{"radius_m":5},"geometry":{"type":"Point","coordinates":[1,2]}}"#,
+                "differs",
+            ),
+            (
+                r#"{"type":"Feature","properties":{"radius_m":0},"geometry":{"type":"Point","coordinates":[1,2]}}"#,
+                "radius_m",
+            ),
+            (
+                r#"{"type":"Feature","properties":{},"geometry":{"type":"Polygon","coordinates":[[[0,0],[1,1],[1,0],[0,1],[0,0]]]}}"#,
+                "self-intersection",
+            ),
+        ] {
+            let (s, v) = send(&app, "PUT", "/v1/geofences/x", body).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(want), "{msg}");
+        }
+        let (s, v) = send(&app, "PUT", "/v1/geofences/x", CIRCLE).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert_eq!(v["error"]["code"], "conflict");
+    }
+
+    #[tokio::test]
+    async fn occupants_and_recent_events_read_the_view() {
+        let g = fleetflow_types::geofence::Geofence::from_feature(
+            &serde_json::from_str(CIRCLE).unwrap(),
+            Some("depot"),
+            None,
+            "depot",
+        )
+        .unwrap();
+        let view = Arc::new(GeofenceView::new(2, &[Arc::new(g)], None));
+        let ev = |v: &str, kind, ts| GeofenceEvent {
+            geofence_id: "depot".into(),
+            vehicle_id: v.into(),
+            tenant: "acme".into(),
+            kind,
+            ts,
+            cause: GeofenceCause::Fix,
+        };
+        view.apply(
+            0,
+            vec![
+                ("depot".into(), "V1".into(), 1_000, 1),
+                ("depot".into(), "V2".into(), 2_000, 1),
+                ("depot".into(), "V2".into(), 2_000, -1),
+            ],
+            &[
+                ev("V1", GeofenceEventKind::Enter, 1_000),
+                ev("V2", GeofenceEventKind::Enter, 2_000),
+                ev("V2", GeofenceEventKind::Exit, 3_000),
+            ],
+            vec![],
+        );
+        view.apply(
+            1,
+            vec![("depot".into(), "V3".into(), 2_500, 1)],
+            &[ev("V3", GeofenceEventKind::Enter, 2_500)],
+            vec![],
+        );
+        view.advance(0, Some(4_000));
+        view.advance(1, Some(3_500));
+        let app = app_with(view);
+        let (s, v, _) = call(&app, "/v1/geofences/depot/occupants").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["as_of"], 3_500);
+        assert_eq!(
+            v["items"],
+            serde_json::json!([{"vehicle_id": "V1", "entered_at": 1000}, {"vehicle_id": "V3", "entered_at": 2500}])
+        );
+        let (s, _, _) = call(&app, "/v1/geofences/nope/occupants").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, v, _) = call(&app, "/v1/geofence-events?limit=2").await;
+        let ts: Vec<i64> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ts"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ts, [3_000, 2_500], "newest first, limited");
+        let (_, v, _) = call(
+            &app,
+            "/v1/geofence-events?vehicle=V2&kind=enter&since=1970-01-01T00:00:01.500Z",
+        )
+        .await;
+        assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["items"][0]["cause"], "fix");
+        for bad in ["?since=soon", "?kind=leave", "?limit=0", "?color=red"] {
+            let (s, v, _) = call(&app, &format!("/v1/geofence-events{bad}")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        }
+        let (s, v, _) = call(&app, "/v1/geofences?limit=1").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["items"][0]["id"], "depot");
+        assert!(v["next_cursor"].is_null());
+    }
+}
