@@ -114,7 +114,11 @@ fn bench_geofencing(c: &mut Criterion) {
     use fleetflow_dataflows::geofence::{FenceIndex, FixPoint, GeoOutputs, Geofencing};
     let points: Vec<FixPoint> = fixes(100_000)
         .iter()
-        .map(|f| FixPoint::of(&f.fix))
+        .scan(std::collections::HashMap::new(), |slots, f| {
+            let n = slots.len() as u32;
+            let slot = *slots.entry(f.fix.vehicle_id.clone()).or_insert(n);
+            Some(FixPoint::of(&f.fix, slot))
+        })
         .collect();
     let mut group = c.benchmark_group("geofencing");
     group.sample_size(10);

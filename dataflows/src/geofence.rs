@@ -55,6 +55,9 @@ use timely::dataflow::Stream;
 /// The part of a final fix that geofencing needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FixPoint {
+    /// The vehicle's slot on this worker (dense, stable for the run; assigned by the
+    /// timeline), so that per-vehicle state is an index rather than a hash lookup.
+    pub slot: u32,
     /// Vehicle.
     pub vehicle_id: CompactString,
     /// Its tenant.
@@ -68,9 +71,10 @@ pub struct FixPoint {
 }
 
 impl FixPoint {
-    /// The position of a fix.
-    pub fn of(f: &Fix) -> FixPoint {
+    /// The position of a fix of the vehicle in `slot`.
+    pub fn of(f: &Fix, slot: u32) -> FixPoint {
         FixPoint {
+            slot,
             vehicle_id: f.vehicle_id.clone(),
             tenant: f.tenant.clone(),
             ts: f.ts,
@@ -125,20 +129,28 @@ const CELL_DEG: f64 = 0.002;
 /// Geofences whose box spans more grid cells than this live in the R-tree instead.
 const MAX_CELLS: i64 = 256;
 
-/// A geofence listed in a grid cell with what a lookup needs inline (box, tenant, and a
-/// circle's parameters), so that scanning a cell touches memory in order and only
-/// polygons that pass the box test are followed to their rings.
-#[derive(Clone, Copy, Debug)]
+/// The geofences listed in one grid cell, as two parallel arrays: the boxes alone (16
+/// bytes each, scanned in order for every lookup) and what a lookup needs for the few
+/// whose box holds the point (tenant, a circle's parameters, id), so that a scan touches
+/// little memory and only polygons that pass the box test are followed to their rings.
+#[derive(Clone, Debug, Default)]
+struct CellList {
+    /// Boxes relative to the cell's corner, in single precision, widened by [`BOX_SLACK`]
+    /// so that rounding never excludes a point (a pre-test only: the exact test follows).
+    boxes: Vec<[f32; 4]>,
+    entries: Vec<CellEntry>,
+}
+
+/// One geofence of a [`CellList`].
+#[derive(Clone, Debug)]
 struct CellEntry {
-    /// The box relative to the cell's corner, in single precision, widened by
-    /// [`BOX_SLACK`] so that rounding never excludes a point (a pre-test only: the exact
-    /// test follows).
-    bbox: [f32; 4],
-    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons (48 bytes in all).
+    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons.
     circle: [f64; 3],
     /// Interned tenant, 0 for geofences of every tenant.
     tenant: u32,
     slot: u32,
+    /// The id, at hand when a vehicle enters (72 bytes in all).
+    id: CompactString,
 }
 
 type Cell = (i32, i32);
@@ -228,7 +240,7 @@ pub struct FenceIndex {
     slots: Vec<Option<Slot>>,
     by_id: HashMap<CompactString, u32>,
     free: Vec<u32>,
-    grid: HashMap<Cell, Vec<CellEntry>, ahash::RandomState>,
+    grid: HashMap<Cell, CellList, ahash::RandomState>,
     tree: RTree<Entry>,
     /// Ids by slot, apart from the geofences for locality.
     ids: Vec<CompactString>,
@@ -280,11 +292,13 @@ impl FenceIndex {
         let placement = if cells <= MAX_CELLS {
             for x in min.0..=max.0 {
                 for y in min.1..=max.1 {
-                    self.grid.entry((x, y)).or_default().push(CellEntry {
-                        bbox: relative_box(&b, (x, y)),
+                    let list = self.grid.entry((x, y)).or_default();
+                    list.boxes.push(relative_box(&b, (x, y)));
+                    list.entries.push(CellEntry {
                         circle,
                         tenant,
                         slot,
+                        id: g.id.clone(),
                     });
                 }
             }
@@ -358,9 +372,12 @@ impl FenceIndex {
                 Placement::Grid { min, max } => {
                     for x in min.0..=max.0 {
                         for y in min.1..=max.1 {
-                            if let Some(v) = self.grid.get_mut(&(x, y)) {
-                                v.retain(|e| e.slot != slot);
-                                if v.is_empty() {
+                            if let Some(list) = self.grid.get_mut(&(x, y)) {
+                                if let Some(k) = list.entries.iter().position(|e| e.slot == slot) {
+                                    list.entries.swap_remove(k);
+                                    list.boxes.swap_remove(k);
+                                }
+                                if list.entries.is_empty() {
                                     self.grid.remove(&(x, y));
                                 }
                             }
@@ -374,16 +391,23 @@ impl FenceIndex {
         Some(slot)
     }
 
-    /// The slots of the geofences containing the point that apply to `tenant`, ascending.
-    pub fn containing(&self, lat: f64, lon: f64, tenant: &str, out: &mut Vec<u32>) {
+    /// The slots and ids of the geofences containing the point that apply to `tenant`, by
+    /// slot.
+    pub fn containing(
+        &self,
+        lat: f64,
+        lon: f64,
+        tenant: &str,
+        out: &mut Vec<(u32, CompactString)>,
+    ) {
         out.clear();
         let in_box = |b: &fleetflow_types::geofence::BBox| {
             lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
         };
-        let test = |slot: u32, out: &mut Vec<u32>| {
+        let test = |slot: u32, out: &mut Vec<(u32, CompactString)>| {
             let s = self.slots[slot as usize].as_ref().expect("indexed");
             if in_box(&s.bbox) && s.fence.applies_to(tenant) && s.fence.contains(lat, lon) {
-                out.push(slot);
+                out.push((slot, self.ids[slot as usize].clone()));
             }
         };
         let cell = cell_of(lon, lat);
@@ -393,14 +417,12 @@ impl FenceIndex {
             let cos_lat = lat.to_radians().cos();
             let (ox, oy) = cell_origin(cell);
             let (x, y) = ((lon - ox) as f32, (lat - oy) as f32);
-            for e in cands {
-                let b = &e.bbox;
-                if x < b[0]
-                    || x > b[2]
-                    || y < b[1]
-                    || y > b[3]
-                    || (e.tenant != 0 && e.tenant != code)
-                {
+            for (k, b) in cands.boxes.iter().enumerate() {
+                if x < b[0] || x > b[2] || y < b[1] || y > b[3] {
+                    continue;
+                }
+                let e = &cands.entries[k];
+                if e.tenant != 0 && e.tenant != code {
                     continue;
                 }
                 let [clat, clon, r] = e.circle;
@@ -410,7 +432,7 @@ impl FenceIndex {
                     circle_contains_near(clat, clon, r, lat, lon, cos_lat)
                 };
                 if inside {
-                    out.push(e.slot);
+                    out.push((e.slot, e.id.clone()));
                 }
             }
         }
@@ -419,7 +441,7 @@ impl FenceIndex {
                 test(e.data, out);
             }
         }
-        out.sort_unstable();
+        out.sort_unstable_by_key(|m| m.0);
     }
 }
 
@@ -433,6 +455,7 @@ struct Visit {
 }
 
 struct VehicleFences {
+    id: CompactString,
     tenant: CompactString,
     lat: f64,
     lon: f64,
@@ -455,10 +478,11 @@ pub struct Geofencing {
     /// Shared by the workers until one applies a change (then copied on write), so that
     /// a large set of geofences is built and cached once.
     index: Arc<FenceIndex>,
-    vehicles: HashMap<CompactString, VehicleFences, ahash::RandomState>,
+    /// By the timeline's vehicle slot.
+    vehicles: Vec<Option<VehicleFences>>,
     dwell_after: Millis,
     worker: usize,
-    buf: Vec<u32>,
+    buf: Vec<(u32, CompactString)>,
 }
 
 impl Geofencing {
@@ -466,7 +490,7 @@ impl Geofencing {
     pub fn new(index: Arc<FenceIndex>, dwell_after: Millis, worker: usize) -> Geofencing {
         Geofencing {
             index,
-            vehicles: HashMap::default(),
+            vehicles: Vec::new(),
             dwell_after,
             worker,
             buf: Vec::new(),
@@ -480,7 +504,7 @@ impl Geofencing {
 
     /// Number of vehicles seen.
     pub fn vehicles(&self) -> usize {
-        self.vehicles.len()
+        self.vehicles.iter().flatten().count()
     }
 
     fn event(
@@ -523,20 +547,21 @@ impl Geofencing {
 
     /// A final fix, in `ts` order for its vehicle.
     pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
-        // The map is taken out for the call so that its entry and `self` can be borrowed
-        // together (one hash lookup per fix).
+        // The states are taken out for the call so that one of them and `self` can be
+        // borrowed together.
         let mut vehicles = std::mem::take(&mut self.vehicles);
-        let state = match vehicles.get_mut(&p.vehicle_id) {
-            Some(s) => s,
-            None => vehicles
-                .entry(p.vehicle_id.clone())
-                .or_insert(VehicleFences {
-                    tenant: p.tenant.clone(),
-                    lat: f64::NAN,
-                    lon: f64::NAN,
-                    inside: Vec::new(),
-                }),
-        };
+        let slot = p.slot as usize;
+        if vehicles.len() <= slot {
+            vehicles.resize_with(slot + 1, || None);
+        }
+        let state = vehicles[slot].get_or_insert_with(|| VehicleFences {
+            id: p.vehicle_id.clone(),
+            tenant: p.tenant.clone(),
+            lat: f64::NAN,
+            lon: f64::NAN,
+            inside: Vec::new(),
+        });
+        debug_assert_eq!(state.id, p.vehicle_id, "slots are stable");
         if self.index.is_empty() && state.inside.is_empty() {
             // No geofence anywhere: only the position matters (for later additions).
             state.lat = p.lat;
@@ -556,7 +581,7 @@ impl Geofencing {
             let (mut i, mut j) = (0, 0);
             while i < old.len() || j < now.len() {
                 let o = old.get(i).map(|v| v.slot);
-                let n = now.get(j).copied();
+                let n = now.get(j).map(|m| m.0);
                 match (o, n) {
                     (Some(a), Some(b)) if a == b => {
                         next.push(old[i].clone());
@@ -577,7 +602,7 @@ impl Geofencing {
                         i += 1;
                     }
                     (_, Some(b)) => {
-                        let id = self.index.id(b).clone();
+                        let id = now[j].1.clone();
                         self.occupant(&id, &p.vehicle_id, p.ts, 1, out);
                         self.event(
                             &id,
@@ -625,10 +650,10 @@ impl Geofencing {
         let ts = at.unwrap_or(0);
         if let Some(slot) = self.index.slot_of(&change.id) {
             let mut events = Vec::new();
-            for (vid, state) in self.vehicles.iter_mut() {
+            for state in self.vehicles.iter_mut().flatten() {
                 if let Ok(k) = state.inside.binary_search_by_key(&slot, |v| v.slot) {
                     let visit = state.inside.remove(k);
-                    events.push((vid.clone(), state.tenant.clone(), visit.entered_at));
+                    events.push((state.id.clone(), state.tenant.clone(), visit.entered_at));
                 }
             }
             events.sort();
@@ -648,7 +673,7 @@ impl Geofencing {
         if let Some(g) = &change.geofence {
             let slot = Arc::make_mut(&mut self.index).insert(g.clone());
             let mut events = Vec::new();
-            for (vid, state) in self.vehicles.iter_mut() {
+            for state in self.vehicles.iter_mut().flatten() {
                 if g.applies_to(&state.tenant) && g.contains(state.lat, state.lon) {
                     let k = state.inside.partition_point(|v| v.slot < slot);
                     state.inside.insert(
@@ -660,7 +685,7 @@ impl Geofencing {
                             dwelled: false,
                         },
                     );
-                    events.push((vid.clone(), state.tenant.clone()));
+                    events.push((state.id.clone(), state.tenant.clone()));
                 }
             }
             events.sort();
@@ -819,6 +844,7 @@ mod tests {
 
     fn fix(v: &str, ts: Millis, lat: f64, lon: f64) -> FixPoint {
         FixPoint {
+            slot: 0,
             vehicle_id: v.into(),
             tenant: "acme".into(),
             ts,
@@ -850,7 +876,8 @@ mod tests {
         let mut out = Vec::new();
         idx.containing(41.5, -8.6, "acme", &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(idx.get(out[0]).unwrap().id, "c50");
+        assert_eq!(idx.get(out[0].0).unwrap().id, "c50");
+        assert_eq!(out[0].1, "c50");
         idx.remove("c50");
         idx.containing(41.5, -8.6, "acme", &mut out);
         assert!(out.is_empty());
@@ -859,9 +886,7 @@ mod tests {
         idx.insert(circle("region", 41.4, -8.6, 30_000.0, None));
         idx.containing(41.5, -8.6, "acme", &mut out);
         assert_eq!(
-            out.iter()
-                .map(|s| idx.get(*s).unwrap().id.as_str())
-                .collect::<Vec<_>>(),
+            out.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
             ["region"]
         );
         assert_eq!(idx.tree.size(), 1);

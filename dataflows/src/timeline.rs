@@ -319,7 +319,7 @@ impl Timelines {
             }
             self.metrics.accepted.fetch_add(1, Relaxed);
             if self.cfg.finals {
-                out.finals.push(Finalized::Fix(FixPoint::of(&fix)));
+                out.finals.push(Finalized::Fix(FixPoint::of(&fix, slot)));
             }
             if self.cfg.raw {
                 out.raw.push(fix.clone());

@@ -122,23 +122,15 @@ pub struct DatasetWriter<R: LakeRecord> {
     uploader: Uploader,
 }
 
-fn props() -> WriterProperties {
+fn props(dictionary: &[&str]) -> WriterProperties {
     // Dictionaries pay off for the repetitive string columns only; float columns are nearly
     // all distinct and would just be hashed and then fall back to plain encoding.
     let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_dictionary_enabled(false);
-    for col in [
-        "vehicle_id",
-        "tenant",
-        "reason",
-        "source",
-        "geofence_id",
-        "kind",
-        "cause",
-    ] {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(col), true);
+    for col in dictionary {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*col), true);
     }
     b.build()
 }
@@ -201,7 +193,11 @@ impl<R: LakeRecord> DatasetWriter<R> {
                 self.seq
             );
             let file = StreamingFile::new(self.uploader.clone(), path);
-            part.writer = Some(ArrowWriter::try_new(file, R::schema(), Some(props()))?);
+            part.writer = Some(ArrowWriter::try_new(
+                file,
+                R::schema(),
+                Some(props(R::DICTIONARY)),
+            )?);
         }
         part.writer.as_mut().expect("opened").write(&batch)
     }
