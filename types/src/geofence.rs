@@ -385,21 +385,33 @@ pub struct Loaded {
 /// Loads a GeoJSON `FeatureCollection` (or a single `Feature`). Fails as a whole only when
 /// the document is not JSON or not one of those; single bad features are rejected.
 pub fn load(text: &str, id_property: Option<&str>) -> Result<Loaded, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let features: Vec<&Value> = match doc.get("type").and_then(Value::as_str) {
+    // The document is split into its features without building a tree of the whole file
+    // (a collection of 100,000 geofences is tens of MB of JSON); each feature is then
+    // parsed on its own.
+    #[derive(Deserialize)]
+    struct Doc<'a> {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        #[serde(borrow, default)]
+        features: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    let doc: Doc<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let raw: Vec<&str> = match doc.kind.as_deref() {
         Some("FeatureCollection") => doc
-            .get("features")
-            .and_then(Value::as_array)
+            .features
             .ok_or("a FeatureCollection needs a features array")?
-            .iter()
+            .into_iter()
+            .map(|f| f.get())
             .collect(),
-        Some("Feature") => vec![&doc],
+        Some("Feature") => vec![text],
         _ => return Err("expected a GeoJSON FeatureCollection or Feature".into()),
     };
     let mut out = Loaded::default();
     let mut seen = std::collections::HashSet::new();
-    for (i, f) in features.into_iter().enumerate() {
-        match Geofence::from_feature(f, None, id_property, &format!("#{i}")) {
+    for (i, f) in raw.into_iter().enumerate() {
+        let value: Value =
+            serde_json::from_str(f).map_err(|e| format!("feature #{i} is not JSON: {e}"))?;
+        match Geofence::from_feature(&value, None, id_property, &format!("#{i}")) {
             Ok(g) if !seen.insert(g.id.clone()) => out.rejected.push(GeofenceError {
                 feature: format!("{:?} (#{i})", g.id.as_str()),
                 message: "duplicate id (an earlier feature has it)".into(),
