@@ -7,8 +7,7 @@ use common::reference::expected;
 use common::*;
 use fleetflow_types::records::Reason;
 use fleetflow_types::registry::VehicleRegistry;
-use std::io::{BufRead, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -152,32 +151,15 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
         dir.path().join("examples/geofences/berlin.geojson"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args([
+    let (mut child, addr, collected) = spawn_with_api(
+        dir.path(),
+        &[
             "run",
             quickstart.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
-        if let Some(rest) = line.split("http://").nth(1) {
-            addr = Some(rest.trim().to_string());
-        }
-        line.clear();
-    }
-    let addr = addr.expect("the API address is logged");
-    let collected = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+        ],
+    );
     // Wait until the job is ready and vehicles are visible.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -14,9 +14,8 @@ use fleetflow_types::registry::VehicleRegistry;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIERS: [i64; 3] = [60_000, 3_600_000, 86_400_000];
@@ -185,16 +184,7 @@ fn generated_fleet_geofence_events_match_the_reference() {
         "tenant fences fire"
     );
     let shuffled = shuffle_within(&lines, 15_000, 8);
-    let one = dir.path().join("one.ndjson");
-    write_lines(&one, &lines);
-    let shuf = dir.path().join("shuffled.ndjson");
-    write_lines(&shuf, &shuffled);
-    let split = dir.path().join("split");
-    std::fs::create_dir(&split).unwrap();
-    for k in 0..3 {
-        let part: Vec<String> = shuffled.iter().skip(k).step_by(3).cloned().collect();
-        write_lines(&split.join(format!("part-{k}.ndjson")), &part);
-    }
+    let (one, shuf, split) = write_inputs(dir.path(), &lines, &shuffled);
     let extra = format!("[geofences]\npath = {path:?}\ndwell_after = \"5m\"\n");
     for (n, (input, workers, batch)) in [
         (&one, 1, 4096),
@@ -339,28 +329,7 @@ fn spawn_generator_job(
         "name = \"runtime\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 300\ninterval = \"5s\"\nrate = 6000\nseed = 5\n[time]\nallowed_lateness = \"5s\"\n[geofences]\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ntiers = [\"raw\"]\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["run", "job.toml"])
-        .current_dir(dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
-        if let Some(rest) = line.split("http://").nth(1) {
-            addr = Some(rest.trim().to_string());
-        }
-        line.clear();
-    }
-    let addr = addr.expect("the API address is logged");
-    let rest = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
-    (child, addr, rest)
+    spawn_with_api(dir, &["run", "job.toml"])
 }
 
 fn circle_feature(radius_m: f64) -> String {

@@ -207,18 +207,8 @@ fn generated_data_matches_the_reference_across_orders_batches_files_and_workers(
         "[vehicles]\nregistry = {:?}\n",
         dir.path().join("vehicles.csv")
     );
-    // One file, in generator order and shuffled.
-    let one = dir.path().join("one.ndjson");
-    write_lines(&one, &lines);
-    let shuf = dir.path().join("shuffled.ndjson");
-    write_lines(&shuf, &shuffled);
-    // The shuffled stream split round-robin over three files (three inputs).
-    let split = dir.path().join("split");
-    std::fs::create_dir(&split).unwrap();
-    for k in 0..3 {
-        let part: Vec<String> = shuffled.iter().skip(k).step_by(3).cloned().collect();
-        write_lines(&split.join(format!("part-{k}.ndjson")), &part);
-    }
+    // One file, in generator order and shuffled; the shuffled stream over three files.
+    let (one, shuf, split) = write_inputs(dir.path(), &lines, &shuffled);
     for (n, (input, workers, batch)) in [
         (&one, 1, 4096),
         (&one, 2, 7),

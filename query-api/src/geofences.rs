@@ -178,20 +178,7 @@ impl GeofenceView {
         keep: impl Fn(&Geofence) -> bool,
     ) -> (Vec<Arc<Geofence>>, bool) {
         let c = self.catalog.lock().expect("catalog lock");
-        let range = match after {
-            Some(a) => c
-                .fences
-                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => c.fences.range::<str, _>(..),
-        };
-        let mut items = Vec::new();
-        for (_, g) in range.filter(|(_, g)| keep(g)) {
-            if items.len() == limit {
-                return (items, true);
-            }
-            items.push(g.clone());
-        }
-        (items, false)
+        crate::view::page_after(&c.fences, after, limit, |g| keep(g))
     }
 
     /// Applies a worker's changes in the order they happened: occupancy updates (+1 enters,

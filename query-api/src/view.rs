@@ -91,23 +91,12 @@ impl VehicleView {
         limit: usize,
         keep: impl Fn(&VehicleState) -> bool,
     ) -> (Vec<VehicleState>, bool) {
-        let inner = self.inner.read().expect("view lock");
-        let range = match after {
-            Some(a) => inner
-                .vehicles
-                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => inner.vehicles.range::<str, _>(..),
-        };
-        let mut items = Vec::with_capacity(limit.min(1024));
-        let mut more = false;
-        for (_, v) in range.filter(|(_, v)| keep(v)) {
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(v.clone());
-        }
-        (items, more)
+        page_after(
+            &self.inner.read().expect("view lock").vehicles,
+            after,
+            limit,
+            keep,
+        )
     }
 
     /// Number of vehicles.
@@ -119,4 +108,26 @@ impl VehicleView {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Up to `limit` values after key `after` (exclusive) in key order that pass `keep`, and
+/// whether more follow: one page of a cursor-paginated listing.
+pub(crate) fn page_after<V: Clone>(
+    map: &BTreeMap<CompactString, V>,
+    after: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&V) -> bool,
+) -> (Vec<V>, bool) {
+    let range = match after {
+        Some(a) => map.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        None => map.range::<str, _>(..),
+    };
+    let mut items = Vec::with_capacity(limit.min(1024));
+    for (_, v) in range.filter(|(_, v)| keep(v)) {
+        if items.len() == limit {
+            return (items, true);
+        }
+        items.push(v.clone());
+    }
+    (items, false)
 }

@@ -84,6 +84,58 @@ pub fn generated_lines(
     out
 }
 
+/// The three input layouts the reference tests run: `(one, shuffled, split)` = the lines in
+/// one file, the shuffled lines in one file, and the shuffled lines dealt round-robin to a
+/// directory of three files (three inputs).
+pub fn write_inputs(
+    dir: &Path,
+    lines: &[String],
+    shuffled: &[String],
+) -> (PathBuf, PathBuf, PathBuf) {
+    let one = dir.join("one.ndjson");
+    write_lines(&one, lines);
+    let shuf = dir.join("shuffled.ndjson");
+    write_lines(&shuf, shuffled);
+    let split = dir.join("split");
+    std::fs::create_dir(&split).unwrap();
+    for k in 0..3 {
+        let part: Vec<String> = shuffled.iter().skip(k).step_by(3).cloned().collect();
+        write_lines(&split.join(format!("part-{k}.ndjson")), &part);
+    }
+    (one, shuf, split)
+}
+
+/// Spawns `fleetflow ARGS` in `dir` with the API on a port it logs, and returns the child,
+/// the API address and a thread collecting the rest of its stderr.
+pub fn spawn_with_api(
+    dir: &Path,
+    args: &[&str],
+) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.split("http://").nth(1) {
+            addr = Some(rest.trim().to_string());
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the API address is logged");
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    (child, addr, rest)
+}
+
 /// Shuffles lines so that no fix moves more than `max_ms` of event time behind a fix
 /// already delivered (junk lines keep a random place): sort by `ts + U[0, max_ms)`.
 pub fn shuffle_within(lines: &[String], max_ms: i64, seed: u64) -> Vec<String> {
