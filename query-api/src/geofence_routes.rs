@@ -1,7 +1,7 @@
 //! Geofence routes: the catalogue, runtime changes, occupants and recent events.
 
 use crate::error::ApiError;
-use crate::geofences::ChangeError;
+use crate::geofences::{ChangeError, NotApplied};
 use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -91,12 +91,16 @@ fn change_error(e: ChangeError) -> ApiError {
 /// (202 when the dataflow has not applied it within [`APPLY_TIMEOUT`]).
 async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
     match s.geofences.wait_applied(seq, APPLY_TIMEOUT).await {
-        Some(at) => (ok, Json(json!({"id": id, "seq": seq, "effective_at": at}))).into_response(),
-        None => (
+        Ok(at) => (ok, Json(json!({"id": id, "seq": seq, "effective_at": at}))).into_response(),
+        Err(NotApplied::Pending) => (
             StatusCode::ACCEPTED,
             Json(json!({"id": id, "seq": seq, "effective_at": null, "status": "pending"})),
         )
             .into_response(),
+        Err(NotApplied::Stopped) => ApiError::Conflict(
+            "the job stopped before the change took effect; it is not in effect".into(),
+        )
+        .into_response(),
     }
 }
 

@@ -24,6 +24,15 @@ pub enum ChangeError {
     Unknown(String),
 }
 
+/// Why [`GeofenceView::wait_applied`] returned without the change in effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotApplied {
+    /// Not applied within the timeout; it still will be.
+    Pending,
+    /// The dataflow stopped before applying it.
+    Stopped,
+}
+
 /// A change handed to the dataflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Submitted {
@@ -119,12 +128,12 @@ impl GeofenceView {
     }
 
     /// Waits until every worker applied change `seq` and returns the watermark it took
-    /// effect at; `None` on timeout or when the dataflow stopped first.
+    /// effect at (`None` when it took effect before the first watermark).
     pub async fn wait_applied(
         &self,
         seq: u64,
         timeout: std::time::Duration,
-    ) -> Option<Option<Millis>> {
+    ) -> Result<Option<Millis>, NotApplied> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -138,13 +147,13 @@ impl GeofenceView {
                 at = at.or(shard.effective.get(&seq).copied());
             }
             if done {
-                return Some(at.flatten());
+                return Ok(at.flatten());
             }
             if self.closed.load(Ordering::Relaxed) {
-                return None;
+                return Err(NotApplied::Stopped);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+                return Err(NotApplied::Pending);
             }
         }
     }
