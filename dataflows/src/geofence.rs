@@ -709,6 +709,11 @@ impl Geofencing {
             },
             1,
         ));
+        if let Some(w) = at {
+            // Every fix below `w` was handed over before the change: this worker's results
+            // are complete through it (so an answer to the change's request is too).
+            out.view.push((ViewUpdate::AsOf(w), 1));
+        }
     }
 }
 
