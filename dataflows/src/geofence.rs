@@ -141,11 +141,63 @@ struct CellList {
     entries: Vec<CellEntry>,
 }
 
+/// The exact test of a cell entry, with what it needs at hand.
+#[derive(Clone, Debug)]
+enum Exact {
+    /// `[lat, lon, radius_m]`.
+    Circle([f64; 3]),
+    /// One polygon without holes (the usual case): its ring, one pointer away.
+    Ring(Arc<[geo::Coord<f64>]>),
+    /// Several polygons or holes: the slot's entry in `FenceIndex::polygons`.
+    Polygons,
+}
+
+/// Whether the closed, simple `ring` (first position = last) holds `c`, its boundary
+/// included: an even-odd crossing count along the ray to the east, with every orientation
+/// decided by `geo`'s robust kernel, so that points on an edge are found exactly. For a
+/// valid (simple) ring this is the same answer as `geo`'s coordinate position, which the
+/// tests check; it exists so that the ring can live in a flat slice next to the index
+/// entry instead of behind a `Polygon`.
+fn ring_holds(ring: &[geo::Coord<f64>], c: geo::Coord<f64>) -> bool {
+    use geo::{GeoNum, Kernel, Orientation};
+    let orient = <f64 as GeoNum>::Ker::orient2d;
+    let mut inside = false;
+    for w in ring.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (lo_y, hi_y) = if a.y <= b.y { (a.y, b.y) } else { (b.y, a.y) };
+        if c.y < lo_y || c.y > hi_y {
+            continue;
+        }
+        let (lo_x, hi_x) = if a.x <= b.x { (a.x, b.x) } else { (b.x, a.x) };
+        if c.x > hi_x {
+            // Entirely west of the point: no crossing to the east, not on the edge.
+            continue;
+        }
+        let o = orient(a, b, c);
+        if o == Orientation::Collinear && c.x >= lo_x && c.x <= hi_x {
+            return true;
+        }
+        // The edge crosses the ray when it straddles the point's latitude (half-open, so a
+        // vertex on the ray counts once) and the point is on its west side.
+        if (a.y > c.y) != (b.y > c.y) {
+            let west = if b.y > a.y {
+                o == Orientation::CounterClockwise
+            } else {
+                o == Orientation::Clockwise
+            };
+            if west {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}
+
 /// One geofence of a [`CellList`].
 #[derive(Clone, Debug)]
 struct CellEntry {
-    /// `[lat, lon, radius_m]` of a circle; a NaN radius for polygons.
-    circle: [f64; 3],
+    /// How to test a point whose box test passed.
+    exact: Exact,
     /// Interned tenant, 0 for geofences of every tenant.
     tenant: u32,
     slot: u32,
@@ -276,9 +328,16 @@ impl FenceIndex {
             None => 0,
             Some(t) => *self.tenants.entry(t.clone()).or_insert(next_code),
         };
-        let (circle, polygons) = match &g.shape {
-            Shape::Circle { lat, lon, radius_m } => ([*lat, *lon, *radius_m], Rings::None),
-            Shape::Polygons(mp) => ([0.0, 0.0, f64::NAN], Rings::of(&mp.0)),
+        let (exact, polygons) = match &g.shape {
+            Shape::Circle { lat, lon, radius_m } => {
+                (Exact::Circle([*lat, *lon, *radius_m]), Rings::None)
+            }
+            Shape::Polygons(mp) => match mp.0.as_slice() {
+                [one] if one.interiors().is_empty() => {
+                    (Exact::Ring(one.exterior().0.as_slice().into()), Rings::None)
+                }
+                many => (Exact::Polygons, Rings::of(many)),
+            },
         };
         if self.polygons.len() <= slot as usize {
             self.polygons.resize_with(slot as usize + 1, || Rings::None);
@@ -295,7 +354,7 @@ impl FenceIndex {
                     let list = self.grid.entry((x, y)).or_default();
                     list.boxes.push(relative_box(&b, (x, y)));
                     list.entries.push(CellEntry {
-                        circle,
+                        exact: exact.clone(),
                         tenant,
                         slot,
                         id: g.id.clone(),
@@ -425,11 +484,14 @@ impl FenceIndex {
                 if e.tenant != 0 && e.tenant != code {
                     continue;
                 }
-                let [clat, clon, r] = e.circle;
-                let inside = if r.is_nan() {
-                    polygons_contain(self.polygons[e.slot as usize].as_slice(), lat, lon)
-                } else {
-                    circle_contains_near(clat, clon, r, lat, lon, cos_lat)
+                let inside = match &e.exact {
+                    Exact::Circle([clat, clon, r]) => {
+                        circle_contains_near(*clat, *clon, *r, lat, lon, cos_lat)
+                    }
+                    Exact::Ring(ring) => ring_holds(ring, geo::Coord { x: lon, y: lat }),
+                    Exact::Polygons => {
+                        polygons_contain(self.polygons[e.slot as usize].as_slice(), lat, lon)
+                    }
                 };
                 if inside {
                     out.push((e.slot, e.id.clone()));
@@ -870,6 +932,66 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_flat_ring_test_agrees_with_geo() {
+        use geo::coordinate_position::{CoordPos, CoordinatePosition};
+        use geo::{Coord, LineString, Polygon};
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(20_000));
+        runner
+            .run(
+                &(
+                    3usize..12,
+                    proptest::collection::vec((0.2f64..1.0, 0.0f64..1.0), 12),
+                    (-1.2f64..1.2, -1.2f64..1.2),
+                    0usize..12,
+                    0u8..3,
+                ),
+                |(n, radii, (px, py), k, which)| {
+                    // A star polygon around the origin: simple by construction.
+                    let mut ring: Vec<Coord<f64>> = (0..n)
+                        .map(|i| {
+                            let a =
+                                std::f64::consts::TAU * (i as f64 + radii[i].1 * 0.9) / n as f64;
+                            // Rounded so that some edges are axis-aligned or share coordinates.
+                            let r = (radii[i].0 * 8.0).round() / 8.0;
+                            Coord {
+                                x: (r * a.cos() * 8.0).round() / 8.0,
+                                y: (r * a.sin() * 8.0).round() / 8.0,
+                            }
+                        })
+                        .collect();
+                    ring.dedup();
+                    ring.push(ring[0]);
+                    let poly = Polygon::new(LineString(ring.clone()), vec![]);
+                    prop_assume!(ring.len() >= 4 && geo::Validation::is_valid(&poly));
+                    // Random points, vertices, and edge midpoints (exact on axis-aligned
+                    // edges with these coordinates).
+                    let c = match which {
+                        0 => Coord { x: px, y: py },
+                        1 => ring[k % (ring.len() - 1)],
+                        _ => {
+                            let (a, b) =
+                                (ring[k % (ring.len() - 1)], ring[k % (ring.len() - 1) + 1]);
+                            Coord {
+                                x: (a.x + b.x) / 2.0,
+                                y: (a.y + b.y) / 2.0,
+                            }
+                        }
+                    };
+                    prop_assert_eq!(
+                        ring_holds(&ring, c),
+                        poly.coordinate_position(&c) != CoordPos::Outside,
+                        "point {:?} ring {:?}",
+                        c,
+                        ring
+                    );
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 
     #[test]
