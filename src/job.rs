@@ -483,13 +483,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 move |updates, events| {
                     let (mut occ, mut applied) = (Vec::new(), Vec::new());
                     let mut as_of = None;
-                    for (u, r) in updates.drain(..) {
+                    for (u, _) in updates.drain(..) {
                         match u {
-                            ViewUpdate::Occupant {
-                                geofence,
-                                vehicle,
-                                entered_at,
-                            } => occ.push((geofence, vehicle, entered_at, r)),
+                            ViewUpdate::Occupant(o) => occ.push(o),
                             ViewUpdate::Applied { seq, at, .. } => applied.push((seq, at)),
                             ViewUpdate::AsOf(w) => as_of = Some(w),
                         }

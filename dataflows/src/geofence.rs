@@ -36,7 +36,7 @@
 use fleetflow_types::fix::Fix;
 use fleetflow_types::geofence::{circle_contains_near, polygons_contain, Geofence, Shape};
 use fleetflow_types::records::{
-    GeofenceCause, GeofenceChange, GeofenceEvent, GeofenceEventKind, InputReport,
+    GeofenceCause, GeofenceChange, GeofenceEvent, GeofenceEventKind, InputReport, OccupancyChange,
 };
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
@@ -98,15 +98,8 @@ pub enum Finalized {
 /// One change to the API's geofence view, in the order it happened.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ViewUpdate {
-    /// `vehicle` is inside `geofence` since `entered_at` (diff +1) or no longer (-1).
-    Occupant {
-        /// Geofence id.
-        geofence: CompactString,
-        /// Vehicle id.
-        vehicle: CompactString,
-        /// `ts` of its `enter`.
-        entered_at: Millis,
-    },
+    /// A vehicle entered or left a geofence.
+    Occupant(OccupancyChange),
     /// Results are complete through this watermark.
     AsOf(Millis),
     /// Worker `worker` applied change `seq` at watermark `at`.
@@ -591,19 +584,22 @@ impl Geofencing {
 
     fn occupant(
         &self,
-        id: &CompactString,
-        v: &CompactString,
+        (fence_slot, id): (u32, &CompactString),
+        (vehicle_slot, v): (u32, &CompactString),
         entered_at: Millis,
-        diff: isize,
+        diff: i8,
         out: &mut GeoOutputs,
     ) {
         out.view.push((
-            ViewUpdate::Occupant {
+            ViewUpdate::Occupant(OccupancyChange {
+                fence_slot,
                 geofence: id.clone(),
+                vehicle_slot,
                 vehicle: v.clone(),
                 entered_at,
-            },
-            diff,
+                diff,
+            }),
+            diff as isize,
         ));
     }
 
@@ -652,7 +648,13 @@ impl Geofencing {
                     }
                     (Some(a), b) if b.is_none_or(|b| a < b) => {
                         let visit = &old[i];
-                        self.occupant(&visit.id, &p.vehicle_id, visit.entered_at, -1, out);
+                        self.occupant(
+                            (visit.slot, &visit.id),
+                            (p.slot, &p.vehicle_id),
+                            visit.entered_at,
+                            -1,
+                            out,
+                        );
                         self.event(
                             &visit.id,
                             &p.vehicle_id,
@@ -665,7 +667,7 @@ impl Geofencing {
                     }
                     (_, Some(b)) => {
                         let id = now[j].1.clone();
-                        self.occupant(&id, &p.vehicle_id, p.ts, 1, out);
+                        self.occupant((b, &id), (p.slot, &p.vehicle_id), p.ts, 1, out);
                         self.event(
                             &id,
                             &p.vehicle_id,
@@ -712,15 +714,21 @@ impl Geofencing {
         let ts = at.unwrap_or(0);
         if let Some(slot) = self.index.slot_of(&change.id) {
             let mut events = Vec::new();
-            for state in self.vehicles.iter_mut().flatten() {
+            for (vslot, state) in self.vehicles.iter_mut().enumerate() {
+                let Some(state) = state else { continue };
                 if let Ok(k) = state.inside.binary_search_by_key(&slot, |v| v.slot) {
                     let visit = state.inside.remove(k);
-                    events.push((state.id.clone(), state.tenant.clone(), visit.entered_at));
+                    events.push((
+                        state.id.clone(),
+                        vslot as u32,
+                        state.tenant.clone(),
+                        visit.entered_at,
+                    ));
                 }
             }
             events.sort();
-            for (vid, tenant, entered_at) in events {
-                self.occupant(&change.id, &vid, entered_at, -1, out);
+            for (vid, vslot, tenant, entered_at) in events {
+                self.occupant((slot, &change.id), (vslot, &vid), entered_at, -1, out);
                 self.event(
                     &change.id,
                     &vid,
@@ -735,7 +743,8 @@ impl Geofencing {
         if let Some(g) = &change.geofence {
             let slot = Arc::make_mut(&mut self.index).insert(g.clone());
             let mut events = Vec::new();
-            for state in self.vehicles.iter_mut().flatten() {
+            for (vslot, state) in self.vehicles.iter_mut().enumerate() {
+                let Some(state) = state else { continue };
                 if g.applies_to(&state.tenant) && g.contains(state.lat, state.lon) {
                     let k = state.inside.partition_point(|v| v.slot < slot);
                     state.inside.insert(
@@ -747,12 +756,12 @@ impl Geofencing {
                             dwelled: false,
                         },
                     );
-                    events.push((state.id.clone(), state.tenant.clone()));
+                    events.push((state.id.clone(), vslot as u32, state.tenant.clone()));
                 }
             }
             events.sort();
-            for (vid, tenant) in events {
-                self.occupant(&g.id, &vid, ts, 1, out);
+            for (vid, vslot, tenant) in events {
+                self.occupant((slot, &g.id), (vslot, &vid), ts, 1, out);
                 self.event(
                     &g.id,
                     &vid,
@@ -1077,11 +1086,9 @@ mod tests {
         let mut applied = Vec::new();
         for (u, r) in &out.view {
             match u {
-                ViewUpdate::Occupant {
-                    geofence,
-                    entered_at,
-                    ..
-                } => *occ.entry((geofence.clone(), *entered_at)).or_default() += r,
+                ViewUpdate::Occupant(o) => {
+                    *occ.entry((o.geofence.clone(), o.entered_at)).or_default() += r
+                }
                 ViewUpdate::Applied { seq, .. } => applied.push(*seq),
                 ViewUpdate::AsOf(_) => {}
             }

@@ -3,7 +3,7 @@
 //! (occupancy, recent events, which changes each worker applied).
 
 use fleetflow_types::geofence::Geofence;
-use fleetflow_types::records::{GeofenceChange, GeofenceEvent};
+use fleetflow_types::records::{GeofenceChange, GeofenceEvent, OccupancyChange};
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -59,11 +59,23 @@ struct Catalog {
 
 type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// The occupants of one geofence in a shard, by the worker's vehicle slot.
+#[derive(Default)]
+struct FenceOccupants {
+    id: CompactString,
+    vehicles: Fast<u32, Millis>,
+}
+
 #[derive(Default)]
 struct Shard {
-    /// Geofence -> vehicle -> entered_at. A geofence's map is kept when it empties (there
-    /// is at most one per geofence), so vehicles passing through cost no allocation.
-    occupants: Fast<CompactString, Fast<CompactString, Millis>>,
+    /// By the worker's geofence slot (its index keeps slots dense). An entry is kept when it
+    /// empties, so vehicles passing through cost no allocation; a slot reused by another
+    /// geofence starts afresh.
+    fences: Vec<Option<FenceOccupants>>,
+    /// Geofence id -> its current slot.
+    slot_of: Fast<CompactString, u32>,
+    /// Vehicle ids by the worker's vehicle slot.
+    vehicle_ids: Vec<CompactString>,
     events: VecDeque<GeofenceEvent>,
     /// The last change applied.
     applied: u64,
@@ -195,7 +207,7 @@ impl GeofenceView {
     pub fn apply(
         &self,
         worker: usize,
-        occupants: Vec<(CompactString, CompactString, Millis, isize)>,
+        occupants: Vec<OccupancyChange>,
         events: &[GeofenceEvent],
         applied: Vec<(u64, Option<Millis>)>,
     ) {
@@ -205,13 +217,36 @@ impl GeofenceView {
         let notify = !applied.is_empty();
         {
             let mut shard = shard.write().expect("view lock");
-            for (g, v, entered_at, diff) in occupants {
-                if diff > 0 {
-                    shard.occupants.entry(g).or_default().insert(v, entered_at);
-                } else if let Some(m) = shard.occupants.get_mut(&g) {
-                    if m.get(&v) == Some(&entered_at) {
-                        m.remove(&v);
+            let shard = &mut *shard;
+            for o in occupants {
+                let (f, v) = (o.fence_slot as usize, o.vehicle_slot as usize);
+                if shard.vehicle_ids.len() <= v {
+                    shard.vehicle_ids.resize_with(v + 1, CompactString::default);
+                }
+                if shard.vehicle_ids[v] != o.vehicle {
+                    shard.vehicle_ids[v] = o.vehicle;
+                }
+                if shard.fences.len() <= f {
+                    shard.fences.resize_with(f + 1, || None);
+                }
+                let entry = &mut shard.fences[f];
+                if entry.as_ref().is_none_or(|e| e.id != o.geofence) {
+                    if let Some(old) = entry.take() {
+                        if shard.slot_of.get(&old.id) == Some(&o.fence_slot) {
+                            shard.slot_of.remove(&old.id);
+                        }
                     }
+                    shard.slot_of.insert(o.geofence.clone(), o.fence_slot);
+                    *entry = Some(FenceOccupants {
+                        id: o.geofence,
+                        vehicles: Fast::default(),
+                    });
+                }
+                let occ = &mut entry.as_mut().expect("set above").vehicles;
+                if o.diff > 0 {
+                    occ.insert(o.vehicle_slot, o.entered_at);
+                } else if occ.get(&o.vehicle_slot) == Some(&o.entered_at) {
+                    occ.remove(&o.vehicle_slot);
                 }
             }
             // Only the newest events are kept: copy no more than fit.
@@ -253,8 +288,16 @@ impl GeofenceView {
     pub fn occupants(&self, id: &str) -> Vec<(CompactString, Millis)> {
         let mut out: Vec<(CompactString, Millis)> = Vec::new();
         for shard in &self.shards {
-            if let Some(m) = shard.read().expect("view lock").occupants.get(id) {
-                out.extend(m.iter().map(|(v, t)| (v.clone(), *t)));
+            let shard = shard.read().expect("view lock");
+            let Some(&slot) = shard.slot_of.get(id) else {
+                continue;
+            };
+            if let Some(Some(f)) = shard.fences.get(slot as usize) {
+                out.extend(
+                    f.vehicles
+                        .iter()
+                        .map(|(v, t)| (shard.vehicle_ids[*v as usize].clone(), *t)),
+                );
             }
         }
         out.sort();

@@ -204,7 +204,9 @@ async fn health_readiness_and_metrics() {
 mod geofence_routes {
     use super::*;
     use crate::geofences::GeofenceView;
-    use fleetflow_types::records::{GeofenceCause, GeofenceEvent, GeofenceEventKind};
+    use fleetflow_types::records::{
+        GeofenceCause, GeofenceEvent, GeofenceEventKind, OccupancyChange,
+    };
 
     async fn send(
         app: &Router,
@@ -321,12 +323,20 @@ mod geofence_routes {
             ts,
             cause: GeofenceCause::Fix,
         };
+        let occ = |vehicle_slot, v: &str, entered_at, diff| OccupancyChange {
+            fence_slot: 3,
+            geofence: "depot".into(),
+            vehicle_slot,
+            vehicle: v.into(),
+            entered_at,
+            diff,
+        };
         view.apply(
             0,
             vec![
-                ("depot".into(), "V1".into(), 1_000, 1),
-                ("depot".into(), "V2".into(), 2_000, 1),
-                ("depot".into(), "V2".into(), 2_000, -1),
+                occ(0, "V1", 1_000, 1),
+                occ(1, "V2", 2_000, 1),
+                occ(1, "V2", 2_000, -1),
             ],
             &[
                 ev("V1", GeofenceEventKind::Enter, 1_000),
@@ -337,7 +347,8 @@ mod geofence_routes {
         );
         view.apply(
             1,
-            vec![("depot".into(), "V3".into(), 2_500, 1)],
+            // Worker 1 numbers its geofences and vehicles independently.
+            vec![occ(0, "V3", 2_500, 1)],
             &[ev("V3", GeofenceEventKind::Enter, 2_500)],
             vec![],
         );
