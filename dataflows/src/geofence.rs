@@ -538,6 +538,7 @@ pub struct Geofencing {
     dwell_after: Millis,
     worker: usize,
     buf: Vec<(u32, CompactString)>,
+    spare: Vec<Visit>,
 }
 
 impl Geofencing {
@@ -549,6 +550,7 @@ impl Geofencing {
             dwell_after,
             worker,
             buf: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -634,8 +636,11 @@ impl Geofencing {
         if moved {
             let mut now = std::mem::take(&mut self.buf);
             self.index.containing(p.lat, p.lon, &p.tenant, &mut now);
+            // The visits are rebuilt into a spare buffer that swaps with the old one, so a
+            // moving vehicle costs no allocation.
+            let mut next = std::mem::take(&mut self.spare);
+            next.clear();
             let old = std::mem::take(&mut state.inside);
-            let mut next = Vec::with_capacity(now.len());
             let (mut i, mut j) = (0, 0);
             while i < old.len() || j < now.len() {
                 let o = old.get(i).map(|v| v.slot);
@@ -688,6 +693,7 @@ impl Geofencing {
                 }
             }
             state.inside = next;
+            self.spare = old;
             self.buf = now;
             state.lat = p.lat;
             state.lon = p.lon;
