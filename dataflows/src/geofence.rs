@@ -1041,6 +1041,45 @@ mod tests {
     }
 
     #[test]
+    fn polygons_sharing_cells_survive_each_others_removal() {
+        let square = |id: &str, d: f64| {
+            let ring = json!([
+                [-8.6 - d, 41.5 - d],
+                [-8.6 + d, 41.5 - d],
+                [-8.6 + d, 41.5 + d],
+                [-8.6 - d, 41.5 + d],
+                [-8.6 - d, 41.5 - d]
+            ]);
+            Arc::new(
+                Geofence::from_feature(
+                    &json!({"type": "Feature", "id": id, "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [ring]}}),
+                    None,
+                    None,
+                    "#0",
+                )
+                .unwrap(),
+            )
+        };
+        let mut idx = FenceIndex::new([square("a", 0.001), square("b", 0.002)]);
+        let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
+            let mut out = Vec::new();
+            idx.containing(lat, lon, "acme", &mut out);
+            out.into_iter().map(|m| m.1.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&idx, 41.5, -8.6), ["a", "b"]);
+        assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
+        idx.remove("a");
+        assert_eq!(ids(&idx, 41.5, -8.6), ["b"]);
+        assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
+        assert_eq!(ids(&idx, 41.503, -8.6), Vec::<String>::new());
+        idx.insert(square("c", 0.0005));
+        assert_eq!(ids(&idx, 41.5, -8.6).len(), 2);
+        idx.remove("b");
+        assert_eq!(ids(&idx, 41.5, -8.6), ["c"]);
+    }
+
+    #[test]
     fn transitions_dwell_and_changes() {
         let a = circle("a", 0.0, 0.0, 1000.0, None);
         let mut g = Geofencing::new(Arc::new(FenceIndex::new([a])), 60_000, 0);
