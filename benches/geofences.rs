@@ -7,7 +7,8 @@
 //!     cargo bench --bench geofences
 //!
 //! Environment: `FLEETFLOW_BENCH_GEOFENCES` (comma-separated counts, default
-//! `0,1000,100000`), `FLEETFLOW_BENCH_EVENTS` (default 1000000),
+//! `0,1000,100000`), `FLEETFLOW_BENCH_EVENTS` (default 5000000: long enough that start-up
+//! and the end-of-input flush weigh little),
 //! `FLEETFLOW_BENCH_VEHICLES` (default 10000), `FLEETFLOW_BENCH_WORKERS` (default 2).
 
 mod common;
@@ -23,7 +24,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().unwrap())
         .collect();
-    let events: u64 = env_or("FLEETFLOW_BENCH_EVENTS", "1000000").parse().unwrap();
+    let events: u64 = env_or("FLEETFLOW_BENCH_EVENTS", "5000000").parse().unwrap();
     let vehicles: u64 = env_or("FLEETFLOW_BENCH_VEHICLES", "10000").parse().unwrap();
     let workers = env_or("FLEETFLOW_BENCH_WORKERS", "2");
     let runs: usize = env_or("FLEETFLOW_BENCH_RUNS", "3").parse().unwrap();
