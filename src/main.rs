@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         hosts: Option<std::path::PathBuf>,
     },
+    /// Print the statements that expose the job's lake to Athena (Glue DDL with partition
+    /// projection) or DuckDB (views).
+    Ddl {
+        /// The job spec.
+        job: std::path::PathBuf,
+        /// `athena` or `duckdb`.
+        #[arg(long, value_enum)]
+        dialect: DdlDialect,
+    },
     /// Check a job spec.
     Validate {
         /// The job spec.
@@ -104,6 +113,65 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DdlDialect {
+    Athena,
+    Duckdb,
+}
+
+/// Whether `dir` holds a Parquet file at any depth.
+fn has_parquet(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            has_parquet(&p)
+        } else {
+            p.extension().is_some_and(|x| x == "parquet")
+        }
+    })
+}
+
+fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
+    use fleetflow_sinks::ddl::{datasets, statement, Dialect};
+    let url = spec.lake.url.trim_end_matches('/');
+    let local = url.strip_prefix("file://").map(|dir| {
+        std::path::absolute(dir)
+            .unwrap_or_else(|_| std::path::PathBuf::from(dir))
+            .display()
+            .to_string()
+    });
+    let location = local.clone().unwrap_or_else(|| url.to_owned());
+    let dialect = match dialect {
+        DdlDialect::Athena => {
+            if local.is_some() {
+                eprintln!("note: Athena reads S3; this lake is a local directory");
+            }
+            Dialect::Athena
+        }
+        DdlDialect::Duckdb => Dialect::DuckDb,
+    };
+    let mut out = String::new();
+    for d in datasets(spec.lake.has_raw(), &spec.lake.window_tiers()) {
+        let empty = dialect == Dialect::DuckDb
+            && local
+                .as_ref()
+                .is_some_and(|dir| !has_parquet(&std::path::Path::new(dir).join(&d.name)));
+        if empty {
+            // DuckDB cannot create a view over a glob that matches nothing.
+            out.push_str(&format!(
+                "-- \"{}\": no files yet; run `fleetflow ddl` again once the job has written some\n",
+                d.name
+            ));
+        } else {
+            out.push_str(&statement(dialect, &spec.name, &location, &d));
+        }
+    }
+    Ok(out)
+}
+
 enum Failure {
     Usage(String),
     Runtime(String),
@@ -128,6 +196,11 @@ fn load(path: &std::path::Path) -> Result<(JobSpec, String), Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Ddl { job, dialect } => {
+            let (spec, _) = load(&job)?;
+            print!("{}", ddl(&spec, dialect)?);
+            Ok(())
+        }
         Command::Validate { job } => {
             let (spec, text) = load(&job)?;
             spec.check_paths(&text)

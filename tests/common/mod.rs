@@ -180,14 +180,26 @@ pub fn porto_lines(file: &str) -> Vec<String> {
 
 /// Runs a DuckDB query (Python `duckdb` package) and returns its rows as JSON arrays.
 pub fn duckdb(sql: &str) -> Vec<Vec<serde_json::Value>> {
+    duckdb_after("", sql)
+}
+
+/// Runs the statements of `setup` (a script, `;` at line ends, `--` comments), then the
+/// query `sql`, in one DuckDB connection.
+pub fn duckdb_after(setup: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let script = r#"
 import duckdb, json, sys
-rows = duckdb.connect().sql(sys.argv[1]).fetchall()
+con = duckdb.connect()
+for stmt in sys.argv[1].split(";\n"):
+    body = "\n".join(l for l in stmt.splitlines() if not l.startswith("--")).strip()
+    if body:
+        con.execute(body)
+rows = con.sql(sys.argv[2]).fetchall()
 print(json.dumps([list(r) for r in rows], default=str))
 "#;
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)
+        .arg(setup)
         .arg(sql)
         .output()
         .expect("python3 with duckdb (pip install duckdb)");
