@@ -128,7 +128,7 @@ fn bench_geofencing(c: &mut Criterion) {
         let index = Arc::new(FenceIndex::new(loaded.geofences.into_iter().map(Arc::new)));
         group.bench_function(n.to_string(), |b| {
             b.iter_batched(
-                || (points.clone(), Geofencing::new(index.clone(), 600_000, 0)),
+                || (points.clone(), Geofencing::new(index.clone(), 600_000)),
                 |(points, mut g)| {
                     let mut out = GeoOutputs::default();
                     for p in points {

@@ -486,7 +486,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                     for (u, _) in updates.drain(..) {
                         match u {
                             ViewUpdate::Occupant(o) => occ.push(o),
-                            ViewUpdate::Applied { seq, at, .. } => applied.push((seq, at)),
+                            ViewUpdate::Applied { seq, at } => applied.push((seq, at)),
                             ViewUpdate::AsOf(w) => as_of = Some(w),
                         }
                     }

@@ -102,14 +102,12 @@ pub enum ViewUpdate {
     Occupant(OccupancyChange),
     /// Results are complete through this watermark.
     AsOf(Millis),
-    /// Worker `worker` applied change `seq` at watermark `at`.
+    /// This worker applied change `seq` at watermark `at`.
     Applied {
         /// Change sequence number.
         seq: u64,
         /// The watermark it took effect at.
         at: Option<Millis>,
-        /// The worker.
-        worker: usize,
     },
 }
 
@@ -392,12 +390,6 @@ impl FenceIndex {
             .and_then(|s| s.as_ref().map(|s| &s.fence))
     }
 
-    /// The id of the geofence in `slot`.
-    #[inline]
-    pub fn id(&self, slot: u32) -> &CompactString {
-        &self.ids[slot as usize]
-    }
-
     /// The slot of geofence `id`.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()
@@ -536,19 +528,17 @@ pub struct Geofencing {
     /// By the timeline's vehicle slot.
     vehicles: Vec<Option<VehicleFences>>,
     dwell_after: Millis,
-    worker: usize,
     buf: Vec<(u32, CompactString)>,
     spare: Vec<Visit>,
 }
 
 impl Geofencing {
     /// Starts with `fences` in force and no vehicles.
-    pub fn new(index: Arc<FenceIndex>, dwell_after: Millis, worker: usize) -> Geofencing {
+    pub fn new(index: Arc<FenceIndex>, dwell_after: Millis) -> Geofencing {
         Geofencing {
             index,
             vehicles: Vec::new(),
             dwell_after,
-            worker,
             buf: Vec::new(),
             spare: Vec::new(),
         }
@@ -782,7 +772,6 @@ impl Geofencing {
             ViewUpdate::Applied {
                 seq: change.seq,
                 at,
-                worker: self.worker,
             },
             1,
         ));
@@ -811,13 +800,12 @@ where
     F: FnMut(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent]) + 'static,
 {
     let scope = finals.scope();
-    let worker = scope.index();
     let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
     let mut input = builder.new_input(finals, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
     builder.build(move |_caps| {
-        let mut geo = Geofencing::new(index, dwell_after, worker);
+        let mut geo = Geofencing::new(index, dwell_after);
         let mut out = GeoOutputs::default();
         move |_frontiers| {
             // A pipeline channel delivers one producer's batches in the order they were sent,
@@ -1082,7 +1070,7 @@ mod tests {
     #[test]
     fn transitions_dwell_and_changes() {
         let a = circle("a", 0.0, 0.0, 1000.0, None);
-        let mut g = Geofencing::new(Arc::new(FenceIndex::new([a])), 60_000, 0);
+        let mut g = Geofencing::new(Arc::new(FenceIndex::new([a])), 60_000);
         let mut out = GeoOutputs::default();
         g.on_fix(fix("v", 0, 0.0, 0.0), &mut out);
         g.on_fix(fix("v", 30_000, 0.0, 0.001), &mut out);
