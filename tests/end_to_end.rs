@@ -25,13 +25,7 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
         "name = \"porto\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"porto.ndjson\"\n[lake]\nurl = \"file://./lake\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["run", "job.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = fleetflow_ok(dir.path(), &["run", "job.toml"]);
     assert!(
         stderr.contains(&format!("accepted    {}", exp.accepted.len())),
         "summary: {stderr}"
@@ -125,17 +119,7 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
     }
     // `fleetflow ddl --dialect duckdb`: its views run in DuckDB and return the lake's rows;
     // a dataset with no files yet (no geofences here) is a comment, not a failing view.
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["ddl", "job.toml", "--dialect", "duckdb"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ddl = String::from_utf8(out.stdout).unwrap();
+    let (ddl, _) = fleetflow_ok(dir.path(), &["ddl", "job.toml", "--dialect", "duckdb"]);
     assert!(
         ddl.contains("-- \"geofence_events\": no files yet"),
         "{ddl}"
@@ -152,13 +136,7 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
         "partition columns are visible"
     );
     // Athena: one projected external table per dataset, no MSCK REPAIR needed.
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["ddl", "job.toml", "--dialect", "athena"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let athena = String::from_utf8(out.stdout).unwrap();
+    let (athena, _) = fleetflow_ok(dir.path(), &["ddl", "job.toml", "--dialect", "athena"]);
     assert_eq!(
         athena.matches("CREATE EXTERNAL TABLE").count(),
         6,

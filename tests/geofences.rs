@@ -303,16 +303,7 @@ fn porto_taxis_with_parishes_and_stands_match_the_reference_in_the_lake() {
         "name = \"porto\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"porto.ndjson\"\n[geofences]\npath = \"porto.geojson\"\nid_property = \"dtmnfr\"\n[lake]\nurl = \"file://./lake\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args(["run", "job.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleetflow_ok(dir.path(), &["run", "job.toml"]);
     let mut got = lake_events(&dir.path().join("lake"));
     got.sort();
     assert_eq!(got.len(), geo.events.len());
@@ -452,18 +443,14 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     ));
     let accepted: Vec<fleetflow_types::fix::Fix> = raw
         .iter()
-        .map(|r| fleetflow_types::fix::Fix {
-            vehicle_id: r[0].as_str().unwrap().into(),
-            tenant: r[1].as_str().unwrap().into(),
-            ts: r[2].as_i64().unwrap(),
-            lat: r[3].as_f64().unwrap(),
-            lon: r[4].as_f64().unwrap(),
-            speed_kmh: None,
-            heading_deg: None,
-            fuel_level_pct: None,
-            fuel_used_l: None,
-            odometer_km: None,
-            ignition: None,
+        .map(|r| {
+            fleetflow_types::fix::Fix::at(
+                r[0].as_str().unwrap(),
+                r[1].as_str().unwrap(),
+                r[2].as_i64().unwrap(),
+                r[3].as_f64().unwrap(),
+                r[4].as_f64().unwrap(),
+            )
         })
         .collect();
     let changes: Vec<Change> = changes

@@ -101,19 +101,7 @@ mod tests {
     use super::*;
 
     fn fix(ts: i64, lat: f64, lon: f64) -> Fix {
-        Fix {
-            vehicle_id: "v".into(),
-            tenant: "default".into(),
-            ts,
-            lat,
-            lon,
-            speed_kmh: None,
-            heading_deg: None,
-            fuel_level_pct: None,
-            fuel_used_l: None,
-            odometer_km: None,
-            ignition: None,
-        }
+        Fix::at("v", "default", ts, lat, lon)
     }
 
     #[test]

@@ -116,8 +116,11 @@ pub fn expected_geofences(
                 }
             }
         };
-        for f in fixes {
-            while next_change < changes.len() && changes[next_change].at <= f.ts {
+        // A change applies before the first fix at or after its time; the `None` at the end
+        // applies those after the last fix.
+        for item in fixes.into_iter().map(Some).chain([None]) {
+            let limit = item.map_or(i64::MAX, |f| f.ts);
+            while next_change < changes.len() && changes[next_change].at <= limit {
                 apply(
                     &changes[next_change],
                     &mut out,
@@ -127,6 +130,7 @@ pub fn expected_geofences(
                 );
                 next_change += 1;
             }
+            let Some(f) = item else { break };
             let now: Vec<&String> = fences
                 .iter()
                 .filter(|(_, g)| applies(g, &f.tenant) && inside(g, f.lat, f.lon))
@@ -175,16 +179,6 @@ pub fn expected_geofences(
                 }
             }
             last = Some(f);
-        }
-        while next_change < changes.len() {
-            apply(
-                &changes[next_change],
-                &mut out,
-                &mut fences,
-                &mut visits,
-                last,
-            );
-            next_change += 1;
         }
         for (id, (entered, _)) in visits {
             out.occupants

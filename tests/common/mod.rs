@@ -105,6 +105,19 @@ pub fn write_inputs(
     (one, shuf, split)
 }
 
+/// Runs `fleetflow ARGS` in `dir` to completion, asserts it succeeded, and returns its
+/// stdout and stderr.
+pub fn fleetflow_ok(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "fleetflow {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
 /// Spawns `fleetflow ARGS` in `dir` with the API on a port it logs, and returns the child,
 /// the API address and a thread collecting the rest of its stderr.
 pub fn spawn_with_api(

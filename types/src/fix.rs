@@ -55,6 +55,23 @@ fn cmp_opt(a: Option<f64>, b: Option<f64>) -> Ordering {
 }
 
 impl Fix {
+    /// A fix with a position only (every optional field absent).
+    pub fn at(vehicle_id: &str, tenant: &str, ts: Millis, lat: f64, lon: f64) -> Fix {
+        Fix {
+            vehicle_id: vehicle_id.into(),
+            tenant: tenant.into(),
+            ts,
+            lat,
+            lon,
+            speed_kmh: None,
+            heading_deg: None,
+            fuel_level_pct: None,
+            fuel_used_l: None,
+            odometer_km: None,
+            ignition: None,
+        }
+    }
+
     /// A total order over every field. Among duplicates (same vehicle and `ts`) the least
     /// fix under this order is kept, so the choice does not depend on arrival order.
     pub fn canonical_cmp(&self, other: &Fix) -> Ordering {
