@@ -1,20 +1,29 @@
 //! Running one job: wiring sources, the core dataflow, the lake sink and the API.
 
 use anyhow::{anyhow, Context};
+use differential_dataflow::Hashable;
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
+use fleetflow_connectors::source::InputSnapshot;
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
+use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, FenceIndex, ViewUpdate,
 };
+use fleetflow_dataflows::geofence::{GeoSnapshot, GeoVehicleSnapshot};
+use fleetflow_dataflows::operator::TimelineSnapshot;
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
+use fleetflow_sinks::commit::{clean_staging, recover, Coordinator, DatasetInfo};
 use fleetflow_sinks::lake::{Lake, Uploader};
-use fleetflow_sinks::writer::{render_lake_sink, RollPolicy, SinkConfig};
+use fleetflow_sinks::writer::{
+    render_lake_sink, Partitioning, RollPolicy, SinkConfig, SinkSnapshot,
+};
+use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
@@ -89,6 +98,8 @@ pub struct Summary {
     pub latency_p50_ms: Option<u64>,
     /// 99th percentile of the same.
     pub latency_p99_ms: Option<u64>,
+    /// The last committed checkpoint: its sequence number and watermark.
+    pub checkpoint: Option<(u64, Option<i64>)>,
 }
 
 impl Summary {
@@ -136,6 +147,13 @@ impl std::fmt::Display for Summary {
             writeln!(
                 f,
                 "latency     p50 {p50} ms, p99 {p99} ms (read -> visible in the API)"
+            )?;
+        }
+        if let Some((seq, w)) = self.checkpoint {
+            writeln!(
+                f,
+                "checkpoint  {seq} (watermark {})",
+                w.map_or("none".into(), fleetflow_types::time::rfc3339)
             )?;
         }
         if let Some(rss) = self.peak_rss {
@@ -270,11 +288,58 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .geofences
         .as_ref()
         .map_or(600_000, |g| g.dwell_after.millis());
-    if !spec.lake.retention.is_empty() {
-        tracing::warn!("[lake].retention is accepted but not enforced by this version");
+    let lake = Lake::open(&spec.lake.url, &spec.lake.s3)
+        .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("fleetflow-io")
+        .build()
+        .context("starting the I/O runtime")?;
+    // Exactly once: resume from the lake's newest checkpoint, after finishing its commit
+    // and removing what later, uncommitted work left behind.
+    let recovered = recover(&lake, runtime.handle()).context("recovering the lake's checkpoint")?;
+    if let Some(r) = &recovered {
+        if r.commit.inputs != input_names {
+            return Err(spec_error(
+                text,
+                "lake",
+                "url",
+                format!(
+                    "{} holds the checkpoints of a job with other inputs ({} from {:?}); point the job at a new lake",
+                    spec.lake.url,
+                    r.commit.inputs.len(),
+                    r.commit.inputs.first().map(String::as_str).unwrap_or("")
+                ),
+            ));
+        }
+        tracing::info!(
+            checkpoint = r.commit.seq,
+            watermark = ?r.commit.watermark.map(fleetflow_types::time::rfc3339),
+            "resuming from the lake's checkpoint"
+        );
     }
-    let lake =
-        Lake::open(&spec.lake.url).map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
+    let keep: std::collections::BTreeSet<String> = recovered
+        .as_ref()
+        .map(|r| r.commit.staged.iter().cloned().collect())
+        .unwrap_or_default();
+    let cleaned = clean_staging(&lake, runtime.handle(), &keep)
+        .context("cleaning the lake's staging area")?;
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed uncommitted staged files and uploads");
+    }
+    let initial_geofences = match recovered.as_ref().and_then(|r| {
+        r.pieces_of(geofence_op::SNAPSHOT_OP)
+            .find(|(w, _)| *w == 0)
+            .map(|(_, b)| b.to_vec())
+    }) {
+        Some(blob) => {
+            let snap: GeoSnapshot =
+                postcard::from_bytes(&blob).context("reading the checkpoint's geofences")?;
+            snap.fences
+        }
+        None => initial_geofences,
+    };
     let tiers = spec.lake.window_tiers();
     let mut datasets: Vec<String> = Vec::new();
     if spec.lake.has_raw() {
@@ -297,12 +362,6 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     ));
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("fleetflow-io")
-        .build()
-        .context("starting the I/O runtime")?;
     let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
 
     // Signals: SIGINT / SIGTERM interrupt the job.
@@ -433,7 +492,68 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let geo_view = geofences.clone();
     // Built once, shared by the workers until a runtime change (copy on write).
     let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
+    // Checkpoints: every stateful operator of every worker takes part.
+    let participants: Vec<(String, usize)> = (0..workers)
+        .flat_map(|w| {
+            [
+                fleetflow_connectors::source::SNAPSHOT_OP,
+                fleetflow_dataflows::operator::SNAPSHOT_OP,
+                geofence_op::SNAPSHOT_OP,
+                fleetflow_sinks::writer::SNAPSHOT_OP,
+            ]
+            .map(|op| (op.to_string(), w))
+        })
+        .collect();
+    let hub = Arc::new(Hub::new(
+        spec.lake.checkpoint_interval.millis() as u64,
+        participants,
+        recovered.as_ref().map_or(0, |r| r.commit.boundary),
+    ));
+    let coordinator = Coordinator {
+        lake: lake.clone(),
+        hub: hub.clone(),
+        uploader: uploader.fork(),
+        metrics: metrics.clone(),
+        datasets: datasets
+            .iter()
+            .map(|name| DatasetInfo {
+                name: name.clone(),
+                partitioning: match name.as_str() {
+                    "raw" => Partitioning::Hour,
+                    "dead_letter" | "geofence_events" => Partitioning::Day,
+                    t => Partitioning::for_window(
+                        tiers
+                            .iter()
+                            .find(|x| x.name == t)
+                            .map_or(60_000, |x| x.size_ms),
+                    ),
+                },
+                retention: spec.lake.retention.get(name).map(|r| r.millis()),
+            })
+            .collect(),
+        job: (spec.name.clone(), input_names.to_vec()),
+        target_bytes,
+        previous: recovered.as_ref().map(|r| r.commit.clone()),
+    };
+    let coordinator_stop = Arc::new(AtomicBool::new(false));
+    let coordinator_thread = {
+        let stop = coordinator_stop.clone();
+        std::thread::Builder::new()
+            .name("fleetflow-commit".into())
+            .spawn(move || coordinator.run(stop))
+            .context("starting the checkpoint coordinator")?
+    };
+    let restored = Arc::new(recovered.map(|r| r.pieces).unwrap_or_default());
+    let inputs_restored: Arc<Vec<InputSnapshot>> = Arc::new(
+        restored
+            .iter()
+            .filter(|((op, _), _)| op == fleetflow_connectors::source::SNAPSHOT_OP)
+            .filter_map(|(_, b)| postcard::from_bytes::<Vec<InputSnapshot>>(b).ok())
+            .flatten()
+            .collect(),
+    );
     let uploader_w = uploader.clone();
+    let hub_w = hub.clone();
     let config = timely::Config::process(workers);
     let startup = started.elapsed();
     let guards = timely::execute(config, move |worker| {
@@ -446,6 +566,53 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
         };
+        // This worker's share of the restored state: its inputs, the vehicles it owns
+        // (by the same hash that routes their fixes), and the sink chunks of the worker
+        // with its index (modulo, when the job restarts with fewer workers).
+        let owned =
+            |id: &fleetflow_types::CompactString| (id.hashed() % peers as u64) as usize == index;
+        let pieces = |op: &'static str| {
+            restored
+                .iter()
+                .filter(move |((o, _), _)| o == op)
+                .map(|((_, w), b)| (*w, b.as_slice()))
+        };
+        let timeline_restore = (!restored.is_empty()).then(|| {
+            TimelineSnapshot::merge(
+                pieces(fleetflow_dataflows::operator::SNAPSHOT_OP)
+                    .filter_map(|(_, b)| postcard::from_bytes(b).ok())
+                    .collect(),
+                owned,
+            )
+        });
+        let slots: std::collections::HashMap<fleetflow_types::CompactString, u32> =
+            timeline_restore
+                .iter()
+                .flat_map(|t| {
+                    t.vehicles
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (v.id.clone(), i as u32))
+                })
+                .collect();
+        let geo_restore: Vec<(u32, GeoVehicleSnapshot)> = pieces(geofence_op::SNAPSHOT_OP)
+            .filter_map(|(_, b)| postcard::from_bytes::<GeoSnapshot>(b).ok())
+            .flat_map(|g| g.vehicles)
+            .filter_map(|v| slots.get(&v.id).map(|s| (*s, v)))
+            .collect();
+        let sink_restore = (!restored.is_empty()).then(|| {
+            let mut merged = SinkSnapshot::default();
+            for (w, b) in pieces(fleetflow_sinks::writer::SNAPSHOT_OP) {
+                if let Ok(s) = postcard::from_bytes::<SinkSnapshot>(b) {
+                    merged.watermark = merged.watermark.max(s.watermark);
+                    if w % peers == index {
+                        merged.chunks.extend(s.chunks);
+                    }
+                }
+            }
+            merged
+        });
+        let hub = hub_w.clone();
         let ctx = IntakeContext {
             metrics: metrics.clone(),
             registry: registry.clone(),
@@ -455,6 +622,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             budget: batch,
             backpressure: Some((probe.clone(), 20)),
             max_ahead: Some(lateness + 2_000),
+            checkpoints: Some((hub.clone(), inputs_restored.clone())),
         };
         let core_cfg = CoreConfig {
             lateness,
@@ -463,6 +631,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             metrics,
             input_names,
             publish_every: Duration::from_millis(50),
+            checkpoints: Some(hub.clone()),
+            restore: timeline_restore,
         };
         let view = view.clone();
         let geo_view = geo_view.clone();
@@ -480,6 +650,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 core.finals,
                 fence_index,
                 dwell_after,
+                Some((hub.clone(), geo_restore)),
                 move |updates, events| {
                     let (mut occ, mut applied) = (Vec::new(), Vec::new());
                     let mut as_of = None;
@@ -524,7 +695,17 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                     geo_view.advance(index, watermark);
                 },
             );
-            render_lake_sink(raw, rows, dead, events, progress, sink_cfg, uploader);
+            render_lake_sink(
+                raw,
+                rows,
+                dead,
+                events,
+                progress,
+                sink_cfg,
+                uploader.fork(),
+                hub,
+                sink_restore,
+            );
         });
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
@@ -534,10 +715,23 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     if let Some(t) = progress_thread {
         let _ = t.join();
     }
-    for r in results {
-        r.map_err(|e| anyhow!("a worker failed: {e}"))?;
+    let failed_worker = results.into_iter().find_map(|r| r.err());
+    // The workers offered their final pieces; the coordinator commits them and stops (or
+    // stops at once if a worker failed).
+    if failed_worker.is_some() {
+        coordinator_stop.store(true, Relaxed);
+    }
+    let committed = coordinator_thread
+        .join()
+        .map_err(|_| anyhow!("the checkpoint coordinator panicked"))?;
+    if let Some(e) = failed_worker {
+        return Err(anyhow!("a worker failed: {e}").into());
     }
     uploader.finish().context("writing the lake")?;
+    if let Some(e) = hub.failure() {
+        return Err(anyhow!("writing the lake: {e}").into());
+    }
+    let committed = committed.context("committing the lake's checkpoint")?;
 
     let r = Relaxed;
     let summary = Summary {
@@ -559,6 +753,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         watermark: metrics.watermark(),
         latency_p50_ms: metrics.visibility_latency.quantile(0.5),
         latency_p99_ms: metrics.visibility_latency.quantile(0.99),
+        checkpoint: committed.map(|c| (c.seq, c.watermark)),
     };
     if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {
         eprintln!("{summary}input done; serving the API until interrupted");

@@ -109,8 +109,20 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
         parts.iter().all(|p| p[0].as_str() == Some("2013-07-01")),
         "{parts:?}"
     );
-    // No partial or staging files are visible.
-    for entry in walk(&lake) {
+    // No partial or staging files are visible, and a finished run leaves nothing staged.
+    let private = lake.join("_fleetflow");
+    let staged: Vec<_> = walk(&private)
+        .into_iter()
+        .filter(|p| p.starts_with(private.join("staging")))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    let logs = walk(&private.join("log"));
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(logs.iter().max().unwrap()).unwrap()).unwrap();
+    assert_eq!(last["last"], true, "{last}");
+    let max_ts = exp.accepted.iter().map(|f| f.ts).max().unwrap();
+    assert_eq!(last["watermark"].as_i64(), Some(max_ts + 1), "{last}");
+    for entry in walk(&lake).into_iter().filter(|p| !p.starts_with(&private)) {
         assert!(
             entry.extension().is_some_and(|e| e == "parquet"),
             "unexpected file {}",

@@ -40,6 +40,8 @@ struct FileInput {
     path: PathBuf,
     reader: Option<BufReader<File>>,
     line: u64,
+    /// Bytes consumed so far (where a resumed read seeks to).
+    offset: u64,
     done: bool,
 }
 
@@ -61,6 +63,7 @@ impl FileSource {
                 path: p.clone(),
                 reader: None,
                 line: 0,
+                offset: 0,
                 done: false,
             })
             .collect();
@@ -81,6 +84,31 @@ impl FileSource {
 impl Source for FileSource {
     fn inputs(&self) -> Vec<u32> {
         self.files.iter().map(|f| f.id).collect()
+    }
+
+    fn position(&self, local: usize) -> (u64, u64) {
+        let f = &self.files[local];
+        (f.offset, f.line)
+    }
+
+    fn seek(&mut self, local: usize, (offset, line): (u64, u64)) -> Result<(), SourceError> {
+        use std::io::{Seek, SeekFrom};
+        let f = &mut self.files[local];
+        let io = |error| SourceError::Io {
+            input: f.path.display().to_string(),
+            error,
+        };
+        let mut file = File::open(&f.path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if offset > len {
+            return Err(io(std::io::Error::other(format!(
+                "the checkpoint resumes at byte {offset}, but the file has only {len}: it was replaced"
+            ))));
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        f.reader = Some(BufReader::with_capacity(256 * 1024, file));
+        (f.offset, f.line, f.done) = (offset, line, false);
+        Ok(())
     }
 
     fn poll(
@@ -119,6 +147,7 @@ impl Source for FileSource {
                 });
             }
             f.line += 1;
+            f.offset += read as u64;
             let mut line = &self.buf[..];
             while let [rest @ .., b'\n' | b'\r'] = line {
                 line = rest;

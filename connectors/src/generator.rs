@@ -210,6 +210,8 @@ pub struct Generator {
     seq: u64,
     started: Option<std::time::Instant>,
     emitted: u64,
+    /// Events skipped when resuming (not paced by `rate`).
+    resumed: u64,
     exhausted: bool,
 }
 
@@ -233,6 +235,7 @@ impl Generator {
             seq: 0,
             started: None,
             emitted: 0,
+            resumed: 0,
             exhausted: false,
             spec: spec.clone(),
         }
@@ -311,6 +314,26 @@ impl Source for Generator {
         vec![self.partition]
     }
 
+    fn position(&self, _local: usize) -> (u64, u64) {
+        (self.emitted, 0)
+    }
+
+    /// Generation is deterministic: resuming regenerates and skips the events emitted
+    /// before (quick: no decoding, no dataflow).
+    fn seek(&mut self, _local: usize, (emitted, _): (u64, u64)) -> Result<(), SourceError> {
+        let rate = self.spec.rate.take();
+        while self.emitted < emitted {
+            let budget = (emitted - self.emitted).min(65_536) as usize;
+            if self.poll(0, budget, &mut |_, _| {})? == Polled::Finished {
+                break;
+            }
+        }
+        self.spec.rate = rate;
+        self.resumed = self.emitted;
+        self.started = None;
+        Ok(())
+    }
+
     fn poll(
         &mut self,
         _local: usize,
@@ -321,7 +344,7 @@ impl Source for Generator {
         let mut allowed = budget as u64;
         if let Some(rate) = self.spec.rate {
             let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-            allowed = allowed.min(due.saturating_sub(self.emitted));
+            allowed = allowed.min(due.saturating_sub(self.emitted - self.resumed));
             if allowed == 0 {
                 return Ok(Polled::Empty);
             }

@@ -21,6 +21,7 @@
 //! rather than at the end of its input.
 
 use crate::intake;
+use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{source_name, DeadLetter, IncomingFix, InputReport, InputState};
 use fleetflow_types::registry::VehicleRegistry;
@@ -79,7 +80,30 @@ pub trait Source {
     fn can_idle(&self) -> bool {
         false
     }
+    /// Where local input `local` resumes after everything handed over so far: an opaque
+    /// `(offset, count)` pair (bytes and lines of a file, events of a generator, the next
+    /// offset of a Kafka partition). Recorded in checkpoints.
+    fn position(&self, local: usize) -> (u64, u64);
+    /// Moves local input `local` to a position [`Source::position`] returned, before the
+    /// first poll.
+    fn seek(&mut self, local: usize, position: (u64, u64)) -> Result<(), SourceError>;
 }
+
+/// One input's part of a source's snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputSnapshot {
+    /// Global input id.
+    pub input: u32,
+    /// [`Source::position`].
+    pub position: (u64, u64),
+    /// Greatest `ts` seen.
+    pub max_ts: Option<Millis>,
+    /// Its state.
+    pub state: InputState,
+}
+
+/// Checkpoint participant name of the source operator.
+pub const SNAPSHOT_OP: &str = "source";
 
 /// Settings the source operator needs beyond the source itself.
 #[derive(Clone)]
@@ -106,6 +130,9 @@ pub struct IntakeContext {
     /// that fixes waiting for the watermark stay bounded however unevenly inputs are read.
     /// It changes no result: the slowest input is never paused.
     pub max_ahead: Option<Millis>,
+    /// Checkpoints: the hub to offer snapshots to and the inputs' restored state (every
+    /// input of the job; each worker takes its own).
+    pub checkpoints: Option<(Arc<Hub>, Arc<Vec<InputSnapshot>>)>,
 }
 
 struct LocalInput {
@@ -168,6 +195,42 @@ pub fn render_source<'scope>(
             dirty: true,
         })
         .collect();
+    let worker = scope.index();
+    let ctx_checkpoints = ctx.checkpoints.clone();
+    let mut cuts = ctx.checkpoints.as_ref().map(|(hub, _)| hub.cuts());
+    if let Some((_, restored)) = &ctx.checkpoints {
+        for (local, input) in inputs.iter_mut().enumerate() {
+            let Some(r) = restored.iter().find(|r| r.input == input.id) else {
+                continue;
+            };
+            input.max_ts = r.max_ts;
+            input.state = r.state;
+            if r.state != InputState::Finished {
+                if let Err(e) = source.seek(local, r.position) {
+                    tracing::error!(input = %ctx.input_names.get(input.id as usize).map(String::as_str).unwrap_or("?"), error = %e, "cannot resume input; treating it as ended");
+                    input.state = InputState::Finished;
+                }
+            }
+        }
+    }
+    // Offers the inputs' positions for the boundaries `range` (see `checkpoint`).
+    let snapshot = move |source: &dyn Source, inputs: &[LocalInput], range: Option<(u64, u64)>| {
+        let (Some((hub, _)), Some((lo, hi))) = (&ctx_checkpoints, range) else {
+            return;
+        };
+        let snap: Vec<InputSnapshot> = inputs
+            .iter()
+            .enumerate()
+            .map(|(local, i)| InputSnapshot {
+                input: i.id,
+                position: source.position(local),
+                max_ts: i.max_ts,
+                state: i.state,
+            })
+            .collect();
+        let blob = postcard::to_stdvec(&snap).expect("positions serialize");
+        hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+    };
 
     builder.build(move |caps| {
         let mut caps = Some(caps);
@@ -179,6 +242,7 @@ pub fn render_source<'scope>(
             if ctx.shutdown.load(Relaxed) {
                 // Interrupted: stop without claiming the inputs ended.
                 caps = None;
+                snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(None)));
                 return;
             }
             let now = now_ms();
@@ -304,6 +368,7 @@ pub fn render_source<'scope>(
             }
             if inputs.iter().all(|i| i.state == InputState::Finished) {
                 caps = None;
+                snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(None)));
                 return;
             }
             // Advance the epoch to processing time.
@@ -312,6 +377,8 @@ pub fn render_source<'scope>(
                 for cap in held.iter_mut() {
                     cap.downgrade(&epoch);
                 }
+                // Everything handed over so far is below the new epoch.
+                snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(Some(epoch))));
             }
             let all_waiting = pick.is_none() || inputs.iter().all(|i| i.state == InputState::Finished || i.empty_since.is_some());
             if all_waiting {

@@ -33,6 +33,7 @@
 //! `enter` (cause `geofence_added`, `entered_at = W`) for vehicles whose latest final fix
 //! is inside; replacing is a removal and an addition.
 
+use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::geofence::{circle_contains_near, polygons_contain, Geofence, Shape};
 use fleetflow_types::records::{
@@ -294,6 +295,11 @@ pub struct FenceIndex {
 }
 
 impl FenceIndex {
+    /// The geofences in force, by slot.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Geofence>> {
+        self.slots.iter().flatten().map(|s| &s.fence)
+    }
+
     /// An index over `fences` (the R-tree bulk loaded).
     pub fn new(fences: impl IntoIterator<Item = Arc<Geofence>>) -> FenceIndex {
         let mut idx = FenceIndex::default();
@@ -532,7 +538,96 @@ pub struct Geofencing {
     spare: Vec<Visit>,
 }
 
+/// One vehicle's geofencing state in a checkpoint.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GeoVehicleSnapshot {
+    /// The vehicle.
+    pub id: CompactString,
+    tenant: CompactString,
+    lat: f64,
+    lon: f64,
+    /// Visits in progress: geofence id, `entered_at`, whether dwell fired.
+    inside: Vec<(CompactString, Millis, bool)>,
+}
+
+/// The geofencing operator's state at a checkpoint boundary.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct GeoSnapshot {
+    /// The geofences in force (on worker 0 only: every worker has the same).
+    pub fences: Vec<Arc<Geofence>>,
+    /// The worker's vehicles.
+    pub vehicles: Vec<GeoVehicleSnapshot>,
+}
+
+/// Restored vehicles at their timeline slots.
+pub type GeoRestore = Vec<(u32, GeoVehicleSnapshot)>;
+
+/// Checkpoint participant name of the geofencing operator.
+pub const SNAPSHOT_OP: &str = "geofences";
+
 impl Geofencing {
+    /// The state for a checkpoint; `fences` includes the geofences in force.
+    pub fn snapshot(&self, fences: bool) -> GeoSnapshot {
+        GeoSnapshot {
+            fences: if fences {
+                self.index.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            vehicles: self
+                .vehicles
+                .iter()
+                .flatten()
+                .map(|v| GeoVehicleSnapshot {
+                    id: v.id.clone(),
+                    tenant: v.tenant.clone(),
+                    lat: v.lat,
+                    lon: v.lon,
+                    inside: v
+                        .inside
+                        .iter()
+                        .map(|i| (i.id.clone(), i.entered_at, i.dwelled))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores vehicles at the timeline's slots (into a fresh instance whose index holds
+    /// the restored geofences) and reports every visit to the view as an occupant.
+    pub fn restore(&mut self, vehicles: Vec<(u32, GeoVehicleSnapshot)>, out: &mut GeoOutputs) {
+        for (slot, snap) in vehicles {
+            let s = slot as usize;
+            if self.vehicles.len() <= s {
+                self.vehicles.resize_with(s + 1, || None);
+            }
+            let mut inside: Vec<Visit> = snap
+                .inside
+                .into_iter()
+                .filter_map(|(id, entered_at, dwelled)| {
+                    let fence = self.index.slot_of(&id)?;
+                    Some(Visit {
+                        slot: fence,
+                        id,
+                        entered_at,
+                        dwelled,
+                    })
+                })
+                .collect();
+            inside.sort_unstable_by_key(|v| v.slot);
+            for v in &inside {
+                self.occupant((v.slot, &v.id), (slot, &snap.id), v.entered_at, 1, out);
+            }
+            self.vehicles[s] = Some(VehicleFences {
+                id: snap.id,
+                tenant: snap.tenant,
+                lat: snap.lat,
+                lon: snap.lon,
+                inside,
+            });
+        }
+    }
+
     /// Starts with `fences` in force and no vehicles.
     pub fn new(index: Arc<FenceIndex>, dwell_after: Millis) -> Geofencing {
         Geofencing {
@@ -794,6 +889,7 @@ pub fn render_geofences<'scope, F>(
     finals: Stream<'scope, u64, Vec<Finalized>>,
     index: Arc<FenceIndex>,
     dwell_after: Millis,
+    checkpoints: Option<(Arc<Hub>, GeoRestore)>,
     mut view: F,
 ) -> Stream<'scope, u64, Vec<GeofenceEvent>>
 where
@@ -804,13 +900,32 @@ where
     let mut input = builder.new_input(finals, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
+    let worker = scope.index();
     builder.build(move |_caps| {
         let mut geo = Geofencing::new(index, dwell_after);
         let mut out = GeoOutputs::default();
-        move |_frontiers| {
+        let (hub, restored) = checkpoints.unzip();
+        let mut cuts = hub.as_ref().map(|h| h.cuts());
+        if let Some(vehicles) = restored.filter(|v| !v.is_empty()) {
+            geo.restore(vehicles, &mut out);
+            view(&mut out.view, &[]);
+            out.view.clear();
+        }
+        let snapshot = move |geo: &Geofencing, range: Option<(u64, u64)>| {
+            if let (Some(hub), Some((lo, hi))) = (&hub, range) {
+                let blob = postcard::to_stdvec(&geo.snapshot(worker == 0))
+                    .expect("geofencing state serializes");
+                hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+            }
+        };
+        move |frontiers| {
             // A pipeline channel delivers one producer's batches in the order they were sent,
-            // which is the order the timeline made fixes final and applied changes.
+            // which is the order the timeline made fixes final and applied changes (and
+            // their times never decrease), so checkpoint cuts fall between batches.
             input.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    snapshot(&geo, cuts.as_mut().and_then(|c| c.before(*t)));
+                }
                 for item in data.drain(..) {
                     match item {
                         Finalized::Fix(p) => geo.on_fix(p, &mut out),
@@ -835,6 +950,8 @@ where
                     out.events.reserve(1024);
                 }
             });
+            let f = frontiers[0].frontier().first().copied();
+            snapshot(&geo, cuts.as_mut().and_then(|c| c.frontier(f)));
         }
     });
     events

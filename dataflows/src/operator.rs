@@ -23,9 +23,10 @@
 //! interrupted (open windows are left unwritten rather than written incomplete).
 
 use crate::geofence::Finalized;
-use crate::timeline::{Outputs, TimelineConfig, Timelines};
+use crate::timeline::{Outputs, TimelineConfig, Timelines, VehicleSnapshot};
 use crate::watermark::{Watermark, WatermarkTracker};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
 pub use fleetflow_types::records::Progress;
@@ -42,6 +43,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 /// Everything the per-vehicle operator needs.
@@ -60,6 +62,41 @@ pub struct CoreConfig {
     /// How often vehicle state and progress are published (processing time). State changes
     /// within an interval are coalesced into one update per vehicle.
     pub publish_every: std::time::Duration,
+    /// Checkpoints: the hub to offer snapshots to.
+    pub checkpoints: Option<Arc<Hub>>,
+    /// This worker's share of the restored state.
+    pub restore: Option<TimelineSnapshot>,
+}
+
+/// Checkpoint participant name of the per-vehicle operator.
+pub const SNAPSHOT_OP: &str = "timeline";
+
+/// The per-vehicle operator's state at a checkpoint boundary.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TimelineSnapshot {
+    /// The inputs' progress as this worker applied it (the same on every worker).
+    pub tracker: WatermarkTracker,
+    /// The watermark fixes were checked against.
+    pub watermark: Option<Millis>,
+    /// The worker's vehicles, by id.
+    pub vehicles: Vec<VehicleSnapshot>,
+}
+
+impl TimelineSnapshot {
+    /// Merges the snapshots of every worker and keeps the vehicles `owned` (by the worker
+    /// that restores), sorted by id.
+    pub fn merge(all: Vec<TimelineSnapshot>, owned: impl Fn(&CompactString) -> bool) -> Self {
+        let mut out = TimelineSnapshot::default();
+        for s in all {
+            if out.watermark.is_none() || s.watermark > out.watermark {
+                (out.tracker, out.watermark) = (s.tracker, s.watermark);
+            }
+            out.vehicles
+                .extend(s.vehicles.into_iter().filter(|v| owned(&v.id)));
+        }
+        out.vehicles.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
 }
 
 /// The streams of the core dataflow.
@@ -113,6 +150,7 @@ pub fn render_timeline<'scope>(
     let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
     let mut finals_out: Out<Finalized> = OutputBuilder::from(finals_out);
 
+    let mut cfg = cfg;
     builder.build(move |caps| {
         let mut caps = Some(caps);
         let mut timelines = Timelines::new(
@@ -123,6 +161,32 @@ pub fn render_timeline<'scope>(
         );
         let mut tracker = WatermarkTracker::new(cfg.lateness);
         let mut watermark: Option<Millis> = None;
+        let mut cuts = cfg.checkpoints.as_ref().map(|h| h.cuts());
+        if let Some(r) = cfg.restore.take() {
+            (tracker, watermark) = (r.tracker, r.watermark);
+            if let Some(w) = watermark {
+                cfg.metrics
+                    .derived_watermark
+                    .fetch_max(w, std::sync::atomic::Ordering::Relaxed);
+            }
+            timelines.restore(r.vehicles);
+        }
+        let hub = cfg.checkpoints.clone();
+        let snapshot = move |timelines: &Timelines,
+                             tracker: &WatermarkTracker,
+                             watermark: Option<Millis>,
+                             range: Option<(u64, u64)>| {
+            let (Some(hub), Some((lo, hi))) = (&hub, range) else {
+                return;
+            };
+            let snap = TimelineSnapshot {
+                tracker: tracker.clone(),
+                watermark,
+                vehicles: timelines.snapshot(),
+            };
+            let blob = postcard::to_stdvec(&snap).expect("timeline state serializes");
+            hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+        };
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
@@ -130,6 +194,42 @@ pub fn render_timeline<'scope>(
         let mut out = Outputs::default();
         let mut last_publish = std::time::Instant::now();
         let mut last_stats = std::time::Instant::now();
+        // Sends what `out` holds (but progress) at `at`.
+        let mut flush = move |out: &mut Outputs, caps_at: &[Capability<u64>], at: u64| {
+            if !out.raw.is_empty() {
+                raw_out
+                    .activate()
+                    .session(&caps_at[0])
+                    .give_container(&mut out.raw);
+                out.raw.reserve(4096);
+            }
+            if !out.finals.is_empty() {
+                finals_out
+                    .activate()
+                    .session(&caps_at[5])
+                    .give_container(&mut out.finals);
+                out.finals.reserve(4096);
+            }
+            if !out.rows.is_empty() {
+                row_out
+                    .activate()
+                    .session(&caps_at[1])
+                    .give_container(&mut out.rows);
+            }
+            if !out.dead.is_empty() {
+                dead_out
+                    .activate()
+                    .session(&caps_at[2])
+                    .give_container(&mut out.dead);
+            }
+            if !out.state.is_empty() {
+                let mut o = state_out.activate();
+                let mut s = o.session(&caps_at[3]);
+                for (d, r) in out.state.drain(..) {
+                    s.give((d, at, r));
+                }
+            }
+        };
         move |frontiers| {
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
@@ -167,6 +267,15 @@ pub fn render_timeline<'scope>(
                 let Some(epoch) = next.filter(ready) else {
                     break;
                 };
+                if let Some(range) = cuts.as_mut().and_then(|c| c.before(epoch)) {
+                    // A checkpoint boundary lies before this epoch: what the epochs below
+                    // it produced leaves at their time, then the state is taken.
+                    if let Some(at) = last_epoch {
+                        let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&at)).collect();
+                        flush(&mut out, &caps_at, at);
+                    }
+                    snapshot(&timelines, &tracker, watermark, Some(range));
+                }
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
                     for inc in batch {
                         timelines.offer(inc, watermark, &mut out);
@@ -258,39 +367,7 @@ pub fn render_timeline<'scope>(
                 || advanced
             {
                 let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&emit_at)).collect();
-                if !out.raw.is_empty() {
-                    raw_out
-                        .activate()
-                        .session(&caps_at[0])
-                        .give_container(&mut out.raw);
-                    out.raw.reserve(4096);
-                }
-                if !out.finals.is_empty() {
-                    finals_out
-                        .activate()
-                        .session(&caps_at[5])
-                        .give_container(&mut out.finals);
-                    out.finals.reserve(4096);
-                }
-                if !out.rows.is_empty() {
-                    row_out
-                        .activate()
-                        .session(&caps_at[1])
-                        .give_container(&mut out.rows);
-                }
-                if !out.dead.is_empty() {
-                    dead_out
-                        .activate()
-                        .session(&caps_at[2])
-                        .give_container(&mut out.dead);
-                }
-                if !out.state.is_empty() {
-                    let mut o = state_out.activate();
-                    let mut s = o.session(&caps_at[3]);
-                    for (d, r) in out.state.drain(..) {
-                        s.give((d, emit_at, r));
-                    }
-                }
+                flush(&mut out, &caps_at, emit_at);
                 if advanced {
                     if let Some(w) = state_watermark {
                         cfg.metrics.advance_watermark(w);
@@ -303,6 +380,12 @@ pub fn render_timeline<'scope>(
                     published = state_watermark;
                 }
             }
+            snapshot(
+                &timelines,
+                &tracker,
+                watermark,
+                cuts.as_mut().and_then(|c| c.frontier(frontier)),
+            );
             match frontier {
                 None => caps = None,
                 Some(f) => {

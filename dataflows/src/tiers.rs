@@ -10,7 +10,7 @@ use fleetflow_types::records::TierRow;
 use fleetflow_types::time::{window_start, Millis};
 
 /// The open window of one vehicle in one tier.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowAcc {
     row: TierRow,
     speed_sum: f64,

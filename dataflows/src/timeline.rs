@@ -100,7 +100,66 @@ pub struct Timelines {
     day: Option<i64>,
 }
 
+/// One vehicle's part of a [`Timelines`] snapshot: everything that is not derived.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct VehicleSnapshot {
+    /// The vehicle.
+    pub id: CompactString,
+    anchor: Option<(Fix, Option<f64>)>,
+    pending: Vec<IncomingFix>,
+    windows: Vec<Option<WindowAcc>>,
+    today_day: i64,
+    today_km: f64,
+    today_l: f64,
+}
+
 impl Timelines {
+    /// The state of every vehicle, for a checkpoint (published state and timers are
+    /// derived again on restore).
+    pub fn snapshot(&self) -> Vec<VehicleSnapshot> {
+        let mut ids: Vec<(&CompactString, &u32)> = self.slots.iter().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|(id, slot)| {
+                let v = &self.vehicles[*slot as usize];
+                VehicleSnapshot {
+                    id: id.clone(),
+                    anchor: v.anchor.clone(),
+                    pending: v.pending.iter().cloned().collect(),
+                    windows: v.windows.clone(),
+                    today_day: v.today_day,
+                    today_km: v.today_km,
+                    today_l: v.today_l,
+                }
+            })
+            .collect()
+    }
+
+    /// Restores vehicles from snapshots (into empty timelines), in the given order: the
+    /// `i`-th becomes slot `i`. Every restored vehicle publishes its state again.
+    pub fn restore(&mut self, vehicles: Vec<VehicleSnapshot>) {
+        assert!(self.vehicles.is_empty(), "restore into empty timelines");
+        for snap in vehicles {
+            let slot = self.slot(&snap.id);
+            let v = &mut self.vehicles[slot as usize];
+            v.anchor = snap.anchor;
+            v.pending = snap.pending.into();
+            v.windows = snap.windows;
+            v.windows.resize(self.cfg.tiers.len(), None);
+            (v.today_day, v.today_km, v.today_l) = (snap.today_day, snap.today_km, snap.today_l);
+            v.recompute_latest();
+            if let Some(p) = v.pending.front() {
+                self.due.push(Reverse((p.fix.ts, slot)));
+            }
+            for (tier, w) in v.windows.iter().enumerate() {
+                if let Some(w) = w {
+                    self.closing.push(Reverse((w.end(), slot, tier as u8)));
+                }
+            }
+            self.touch(slot);
+        }
+    }
+
     /// Empty timelines.
     pub fn new(
         cfg: TimelineConfig,

@@ -19,7 +19,7 @@ pub enum Watermark {
 }
 
 /// Tracks every input's greatest `ts` and state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkTracker {
     inputs: BTreeMap<u32, (Option<Millis>, InputState)>,
     lateness: Millis,

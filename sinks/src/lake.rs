@@ -1,5 +1,5 @@
-//! The lake: an object store (local directory now, S3 with the lake issue) and the
-//! uploader that commits finished Parquet files to it.
+//! The lake: an object store (a local directory or S3) and the uploader that writes
+//! Parquet files to it.
 //!
 //! A small file is written with a single `put`; a large one streams out as a multipart upload
 //! while it is being encoded ([`StreamingFile`]), so memory per open file stays at about one
@@ -9,9 +9,13 @@
 
 use bytes::Bytes;
 use fleetflow_types::metrics::Metrics;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -20,8 +24,19 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     /// The URL is not one fleetflow can write to.
-    #[error("unsupported lake url {0:?}: use file://DIR")]
+    #[error("unsupported lake url {0:?}: use file://DIR or s3://BUCKET/PREFIX")]
     Unsupported(String),
+    /// A `[lake.s3]` option is unknown.
+    #[error("unknown S3 option {0:?} (use e.g. endpoint, region, access_key_id, secret_access_key, allow_http)")]
+    S3Option(String),
+    /// The lake's checkpoint log cannot be read.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The object.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The store rejected an operation.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
@@ -52,11 +67,51 @@ pub struct Lake {
     pub url: String,
     /// For `file://` lakes, the directory.
     pub local_dir: Option<std::path::PathBuf>,
+    /// For `s3://` lakes, the bucket's store and the lake's prefix in it (for requests
+    /// the generic store has no call for, such as listing unfinished multipart uploads).
+    pub s3: Option<(Arc<AmazonS3>, Path)>,
 }
 
 impl Lake {
-    /// Opens `file://DIR` (created if missing; relative to the working directory).
-    pub fn open(url: &str) -> Result<Lake, LakeError> {
+    /// Opens `file://DIR` (created if missing; relative to the working directory) or
+    /// `s3://BUCKET/PREFIX`, configured by the standard `AWS_*` environment variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP`, ...) with `options` (the spec's `[lake.s3]`) taking precedence.
+    pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Lake, LakeError> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(LakeError::Unsupported(url.to_string()));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                && !options.contains_key("region")
+            {
+                b = b.with_region("us-east-1");
+            }
+            for (k, v) in options {
+                let key = match k.as_str() {
+                    "allow_http" => {
+                        b = b.with_allow_http(v == "true");
+                        continue;
+                    }
+                    k => AmazonS3ConfigKey::from_str(k)
+                        .map_err(|_| LakeError::S3Option(k.to_string()))?,
+                };
+                b = b.with_config(key, v);
+            }
+            let s3 = Arc::new(b.build()?);
+            let prefix = Path::from(prefix.trim_matches('/'));
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(PrefixStore::new(s3.clone(), prefix.clone()));
+            return Ok(Lake {
+                store,
+                url: url.to_string(),
+                local_dir: None,
+                s3: Some((s3, prefix)),
+            });
+        }
         if let Some(dir) = url.strip_prefix("file://") {
             let dir = std::path::PathBuf::from(if dir.is_empty() { "." } else { dir });
             std::fs::create_dir_all(&dir).map_err(|error| LakeError::Io {
@@ -72,6 +127,7 @@ impl Lake {
                 store: Arc::new(store),
                 url: url.to_string(),
                 local_dir: Some(abs),
+                s3: None,
             });
         }
         Err(LakeError::Unsupported(url.to_string()))
@@ -95,6 +151,26 @@ pub struct Uploader {
 }
 
 impl Uploader {
+    /// An uploader to the same lake with its own count of files in flight, so that
+    /// [`Uploader::finish`] waits for this one's files only (one per worker).
+    pub fn fork(&self) -> Uploader {
+        Uploader::new(
+            self.lake.clone(),
+            self.runtime.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// The lake.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The I/O runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
     /// An uploader to `lake` running on `runtime`.
     pub fn new(lake: Lake, runtime: tokio::runtime::Handle, metrics: Arc<Metrics>) -> Self {
         Uploader {
@@ -137,10 +213,9 @@ impl Uploader {
                 }
             };
             if result.is_ok() {
-                metrics.files_written.fetch_add(1, Relaxed);
                 metrics.bytes_written.fetch_add(len, Relaxed);
-                metrics.add_rows(&dataset, rows);
             }
+            let _ = (dataset, rows);
             Self::release(&state, result);
         });
     }
@@ -177,10 +252,9 @@ impl Uploader {
             if result.is_err() {
                 let _ = upload.abort().await;
             } else {
-                metrics.files_written.fetch_add(1, Relaxed);
                 metrics.bytes_written.fetch_add(bytes, Relaxed);
-                metrics.add_rows(&dataset, rows);
             }
+            let _ = (dataset, rows);
             Self::release(&state, result);
         });
     }
@@ -261,6 +335,16 @@ impl StreamingFile {
         }
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.shipped + self.buf.len() as u64
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn ship_part(&mut self) -> std::io::Result<()> {
         let handle = self.uploader.runtime.clone();
         if self.upload.is_none() {
@@ -337,7 +421,8 @@ impl std::io::Write for StreamingFile {
 pub(crate) fn test_uploader(
     dir: &std::path::Path,
 ) -> (Uploader, Arc<Metrics>, tokio::runtime::Runtime) {
-    let lake = Lake::open(&format!("file://{}", dir.display())).expect("local lake");
+    let lake =
+        Lake::open(&format!("file://{}", dir.display()), &BTreeMap::new()).expect("local lake");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -393,7 +478,6 @@ mod tests {
         file.finish("raw".into(), 42).unwrap();
         uploader.finish().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), expected);
-        assert_eq!(metrics.rows_of("raw"), 42);
         assert_eq!(metrics.bytes_written.load(Relaxed), expected.len() as u64);
         let names: Vec<_> = std::fs::read_dir(target.parent().unwrap())
             .unwrap()

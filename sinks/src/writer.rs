@@ -16,15 +16,20 @@
 
 use crate::lake::{StreamingFile, Uploader};
 use crate::schema::LakeRecord;
+use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::WindowTier;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{DeadLetter, GeofenceEvent, Progress, TierRow};
 use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -83,16 +88,70 @@ impl Partitioning {
         }
     }
 
-    /// Event time at which the partition of `key` is complete (None for months: they
-    /// close with their last day's rows, which the age and end-of-input rules flush).
+    /// Event time at which the partition of `key` is complete (its end).
     pub fn closes_at(self, key: i64) -> Option<Millis> {
+        Some(self.start(key) + self.len(key))
+    }
+
+    /// Event time at which the partition of `key` starts.
+    pub fn start(self, key: i64) -> Millis {
         match self {
-            Partitioning::Hour => Some(key + HOUR_MS),
-            Partitioning::Day => Some(key + DAY_MS),
-            Partitioning::Month => None,
+            Partitioning::Hour | Partitioning::Day => key,
+            Partitioning::Month => month_start((key / 100) as i32, (key % 100) as u32),
+        }
+    }
+
+    fn len(self, key: i64) -> Millis {
+        match self {
+            Partitioning::Hour => HOUR_MS,
+            Partitioning::Day => DAY_MS,
+            Partitioning::Month => {
+                let (y, m) = ((key / 100) as i32, (key % 100) as u32);
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                month_start(ny, nm) - month_start(y, m)
+            }
+        }
+    }
+
+    /// The key of a partition directory (`date=…/hour=…`, `date=…`, `month=…`).
+    pub fn parse_dir(self, dir: &str) -> Option<i64> {
+        let date = |s: &str| {
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .map(|d| {
+                    d.and_hms_opt(0, 0, 0)
+                        .expect("midnight")
+                        .and_utc()
+                        .timestamp_millis()
+                })
+        };
+        match self {
+            Partitioning::Hour => {
+                let (d, h) = dir.split_once("/hour=")?;
+                let h: i64 = h.parse().ok().filter(|h| (0..24).contains(h))?;
+                Some(date(d.strip_prefix("date=")?)? + h * HOUR_MS)
+            }
+            Partitioning::Day => date(dir.strip_prefix("date=")?),
+            Partitioning::Month => {
+                let (y, m) = dir.strip_prefix("month=")?.split_once('-')?;
+                let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
+                (1..=12).contains(&m).then_some(y * 100 + m)
+            }
         }
     }
 }
+
+fn month_start(y: i32, m: u32) -> Millis {
+    chrono::NaiveDate::from_ymd_opt(y, m, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(0, |d| d.and_utc().timestamp_millis())
+}
+
+/// Where staged files live: outside every dataset's glob, so readers never see them.
+pub const STAGING: &str = "_fleetflow/staging";
+
+/// Checkpoint participant name of the lake sink.
+pub const SNAPSHOT_OP: &str = "lake";
 
 /// File rolling settings.
 #[derive(Clone, Debug)]
@@ -103,20 +162,85 @@ pub struct RollPolicy {
     pub max_age: Duration,
 }
 
-struct PartBuf<R> {
-    rows: Vec<R>,
-    writer: Option<ArrowWriter<StreamingFile>>,
-    opened: Instant,
-    count: u64,
+/// A complete Parquet file under [`STAGING`], not visible to readers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Staged {
+    /// Path in the lake.
+    pub path: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its size.
+    pub bytes: u64,
 }
 
-/// Buffers and encodes one dataset's rows per partition; each open partition streams its
-/// file to the lake as it grows (see [`StreamingFile`]).
+/// A partition's staged chunks: dataset, partition key, chunks.
+pub type PartitionChunks = (String, i64, Vec<Staged>);
+
+/// A staged file to be published at `to` once a checkpoint that lists it commits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Pending {
+    /// The staged file.
+    pub from: String,
+    /// Its place in the dataset.
+    pub to: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Rows in it.
+    pub rows: u64,
+}
+
+/// The lake sink's state at a checkpoint boundary: every row it received below the
+/// boundary is in a staged file, either waiting for its partition to roll (`chunks`) or
+/// waiting to be published (`pending`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SinkSnapshot {
+    /// The watermark the sink had seen.
+    pub watermark: Option<Millis>,
+    /// Per dataset and partition key, the staged parts of its next file.
+    pub chunks: Vec<PartitionChunks>,
+    /// Files to publish.
+    pub pending: Vec<Pending>,
+    /// Per dataset, the start of the oldest partition that still has rows in `chunks`
+    /// (every row of an earlier partition is published or pending).
+    pub open_from: Vec<(String, Millis)>,
+}
+
+struct Tail {
+    writer: ArrowWriter<StreamingFile>,
+    path: String,
+    rows: u64,
+}
+
+struct PartBuf<R> {
+    rows: Vec<R>,
+    tail: Option<Tail>,
+    chunks: Vec<Staged>,
+    opened: Instant,
+}
+
+impl<R> PartBuf<R> {
+    fn new() -> Self {
+        PartBuf {
+            rows: Vec::with_capacity(1024),
+            tail: None,
+            chunks: Vec::new(),
+            opened: Instant::now(),
+        }
+    }
+}
+
+/// At most this many staged chunks per partition; more are merged into one.
+const MAX_CHUNKS: usize = 8;
+
+/// Buffers and encodes one dataset's rows per partition. A partition's next file grows as
+/// a tail (streamed to [`STAGING`] as it is encoded) and, at each checkpoint, the tail is
+/// closed into a staged chunk; when the partition rolls, its chunks become one file that
+/// is published with the next checkpoint.
 pub struct DatasetWriter<R: LakeRecord> {
     name: String,
     partitioning: Partitioning,
     prefix: String,
-    parts: HashMap<i64, PartBuf<R>>,
+    parts: BTreeMap<i64, PartBuf<R>>,
     seq: u64,
     worker: usize,
     uploader: Uploader,
@@ -135,7 +259,58 @@ fn props(dictionary: &[&str]) -> WriterProperties {
     b.build()
 }
 
-type ParquetResult = Result<(), parquet::errors::ParquetError>;
+type ParquetResult<T = ()> = Result<T, parquet::errors::ParquetError>;
+
+fn io_error(e: impl std::fmt::Display) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(e.to_string().into())
+}
+
+/// Merges staged or published Parquet files with the same schema into a new file at
+/// `dest` (streamed; every source is read whole, so sources should be small). Returns
+/// the rows written. The caller waits for the upload with [`Uploader::finish`].
+pub fn merge_files(
+    uploader: &Uploader,
+    sources: &[String],
+    dest: String,
+    dataset: &str,
+) -> ParquetResult<u64> {
+    let store = uploader.lake().store.clone();
+    let mut writer: Option<ArrowWriter<StreamingFile>> = None;
+    let mut rows = 0u64;
+    for src in sources {
+        let path = object_store::path::Path::from(src.as_str());
+        let store = store.clone();
+        let bytes = uploader
+            .runtime()
+            .block_on(async move { store.get(&path).await?.bytes().await })
+            .map_err(io_error)?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        for batch in reader {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            if writer.is_none() {
+                let schema = batch.schema();
+                let dictionary: Vec<&str> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| f.data_type() == &arrow::datatypes::DataType::Utf8)
+                    .map(|f| f.name().as_str())
+                    .collect();
+                let file = StreamingFile::new(uploader.clone(), dest.clone());
+                writer = Some(ArrowWriter::try_new(
+                    file,
+                    batch.schema(),
+                    Some(props(&dictionary)),
+                )?);
+            }
+            writer.as_mut().expect("opened").write(&batch)?;
+        }
+    }
+    if let Some(w) = writer {
+        w.into_inner()?.finish(dataset.to_string(), rows)?;
+    }
+    Ok(rows)
+}
 
 impl<R: LakeRecord> DatasetWriter<R> {
     /// A writer of dataset `name` (its directory) with the given partitioning, for
@@ -151,85 +326,200 @@ impl<R: LakeRecord> DatasetWriter<R> {
             name: name.to_string(),
             partitioning,
             prefix,
-            parts: HashMap::new(),
+            parts: BTreeMap::new(),
             seq: 0,
             worker,
             uploader,
         }
     }
 
-    /// Adds a row whose partitioning time is `ts`.
-    pub fn push(&mut self, ts: Millis, row: R) -> ParquetResult {
+    /// The dataset's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new staged file name in partition `key`.
+    fn staged_path(&mut self, key: i64) -> String {
+        self.seq += 1;
+        format!(
+            "{STAGING}/{}/{}/{}-w{:03}-{:06}.parquet",
+            self.name,
+            self.partitioning.dir(key),
+            self.prefix,
+            self.worker,
+            self.seq
+        )
+    }
+
+    fn published_path(staged: &str) -> String {
+        staged
+            .strip_prefix(STAGING)
+            .map_or(staged, |p| p.trim_start_matches('/'))
+            .to_string()
+    }
+
+    fn pending(&self, staged: &Staged) -> Pending {
+        Pending {
+            from: staged.path.clone(),
+            to: Self::published_path(&staged.path),
+            dataset: self.name.clone(),
+            rows: staged.rows,
+        }
+    }
+
+    /// Adds a row whose partitioning time is `ts`; a partition whose file reaches the
+    /// target size rolls it into `out`.
+    pub fn push(
+        &mut self,
+        ts: Millis,
+        row: R,
+        policy: &RollPolicy,
+        out: &mut Vec<Pending>,
+    ) -> ParquetResult {
         let key = self.partitioning.key(ts);
-        let part = self.parts.entry(key).or_insert_with(|| PartBuf {
-            rows: Vec::with_capacity(1024),
-            writer: None,
-            opened: Instant::now(),
-            count: 0,
-        });
+        let part = self.parts.entry(key).or_insert_with(PartBuf::new);
         part.rows.push(row);
-        part.count += 1;
         if part.rows.len() >= BATCH_ROWS {
             self.encode(key)?;
+            let part = &self.parts[&key];
+            let size = part.tail.as_ref().map_or(0, |t| {
+                t.writer.in_progress_size() + t.writer.bytes_written()
+            });
+            if size as u64 >= policy.target_bytes {
+                if let Some(staged) = self.close_tail(key)? {
+                    out.push(self.pending(&staged));
+                }
+            }
         }
         Ok(())
     }
 
     fn encode(&mut self, key: i64) -> ParquetResult {
-        let part = self.parts.get_mut(&key).expect("present");
-        if part.rows.is_empty() {
+        if self.parts[&key].rows.is_empty() {
             return Ok(());
         }
-        let batch = R::to_batch(&part.rows)?;
-        part.rows.clear();
-        if part.writer.is_none() {
-            self.seq += 1;
-            let path = format!(
-                "{}/{}/{}-w{:03}-{:06}.parquet",
-                self.name,
-                self.partitioning.dir(key),
-                self.prefix,
-                self.worker,
-                self.seq
-            );
-            let file = StreamingFile::new(self.uploader.clone(), path);
-            part.writer = Some(ArrowWriter::try_new(
-                file,
-                R::schema(),
-                Some(props(R::DICTIONARY)),
-            )?);
+        if self.parts[&key].tail.is_none() {
+            let path = self.staged_path(key);
+            let file = StreamingFile::new(self.uploader.clone(), path.clone());
+            let writer = ArrowWriter::try_new(file, R::schema(), Some(props(R::DICTIONARY)))?;
+            self.parts.get_mut(&key).expect("present").tail = Some(Tail {
+                writer,
+                path,
+                rows: 0,
+            });
         }
-        part.writer.as_mut().expect("opened").write(&batch)
+        let part = self.parts.get_mut(&key).expect("present");
+        let batch = R::to_batch(&part.rows)?;
+        let tail = part.tail.as_mut().expect("opened");
+        tail.rows += part.rows.len() as u64;
+        part.rows.clear();
+        tail.writer.write(&batch)
     }
 
-    /// Rolls the files that are due: partitions the watermark closed, files at the target
-    /// size or age, or everything when `force`.
-    pub fn roll(
+    /// Closes partition `key`'s tail into a staged file (uploaded in the background).
+    fn close_tail(&mut self, key: i64) -> ParquetResult<Option<Staged>> {
+        self.encode(key)?;
+        let part = self.parts.get_mut(&key).expect("present");
+        let Some(tail) = part.tail.take() else {
+            return Ok(None);
+        };
+        let file = tail.writer.into_inner()?;
+        let bytes = file.len();
+        file.finish(self.name.clone(), tail.rows)?;
+        Ok(Some(Staged {
+            path: tail.path,
+            rows: tail.rows,
+            bytes,
+        }))
+    }
+
+    /// First half of a checkpoint cut: every partition's tail becomes a staged chunk.
+    pub fn cut_tails(&mut self) -> ParquetResult {
+        let keys: Vec<i64> = self.parts.keys().copied().collect();
+        for key in keys {
+            if let Some(staged) = self.close_tail(key)? {
+                self.parts
+                    .get_mut(&key)
+                    .expect("present")
+                    .chunks
+                    .push(staged);
+            }
+        }
+        Ok(())
+    }
+
+    /// Second half, once the chunks are uploaded: partitions that are due (closed by the
+    /// watermark, at the target size or age, or every one when `force`) roll their chunks
+    /// into one file for `out`; partitions with many chunks merge them.
+    pub fn cut_roll(
         &mut self,
         watermark: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
+        out: &mut Vec<Pending>,
     ) -> ParquetResult {
         let partitioning = self.partitioning;
-        let due: Vec<i64> = self
-            .parts
-            .iter()
-            .filter(|(key, p)| {
-                let closed = matches!((watermark, partitioning.closes_at(**key)), (Some(w), Some(c)) if w >= c);
-                let size = p.writer.as_ref().map_or(0, |w| w.in_progress_size() + w.bytes_written()) as u64 + (p.rows.len() * R::APPROX_BYTES / 4) as u64;
-                force || closed || size >= policy.target_bytes || p.opened.elapsed() >= policy.max_age
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            self.encode(key)?;
-            let mut part = self.parts.remove(&key).expect("listed");
-            let Some(writer) = part.writer.take() else {
+        let keys: Vec<i64> = self.parts.keys().copied().collect();
+        for key in keys {
+            let part = &self.parts[&key];
+            if part.chunks.is_empty() {
+                if part.rows.is_empty() && part.tail.is_none() {
+                    self.parts.remove(&key);
+                }
                 continue;
+            }
+            let closed =
+                matches!((watermark, partitioning.closes_at(key)), (Some(w), Some(c)) if w >= c);
+            let bytes: u64 = part.chunks.iter().map(|c| c.bytes).sum();
+            let due = force
+                || closed
+                || bytes >= policy.target_bytes
+                || part.opened.elapsed() >= policy.max_age;
+            if !due && part.chunks.len() <= MAX_CHUNKS {
+                continue;
+            }
+            let chunks = std::mem::take(&mut self.parts.get_mut(&key).expect("present").chunks);
+            let merged = if chunks.len() == 1 {
+                chunks.into_iter().next().expect("one")
+            } else {
+                let sources: Vec<String> = chunks.iter().map(|c| c.path.clone()).collect();
+                let path = self.staged_path(key);
+                let rows = merge_files(&self.uploader, &sources, path.clone(), &self.name)?;
+                Staged { path, rows, bytes }
             };
-            writer.into_inner()?.finish(self.name.clone(), part.count)?;
+            if due {
+                out.push(self.pending(&merged));
+                self.parts.remove(&key);
+            } else {
+                self.parts
+                    .get_mut(&key)
+                    .expect("present")
+                    .chunks
+                    .push(merged);
+            }
         }
         Ok(())
+    }
+
+    /// The staged chunks per partition, and the oldest partition holding any.
+    pub fn snapshot(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
+        let chunks: Vec<_> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.chunks.is_empty())
+            .map(|(k, p)| (self.name.clone(), *k, p.chunks.clone()))
+            .collect();
+        let oldest = chunks.first().map(|(_, k, _)| self.partitioning.start(*k));
+        (chunks, oldest)
+    }
+
+    /// Adopts staged chunks of partition `key` from a restored checkpoint.
+    pub fn restore(&mut self, key: i64, chunks: Vec<Staged>) {
+        self.parts
+            .entry(key)
+            .or_insert_with(PartBuf::new)
+            .chunks
+            .extend(chunks);
     }
 }
 
@@ -246,7 +536,157 @@ pub struct SinkConfig {
     pub roll: RollPolicy,
 }
 
+enum Item {
+    Raw(Vec<Fix>),
+    Rows(Vec<TierRow>),
+    Dead(Vec<DeadLetter>),
+    Events(Vec<GeofenceEvent>),
+    Progress(Vec<Progress>),
+}
+
+struct Writers {
+    raw: DatasetWriter<Fix>,
+    tiers: Vec<DatasetWriter<TierRow>>,
+    dead: DatasetWriter<DeadLetter>,
+    events: DatasetWriter<GeofenceEvent>,
+    policy: RollPolicy,
+    watermark: Option<Millis>,
+    end: bool,
+    /// Files rolled and not known to be published: (first boundary listing it, file).
+    pending: Vec<(u64, Pending)>,
+    rolled: Vec<Pending>,
+}
+
+impl Writers {
+    fn apply(&mut self, item: Item) -> ParquetResult {
+        let (policy, out) = (&self.policy, &mut self.rolled);
+        match item {
+            Item::Raw(data) => {
+                for f in data {
+                    self.raw.push(f.ts, f, policy, out)?;
+                }
+            }
+            Item::Rows(data) => {
+                for r in data {
+                    self.tiers[r.tier as usize].push(r.window_start, r, policy, out)?;
+                }
+            }
+            Item::Dead(data) => {
+                for d in data {
+                    self.dead.push(d.event_ts, d, policy, out)?;
+                }
+            }
+            Item::Events(data) => {
+                for e in data {
+                    self.events.push(e.ts, e, policy, out)?;
+                }
+            }
+            Item::Progress(data) => {
+                for p in data {
+                    self.watermark =
+                        Some(self.watermark.map_or(p.watermark, |w| w.max(p.watermark)));
+                    self.end |= p.end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all(&mut self) -> Vec<&mut dyn Cut> {
+        let mut v: Vec<&mut dyn Cut> = vec![&mut self.raw, &mut self.dead, &mut self.events];
+        for t in self.tiers.iter_mut() {
+            v.push(t);
+        }
+        v
+    }
+
+    /// A checkpoint cut for boundaries `lo..=hi`: stage every tail, roll what is due,
+    /// wait until every staged file is uploaded, and offer the snapshot.
+    fn cut(
+        &mut self,
+        (lo, hi): (u64, u64),
+        force: bool,
+        uploader: &Uploader,
+        hub: &Hub,
+        worker: usize,
+    ) -> ParquetResult {
+        for w in self.all() {
+            w.cut_tails()?;
+        }
+        uploader.finish().map_err(io_error)?;
+        let (watermark, policy) = (self.watermark, self.policy.clone());
+        let mut rolled = std::mem::take(&mut self.rolled);
+        for w in self.all() {
+            w.cut_roll(watermark, &policy, force, &mut rolled)?;
+        }
+        uploader.finish().map_err(io_error)?;
+        let committed = hub.committed();
+        self.pending.retain(|(first, _)| *first > committed);
+        self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
+        let mut snap = SinkSnapshot {
+            watermark,
+            pending: self.pending.iter().map(|(_, p)| p.clone()).collect(),
+            ..Default::default()
+        };
+        for w in self.all() {
+            let (chunks, oldest) = w.snapshot_dyn();
+            snap.chunks.extend(chunks);
+            if let Some(o) = oldest {
+                snap.open_from.push((w.name_dyn().to_string(), o));
+            }
+        }
+        let blob = postcard::to_stdvec(&snap).map_err(io_error)?;
+        fleetflow_types::checkpoint::failpoint("sink-cut");
+        hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+        Ok(())
+    }
+}
+
+/// The writer calls a cut needs, over every dataset's record type.
+trait Cut {
+    fn cut_tails(&mut self) -> ParquetResult;
+    fn cut_roll(
+        &mut self,
+        watermark: Option<Millis>,
+        policy: &RollPolicy,
+        force: bool,
+        out: &mut Vec<Pending>,
+    ) -> ParquetResult;
+    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>);
+    fn name_dyn(&self) -> &str;
+    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>);
+}
+
+impl<R: LakeRecord> Cut for DatasetWriter<R> {
+    fn cut_tails(&mut self) -> ParquetResult {
+        DatasetWriter::cut_tails(self)
+    }
+    fn cut_roll(
+        &mut self,
+        watermark: Option<Millis>,
+        policy: &RollPolicy,
+        force: bool,
+        out: &mut Vec<Pending>,
+    ) -> ParquetResult {
+        DatasetWriter::cut_roll(self, watermark, policy, force, out)
+    }
+    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
+        self.snapshot()
+    }
+    fn name_dyn(&self) -> &str {
+        self.name()
+    }
+    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>) {
+        self.restore(key, chunks)
+    }
+}
+
 /// Renders the lake sink for one worker's share of the results.
+///
+/// Inputs are stashed by time and applied in time order, so that a checkpoint cut falls
+/// exactly at a boundary: rows below it are in the snapshot, rows at or above it wait.
+/// `restore` holds the chunks this worker adopts from a restored checkpoint.
+#[allow(clippy::too_many_arguments)]
 pub fn render_lake_sink<'scope>(
     raw: Stream<'scope, u64, Vec<Fix>>,
     rows: Stream<'scope, u64, Vec<TierRow>>,
@@ -255,6 +695,8 @@ pub fn render_lake_sink<'scope>(
     progress: Stream<'scope, u64, Vec<Progress>>,
     cfg: SinkConfig,
     uploader: Uploader,
+    hub: Arc<Hub>,
+    restore: Option<SinkSnapshot>,
 ) {
     let scope = raw.scope();
     let worker = scope.index();
@@ -266,105 +708,129 @@ pub fn render_lake_sink<'scope>(
     let mut progress_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
         let (prefix, up) = (&cfg.prefix, &uploader);
-        let mut raw_w: DatasetWriter<Fix> = DatasetWriter::new(
-            "raw",
-            Partitioning::Hour,
-            prefix.clone(),
-            worker,
-            up.clone(),
-        );
-        let mut tier_w: Vec<DatasetWriter<TierRow>> = cfg
-            .tiers
-            .iter()
-            .map(|t| {
-                DatasetWriter::new(
-                    &t.name,
-                    Partitioning::for_window(t.size_ms),
-                    prefix.clone(),
-                    worker,
-                    up.clone(),
-                )
-            })
-            .collect();
-        let mut dead_w: DatasetWriter<DeadLetter> = DatasetWriter::new(
-            "dead_letter",
-            Partitioning::Day,
-            prefix.clone(),
-            worker,
-            up.clone(),
-        );
-        let mut events_w: DatasetWriter<GeofenceEvent> = DatasetWriter::new(
-            "geofence_events",
-            Partitioning::Day,
-            prefix.clone(),
-            worker,
-            up.clone(),
-        );
-        let mut watermark: Option<Millis> = None;
-        let mut end = false;
-        let mut done = false;
+        let mut w = Writers {
+            raw: DatasetWriter::new(
+                "raw",
+                Partitioning::Hour,
+                prefix.clone(),
+                worker,
+                up.clone(),
+            ),
+            tiers: cfg
+                .tiers
+                .iter()
+                .map(|t| {
+                    let p = Partitioning::for_window(t.size_ms);
+                    DatasetWriter::new(&t.name, p, prefix.clone(), worker, up.clone())
+                })
+                .collect(),
+            dead: DatasetWriter::new(
+                "dead_letter",
+                Partitioning::Day,
+                prefix.clone(),
+                worker,
+                up.clone(),
+            ),
+            events: DatasetWriter::new(
+                "geofence_events",
+                Partitioning::Day,
+                prefix.clone(),
+                worker,
+                up.clone(),
+            ),
+            policy: cfg.roll.clone(),
+            watermark: None,
+            end: false,
+            pending: Vec::new(),
+            rolled: Vec::new(),
+        };
+        if let Some(r) = restore {
+            w.watermark = r.watermark;
+            for (dataset, key, chunks) in r.chunks {
+                if let Some(d) = w.all().into_iter().find(|d| d.name_dyn() == dataset) {
+                    d.restore_dyn(key, chunks);
+                }
+            }
+        }
+        let mut cuts = hub.cuts();
+        let mut stash: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
         let mut failed = false;
-        let mut last_roll = Instant::now();
         move |frontiers| {
-            if done {
+            raw_in.for_each(|cap, data| {
+                stash
+                    .entry(cap.least().copied().unwrap_or(0))
+                    .or_default()
+                    .push(Item::Raw(std::mem::take(data)))
+            });
+            rows_in.for_each(|cap, data| {
+                stash
+                    .entry(cap.least().copied().unwrap_or(0))
+                    .or_default()
+                    .push(Item::Rows(std::mem::take(data)))
+            });
+            dead_in.for_each(|cap, data| {
+                stash
+                    .entry(cap.least().copied().unwrap_or(0))
+                    .or_default()
+                    .push(Item::Dead(std::mem::take(data)))
+            });
+            events_in.for_each(|cap, data| {
+                stash
+                    .entry(cap.least().copied().unwrap_or(0))
+                    .or_default()
+                    .push(Item::Events(std::mem::take(data)))
+            });
+            progress_in.for_each(|cap, data| {
+                stash
+                    .entry(cap.least().copied().unwrap_or(0))
+                    .or_default()
+                    .push(Item::Progress(std::mem::take(data)))
+            });
+            if failed {
+                stash.clear();
                 return;
             }
-            // The first encoding failure is recorded with the uploader (the job then ends
-            // with a one-line error and exit 1); the rows after it are dropped, not half-written.
+            let frontier: Option<u64> = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
+            // The first failure is recorded with the uploader (the job then ends with a
+            // one-line error and exit 1); nothing after it is written or checkpointed.
             let mut result: ParquetResult = Ok(());
-            raw_in.for_each(|_, data| {
-                for fix in data.drain(..) {
-                    if !failed && result.is_ok() {
-                        result = raw_w.push(fix.ts, fix);
+            while let Some(entry) = stash.first_entry() {
+                let t = *entry.key();
+                if frontier.is_some_and(|f| t >= f) {
+                    break;
+                }
+                if let Some(range) = cuts.before(t) {
+                    result = w.cut(range, false, &uploader, &hub, worker);
+                    if result.is_err() {
+                        break;
                     }
                 }
-            });
-            rows_in.for_each(|_, data| {
-                for row in data.drain(..) {
-                    if !failed && result.is_ok() {
-                        result = tier_w[row.tier as usize].push(row.window_start, row);
+                for item in entry.remove() {
+                    if result.is_ok() {
+                        result = w.apply(item);
                     }
                 }
-            });
-            dead_in.for_each(|_, data| {
-                for d in data.drain(..) {
-                    if !failed && result.is_ok() {
-                        result = dead_w.push(d.event_ts, d);
-                    }
+                if result.is_err() {
+                    break;
                 }
-            });
-            events_in.for_each(|_, data| {
-                for e in data.drain(..) {
-                    if !failed && result.is_ok() {
-                        result = events_w.push(e.ts, e);
-                    }
+            }
+            if result.is_ok() {
+                if let Some(range) = cuts.frontier(frontier) {
+                    // The last cut (end of input or interrupt) flushes every partition:
+                    // what is final is published; what is not stays in the state.
+                    let force = frontier.is_none();
+                    result = w.cut(range, force, &uploader, &hub, worker);
                 }
-            });
-            progress_in.for_each(|_, data| {
-                for p in data.drain(..) {
-                    watermark = Some(watermark.map_or(p.watermark, |w| w.max(p.watermark)));
-                    end |= p.end;
-                }
-            });
-            let finished = frontiers.iter().all(|f| f.frontier().is_empty());
-            if !failed
-                && result.is_ok()
-                && (finished || end || last_roll.elapsed() >= Duration::from_millis(200))
-            {
-                last_roll = Instant::now();
-                let force = finished || end;
-                result = raw_w.roll(watermark, &cfg.roll, force);
-                for w in tier_w.iter_mut() {
-                    result = result.and_then(|_| w.roll(watermark, &cfg.roll, force));
-                }
-                result = result.and_then(|_| dead_w.roll(watermark, &cfg.roll, force));
-                result = result.and_then(|_| events_w.roll(watermark, &cfg.roll, force));
             }
             if let Err(e) = result {
                 failed = true;
-                uploader.fail(format!("worker {worker}: encoding Parquet: {e}"));
+                let message = format!("worker {worker}: writing Parquet: {e}");
+                uploader.fail(message.clone());
+                hub.fail(message);
             }
-            done = finished;
         }
     });
 }
@@ -399,6 +865,22 @@ mod tests {
         );
     }
 
+    fn fix(i: i64) -> Fix {
+        Fix {
+            vehicle_id: format!("V{}", i % 7).into(),
+            tenant: "t".into(),
+            ts: T + i * 100,
+            lat: 1.0 + i as f64 * 1e-6,
+            lon: 2.0,
+            speed_kmh: (i % 2 == 0).then_some(5.0),
+            heading_deg: None,
+            fuel_level_pct: None,
+            fuel_used_l: Some(i as f64),
+            odometer_km: None,
+            ignition: Some(i % 3 == 0),
+        }
+    }
+
     #[test]
     fn rows_round_trip_through_parquet_files_in_the_lake() {
         let dir = tempfile::tempdir().unwrap();
@@ -414,38 +896,35 @@ mod tests {
             target_bytes: 1 << 30,
             max_age: Duration::from_secs(3600),
         };
+        let mut out = Vec::new();
         for i in 0..20_000i64 {
-            let fix = Fix {
-                vehicle_id: format!("V{}", i % 7).into(),
-                tenant: "t".into(),
-                ts: T + i * 100,
-                lat: 1.0 + i as f64 * 1e-6,
-                lon: 2.0,
-                speed_kmh: (i % 2 == 0).then_some(5.0),
-                heading_deg: None,
-                fuel_level_pct: None,
-                fuel_used_l: Some(i as f64),
-                odometer_km: None,
-                ignition: Some(i % 3 == 0),
-            };
-            w.push(fix.ts, fix).unwrap();
+            w.push(T + i * 100, fix(i), &policy, &mut out).unwrap();
+            if i == 10_000 {
+                // A checkpoint cut in the middle: the tail becomes a staged chunk.
+                w.cut_tails().unwrap();
+                uploader.finish().unwrap();
+                w.cut_roll(Some(T), &policy, false, &mut out).unwrap();
+            }
         }
-        // Nothing closed yet: no file.
-        w.roll(Some(T), &policy, false).unwrap();
+        assert!(out.is_empty(), "nothing closed yet: no file");
+        assert_eq!(w.snapshot().0[0].2.len(), 1, "one staged chunk");
+        // The watermark passes the hour: the chunks and the tail roll into one file.
+        w.cut_tails().unwrap();
         uploader.finish().unwrap();
+        w.cut_roll(Some(T + HOUR_MS), &policy, false, &mut out)
+            .unwrap();
+        uploader.finish().unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rows, 20_000);
         assert_eq!(
-            metrics
-                .files_written
-                .load(std::sync::atomic::Ordering::Relaxed),
-            0
+            out[0].to,
+            "raw/date=2025-01-06/hour=01/part-test-w000-000003.parquet"
         );
-        // The watermark passes the hour: one file with every row.
-        w.roll(Some(T + HOUR_MS), &policy, false).unwrap();
-        uploader.finish().unwrap();
-        assert_eq!(metrics.rows_of("raw"), 20_000);
-        let file = dir
-            .path()
-            .join("raw/date=2025-01-06/hour=01/part-test-w000-000001.parquet");
+        assert!(out[0]
+            .from
+            .starts_with("_fleetflow/staging/raw/date=2025-01-06/hour=01/"));
+        assert!(w.snapshot().0.is_empty(), "nothing left open");
+        let file = dir.path().join(&out[0].from);
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
             std::fs::File::open(&file).unwrap(),
         )
@@ -465,10 +944,47 @@ mod tests {
                 Some("UTC".into())
             )
         );
+        let _ = metrics;
         let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 1, "no staging files left behind: {names:?}");
+        assert_eq!(names.len(), 3, "two chunks and the merged file: {names:?}");
+    }
+
+    #[test]
+    fn a_partition_at_the_target_size_rolls_without_waiting_for_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, _rt) = test_uploader(dir.path());
+        let mut w: DatasetWriter<Fix> =
+            DatasetWriter::new("raw", Partitioning::Hour, "p".into(), 1, uploader.clone());
+        let policy = RollPolicy {
+            target_bytes: 64 * 1024,
+            max_age: Duration::from_secs(3600),
+        };
+        let mut out = Vec::new();
+        for i in 0..100_000i64 {
+            w.push(T + i, fix(i), &policy, &mut out).unwrap();
+        }
+        uploader.finish().unwrap();
+        assert!(out.len() >= 2, "{} files", out.len());
+        for p in &out {
+            let size = std::fs::metadata(dir.path().join(&p.from)).unwrap().len();
+            assert!(size < 4 * 64 * 1024, "{size} bytes");
+        }
+    }
+
+    #[test]
+    fn month_partitions_close_at_the_end_of_the_month_and_dirs_parse_back() {
+        let feb = Partitioning::Month.key(1_738_368_000_000); // 2025-02-01
+        assert_eq!(Partitioning::Month.closes_at(feb), Some(1_740_787_200_000)); // 2025-03-01
+        for p in [Partitioning::Hour, Partitioning::Day, Partitioning::Month] {
+            let k = p.key(T + 7 * HOUR_MS);
+            assert_eq!(p.parse_dir(&p.dir(k)), Some(k), "{p:?}");
+        }
+        assert_eq!(
+            Partitioning::Hour.parse_dir("date=2025-01-06/hour=25"),
+            None
+        );
     }
 }

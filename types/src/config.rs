@@ -265,6 +265,13 @@ pub struct LakeSpec {
     /// Extra S3 options (endpoint, region, ...), overriding `AWS_*` variables.
     #[serde(default)]
     pub s3: BTreeMap<String, String>,
+    /// How often the job takes an exactly-once checkpoint (processing time).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
+}
+
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
 }
 
 fn default_tiers() -> Vec<String> {
@@ -533,14 +540,22 @@ impl JobSpec {
             return err("lake", "tiers", "at most 16 window tiers".into());
         }
         for k in self.lake.retention.keys() {
-            if !self.lake.tiers.contains(k) {
+            if !self.lake.tiers.contains(k) && k != "dead_letter" && k != "geofence_events" {
                 return err(
                     "lake",
                     "retention",
-                    format!("retention for {k:?}, which is not in lake.tiers"),
+                    format!("retention for {k:?}, which is neither in lake.tiers nor dead_letter or geofence_events"),
                 );
             }
         }
+        if self.lake.checkpoint_interval.millis() < 10 {
+            return err(
+                "lake",
+                "checkpoint_interval",
+                "must be at least 10ms".into(),
+            );
+        }
+
         if let Err(m) = self.lake.target_file_bytes() {
             return err("lake", "target_file_size", m);
         }

@@ -7,11 +7,13 @@
 //! - [`fix`]: the decoded location event ([`fix::Fix`]) and great-circle distance.
 //! - [`geofence`]: geofences from GeoJSON, validated, with their membership test.
 //! - [`records`]: what the job produces: vehicle state, tier rows, dead letters.
+//! - [`checkpoint`]: snapshots aligned on epoch boundaries, collected for the lake's checkpoints.
 //! - [`config`]: the job spec (`job.toml`) with errors that name the field and line.
 //! - [`registry`]: the optional vehicle registry (tenant, tank capacity).
 //! - [`metrics`]: the counters every stage updates and `/metrics` exposes.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod fix;
 pub mod geofence;

@@ -1,0 +1,651 @@
+//! Exactly-once commits: the checkpoint log under `{lake}/_fleetflow/`.
+//!
+//! ```text
+//!   operators ──pieces──► Hub ──complete checkpoint at boundary B──► Coordinator (one thread)
+//!                                                                    1. put _fleetflow/state/{B}.bin      (every piece)
+//!                                                                    2. put _fleetflow/log/{seq}.json     ◄── the commit point
+//!                                                                    3. publish: rename staged files into the datasets
+//!                                                                    4. delete: compacted and expired files, unreferenced staging
+//!                                                                    5. compact closed partitions (published with the next commit)
+//! ```
+//!
+//! A commit record ([`Commit`]) names the state object, the staged chunks that state still
+//! references, the files to publish and the files to delete. Publishing and deleting are
+//! idempotent, so recovery simply applies the newest record again, deletes every staged
+//! object (and unfinished multipart upload) that record does not reference, and restarts
+//! the dataflow from its state. A file becomes visible only after the record that
+//! publishes it is durable, and it is published under a name no other commit uses, so a
+//! crash at any instant leaves each row in the datasets exactly once.
+
+use crate::lake::{Lake, LakeError, Uploader};
+use crate::writer::{merge_files, Partitioning, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
+use fleetflow_types::checkpoint::{failpoint, Hub, Ready};
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::time::{now_ms, Millis};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Commit records, one object per commit, named by sequence number.
+pub const LOG: &str = "_fleetflow/log";
+/// State objects, one per checkpoint.
+pub const STATE: &str = "_fleetflow/state";
+/// Commit records kept (older ones are deleted; the newest is all recovery needs).
+const KEEP_LOG: u64 = 100;
+
+/// One commit of the checkpoint log (`_fleetflow/log/{seq:020}.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Commit {
+    /// Format version.
+    pub version: u32,
+    /// Sequence number (the object's name).
+    pub seq: u64,
+    /// The checkpoint boundary (processing-time epoch, ms) the state was taken at.
+    pub boundary: u64,
+    /// The job's watermark at that boundary: the `as_of` of its results.
+    pub watermark: Option<Millis>,
+    /// Wall-clock time of the commit, ms.
+    pub committed_at: Millis,
+    /// The job's name.
+    pub job: String,
+    /// The job's inputs (files, generator partitions, Kafka partitions), in id order.
+    pub inputs: Vec<String>,
+    /// The state object.
+    pub state: String,
+    /// Staged chunks the state references (kept until a later commit drops them).
+    pub staged: Vec<String>,
+    /// Files this commit publishes.
+    pub publish: Vec<Pending>,
+    /// Files this commit deletes (replaced by compaction, or expired).
+    pub delete: Vec<String>,
+    /// Per dataset: every row of a partition that ends at or before this time is in a
+    /// published file.
+    pub complete: BTreeMap<String, Millis>,
+    /// Per dataset: keys of partitions that received files since they were last compacted.
+    pub uncompacted: BTreeMap<String, BTreeSet<i64>>,
+    /// Per dataset with a retention: partitions ending at or before this time are deleted.
+    pub retention: BTreeMap<String, Millis>,
+    /// Whether the job stopped after this commit (end of input or interrupt).
+    pub last: bool,
+}
+
+/// A dataset as the coordinator sees it.
+#[derive(Clone, Debug)]
+pub struct DatasetInfo {
+    /// Its directory.
+    pub name: String,
+    /// Its partitioning.
+    pub partitioning: Partitioning,
+    /// Its retention, ms of event time behind the watermark.
+    pub retention: Option<Millis>,
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The newest commit.
+    pub commit: Commit,
+    /// The state's pieces: (operator, worker) and blob.
+    pub pieces: Vec<((String, usize), Vec<u8>)>,
+}
+
+impl Recovered {
+    /// The pieces of operator `op`, by worker.
+    pub fn pieces_of<'a>(&'a self, op: &'a str) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+        self.pieces
+            .iter()
+            .filter(move |((o, _), _)| o == op)
+            .map(|((_, w), b)| (*w, b.as_slice()))
+    }
+}
+
+fn store_err(path: &str, e: impl std::fmt::Display) -> LakeError {
+    LakeError::Checkpoint {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn log_path(seq: u64) -> String {
+    format!("{LOG}/{seq:020}.json")
+}
+
+async fn list(
+    store: &dyn ObjectStore,
+    prefix: &str,
+) -> object_store::Result<Vec<object_store::ObjectMeta>> {
+    store.list(Some(&Path::from(prefix))).try_collect().await
+}
+
+async fn delete_if_exists(store: &dyn ObjectStore, path: &str) -> object_store::Result<()> {
+    match store.delete(&Path::from(path)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes staged files and deletes files, as a commit lists them. Idempotent: a file
+/// already published (its staged copy gone) is skipped.
+async fn apply(
+    store: &dyn ObjectStore,
+    commit: &Commit,
+    metrics: Option<&Metrics>,
+) -> object_store::Result<()> {
+    for p in &commit.publish {
+        match store
+            .rename(&Path::from(p.from.as_str()), &Path::from(p.to.as_str()))
+            .await
+        {
+            Ok(()) => {
+                if let Some(m) = metrics {
+                    m.files_written.fetch_add(1, Relaxed);
+                    m.add_rows(&p.dataset, p.rows);
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        failpoint("publish");
+    }
+    for d in &commit.delete {
+        delete_if_exists(store, d).await?;
+    }
+    Ok(())
+}
+
+/// Reads the newest commit, applies it again, removes every uncommitted leftover and
+/// returns the state to resume from (`None` for a lake without checkpoints).
+pub fn recover(lake: &Lake, rt: &tokio::runtime::Handle) -> Result<Option<Recovered>, LakeError> {
+    let store = lake.store.clone();
+    rt.block_on(async move {
+        let logs = list(&*store, LOG).await.map_err(|e| store_err(LOG, e))?;
+        let Some(newest) = logs
+            .iter()
+            .filter(|m| m.location.extension() == Some("json"))
+            .max_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()))
+        else {
+            return Ok(None);
+        };
+        let path = newest.location.to_string();
+        let body = store
+            .get(&newest.location)
+            .await
+            .map_err(|e| store_err(&path, e))?
+            .bytes()
+            .await
+            .map_err(|e| store_err(&path, e))?;
+        let commit: Commit = serde_json::from_slice(&body).map_err(|e| store_err(&path, e))?;
+        apply(&*store, &commit, None)
+            .await
+            .map_err(|e| store_err(&path, e))?;
+        let state = store
+            .get(&Path::from(commit.state.as_str()))
+            .await
+            .map_err(|e| store_err(&commit.state, e))?
+            .bytes()
+            .await
+            .map_err(|e| store_err(&commit.state, e))?;
+        let pieces: Vec<((String, usize), Vec<u8>)> =
+            postcard::from_bytes(&state).map_err(|e| store_err(&commit.state, e))?;
+        Ok(Some(Recovered { commit, pieces }))
+    })
+}
+
+/// Deletes everything under the staging area that `keep` does not name, and (on S3)
+/// aborts unfinished multipart uploads under `_fleetflow/`: the leftovers of a run that
+/// stopped between checkpoints. Returns how many objects and uploads went.
+pub fn clean_staging(
+    lake: &Lake,
+    rt: &tokio::runtime::Handle,
+    keep: &BTreeSet<String>,
+) -> Result<usize, LakeError> {
+    let mut removed = 0;
+    if let Some(dir) = &lake.local_dir {
+        // The local store hides its own temporary files (`name#n`) from listings, so walk
+        // the directory itself.
+        let root = dir.join(STAGING);
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p
+                    .strip_prefix(dir)
+                    .map(|r| r.to_string_lossy().replace('\\', "/"))
+                    .unwrap_or_default();
+                if !keep.contains(&rel) {
+                    std::fs::remove_file(&p).map_err(|error| LakeError::Io {
+                        path: p.display().to_string(),
+                        error,
+                    })?;
+                    removed += 1;
+                }
+            }
+        }
+        return Ok(removed);
+    }
+    let store = lake.store.clone();
+    let s3 = lake.s3.clone();
+    rt.block_on(async move {
+        for m in list(&*store, STAGING)
+            .await
+            .map_err(|e| store_err(STAGING, e))?
+        {
+            if !keep.contains(m.location.as_ref()) {
+                delete_if_exists(&*store, m.location.as_ref())
+                    .await
+                    .map_err(|e| store_err(m.location.as_ref(), e))?;
+                removed += 1;
+            }
+        }
+        if let Some((s3, prefix)) = s3 {
+            removed += abort_uploads(&s3, &prefix)
+                .await
+                .map_err(|e| store_err("multipart uploads", e))?;
+        }
+        Ok(removed)
+    })
+}
+
+/// Aborts every unfinished multipart upload under `{prefix}/_fleetflow/` (S3's
+/// `ListMultipartUploads` through a signed request: the store has no call for it).
+async fn abort_uploads(
+    s3: &object_store::aws::AmazonS3,
+    prefix: &Path,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use object_store::multipart::MultipartStore;
+    use object_store::signer::{SignedUrlOptions, Signer};
+    let under = if prefix.as_ref().is_empty() {
+        "_fleetflow/".to_string()
+    } else {
+        format!("{prefix}/_fleetflow/")
+    };
+    let opts =
+        SignedUrlOptions::default().with_query([("uploads", ""), ("prefix", under.as_str())]);
+    let url = s3
+        .signed_url_opts(
+            http::Method::GET,
+            &Path::from(""),
+            Duration::from_secs(300),
+            &opts,
+        )
+        .await?;
+    let body = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let mut n = 0;
+    for upload in body.split("<Upload>").skip(1) {
+        let field = |name: &str| {
+            let open = format!("<{name}>");
+            let close = format!("</{name}>");
+            let start = upload.find(&open)? + open.len();
+            let end = upload[start..].find(&close)? + start;
+            Some(upload[start..end].replace("&amp;", "&"))
+        };
+        if let (Some(key), Some(id)) = (field("Key"), field("UploadId")) {
+            s3.abort_multipart(&Path::from(key), &id).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Writes commits as checkpoints complete (see the module docs).
+pub struct Coordinator {
+    /// The lake.
+    pub lake: Lake,
+    /// Where checkpoints come from.
+    pub hub: Arc<Hub>,
+    /// For merges during compaction.
+    pub uploader: Uploader,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The datasets.
+    pub datasets: Vec<DatasetInfo>,
+    /// The job's name and inputs (recorded in every commit).
+    pub job: (String, Vec<String>),
+    /// Files smaller than half of this are compacted in closed partitions.
+    pub target_bytes: u64,
+    /// The commit the job resumed from.
+    pub previous: Option<Commit>,
+}
+
+impl Coordinator {
+    fn rt(&self) -> &tokio::runtime::Handle {
+        self.uploader.runtime()
+    }
+
+    /// Commits checkpoints until the final one (or until `stop` is set and nothing is
+    /// ready); returns the last commit.
+    pub fn run(
+        mut self,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Option<Commit>, LakeError> {
+        let mut carry = (Vec::new(), Vec::new());
+        loop {
+            let ready = self.hub.wait_ready(Duration::from_millis(100));
+            let Some(ready) = ready else {
+                if stop.load(Relaxed) {
+                    return Ok(self.previous);
+                }
+                continue;
+            };
+            let last = ready.last;
+            let commit = match self.commit(ready, std::mem::take(&mut carry)) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.hub.fail(e.to_string());
+                    return Err(e);
+                }
+            };
+            carry = self.compact(&commit)?;
+            if last {
+                if !carry.0.is_empty() {
+                    // The compaction of the last round needs a commit of its own.
+                    let mut c = commit.clone();
+                    c.seq += 1;
+                    c.committed_at = now_ms();
+                    (c.publish, c.delete) = std::mem::take(&mut carry);
+                    self.write(&c)?;
+                    self.rt()
+                        .block_on(apply(&*self.lake.store, &c, Some(&self.metrics)))
+                        .map_err(|e| store_err(&log_path(c.seq), e))?;
+                    self.previous = Some(c);
+                }
+                return Ok(self.previous);
+            }
+        }
+    }
+
+    fn write(&self, c: &Commit) -> Result<(), LakeError> {
+        let path = log_path(c.seq);
+        let body = serde_json::to_vec_pretty(c).map_err(|e| store_err(&path, e))?;
+        let store = self.lake.store.clone();
+        failpoint("commit-before");
+        self.rt()
+            .block_on(async move {
+                store
+                    .put(&Path::from(path.as_str()), PutPayload::from(body))
+                    .await
+            })
+            .map_err(|e| store_err(&log_path(c.seq), e))?;
+        failpoint("commit-after");
+        Ok(())
+    }
+
+    fn dataset(&self, name: &str) -> Option<&DatasetInfo> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+
+    fn key_of(&self, dataset: &str, file: &str) -> Option<i64> {
+        let d = self.dataset(dataset)?;
+        let dir = file.strip_prefix(dataset)?.trim_start_matches('/');
+        let dir = &dir[..dir.rfind('/')?];
+        d.partitioning.parse_dir(dir)
+    }
+
+    fn commit(
+        &mut self,
+        ready: Ready,
+        (cpublish, cdelete): (Vec<Pending>, Vec<String>),
+    ) -> Result<Commit, LakeError> {
+        let state_path = format!("{STATE}/{:020}.bin", ready.boundary);
+        let mut staged = BTreeSet::new();
+        let mut publish = BTreeSet::new();
+        let mut watermark: Option<Millis> = None;
+        let mut open_from: BTreeMap<String, Millis> = BTreeMap::new();
+        for ((op, _), blob) in &ready.pieces {
+            if op != SNAPSHOT_OP {
+                continue;
+            }
+            let s: SinkSnapshot =
+                postcard::from_bytes(blob).map_err(|e| store_err(&state_path, e))?;
+            watermark = match (watermark, s.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for (_, _, chunks) in s.chunks {
+                staged.extend(chunks.into_iter().map(|c| c.path));
+            }
+            publish.extend(s.pending);
+            for (d, t) in s.open_from {
+                let e = open_from.entry(d).or_insert(t);
+                *e = (*e).min(t);
+            }
+        }
+        let previous = self.previous.take().unwrap_or_default();
+        let mut c = Commit {
+            version: 1,
+            seq: previous.seq + 1,
+            boundary: ready.boundary,
+            watermark: watermark.or(previous.watermark),
+            committed_at: now_ms(),
+            job: self.job.0.clone(),
+            inputs: self.job.1.clone(),
+            state: state_path.clone(),
+            staged: staged.into_iter().collect(),
+            publish: Vec::new(),
+            delete: cdelete,
+            complete: BTreeMap::new(),
+            uncompacted: previous.uncompacted.clone(),
+            retention: previous.retention.clone(),
+            last: ready.last,
+        };
+        // Retention: cut-offs move with the watermark; files rolled into an expired
+        // partition are dropped instead of published.
+        if let Some(w) = c.watermark {
+            for d in &self.datasets {
+                if let Some(r) = d.retention {
+                    c.retention.insert(d.name.clone(), w.saturating_sub(r));
+                }
+                let complete = open_from.get(&d.name).copied().unwrap_or(w).min(w);
+                c.complete.insert(d.name.clone(), complete);
+            }
+        }
+        for p in publish.into_iter().chain(cpublish) {
+            let key = self.key_of(&p.dataset, &p.to);
+            let expired = match (key, self.dataset(&p.dataset), c.retention.get(&p.dataset)) {
+                (Some(k), Some(d), Some(cut)) => {
+                    d.partitioning.closes_at(k).is_some_and(|e| e <= *cut)
+                }
+                _ => false,
+            };
+            if expired {
+                c.delete.push(p.from.clone());
+            } else {
+                if let Some(k) = key {
+                    c.uncompacted
+                        .entry(p.dataset.clone())
+                        .or_default()
+                        .insert(k);
+                }
+                c.publish.push(p);
+            }
+        }
+        // 1. The state.
+        let blob = postcard::to_stdvec(&ready.pieces).map_err(|e| store_err(&state_path, e))?;
+        let store = self.lake.store.clone();
+        let sp = state_path.clone();
+        self.rt()
+            .block_on(async move {
+                store
+                    .put(&Path::from(sp.as_str()), PutPayload::from(blob))
+                    .await
+            })
+            .map_err(|e| store_err(&state_path, e))?;
+        // 2. The commit point.
+        self.write(&c)?;
+        self.hub.set_committed(c.boundary);
+        // 3-4. Publish and delete; then the previous state, old records and staged files
+        // that no state will reference again.
+        let store = self.lake.store.clone();
+        let mut garbage: Vec<String> = Vec::new();
+        if !previous.state.is_empty() && previous.state != c.state {
+            garbage.push(previous.state.clone());
+        }
+        if c.seq > KEEP_LOG {
+            garbage.push(log_path(c.seq - KEEP_LOG));
+        }
+        let metrics = self.metrics.clone();
+        let cc = c.clone();
+        self.rt()
+            .block_on(async move {
+                apply(&*store, &cc, Some(&metrics)).await?;
+                for g in garbage {
+                    delete_if_exists(&*store, &g).await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| store_err(&log_path(c.seq), e))?;
+        self.sweep(&c)?;
+        self.retention(&c)?;
+        self.previous = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Deletes staged files no state will reference again: those the commit's state does
+    /// not name and that were written before its boundary. (Every tail open before the
+    /// boundary was closed by the cut at it, and a chunk a state stopped naming never comes
+    /// back; files written later may belong to a checkpoint still being taken.)
+    fn sweep(&self, c: &Commit) -> Result<(), LakeError> {
+        let keep: BTreeSet<&str> = c.staged.iter().map(String::as_str).collect();
+        // After the last commit no checkpoint is in progress: everything unnamed goes.
+        let before = if c.last {
+            i64::MAX
+        } else {
+            (c.boundary as i64).saturating_sub(1_000)
+        };
+        let store = self.lake.store.clone();
+        let files = self
+            .rt()
+            .block_on(list(&*store, STAGING))
+            .map_err(|e| store_err(STAGING, e))?;
+        let garbage: Vec<Path> = files
+            .into_iter()
+            .filter(|m| {
+                !keep.contains(m.location.as_ref()) && m.last_modified.timestamp_millis() < before
+            })
+            .map(|m| m.location)
+            .collect();
+        self.rt()
+            .block_on(async move {
+                for g in garbage {
+                    delete_if_exists(&*store, g.as_ref()).await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| store_err(STAGING, e))
+    }
+
+    /// Deletes the partitions that a commit's retention cut-offs expire.
+    fn retention(&self, c: &Commit) -> Result<(), LakeError> {
+        for (name, cut) in &c.retention {
+            let Some(d) = self.dataset(name) else {
+                continue;
+            };
+            let store = self.lake.store.clone();
+            let files = self
+                .rt()
+                .block_on(list(&*store, name))
+                .map_err(|e| store_err(name, e))?;
+            let expired: Vec<Path> = files
+                .into_iter()
+                .filter(|m| {
+                    self.key_of(name, m.location.as_ref())
+                        .and_then(|k| d.partitioning.closes_at(k))
+                        .is_some_and(|e| e <= *cut)
+                })
+                .map(|m| m.location)
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            tracing::info!(dataset = %name, files = expired.len(), "retention: deleting expired partitions");
+            let store = self.lake.store.clone();
+            self.rt()
+                .block_on(async move {
+                    for p in expired {
+                        delete_if_exists(&*store, p.as_ref()).await?;
+                    }
+                    Ok::<_, object_store::Error>(())
+                })
+                .map_err(|e| store_err(name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Merges the small files of partitions the watermark closed into one staged file
+    /// each; returns what the next commit publishes and deletes.
+    fn compact(&mut self, c: &Commit) -> Result<(Vec<Pending>, Vec<String>), LakeError> {
+        let (mut publish, mut delete) = (Vec::new(), Vec::new());
+        let Some(w) = c.watermark else {
+            return Ok((publish, delete));
+        };
+        let mut done: Vec<(String, i64)> = Vec::new();
+        for (name, keys) in &c.uncompacted {
+            let Some(d) = self.dataset(name).cloned() else {
+                continue;
+            };
+            for &key in keys {
+                if d.partitioning.closes_at(key).is_none_or(|e| e > w) {
+                    continue;
+                }
+                done.push((name.clone(), key));
+                let dir = format!("{name}/{}", d.partitioning.dir(key));
+                let store = self.lake.store.clone();
+                let files = self
+                    .rt()
+                    .block_on(list(&*store, &dir))
+                    .map_err(|e| store_err(&dir, e))?;
+                let small: Vec<String> = files
+                    .iter()
+                    .filter(|m| {
+                        m.size < self.target_bytes / 2 && m.location.extension() == Some("parquet")
+                    })
+                    .map(|m| m.location.to_string())
+                    .collect();
+                if small.len() < 2 {
+                    continue;
+                }
+                let staged = format!(
+                    "{STAGING}/{dir}/compacted-{:06}-{}.parquet",
+                    c.seq,
+                    small.len()
+                );
+                let rows = merge_files(&self.uploader, &small, staged.clone(), name)
+                    .map_err(|e| store_err(&dir, e))?;
+                self.uploader.finish()?;
+                tracing::debug!(partition = %dir, files = small.len(), rows, "compacted");
+                publish.push(Pending {
+                    to: staged
+                        .strip_prefix(STAGING)
+                        .expect("staged")
+                        .trim_start_matches('/')
+                        .to_string(),
+                    from: staged,
+                    dataset: name.clone(),
+                    rows: 0, // the rows were counted when the small files were published
+                });
+                delete.extend(small);
+            }
+        }
+        if let Some(prev) = self.previous.as_mut() {
+            for (name, key) in done {
+                if let Some(keys) = prev.uncompacted.get_mut(&name) {
+                    keys.remove(&key);
+                }
+            }
+            prev.uncompacted.retain(|_, k| !k.is_empty());
+        }
+        Ok((publish, delete))
+    }
+}
