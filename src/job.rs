@@ -336,7 +336,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         Some(blob) => {
             let snap: GeoSnapshot =
                 postcard::from_bytes(&blob).context("reading the checkpoint's geofences")?;
-            snap.fences
+            snap.geofences()
+                .context("reading the checkpoint's geofences")?
         }
         None => initial_geofences,
     };

@@ -553,10 +553,21 @@ pub struct GeoVehicleSnapshot {
 /// The geofencing operator's state at a checkpoint boundary.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct GeoSnapshot {
-    /// The geofences in force (on worker 0 only: every worker has the same).
-    pub fences: Vec<Arc<Geofence>>,
+    /// The geofences in force, as JSON (on worker 0 only: every worker has the same).
+    /// JSON because their properties are free-form.
+    pub fences: Vec<String>,
     /// The worker's vehicles.
     pub vehicles: Vec<GeoVehicleSnapshot>,
+}
+
+impl GeoSnapshot {
+    /// The geofences in force.
+    pub fn geofences(&self) -> Result<Vec<Arc<Geofence>>, serde_json::Error> {
+        self.fences
+            .iter()
+            .map(|f| serde_json::from_str(f).map(Arc::new))
+            .collect()
+    }
 }
 
 /// Restored vehicles at their timeline slots.
@@ -570,7 +581,10 @@ impl Geofencing {
     pub fn snapshot(&self, fences: bool) -> GeoSnapshot {
         GeoSnapshot {
             fences: if fences {
-                self.index.iter().cloned().collect()
+                self.index
+                    .iter()
+                    .map(|g| serde_json::to_string(g).expect("geofences serialize"))
+                    .collect()
             } else {
                 Vec::new()
             },

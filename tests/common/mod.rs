@@ -199,9 +199,27 @@ pub fn duckdb(sql: &str) -> Vec<Vec<serde_json::Value>> {
 /// Runs the statements of `setup` (a script, `;` at line ends, `--` comments), then the
 /// query `sql`, in one DuckDB connection.
 pub fn duckdb_after(setup: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    duckdb_with(None, setup, sql)
+}
+
+/// Like [`duckdb_after`], with the `httpfs` extension (PyPI `duckdb-extension-httpfs`)
+/// loaded and an S3 secret for the S3-compatible server at `s3_endpoint` (`host:port`).
+pub fn duckdb_with(
+    s3_endpoint: Option<&str>,
+    setup: &str,
+    sql: &str,
+) -> Vec<Vec<serde_json::Value>> {
     let script = r#"
-import duckdb, json, sys
+import duckdb, json, os, sys
 con = duckdb.connect()
+endpoint = os.environ.get("FLEETFLOW_TEST_S3")
+if endpoint:
+    import duckdb_extension_httpfs
+    ext = os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), "extensions",
+                       "v" + duckdb.__version__, "httpfs.duckdb_extension")
+    con.execute(f"LOAD '{ext}'")
+    con.execute(f"CREATE SECRET (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
+                f"ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)")
 for stmt in sys.argv[1].split(";\n"):
     body = "\n".join(l for l in stmt.splitlines() if not l.startswith("--")).strip()
     if body:
@@ -209,11 +227,12 @@ for stmt in sys.argv[1].split(";\n"):
 rows = con.sql(sys.argv[2]).fetchall()
 print(json.dumps([list(r) for r in rows], default=str))
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(setup)
-        .arg(sql)
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(setup).arg(sql);
+    if let Some(e) = s3_endpoint {
+        cmd.env("FLEETFLOW_TEST_S3", e);
+    }
+    let out = cmd
         .output()
         .expect("python3 with duckdb (pip install duckdb)");
     assert!(
@@ -254,14 +273,75 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// `read_parquet(...)` over one dataset of a lake directory, with Hive partitioning.
 pub fn lake_glob(lake: &Path, dataset: &str) -> String {
-    format!(
-        "read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = true)",
-        lake.display()
-    )
+    lake_url_glob(&lake.display().to_string(), dataset)
+}
+
+/// `read_parquet` over a dataset of a lake at a local path or an `s3://` URL.
+pub fn lake_url_glob(lake: &str, dataset: &str) -> String {
+    format!("read_parquet('{lake}/{dataset}/**/*.parquet', hive_partitioning = true)")
 }
 
 /// Asserts `a` and `b` agree to 1e-9 relative (or 1e-9 absolute near zero).
 pub fn assert_close(a: f64, b: f64, what: &str) {
     let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
     assert!((a - b).abs() <= tol, "{what}: {a} vs {b}");
+}
+
+/// An S3-compatible server (`moto_server` from PyPI, which `.ci/run` installs) on a free
+/// loopback port, stopped when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    /// `host:port`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts the server and waits until it answers.
+    pub fn start() -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let endpoint = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&endpoint).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        S3Server { child, endpoint }
+    }
+
+    /// Creates a bucket.
+    pub fn bucket(&self, name: &str) {
+        let (status, body) = http(&self.endpoint, "PUT", &format!("/{name}"), None);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// The `AWS_*` variables a job needs to reach it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.endpoint)),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
