@@ -606,36 +606,43 @@ impl Coordinator {
                     .rt()
                     .block_on(list(&*store, &dir))
                     .map_err(|e| store_err(&dir, e))?;
-                let small: Vec<String> = files
+                // Small files, merged in groups that stay within the target size.
+                let mut small: Vec<(String, u64)> = files
                     .iter()
                     .filter(|m| {
                         m.size < self.target_bytes / 2 && m.location.extension() == Some("parquet")
                     })
-                    .map(|m| m.location.to_string())
+                    .map(|m| (m.location.to_string(), m.size))
                     .collect();
-                if small.len() < 2 {
-                    continue;
+                small.sort();
+                let mut groups: Vec<Vec<String>> = Vec::new();
+                let mut size = u64::MAX;
+                for (path, bytes) in small {
+                    if size.saturating_add(bytes) > self.target_bytes {
+                        groups.push(Vec::new());
+                        size = 0;
+                    }
+                    size += bytes;
+                    groups.last_mut().expect("pushed").push(path);
                 }
-                let staged = format!(
-                    "{STAGING}/{dir}/compacted-{:06}-{}.parquet",
-                    c.seq,
-                    small.len()
-                );
-                let rows = merge_files(&self.uploader, &small, staged.clone(), name)
-                    .map_err(|e| store_err(&dir, e))?;
-                self.uploader.finish()?;
-                tracing::debug!(partition = %dir, files = small.len(), rows, "compacted");
-                publish.push(Pending {
-                    to: staged
-                        .strip_prefix(STAGING)
-                        .expect("staged")
-                        .trim_start_matches('/')
-                        .to_string(),
-                    from: staged,
-                    dataset: name.clone(),
-                    rows: 0, // the rows were counted when the small files were published
-                });
-                delete.extend(small);
+                for (g, group) in groups.into_iter().enumerate().filter(|(_, g)| g.len() > 1) {
+                    let staged = format!("{STAGING}/{dir}/compacted-{:06}-{g}.parquet", c.seq);
+                    let rows = merge_files(&self.uploader, &group, staged.clone(), name)
+                        .map_err(|e| store_err(&dir, e))?;
+                    self.uploader.finish()?;
+                    tracing::debug!(partition = %dir, files = group.len(), rows, "compacted");
+                    publish.push(Pending {
+                        to: staged
+                            .strip_prefix(STAGING)
+                            .expect("staged")
+                            .trim_start_matches('/')
+                            .to_string(),
+                        from: staged,
+                        dataset: name.clone(),
+                        rows: 0, // counted when the small files were published
+                    });
+                    delete.extend(group);
+                }
             }
         }
         if let Some(prev) = self.previous.as_mut() {

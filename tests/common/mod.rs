@@ -287,7 +287,7 @@ pub fn assert_close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() <= tol, "{what}: {a} vs {b}");
 }
 
-/// An S3-compatible server (`moto_server` from PyPI, which `.ci/run` installs) on a free
+/// An S3-compatible server (`moto_server` from PyPI's `moto[server]`, which `.ci/run` installs) on a free
 /// loopback port, stopped when dropped.
 pub struct S3Server {
     child: std::process::Child,
@@ -303,12 +303,19 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]')");
+            .expect("python3 with moto (pip install 'moto[server]')");
         let endpoint = format!("127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(&endpoint).is_err() {
