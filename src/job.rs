@@ -85,6 +85,9 @@ pub struct Summary {
     pub rows: Vec<(String, u64)>,
     /// Files written.
     pub files: u64,
+    /// Bytes uploaded to the lake: published files, staged chunks, merged and compacted
+    /// files (so at least the lake's size).
+    pub uploaded: u64,
     /// Wall time.
     pub elapsed: Duration,
     /// Of which start-up: reading the spec, registry and geofences, binding the API,
@@ -135,6 +138,7 @@ impl std::fmt::Display for Summary {
         let rows: Vec<String> = self.rows.iter().map(|(d, n)| format!("{d}={n}")).collect();
         writeln!(f, "rows        {}", rows.join(" "))?;
         writeln!(f, "files       {}", self.files)?;
+        writeln!(f, "uploaded    {} bytes", self.uploaded)?;
         if let Some(w) = self.watermark {
             writeln!(
                 f,
@@ -748,6 +752,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .map(|d| (d.clone(), metrics.rows_of(d)))
             .collect(),
         files: metrics.files_written.load(r),
+        uploaded: metrics.bytes_written.load(r),
         elapsed: started.elapsed(),
         startup,
         peak_rss: peak_rss(),

@@ -656,3 +656,100 @@ impl Coordinator {
         Ok((publish, delete))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::test_uploader;
+
+    fn write(dir: &std::path::Path, rel: &str, body: &[u8]) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn recovery_reapplies_the_newest_commit_idempotently_and_drops_unreferenced_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, rt) = test_uploader(dir.path());
+        let lake = uploader.lake().clone();
+        let pieces: Vec<((String, usize), Vec<u8>)> = vec![
+            (("source".into(), 0), vec![1, 2, 3]),
+            (("lake".into(), 1), vec![4]),
+        ];
+        write(
+            dir.path(),
+            "_fleetflow/state/00000000000000002000.bin",
+            &postcard::to_allocvec(&pieces).unwrap(),
+        );
+        let staged = |n: &str| format!("{STAGING}/raw/date=2025-01-06/hour=01/{n}.parquet");
+        for n in ["published", "chunk", "orphan"] {
+            write(dir.path(), &staged(n), n.as_bytes());
+        }
+        write(dir.path(), &format!("{STAGING}/raw/x.parquet#7"), b"temp");
+        write(
+            dir.path(),
+            "raw/date=2025-01-05/hour=23/old.parquet",
+            b"old",
+        );
+        let old = Commit {
+            seq: 1,
+            state: "_fleetflow/state/00000000000000001000.bin".into(),
+            ..Commit::default()
+        };
+        let commit = Commit {
+            seq: 2,
+            boundary: 2000,
+            state: "_fleetflow/state/00000000000000002000.bin".into(),
+            staged: vec![staged("chunk")],
+            publish: vec![Pending {
+                from: staged("published"),
+                to: "raw/date=2025-01-06/hour=01/a.parquet".into(),
+                dataset: "raw".into(),
+                rows: 9,
+            }],
+            delete: vec!["raw/date=2025-01-05/hour=23/old.parquet".into()],
+            ..Commit::default()
+        };
+        for c in [&old, &commit] {
+            write(
+                dir.path(),
+                &log_path(c.seq),
+                &serde_json::to_vec(c).unwrap(),
+            );
+        }
+        for _ in 0..2 {
+            let recovered = recover(&lake, rt.handle()).unwrap().expect("a checkpoint");
+            assert_eq!(recovered.commit, commit, "the newest record");
+            assert_eq!(recovered.pieces, pieces);
+            assert_eq!(
+                recovered.pieces_of("lake").collect::<Vec<_>>(),
+                vec![(1, &[4u8][..])]
+            );
+            assert_eq!(
+                std::fs::read(dir.path().join("raw/date=2025-01-06/hour=01/a.parquet")).unwrap(),
+                b"published"
+            );
+            assert!(!dir.path().join(staged("published")).exists());
+            assert!(!dir
+                .path()
+                .join("raw/date=2025-01-05/hour=23/old.parquet")
+                .exists());
+        }
+        let keep: BTreeSet<String> = commit.staged.iter().cloned().collect();
+        assert_eq!(clean_staging(&lake, rt.handle(), &keep).unwrap(), 2);
+        assert!(dir.path().join(staged("chunk")).exists(), "referenced");
+        assert!(!dir.path().join(staged("orphan")).exists());
+        assert!(!dir
+            .path()
+            .join(format!("{STAGING}/raw/x.parquet#7"))
+            .exists());
+    }
+
+    #[test]
+    fn a_lake_without_a_log_has_nothing_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, rt) = test_uploader(dir.path());
+        assert!(recover(uploader.lake(), rt.handle()).unwrap().is_none());
+    }
+}
