@@ -111,18 +111,21 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
     );
     // No partial or staging files are visible, and a finished run leaves nothing staged.
     let private = lake.join("_fleetflow");
-    let staged: Vec<_> = walk(&private)
+    let staged: Vec<_> = files_under(&private)
         .into_iter()
         .filter(|p| p.starts_with(private.join("staging")))
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
-    let logs = walk(&private.join("log"));
+    let logs = files_under(&private.join("log"));
     let last: serde_json::Value =
         serde_json::from_slice(&std::fs::read(logs.iter().max().unwrap()).unwrap()).unwrap();
     assert_eq!(last["last"], true, "{last}");
     let max_ts = exp.accepted.iter().map(|f| f.ts).max().unwrap();
     assert_eq!(last["watermark"].as_i64(), Some(max_ts + 1), "{last}");
-    for entry in walk(&lake).into_iter().filter(|p| !p.starts_with(&private)) {
+    for entry in files_under(&lake)
+        .into_iter()
+        .filter(|p| !p.starts_with(&private))
+    {
         assert!(
             entry.extension().is_some_and(|e| e == "parquet"),
             "unexpected file {}",
@@ -155,19 +158,6 @@ fn porto_lake_read_with_duckdb_equals_the_reference() {
         "{athena}"
     );
     assert!(athena.contains("`porto_tier_1h`") && athena.contains("'projection.enabled' = 'true'"));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

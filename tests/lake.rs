@@ -4,32 +4,13 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use std::path::Path;
 
 /// Files per partition directory of a dataset.
 fn partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let root = lake.join(dataset);
-    for f in files(&root) {
+    for f in files_under(&root) {
         let dir = f.parent().unwrap().strip_prefix(&root).unwrap();
         out.entry(dir.display().to_string())
             .or_default()
@@ -40,7 +21,7 @@ fn partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
 
 /// The newest commit record.
 fn last_commit(lake: &Path) -> serde_json::Value {
-    let log = files(&lake.join("_fleetflow/log"));
+    let log = files_under(&lake.join("_fleetflow/log"));
     serde_json::from_slice(&std::fs::read(log.last().unwrap()).unwrap()).unwrap()
 }
 

@@ -165,24 +165,6 @@ fn assert_same_rows(s3: Option<&str>, a: &str, b: &str) {
     }
 }
 
-fn staged_left(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join("_fleetflow/staging")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn sigkill_at_random_points_leaves_exactly_the_rows_of_an_uninterrupted_run() {
     let dir = job_dir(300, 150);
@@ -196,7 +178,11 @@ fn sigkill_at_random_points_leaves_exactly_the_rows_of_an_uninterrupted_run() {
     );
     let (a, b) = (dir.path().join("ref"), dir.path().join("crash"));
     assert_same_rows(None, &a.display().to_string(), &b.display().to_string());
-    assert!(staged_left(&b).is_empty(), "{:?}", staged_left(&b));
+    assert!(
+        files_under(&b.join("_fleetflow/staging")).is_empty(),
+        "{:?}",
+        files_under(&b.join("_fleetflow/staging"))
+    );
 }
 
 #[test]

@@ -544,6 +544,11 @@ enum Item {
     Progress(Vec<Progress>),
 }
 
+/// Keeps input that arrived at `time` until the sink processes that time.
+fn stash_at(stash: &mut BTreeMap<u64, Vec<Item>>, time: Option<u64>, item: Item) {
+    stash.entry(time.unwrap_or(0)).or_default().push(item);
+}
+
 struct Writers {
     raw: DatasetWriter<Fix>,
     tiers: Vec<DatasetWriter<TierRow>>,
@@ -757,34 +762,39 @@ pub fn render_lake_sink<'scope>(
         let mut failed = false;
         move |frontiers| {
             raw_in.for_each(|cap, data| {
-                stash
-                    .entry(cap.least().copied().unwrap_or(0))
-                    .or_default()
-                    .push(Item::Raw(std::mem::take(data)))
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Raw(std::mem::take(data)),
+                )
             });
             rows_in.for_each(|cap, data| {
-                stash
-                    .entry(cap.least().copied().unwrap_or(0))
-                    .or_default()
-                    .push(Item::Rows(std::mem::take(data)))
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Rows(std::mem::take(data)),
+                )
             });
             dead_in.for_each(|cap, data| {
-                stash
-                    .entry(cap.least().copied().unwrap_or(0))
-                    .or_default()
-                    .push(Item::Dead(std::mem::take(data)))
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Dead(std::mem::take(data)),
+                )
             });
             events_in.for_each(|cap, data| {
-                stash
-                    .entry(cap.least().copied().unwrap_or(0))
-                    .or_default()
-                    .push(Item::Events(std::mem::take(data)))
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Events(std::mem::take(data)),
+                )
             });
             progress_in.for_each(|cap, data| {
-                stash
-                    .entry(cap.least().copied().unwrap_or(0))
-                    .or_default()
-                    .push(Item::Progress(std::mem::take(data)))
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Progress(std::mem::take(data)),
+                )
             });
             if failed {
                 stash.clear();

@@ -212,6 +212,7 @@ pub fn duckdb_with(
     let script = r#"
 import duckdb, json, os, sys
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 endpoint = os.environ.get("FLEETFLOW_TEST_S3")
 if endpoint:
     import duckdb_extension_httpfs
@@ -351,4 +352,24 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every file below `dir` (none if it does not exist), sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }
