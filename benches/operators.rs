@@ -33,7 +33,7 @@ fn fixes(n: usize) -> Vec<IncomingFix> {
     let now = fleetflow_types::time::now_ms();
     while out.len() < n {
         if let Polled::Finished = g
-            .poll(0, 4096, &mut |l, pos| {
+            .poll(0, 4096, &mut |l, pos, _| {
                 let fix = decode(l, now, None).unwrap();
                 out.push(IncomingFix {
                     fix,

@@ -4,6 +4,7 @@ use anyhow::{anyhow, Context};
 use differential_dataflow::Hashable;
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
+use fleetflow_connectors::kafka::{self, KafkaSource};
 use fleetflow_connectors::source::InputSnapshot;
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
 use fleetflow_dataflows::geofence as geofence_op;
@@ -234,6 +235,7 @@ fn load_geofences(
 enum Inputs {
     Files(Vec<PathBuf>),
     Generator(fleetflow_types::config::GeneratorSpec),
+    Kafka(fleetflow_types::config::KafkaSourceSpec, kafka::TopicInfo),
 }
 
 /// Runs a job (see the crate docs). `text` is the spec's source, for error lines.
@@ -277,16 +279,41 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 Generator::input_names(workers as u32),
             )
         }
-        SourceSpec::Kafka(_) => {
-            return Err(spec_error(
-                text,
-                "source",
-                "kind",
-                "the kafka source is not available in this build yet (use file or generator)"
-                    .into(),
-            ))
+        SourceSpec::Kafka(k) => {
+            let info = kafka::describe_topic(k).map_err(|e| match e {
+                kafka::KafkaSourceError::NoTopic { .. } => {
+                    spec_error(text, "source", "topic", e.to_string())
+                }
+                e => JobError::Runtime(anyhow!(e)),
+            })?;
+            let names = (0..info.partitions)
+                .map(|p| kafka::input_name(&k.topic, p))
+                .collect();
+            (Inputs::Kafka(k.clone(), info), names)
         }
     };
+    // The dead-letter topic, on the source's brokers.
+    let dead_letter_out: Option<Arc<dyn fleetflow_types::records::DeadLetterOut>> =
+        match (&spec.source, &spec.dead_letter.topic, &inputs) {
+            (SourceSpec::Kafka(k), Some(topic), Inputs::Kafka(_, info)) => {
+                let probe = fleetflow_types::config::KafkaSourceSpec {
+                    topic: topic.clone(),
+                    bounded: false,
+                    ..k.clone()
+                };
+                kafka::describe_topic(&probe).map_err(|e| match e {
+                    kafka::KafkaSourceError::NoTopic { .. } => {
+                        spec_error(text, "dead_letter", "topic", e.to_string())
+                    }
+                    e => JobError::Runtime(anyhow!(e)),
+                })?;
+                Some(Arc::new(
+                    kafka::DeadLetterTopic::new(k, topic, info.partitions)
+                        .map_err(|e| anyhow!(e))?,
+                ))
+            }
+            _ => None,
+        };
     let initial_geofences = load_geofences(spec, text)?;
     let dwell_after = spec
         .geofences
@@ -353,7 +380,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     datasets.extend(tiers.iter().map(|t| t.name.clone()));
     datasets.push("dead_letter".into());
     datasets.push("geofence_events".into());
-    let metrics = Arc::new(Metrics::new(datasets.clone()));
+    let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
     let vehicles = Arc::new(VehicleView::new(workers));
@@ -426,7 +453,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| m.len())
             .sum(),
-        Inputs::Generator(_) => 0,
+        Inputs::Generator(_) | Inputs::Kafka(..) => 0,
     };
     let done = Arc::new(AtomicBool::new(false));
     let progress_thread = opts.progress.then(|| {
@@ -482,10 +509,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             target_bytes,
             max_age: spec.lake.max_file_age.0,
         },
+        dead_letter_out,
     };
     let idle_timeout = spec.time.idle_timeout.0;
     let batch = opts.batch.unwrap_or(4096).max(1);
     let capture = opts.capture.clone();
+    if let Inputs::Kafka(k, info) = &inputs {
+        // Surfaces a bad client configuration as one error before the workers start.
+        KafkaSource::new(k, &spec.name, info, 0, 1, metrics.clone()).map_err(|e| anyhow!(e))?;
+    }
+    let job_name = spec.name.clone();
     let inputs = Arc::new(inputs);
     let ctx_base = (
         metrics.clone(),
@@ -539,6 +572,24 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         job: (spec.name.clone(), input_names.to_vec()),
         target_bytes,
         previous: recovered.as_ref().map(|r| r.commit.clone()),
+        on_commit: match &*inputs {
+            Inputs::Kafka(k, _) => {
+                let committer =
+                    kafka::OffsetCommitter::new(k, &spec.name).map_err(|e| anyhow!(e))?;
+                Some(Box::new(move |_: &fleetflow_sinks::commit::Commit, pieces: &[(fleetflow_types::checkpoint::Participant, Vec<u8>)]| {
+                    let offsets: Vec<(i32, i64)> = pieces
+                        .iter()
+                        .filter(|((op, _), _)| op == fleetflow_connectors::source::SNAPSHOT_OP)
+                        .filter_map(|(_, b)| postcard::from_bytes::<Vec<InputSnapshot>>(b).ok())
+                        .flatten()
+                        .filter(|i| i.position.0 != u64::MAX)
+                        .map(|i| (i.input as i32, i.position.0 as i64))
+                        .collect();
+                    committer.commit(&offsets);
+                }) as fleetflow_sinks::commit::OnCommit)
+            }
+            _ => None,
+        },
     };
     let coordinator_stop = Arc::new(AtomicBool::new(false));
     let coordinator_thread = {
@@ -570,6 +621,18 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let source: Box<dyn Source> = match &*inputs {
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
+            Inputs::Kafka(k, info) => {
+                match KafkaSource::new(k, &job_name, info, index, peers, metrics.clone()) {
+                    Ok(s) => Box::new(s),
+                    Err(e) => {
+                        // Checked on the main thread first; should it fail here after
+                        // all, this worker reads nothing and the job says why.
+                        tracing::error!(error = %e, "creating the kafka consumer");
+                        shutdown.store(true, Relaxed);
+                        Box::new(FileSource::new(&[], index, peers))
+                    }
+                }
+            }
         };
         // This worker's share of the restored state: its inputs, the vehicles it owns
         // (by the same hash that routes their fixes), and the sink chunks of the worker

@@ -254,18 +254,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
             files,
             kafka,
-            topic: _,
+            topic,
             rate,
             disorder,
             duplicates,
             bad_lines,
         } => {
-            if kafka.is_some() {
-                return Err(Failure::Usage(
-                    "--kafka: producing to Kafka is not available in this build yet (use --out)"
-                        .into(),
-                ));
-            }
             if vehicles == 0 {
                 return Err(Failure::Usage("--vehicles: must be at least 1".into()));
             }
@@ -299,6 +293,56 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "--files: must be between 1 and --vehicles ({vehicles}), got {files}"
                 )));
             }
+            let expected = (duration.millis() / interval.millis().max(1)) as u64 * vehicles as u64;
+            if let (Some(brokers), Some(topic)) = (kafka, topic) {
+                // The generator in its own order (one partition), paced by the producer.
+                let mut generator = Generator::new(
+                    &GeneratorSpec {
+                        rate: None,
+                        ..spec.clone()
+                    },
+                    0,
+                    1,
+                );
+                let mut buf: std::collections::VecDeque<(Option<String>, Vec<u8>)> =
+                    Default::default();
+                let mut finished = false;
+                let events = std::iter::from_fn(move || {
+                    while buf.is_empty() && !finished {
+                        match generator.poll(0, 8192, &mut |line, _, _| {
+                            let key =
+                                fleetflow_connectors::intake::decode(line, i64::MAX / 2, None)
+                                    .ok()
+                                    .map(|f| f.vehicle_id.to_string());
+                            buf.push_back((key, line.to_vec()));
+                        }) {
+                            Ok(Polled::Finished) | Err(_) => finished = true,
+                            _ => {}
+                        }
+                    }
+                    buf.pop_front()
+                });
+                let bar = indicatif::ProgressBar::new(expected);
+                let started = std::time::Instant::now();
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let n = fleetflow_connectors::kafka::produce_events(
+                    &brokers,
+                    &topic,
+                    rate,
+                    &Default::default(),
+                    events,
+                    &stop,
+                    |n| bar.set_position(n),
+                )
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+                bar.finish_and_clear();
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "produced {n} events to {topic} on {brokers} in {secs:.2}s ({:.0} events/s achieved)",
+                    n as f64 / secs.max(1e-9)
+                );
+                return Ok(());
+            }
             let out = out.expect("clap requires --out without --kafka");
             let paths: Vec<std::path::PathBuf> = if files == 1 {
                 vec![out.clone()]
@@ -309,7 +353,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     .map(|i| out.join(format!("part-{i:03}.ndjson")))
                     .collect()
             };
-            let expected = (duration.millis() / interval.millis().max(1)) as u64 * vehicles as u64;
             let bar = indicatif::ProgressBar::new(expected);
             let started = std::time::Instant::now();
             let mut n = 0u64;
@@ -321,7 +364,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let mut err = None;
                 loop {
                     let polled = generator
-                        .poll(0, 8192, &mut |line, _| {
+                        .poll(0, 8192, &mut |line, _, _| {
                             if err.is_none() {
                                 if let Err(e) = w.write_all(line).and_then(|_| w.write_all(b"\n")) {
                                     err = Some(e);

@@ -5,7 +5,7 @@
 //! worker. Blank lines carry no event and are skipped; every other line is a payload whose
 //! position is its 1-based line number.
 
-use crate::source::{Polled, Source, SourceError};
+use crate::source::{Emit, Polled, Source, SourceError};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ impl Source for FileSource {
         &mut self,
         local: usize,
         budget: usize,
-        sink: &mut dyn FnMut(&[u8], u64),
+        sink: &mut Emit<'_>,
     ) -> Result<Polled, SourceError> {
         let f = &mut self.files[local];
         if f.done {
@@ -155,7 +155,7 @@ impl Source for FileSource {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            sink(line, f.line);
+            sink(line, f.line, None);
             n += 1;
         }
         Ok(Polled::Data(n))
@@ -184,7 +184,7 @@ mod tests {
         let mut got = Vec::new();
         loop {
             match w1
-                .poll(0, 1, &mut |l, pos| {
+                .poll(0, 1, &mut |l, pos, _| {
                     got.push((String::from_utf8(l.to_vec()).unwrap(), pos))
                 })
                 .unwrap()
@@ -205,15 +205,15 @@ mod tests {
         let mut src = FileSource::new(&all, 0, 1);
         let mut n = 0;
         assert_eq!(
-            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
             Polled::Data(3)
         );
         assert_eq!(
-            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
             Polled::Finished
         );
         assert_eq!(
-            src.poll(0, 10, &mut |_, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
             Polled::Finished
         );
         assert_eq!(n, 3);

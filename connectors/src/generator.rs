@@ -10,7 +10,7 @@
 //! duplicates, junk lines and rare GPS glitches exercise the intake.
 
 use crate::intake;
-use crate::source::{Polled, Source, SourceError};
+use crate::source::{Emit, Polled, Source, SourceError};
 use fleetflow_types::config::GeneratorSpec;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::registry::VehicleInfo;
@@ -324,7 +324,7 @@ impl Source for Generator {
         let rate = self.spec.rate.take();
         while self.emitted < emitted {
             let budget = (emitted - self.emitted).min(65_536) as usize;
-            if self.poll(0, budget, &mut |_, _| {})? == Polled::Finished {
+            if self.poll(0, budget, &mut |_, _, _| {})? == Polled::Finished {
                 break;
             }
         }
@@ -338,7 +338,7 @@ impl Source for Generator {
         &mut self,
         _local: usize,
         budget: usize,
-        sink: &mut dyn FnMut(&[u8], u64),
+        sink: &mut Emit<'_>,
     ) -> Result<Polled, SourceError> {
         let started = *self.started.get_or_insert_with(std::time::Instant::now);
         let mut allowed = budget as u64;
@@ -360,7 +360,7 @@ impl Source for Generator {
             match self.held.peek() {
                 Some(Reverse((release, _, _))) if *release < horizon => {
                     let Reverse((_, seq, line)) = self.held.pop().expect("peeked");
-                    sink(&line, seq);
+                    sink(&line, seq, None);
                     n += 1;
                 }
                 _ if self.exhausted => break,
@@ -383,7 +383,7 @@ mod tests {
     fn drain(g: &mut Generator) -> Vec<String> {
         let mut out = Vec::new();
         while let Polled::Data(_) = g
-            .poll(0, 1000, &mut |l, _| {
+            .poll(0, 1000, &mut |l, _, _| {
                 out.push(String::from_utf8(l.to_vec()).unwrap())
             })
             .unwrap()
@@ -479,7 +479,7 @@ mod tests {
         let mut n = 0;
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_millis(100) {
-            if let Polled::Data(k) = g.poll(0, 10_000, &mut |_, _| {}).unwrap() {
+            if let Polled::Data(k) = g.poll(0, 10_000, &mut |_, _, _| {}).unwrap() {
                 n += k;
             }
         }

@@ -28,7 +28,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn invalid(detail: impl Into<String>) -> Self {
+    /// An `invalid` rejection.
+    pub fn invalid(detail: impl Into<String>) -> Self {
         Rejection {
             reason: Reason::Invalid,
             detail: detail.into(),

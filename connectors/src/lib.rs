@@ -5,9 +5,11 @@
 //! - [`source`]: the `Source` trait and its timely operator (epochs, input reports).
 //! - [`file`]: NDJSON files and directories.
 //! - [`generator`]: the deterministic simulated fleet.
+//! - [`kafka`]: the Kafka source, dead-letter topic, offset commits and event producer.
 #![deny(missing_docs)]
 
 pub mod file;
 pub mod generator;
 pub mod intake;
+pub mod kafka;
 pub mod source;

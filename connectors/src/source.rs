@@ -57,13 +57,17 @@ pub enum SourceError {
     },
 }
 
+/// What a source hands each payload to: `(payload, position, Kafka key)`.
+pub type Emit<'a> = dyn FnMut(&[u8], u64, Option<&[u8]>) + 'a;
+
 /// A source of raw event payloads, split into inputs that each have their own event-time
 /// progress (files, generator partitions, Kafka partitions).
 ///
 /// Contract: `inputs()` is fixed for the life of the source and names every input this
 /// instance will ever read (globally unique ids, the same on every worker); `poll` hands
 /// over up to `budget` payloads of one input in that input's order, each with a position
-/// (line, sequence number or offset) that identifies it within the input.
+/// (line, sequence number or offset) that identifies it within the input and, for Kafka,
+/// the message key (which must equal the event's `vehicle_id`).
 pub trait Source {
     /// Global ids of the inputs this instance reads.
     fn inputs(&self) -> Vec<u32>;
@@ -72,7 +76,7 @@ pub trait Source {
         &mut self,
         local: usize,
         budget: usize,
-        sink: &mut dyn FnMut(&[u8], u64),
+        sink: &mut Emit<'_>,
     ) -> Result<Polled, SourceError>;
     /// Whether inputs that stay silent become idle after `idle_timeout` (true for
     /// external inputs such as Kafka; false for files and the generator, which are never
@@ -277,10 +281,18 @@ pub fn render_source<'scope>(
                 let first = fixes_buf.len();
                 let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
                 let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
-                let polled = source.poll(local, budget, &mut |payload, position| {
+                let polled = source.poll(local, budget, &mut |payload, position, key| {
                     events += 1;
                     bytes += payload.len() as u64 + 1;
-                    match intake::decode(payload, now, Some(registry)) {
+                    let decoded = intake::decode(payload, now, Some(registry)).and_then(|fix| match key {
+                        Some(k) if k != fix.vehicle_id.as_bytes() => Err(intake::Rejection::invalid(format!(
+                            "message key {:?} differs from vehicle_id {:?}",
+                            String::from_utf8_lossy(k),
+                            fix.vehicle_id
+                        ))),
+                        _ => Ok(fix),
+                    });
+                    match decoded {
                         Ok(fix) => {
                             max_ts = Some(max_ts.map_or(fix.ts, |m| m.max(fix.ts)));
                             spans.push((arena.len(), arena.len() + payload.len()));
@@ -302,6 +314,10 @@ pub fn render_source<'scope>(
                                 source: source_name(names, id, position),
                                 received_at: now,
                                 event_ts: now,
+                                input: id,
+                                position,
+                                key: key.map(bytes::Bytes::copy_from_slice),
+                                raw: std::str::from_utf8(payload).is_err().then(|| bytes::Bytes::copy_from_slice(payload)),
                             });
                         }
                     }
@@ -312,6 +328,7 @@ pub fn render_source<'scope>(
                 }
                 metrics.events_in.fetch_add(events, Relaxed);
                 metrics.bytes_in.fetch_add(bytes, Relaxed);
+                metrics.input_read(id, events, bytes, max_ts);
                 match polled {
                     Ok(Polled::Data(_)) => {
                         input.empty_since = None;
@@ -340,7 +357,10 @@ pub fn render_source<'scope>(
             }
             if can_idle {
                 for input in inputs.iter_mut() {
-                    if input.state == InputState::Active && now_instant.duration_since(input.last_data) >= ctx.idle_timeout {
+                    // An input silent for `idle_timeout` (since its last data, or since the
+                    // start for one that never had any, e.g. an empty Kafka partition) stops
+                    // holding the watermark back until it has data again.
+                    if matches!(input.state, InputState::Active | InputState::Pending) && now_instant.duration_since(input.last_data) >= ctx.idle_timeout {
                         input.state = InputState::Idle;
                         input.dirty = true;
                     }

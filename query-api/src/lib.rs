@@ -261,6 +261,55 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             m.dead_letters_of(reason)
         );
     }
+    if !m.inputs.is_empty() {
+        let _ = writeln!(out, "# HELP fleetflow_input_messages_total Messages (lines) read per input (Kafka partition, file, generator partition).\n# TYPE fleetflow_input_messages_total counter");
+        for i in &m.inputs {
+            let _ = writeln!(
+                out,
+                "fleetflow_input_messages_total{{input=\"{}\"}} {}",
+                i.name,
+                i.messages.load(r)
+            );
+        }
+        let _ = writeln!(out, "# HELP fleetflow_input_bytes_total Payload bytes read per input.\n# TYPE fleetflow_input_bytes_total counter");
+        for i in &m.inputs {
+            let _ = writeln!(
+                out,
+                "fleetflow_input_bytes_total{{input=\"{}\"}} {}",
+                i.name,
+                i.bytes.load(r)
+            );
+        }
+        let _ = writeln!(out, "# HELP fleetflow_input_event_time_ms Greatest event time seen per input (its own watermark before the allowed lateness), epoch ms.\n# TYPE fleetflow_input_event_time_ms gauge");
+        for i in &m.inputs {
+            let t = i.max_ts.load(r);
+            if t != fleetflow_types::metrics::NO_WATERMARK {
+                let _ = writeln!(
+                    out,
+                    "fleetflow_input_event_time_ms{{input=\"{}\"}} {t}",
+                    i.name
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP fleetflow_kafka_consumer_lag Messages behind the partition's high watermark.\n# TYPE fleetflow_kafka_consumer_lag gauge");
+        for i in &m.inputs {
+            let lag = i.lag.load(r);
+            if lag >= 0 {
+                let _ = writeln!(
+                    out,
+                    "fleetflow_kafka_consumer_lag{{input=\"{}\"}} {lag}",
+                    i.name
+                );
+            }
+        }
+    }
+    if let Some(w) = m.watermark() {
+        let _ = writeln!(
+            out,
+            "# HELP fleetflow_watermark_delay_ms Wall clock minus the job watermark.\n# TYPE fleetflow_watermark_delay_ms gauge\nfleetflow_watermark_delay_ms {}",
+            fleetflow_types::time::now_ms().saturating_sub(w)
+        );
+    }
     let _ = writeln!(out, "# HELP fleetflow_lake_rows_total Rows committed per dataset.\n# TYPE fleetflow_lake_rows_total counter");
     for (i, d) in m.datasets.iter().enumerate() {
         let _ = writeln!(

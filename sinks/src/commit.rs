@@ -317,7 +317,14 @@ pub struct Coordinator {
     pub target_bytes: u64,
     /// The commit the job resumed from.
     pub previous: Option<Commit>,
+    /// Called after each commit is durable, with its record and the checkpoint's pieces
+    /// (e.g. to commit the source offsets to a Kafka consumer group).
+    pub on_commit: Option<OnCommit>,
 }
+
+/// See [`Coordinator::on_commit`].
+pub type OnCommit =
+    Box<dyn FnMut(&Commit, &[(fleetflow_types::checkpoint::Participant, Vec<u8>)]) + Send>;
 
 impl Coordinator {
     fn rt(&self) -> &tokio::runtime::Handle {
@@ -485,6 +492,9 @@ impl Coordinator {
         // 2. The commit point.
         self.write(&c)?;
         self.hub.set_committed(c.boundary);
+        if let Some(hook) = &mut self.on_commit {
+            hook(&c, &ready.pieces);
+        }
         // 3-4. Publish and delete; then the previous state, old records and staged files
         // that no state will reference again.
         let store = self.lake.store.clone();

@@ -19,7 +19,7 @@ use crate::schema::LakeRecord;
 use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::WindowTier;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::records::{DeadLetter, GeofenceEvent, Progress, TierRow};
+use fleetflow_types::records::{DeadLetter, DeadLetterOut, GeofenceEvent, Progress, TierRow};
 use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -534,6 +534,9 @@ pub struct SinkConfig {
     pub prefix: String,
     /// File rolling.
     pub roll: RollPolicy,
+    /// Where dead letters also go (a Kafka dead-letter topic); flushed before every
+    /// checkpoint.
+    pub dead_letter_out: Option<std::sync::Arc<dyn DeadLetterOut>>,
 }
 
 enum Item {
@@ -560,6 +563,7 @@ struct Writers {
     /// Files rolled and not known to be published: (first boundary listing it, file).
     pending: Vec<(u64, Pending)>,
     rolled: Vec<Pending>,
+    dead_letter_out: Option<Arc<dyn DeadLetterOut>>,
 }
 
 impl Writers {
@@ -578,6 +582,9 @@ impl Writers {
             }
             Item::Dead(data) => {
                 for d in data {
+                    if let Some(o) = &self.dead_letter_out {
+                        o.send(&d);
+                    }
                     self.dead.push(d.event_ts, d, policy, out)?;
                 }
             }
@@ -615,6 +622,11 @@ impl Writers {
         hub: &Hub,
         worker: usize,
     ) -> ParquetResult {
+        // Everything below the boundary reaches the dead-letter topic before the
+        // checkpoint can commit (at least once).
+        if let Some(o) = &self.dead_letter_out {
+            o.flush().map_err(io_error)?;
+        }
         for w in self.all() {
             w.cut_tails()?;
         }
@@ -748,6 +760,7 @@ pub fn render_lake_sink<'scope>(
             end: false,
             pending: Vec::new(),
             rolled: Vec::new(),
+            dead_letter_out: cfg.dead_letter_out.clone(),
         };
         if let Some(r) = restore {
             w.watermark = r.watermark;

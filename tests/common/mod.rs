@@ -8,7 +8,9 @@ pub mod reference;
 use fleetflow::job::{run_job, Captured, RunOptions, RunResult};
 use fleetflow_types::config::JobSpec;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Path of a file under `../shared/data`.
 pub fn shared_data(rel: &str) -> PathBuf {
@@ -76,7 +78,7 @@ pub fn generated_lines(
     let mut g = Generator::new(&spec, 0, 1);
     let mut out = Vec::new();
     while let Polled::Data(_) = g
-        .poll(0, 4096, &mut |l, _| {
+        .poll(0, 4096, &mut |l, _, _| {
             out.push(String::from_utf8(l.to_vec()).unwrap())
         })
         .unwrap()
@@ -372,4 +374,126 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The datasets compared, and the columns that do not depend on when a row was written.
+pub const DATASETS: [(&str, &str); 6] = [
+    ("raw", "*"),
+    ("1m", "*"),
+    ("1h", "*"),
+    ("1d", "*"),
+    ("geofence_events", "*"),
+    ("dead_letter", "* exclude (received_at)"),
+];
+
+pub fn command(dir: &Path, job: &str, env: &[(&'static str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetflow"));
+    cmd.args(["run", job])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the job to completion.
+pub fn run_to_end(dir: &Path, job: &str, env: &[(&'static str, String)]) {
+    let out = command(dir, job, env).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills the job again and again (SIGKILL after a random time, or an abort at a step of
+/// the checkpoint protocol), restarting it each time, then lets it finish. Returns the
+/// number of runs that were killed.
+pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], seed: u64) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    // Aborts inside the protocol: while a sink stages its files, before and after the
+    // commit record is written, between publishing two files.
+    let failpoints = [
+        "sink-cut:3",
+        "commit-before:2",
+        "commit-after:2",
+        "publish:2",
+        "sink-cut:9",
+        "commit-after:4",
+    ];
+    let mut killed = 0;
+    for attempt in 0..60 {
+        let mut cmd = command(dir, job, env);
+        let failpoint = (attempt % 3 == 1).then(|| failpoints[(attempt / 3) % failpoints.len()]);
+        if let Some(fp) = failpoint {
+            cmd.env("FLEETFLOW_FAILPOINT", fp);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(rng.random_range(80..400));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if failpoint.is_none() && Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match status {
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed += 1;
+            }
+            Some(s) if s.success() => return killed,
+            Some(_) => {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                assert!(err.contains("failpoint"), "the job failed by itself: {err}");
+                killed += 1;
+            }
+        }
+        if killed >= 24 {
+            break;
+        }
+    }
+    run_to_end(dir, job, env);
+    eprintln!("{job}: killed {killed} times, then ran to the end");
+    killed
+}
+
+/// Asserts that two lakes hold the same multiset of rows in every dataset.
+pub fn assert_same_rows(s3: Option<&str>, a: &str, b: &str) {
+    assert_same_datasets(s3, a, b, &DATASETS)
+}
+
+/// Like [`assert_same_rows`] for the given datasets and columns.
+pub fn assert_same_datasets(s3: Option<&str>, a: &str, b: &str, datasets: &[(&str, &str)]) {
+    for &(dataset, columns) in datasets {
+        let read = |lake: &str| {
+            format!(
+                "(select {columns} from read_parquet('{lake}/{dataset}/**/*.parquet', hive_partitioning = false))"
+            )
+        };
+        let (ra, rb) = (read(a), read(b));
+        let sql = format!(
+            "select (select count(*) from {ra}), (select count(*) from {rb}), \
+             (select count(*) from ({ra} except all {rb})), (select count(*) from ({rb} except all {ra}))"
+        );
+        let r = duckdb_with(s3, "", &sql);
+        let n: Vec<i64> = r[0].iter().map(|v| v.as_i64().unwrap()).collect();
+        assert!(
+            n[0] > 0 || dataset == "dead_letter",
+            "{dataset}: empty reference"
+        );
+        assert_eq!(
+            n,
+            vec![n[0], n[0], 0, 0],
+            "{dataset}: rows (reference, crashed), missing, extra"
+        );
+    }
 }

@@ -102,6 +102,14 @@ pub struct KafkaSourceSpec {
     /// Where to start without a checkpoint.
     #[serde(default)]
     pub start: KafkaStart,
+    /// Stop at the partitions' end offsets as of start-up and finish like a file job
+    /// (close every window, flush, exit) instead of running until interrupted.
+    #[serde(default)]
+    pub bounded: bool,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`,
+    /// `sasl.mechanisms`); they override fleetflow's defaults.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// `[source] kind = "generator"`: deterministic synthetic fleet.
@@ -511,8 +519,22 @@ impl JobSpec {
                 if k.topic.trim().is_empty() {
                     return err("source", "topic", "must not be empty".into());
                 }
+                if self.dead_letter.topic.as_deref() == Some(k.topic.as_str()) {
+                    return err(
+                        "dead_letter",
+                        "topic",
+                        "must not be the source topic".into(),
+                    );
+                }
             }
             _ => {}
+        }
+        if self.dead_letter.topic.is_some() && !matches!(self.source, SourceSpec::Kafka(_)) {
+            return err(
+                "dead_letter",
+                "topic",
+                "needs a kafka source (it is produced to the source's brokers)".into(),
+            );
         }
         if self.time.allowed_lateness.millis() > crate::time::DAY_MS {
             return err("time", "allowed_lateness", "must be at most 1d".into());

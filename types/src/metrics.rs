@@ -40,6 +40,23 @@ pub struct Metrics {
     /// The newest watermark any worker has derived, published or not: what sources align
     /// their inputs to (flow control only; `watermark` is what results are complete through).
     pub derived_watermark: AtomicI64,
+    /// Per input (file, generator partition, Kafka partition), by global input id.
+    pub inputs: Vec<InputMetrics>,
+}
+
+/// One input's counters.
+#[derive(Debug)]
+pub struct InputMetrics {
+    /// The input's name (`kafka:TOPIC/PARTITION`, a file path, ...).
+    pub name: String,
+    /// Messages (lines) read.
+    pub messages: AtomicU64,
+    /// Payload bytes read.
+    pub bytes: AtomicU64,
+    /// Greatest event time seen, [`NO_WATERMARK`] before the first.
+    pub max_ts: AtomicI64,
+    /// Kafka consumer lag (high watermark minus next offset), -1 when unknown.
+    pub lag: AtomicI64,
 }
 
 impl Metrics {
@@ -59,6 +76,33 @@ impl Metrics {
             write_retries: AtomicU64::new(0),
             visibility_latency: LatencyHistogram::default(),
             derived_watermark: AtomicI64::new(NO_WATERMARK),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// The same, with counters for the named inputs (by global input id).
+    pub fn with_inputs(mut self, names: &[String]) -> Self {
+        self.inputs = names
+            .iter()
+            .map(|name| InputMetrics {
+                name: name.clone(),
+                messages: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                max_ts: AtomicI64::new(NO_WATERMARK),
+                lag: AtomicI64::new(-1),
+            })
+            .collect();
+        self
+    }
+
+    /// Counts what one read of input `input` produced.
+    pub fn input_read(&self, input: u32, messages: u64, bytes: u64, max_ts: Option<Millis>) {
+        if let Some(m) = self.inputs.get(input as usize) {
+            m.messages.fetch_add(messages, Relaxed);
+            m.bytes.fetch_add(bytes, Relaxed);
+            if let Some(t) = max_ts {
+                m.max_ts.fetch_max(t, Relaxed);
+            }
         }
     }
 

@@ -61,6 +61,41 @@ pub struct DeadLetter {
     /// The event time of the record when it could be read (partitions the dataset), else
     /// `received_at`.
     pub event_ts: Millis,
+    /// Global id of the input it was read from.
+    pub input: u32,
+    /// Its position within that input (line, sequence number or Kafka offset).
+    pub position: u64,
+    /// The Kafka message key as received (for a record rejected after decoding: its
+    /// vehicle id, which the key must equal); `None` for files and the generator.
+    pub key: Option<bytes::Bytes>,
+    /// The payload's original bytes when they are not valid UTF-8 (`payload` is then a
+    /// lossy copy).
+    pub raw: Option<bytes::Bytes>,
+}
+
+impl DeadLetter {
+    /// The payload exactly as received.
+    pub fn original_payload(&self) -> &[u8] {
+        self.raw.as_deref().unwrap_or(self.payload.as_bytes())
+    }
+}
+
+/// Somewhere rejected records also go besides the lake's `dead_letter` dataset (a Kafka
+/// dead-letter topic). The lake sink hands it every dead letter in time order and flushes
+/// it before each checkpoint, so a committed checkpoint never covers a dead letter that was
+/// not delivered (at least once: after a crash, the records after the last checkpoint
+/// are read and sent again).
+pub trait DeadLetterOut: Send + Sync {
+    /// Queues one record for delivery; never blocks on the network.
+    fn send(&self, record: &DeadLetter);
+    /// Waits until everything queued is delivered; an error names what failed.
+    fn flush(&self) -> Result<(), String>;
+}
+
+impl std::fmt::Debug for dyn DeadLetterOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadLetterOut")
+    }
 }
 
 /// Operational status of a vehicle (semantics §3).

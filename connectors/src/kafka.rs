@@ -1,0 +1,720 @@
+//! Kafka: the source (a topic's partitions spread over the workers), the dead-letter topic,
+//! consumer-group offset commits, and producing generated events.
+//!
+//! ```text
+//!   topic partitions 0..P ──► partition p is input p, read by worker p % workers
+//!   per worker: one consumer, manually assigned (no group rebalancing: the checkpoint owns
+//!   the offsets), one queue per partition polled without blocking
+//!   checkpoint commit ──► offsets also committed to the consumer group (for lag tools)
+//! ```
+//!
+//! The lake's checkpoint is the source of truth for offsets: on restart every partition
+//! resumes at the offset its last checkpoint recorded. Without a checkpoint, `start`
+//! decides (`earliest`, `latest` or the group's `committed` offsets). A broker that goes
+//! away is retried by librdkafka with backoff; the source keeps polling (finding nothing),
+//! logs the error once per interval and continues when the broker is back.
+
+pub use rdkafka;
+
+use crate::source::{Emit, Polled, Source, SourceError};
+use fleetflow_types::config::{KafkaSourceSpec, KafkaStart};
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{DeadLetter, DeadLetterOut};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long start-up waits for the brokers' metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Broker errors are logged at most this often (they repeat while a broker is away).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A Kafka failure at start-up or in the dead-letter producer.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The topic does not exist.
+    #[error("topic {topic:?} does not exist on {brokers}")]
+    NoTopic {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers.
+        brokers: String,
+    },
+    /// The brokers did not answer or refused.
+    #[error("kafka {brokers}: {error}")]
+    Broker {
+        /// The bootstrap servers.
+        brokers: String,
+        /// What failed.
+        error: KafkaError,
+    },
+}
+
+/// The name of a partition as an input: `kafka:TOPIC/PARTITION`.
+pub fn input_name(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}/{partition}")
+}
+
+/// The client settings shared by consumers and producers: the bootstrap servers and the
+/// spec's `options` (any librdkafka property, e.g. `security.protocol`).
+pub fn client_config(spec: &KafkaSourceSpec) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &spec.brokers);
+    for (k, v) in &spec.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The consumer group: the spec's, else `fleetflow-{job}`.
+pub fn group_id(spec: &KafkaSourceSpec, job: &str) -> String {
+    spec.group_id
+        .clone()
+        .unwrap_or_else(|| format!("fleetflow-{job}"))
+}
+
+/// What start-up learns about the topic.
+#[derive(Clone, Debug)]
+pub struct TopicInfo {
+    /// Number of partitions (inputs `0..partitions`).
+    pub partitions: i32,
+    /// With `bounded`: each partition's end offset at start-up (the source stops there).
+    pub end_offsets: Option<Vec<i64>>,
+}
+
+/// Reads the topic's partitions (and, for a bounded source, their end offsets). A topic
+/// that does not exist, or brokers that do not answer within 15 s, are errors.
+pub fn describe_topic(spec: &KafkaSourceSpec) -> Result<TopicInfo, KafkaSourceError> {
+    let broker = |error| KafkaSourceError::Broker {
+        brokers: spec.brokers.clone(),
+        error,
+    };
+    let consumer: BaseConsumer = client_config(spec)
+        .set("group.id", "fleetflow-metadata")
+        .create()
+        .map_err(broker)?;
+    let md = consumer
+        .fetch_metadata(Some(&spec.topic), METADATA_TIMEOUT)
+        .map_err(broker)?;
+    let topic = md.topics().iter().find(|t| t.name() == spec.topic);
+    let partitions = match topic {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len() as i32,
+        _ => {
+            return Err(KafkaSourceError::NoTopic {
+                topic: spec.topic.clone(),
+                brokers: spec.brokers.clone(),
+            })
+        }
+    };
+    let end_offsets = if spec.bounded {
+        let mut ends = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&spec.topic, p, METADATA_TIMEOUT)
+                .map_err(broker)?;
+            // An empty partition (nothing retained) ends at once.
+            ends.push(if high > low { high } else { 0 });
+        }
+        Some(ends)
+    } else {
+        None
+    };
+    Ok(TopicInfo {
+        partitions,
+        end_offsets,
+    })
+}
+
+/// Logs an error at most once per [`LOG_EVERY`], counting the ones it held back.
+#[derive(Default)]
+struct Throttled {
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Throttled {
+    fn warn(&self, what: &str, error: &dyn std::fmt::Display) {
+        let mut last = self.last.lock().expect("log lock");
+        match &mut *last {
+            Some((at, held)) if at.elapsed() < LOG_EVERY => *held += 1,
+            _ => {
+                let held = last.map_or(0, |(_, h)| h);
+                tracing::warn!(%error, suppressed = held, "{what} (retrying; logged at most every {}s)", LOG_EVERY.as_secs());
+                *last = Some((Instant::now(), 0));
+            }
+        }
+    }
+}
+
+/// The consumer's context: librdkafka's statistics feed the lag metrics, errors are
+/// logged throttled.
+struct SourceContext {
+    metrics: Arc<Metrics>,
+    /// Partition -> global input id.
+    topic: String,
+    errors: Throttled,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let Some(t) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (p, s) in &t.partitions {
+            if *p >= 0 && s.consumer_lag >= 0 {
+                if let Some(m) = self.metrics.inputs.get(*p as usize) {
+                    m.lag.store(s.consumer_lag, Relaxed);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors
+            .warn("kafka consumer", &format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+struct LocalPartition {
+    partition: i32,
+    /// The next offset to hand over (`None`: not known yet, before the first message of a
+    /// partition started at `earliest`/`latest`/`committed`).
+    next: Option<i64>,
+    /// Messages handed over.
+    count: u64,
+    /// Bounded source: the offset to stop at.
+    end: Option<i64>,
+    queue: Option<rdkafka::consumer::base_consumer::PartitionQueue<SourceContext>>,
+    /// Messages librdkafka fetched into the consumer's main queue before this partition's
+    /// queue was split off: they precede everything in `queue`.
+    early: std::collections::VecDeque<EarlyMessage>,
+}
+
+/// An owned copy of a message that arrived on the main queue.
+struct EarlyMessage {
+    offset: i64,
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+}
+
+/// The Kafka source of one worker: the partitions `p` with `p % peers == worker`.
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    topic: String,
+    start: KafkaStart,
+    locals: Vec<LocalPartition>,
+    assigned: bool,
+}
+
+impl KafkaSource {
+    /// The source of worker `worker` of `peers`, for a topic [`describe_topic`] described.
+    pub fn new(
+        spec: &KafkaSourceSpec,
+        job: &str,
+        info: &TopicInfo,
+        worker: usize,
+        peers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KafkaSourceError> {
+        let context = SourceContext {
+            metrics,
+            topic: spec.topic.clone(),
+            errors: Throttled::default(),
+        };
+        let mut config = client_config(spec);
+        for (k, v) in [
+            ("group.id", group_id(spec, job).as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "20"),
+            ("queued.max.messages.kbytes", "16384"),
+        ] {
+            if !spec.options.contains_key(k) {
+                config.set(k, v);
+            }
+        }
+        let consumer: BaseConsumer<SourceContext> =
+            config
+                .create_with_context(context)
+                .map_err(|error| KafkaSourceError::Broker {
+                    brokers: spec.brokers.clone(),
+                    error,
+                })?;
+        let locals = (0..info.partitions)
+            .filter(|p| *p as usize % peers.max(1) == worker)
+            .map(|p| LocalPartition {
+                partition: p,
+                next: None,
+                count: 0,
+                end: info.end_offsets.as_ref().map(|e| e[p as usize]),
+                queue: None,
+                early: Default::default(),
+            })
+            .collect();
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            topic: spec.topic.clone(),
+            start: spec.start,
+            locals,
+            assigned: false,
+        })
+    }
+
+    /// Assigns this worker's partitions at their resume offsets (or the start policy) and
+    /// gives each its own queue.
+    fn assign(&mut self) -> Result<(), SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for l in &self.locals {
+            let offset = match (l.next, self.start) {
+                (Some(n), _) => Offset::Offset(n),
+                (None, KafkaStart::Earliest) => Offset::Beginning,
+                (None, KafkaStart::Latest) => Offset::End,
+                (None, KafkaStart::Committed) => Offset::Stored,
+            };
+            tpl.add_partition_offset(&self.topic, l.partition, offset)
+                .map_err(|e| self.error(e))?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| self.error(e))?;
+        for l in &mut self.locals {
+            l.queue = self
+                .consumer
+                .split_partition_queue(&self.topic, l.partition);
+        }
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn error(&self, e: KafkaError) -> SourceError {
+        SourceError::Io {
+            input: format!("kafka:{}", self.topic),
+            error: std::io::Error::other(e),
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    fn inputs(&self) -> Vec<u32> {
+        self.locals.iter().map(|l| l.partition as u32).collect()
+    }
+
+    fn can_idle(&self) -> bool {
+        true
+    }
+
+    fn position(&self, local: usize) -> (u64, u64) {
+        let l = &self.locals[local];
+        // Before the first message of a partition started by policy the position is not
+        // known; `u64::MAX` means "start by policy again".
+        (l.next.map_or(u64::MAX, |n| n as u64), l.count)
+    }
+
+    fn seek(&mut self, local: usize, (offset, count): (u64, u64)) -> Result<(), SourceError> {
+        let l = &mut self.locals[local];
+        l.next = (offset != u64::MAX).then_some(offset as i64);
+        l.count = count;
+        self.assigned = false;
+        Ok(())
+    }
+
+    fn poll(
+        &mut self,
+        local: usize,
+        budget: usize,
+        sink: &mut Emit<'_>,
+    ) -> Result<Polled, SourceError> {
+        if !self.assigned {
+            self.assign()?;
+        }
+        // Serve the consumer's own queue: statistics, errors (a broker that went away),
+        // and messages fetched before the partition queues were split off.
+        while let Some(r) = self.consumer.poll(Duration::ZERO) {
+            match r {
+                Ok(m) => {
+                    if let Some(l) = self
+                        .locals
+                        .iter_mut()
+                        .find(|l| l.partition == m.partition())
+                    {
+                        l.early.push_back(EarlyMessage {
+                            offset: m.offset(),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                            key: m.key().map(<[u8]>::to_vec),
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.consumer.context().errors.warn("kafka consumer", &e);
+                    break;
+                }
+            }
+        }
+        let l = &mut self.locals[local];
+        if l.end
+            .is_some_and(|end| end <= 0 || l.next.is_some_and(|n| n >= end))
+        {
+            return Ok(Polled::Finished);
+        }
+        let mut n = 0;
+        while n < budget {
+            let Some(m) = l.early.pop_front() else { break };
+            if !emit(l, m.offset, &m.payload, m.key.as_deref(), sink, &mut n) {
+                return Ok(if n > 0 {
+                    Polled::Data(n)
+                } else {
+                    Polled::Finished
+                });
+            }
+        }
+        let Some(queue) = l.queue.take() else {
+            return Ok(if n > 0 {
+                Polled::Data(n)
+            } else {
+                Polled::Empty
+            });
+        };
+        let mut ended = false;
+        while n < budget && l.early.is_empty() {
+            match queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    if !emit(
+                        l,
+                        m.offset(),
+                        m.payload().unwrap_or_default(),
+                        m.key(),
+                        sink,
+                        &mut n,
+                    ) {
+                        ended = true;
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    self.consumer.context().errors.warn("kafka partition", &e);
+                    break;
+                }
+            }
+        }
+        l.queue = Some(queue);
+        if ended && n == 0 {
+            return Ok(Polled::Finished);
+        }
+        Ok(if n > 0 {
+            Polled::Data(n)
+        } else {
+            Polled::Empty
+        })
+    }
+}
+
+/// Hands one message of partition `l` over (counting it in `n`); false once the partition
+/// reached its end.
+fn emit(
+    l: &mut LocalPartition,
+    offset: i64,
+    payload: &[u8],
+    key: Option<&[u8]>,
+    sink: &mut Emit<'_>,
+    n: &mut usize,
+) -> bool {
+    if l.end.is_some_and(|end| offset >= end) {
+        return false;
+    }
+    // Never twice (a re-fetch after a broker error may repeat messages).
+    if l.next.is_none_or(|next| offset >= next) {
+        sink(payload, offset as u64, key);
+        l.next = Some(offset + 1);
+        l.count += 1;
+        *n += 1;
+    }
+    l.end.is_none_or(|end| offset + 1 < end)
+}
+
+/// Commits checkpointed offsets to the consumer group, so that standard lag tools show
+/// the job's progress (the checkpoint, not the group, is what a restart resumes from).
+pub struct OffsetCommitter {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl OffsetCommitter {
+    /// A committer for the spec's group.
+    pub fn new(spec: &KafkaSourceSpec, job: &str) -> Result<Self, KafkaSourceError> {
+        let consumer = client_config(spec)
+            .set("group.id", group_id(spec, job))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|error| KafkaSourceError::Broker {
+                brokers: spec.brokers.clone(),
+                error,
+            })?;
+        Ok(OffsetCommitter {
+            consumer,
+            topic: spec.topic.clone(),
+        })
+    }
+
+    /// Commits `(partition, next offset)` pairs (asynchronously; a failure is logged).
+    pub fn commit(&self, offsets: &[(i32, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            if tpl
+                .add_partition_offset(&self.topic, *p, Offset::Offset(*o))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "committing offsets to the consumer group");
+        }
+        self.consumer.poll(Duration::ZERO);
+    }
+}
+
+/// Records delivery failures of the dead-letter producer.
+#[derive(Default)]
+struct DeliveryContext {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .lock()
+                .expect("delivery lock")
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The dead-letter topic: every rejected record, with its original key and payload and the
+/// headers `fleetflow-reason`, `fleetflow-detail`, `fleetflow-source` (`kafka:T/P:OFFSET`),
+/// `fleetflow-topic`, `fleetflow-partition` and `fleetflow-offset`.
+pub struct DeadLetterTopic {
+    producer: ThreadedProducer<DeliveryContext>,
+    topic: String,
+    /// Global input id -> (topic, partition) for the origin headers.
+    origins: Vec<(String, i32)>,
+}
+
+impl DeadLetterTopic {
+    /// A producer to `topic` on the source's brokers.
+    pub fn new(
+        spec: &KafkaSourceSpec,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Self, KafkaSourceError> {
+        let mut config = client_config(spec);
+        for (k, v) in [
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "300000"),
+        ] {
+            if !spec.options.contains_key(k) {
+                config.set(k, v);
+            }
+        }
+        let producer = config
+            .create_with_context(DeliveryContext::default())
+            .map_err(|error| KafkaSourceError::Broker {
+                brokers: spec.brokers.clone(),
+                error,
+            })?;
+        Ok(DeadLetterTopic {
+            producer,
+            topic: topic.to_string(),
+            origins: (0..partitions).map(|p| (spec.topic.clone(), p)).collect(),
+        })
+    }
+}
+
+impl DeadLetterOut for DeadLetterTopic {
+    fn send(&self, d: &DeadLetter) {
+        let (src_topic, partition) = self
+            .origins
+            .get(d.input as usize)
+            .map(|(t, p)| (t.as_str(), p.to_string()))
+            .unwrap_or(("", String::new()));
+        let offset = d.position.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "fleetflow-reason",
+                value: Some(d.reason.as_str()),
+            })
+            .insert(Header {
+                key: "fleetflow-detail",
+                value: Some(d.detail.as_str()),
+            })
+            .insert(Header {
+                key: "fleetflow-source",
+                value: Some(d.source.as_str()),
+            })
+            .insert(Header {
+                key: "fleetflow-topic",
+                value: Some(src_topic),
+            })
+            .insert(Header {
+                key: "fleetflow-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "fleetflow-offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .payload(d.original_payload())
+            .headers(headers);
+        if let Some(k) = &d.key {
+            record = record.key(&k[..]);
+        }
+        // A full local queue waits for deliveries rather than dropping the record.
+        while let Err((e, r)) = self.producer.send(record) {
+            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
+                self.producer
+                    .context()
+                    .failed
+                    .lock()
+                    .expect("delivery lock")
+                    .get_or_insert_with(|| e.to_string());
+                return;
+            }
+            record = r;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.producer
+            .flush(Timeout::After(Duration::from_secs(300)))
+            .map_err(|e| format!("dead-letter topic {}: {e}", self.topic))?;
+        match self
+            .producer
+            .context()
+            .failed
+            .lock()
+            .expect("delivery lock")
+            .take()
+        {
+            Some(e) => Err(format!("dead-letter topic {}: {e}", self.topic)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Produces NDJSON events to a topic, keyed by vehicle id, at `rate` events/s (or as fast
+/// as possible); returns the events sent. `events` yields payloads; `progress` is told the
+/// running count.
+pub fn produce_events(
+    brokers: &str,
+    topic: &str,
+    rate: Option<u64>,
+    options: &BTreeMap<String, String>,
+    events: impl Iterator<Item = (Option<String>, Vec<u8>)>,
+    stop: &std::sync::atomic::AtomicBool,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, KafkaSourceError> {
+    let broker = |error| KafkaSourceError::Broker {
+        brokers: brokers.to_string(),
+        error,
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "lz4");
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    let producer: ThreadedProducer<DeliveryContext> = config
+        .create_with_context(DeliveryContext::default())
+        .map_err(broker)?;
+    // Fail fast on a topic that does not exist (no auto-creation surprises).
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(broker)?;
+    if !md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Err(KafkaSourceError::NoTopic {
+            topic: topic.into(),
+            brokers: brokers.into(),
+        });
+    }
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for (key, payload) in events {
+        if stop.load(Relaxed) {
+            break;
+        }
+        if let Some(r) = rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / r as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(&payload[..]);
+        if let Some(k) = &key {
+            record = record.key(k.as_str());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(broker(e)),
+            }
+        }
+        sent += 1;
+        if sent.is_multiple_of(10_000) {
+            progress(sent);
+        }
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(120)))
+        .map_err(broker)?;
+    if let Some(e) = producer
+        .context()
+        .failed
+        .lock()
+        .expect("delivery lock")
+        .take()
+    {
+        tracing::error!(error = %e, "delivering events");
+        return Err(broker(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        )));
+    }
+    progress(sent);
+    Ok(sent)
+}

@@ -1,0 +1,369 @@
+//! The Kafka source against librdkafka's mock cluster (a Kafka-protocol broker in this
+//! process, on loopback): partitions over workers, per-partition watermarks with an idle
+//! partition, the dead-letter topic, and resuming from checkpointed offsets.
+
+mod common;
+
+use common::*;
+use fleetflow_connectors::kafka::rdkafka;
+use fleetflow_connectors::kafka::{describe_topic, produce_events, KafkaSource};
+use fleetflow_connectors::source::Source;
+use fleetflow_types::config::KafkaSourceSpec;
+use fleetflow_types::metrics::Metrics;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn source_spec(brokers: &str, topic: &str) -> KafkaSourceSpec {
+    KafkaSourceSpec {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        group_id: Some("fleetflow-test".into()),
+        start: Default::default(),
+        bounded: true,
+        options: BTreeMap::new(),
+    }
+}
+
+/// Produces lines keyed by their vehicle id (bad lines without a key).
+fn produce(brokers: &str, topic: &str, lines: &[String]) {
+    let events = lines.iter().map(|l| {
+        let key = serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["vehicle_id"].as_str().map(String::from));
+        (key, l.as_bytes().to_vec())
+    });
+    let sent = produce_events(
+        brokers,
+        topic,
+        None,
+        &BTreeMap::new(),
+        events,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(sent, lines.len() as u64);
+}
+
+/// Every message of a topic: (key, payload, headers).
+type Consumed = Vec<(Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>)>;
+
+fn consume_all(brokers: &str, topic: &str, partitions: i32) -> Consumed {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = 0;
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        ends += c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap()
+            .1;
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < ends && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+        }
+    }
+    out
+}
+
+fn kafka_job(lake: &str, brokers: &str, topic: &str, extra: &str) -> String {
+    format!(
+        r#"name = "kafka"
+workers = 2
+
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{topic}"
+group_id = "fleetflow-test"
+bounded = true
+
+[lake]
+url = "{lake}"
+checkpoint_interval = "100ms"
+max_file_age = "300ms"
+{extra}
+[api]
+listen = "127.0.0.1:0"
+"#
+    )
+}
+
+fn file_job(lake: &str) -> String {
+    format!(
+        "name = \"file\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"in.ndjson\"\n[lake]\nurl = \"{lake}\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+/// The lake datasets compared between a Kafka and a file run (a dead letter's `source`
+/// names its input, which differs).
+const COMPARED: [(&str, &str); 5] = [
+    ("raw", "*"),
+    ("1m", "*"),
+    ("1h", "*"),
+    ("1d", "*"),
+    ("dead_letter", "reason, payload, detail"),
+];
+
+fn lake(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[test]
+fn partitions_are_spread_over_workers_and_every_worker_reads_its_own() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("spread", 5, 1).unwrap();
+    let spec = source_spec(&brokers, "spread");
+    let info = describe_topic(&spec).unwrap();
+    assert_eq!(info.partitions, 5);
+    let metrics = Arc::new(Metrics::new(vec![]));
+    let mut all: Vec<u32> = Vec::new();
+    for worker in 0..3 {
+        let s = KafkaSource::new(&spec, "t", &info, worker, 3, metrics.clone()).unwrap();
+        let mine = s.inputs();
+        assert!(mine.iter().all(|p| *p as usize % 3 == worker), "{mine:?}");
+        all.extend(mine);
+    }
+    all.sort();
+    assert_eq!(
+        all,
+        vec![0, 1, 2, 3, 4],
+        "each partition on exactly one worker"
+    );
+}
+
+#[test]
+fn a_kafka_job_equals_the_file_job_and_fills_the_dead_letter_topic() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("locations", 4, 1).unwrap();
+    cluster.create_topic("locations-dlq", 1, 1).unwrap();
+    let lines = generated_lines(60, 40, 10, 0.01, 0.01, 5);
+    produce(&brokers, "locations", &lines);
+    // A message whose key is not its vehicle id is rejected too.
+    let good = lines
+        .iter()
+        .find(|l| l.contains("\"vehicle_id\":\"V00003\""))
+        .unwrap()
+        .clone();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to("locations")
+                .key("V99999")
+                .payload(good.as_str())
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(&dir.path().join("in.ndjson"), &lines);
+    std::fs::write(dir.path().join("file.toml"), file_job("file://file")).unwrap();
+    std::fs::write(
+        dir.path().join("kafka.toml"),
+        kafka_job(
+            "file://kafka",
+            &brokers,
+            "locations",
+            "[dead_letter]\ntopic = \"locations-dlq\"\n",
+        ),
+    )
+    .unwrap();
+    run_to_end(dir.path(), "file.toml", &[]);
+    run_to_end(dir.path(), "kafka.toml", &[]);
+
+    // The same rows, except the one rejected for its key.
+    let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
+    assert_same_datasets(None, &a, &b, &COMPARED[..4]);
+    let dead = |l: &str| {
+        duckdb(&format!(
+            "select reason, payload, detail from read_parquet('{l}/dead_letter/**/*.parquet') order by all"
+        ))
+    };
+    let (dead_file, dead_kafka) = (dead(&a), dead(&b));
+    assert!(!dead_file.is_empty());
+    let key_rejected: Vec<_> = dead_kafka
+        .iter()
+        .filter(|r| r[2].as_str().unwrap().contains("differs from vehicle_id"))
+        .collect();
+    assert_eq!(key_rejected.len(), 1, "{dead_kafka:?}");
+    assert_eq!(key_rejected[0][1].as_str().unwrap(), good);
+    let mut rest: Vec<_> = dead_kafka
+        .iter()
+        .filter(|r| !r[2].as_str().unwrap().contains("differs from vehicle_id"))
+        .cloned()
+        .collect();
+    rest.sort_by_key(|r| r.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    let mut expected = dead_file.clone();
+    expected.sort_by_key(|r| r.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    assert_eq!(rest, expected);
+
+    // The dead-letter topic has every rejected message with its key, payload and origin.
+    let dlq = consume_all(&brokers, "locations-dlq", 1);
+    assert_eq!(dlq.len(), dead_kafka.len(), "one message per dead letter");
+    let mut payloads: Vec<String> = dlq
+        .iter()
+        .map(|(_, p, _)| String::from_utf8(p.clone()).unwrap())
+        .collect();
+    payloads.sort();
+    let mut lake_payloads: Vec<String> = dead_kafka
+        .iter()
+        .map(|r| r[1].as_str().unwrap().to_string())
+        .collect();
+    lake_payloads.sort();
+    assert_eq!(payloads, lake_payloads);
+    let (key, _, headers) = dlq.iter().find(|(_, p, _)| p == good.as_bytes()).unwrap();
+    assert_eq!(key.as_deref(), Some(&b"V99999"[..]), "the original key");
+    assert_eq!(headers["fleetflow-reason"], "invalid");
+    assert_eq!(headers["fleetflow-topic"], "locations");
+    assert_eq!(headers["fleetflow-partition"], "0");
+    assert!(headers["fleetflow-offset"].parse::<u64>().is_ok());
+    assert!(headers["fleetflow-detail"].contains("differs from vehicle_id"));
+    for (_, _, h) in &dlq {
+        assert!(["malformed", "invalid", "late", "implausible_jump"]
+            .contains(&h["fleetflow-reason"].as_str()));
+    }
+
+    // The checkpointed offsets reached the consumer group: the end of every partition.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "fleetflow-test")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition("locations", p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for p in 0..4 {
+        let end = c
+            .fetch_watermarks("locations", p, Duration::from_secs(10))
+            .unwrap()
+            .1;
+        let got = committed.find_partition("locations", p).unwrap().offset();
+        assert_eq!(got, Offset::Offset(end), "partition {p}");
+    }
+}
+
+#[test]
+fn killed_kafka_jobs_resume_from_the_checkpointed_offsets() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("resume", 3, 1).unwrap();
+    let lines = generated_lines(150, 90, 10, 0.01, 0.002, 9);
+    produce(&brokers, "resume", &lines);
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(&dir.path().join("in.ndjson"), &lines);
+    std::fs::write(dir.path().join("file.toml"), file_job("file://file")).unwrap();
+    std::fs::write(
+        dir.path().join("kafka.toml"),
+        kafka_job("file://kafka", &brokers, "resume", ""),
+    )
+    .unwrap();
+    run_to_end(dir.path(), "file.toml", &[]);
+    let killed = run_with_crashes(dir.path(), "kafka.toml", &[], 3);
+    assert!(killed >= 5, "only {killed} kills");
+    let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
+    assert_same_datasets(None, &a, &b, &COMPARED);
+}
+
+#[test]
+fn an_idle_partition_does_not_hold_the_watermark_back() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("idle", 2, 1).unwrap();
+    // Data on partition 0 only; partition 1 stays empty.
+    let lines = generated_lines(5, 10, 0, 0.0, 0.0, 1);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let mut max_ts = 0i64;
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        max_ts = max_ts.max(v["ts"].as_i64().unwrap());
+        producer
+            .send(BaseRecord::<str, str>::to("idle").payload(l).partition(0))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = kafka_job("file://lake", &brokers, "idle", "")
+        .replace("bounded = true", "bounded = false")
+        + "[time]\nidle_timeout = \"1s\"\nallowed_lateness = \"30s\"\n";
+    std::fs::write(dir.path().join("job.toml"), job).unwrap();
+    let (mut child, addr, _rest) = spawn_with_api(dir.path(), &["run", "job.toml"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut watermark = None;
+    while Instant::now() < deadline {
+        let (status, body) = http_get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        let w = body
+            .lines()
+            .find_map(|l| l.strip_prefix("fleetflow_watermark_ms "))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if w == Some(max_ts - 30_000) {
+            watermark = w;
+            assert!(
+                body.contains("fleetflow_input_messages_total{input=\"kafka:idle/0\"}"),
+                "{body}"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        watermark,
+        Some(max_ts - 30_000),
+        "the watermark follows partition 0 once partition 1 is idle"
+    );
+}
