@@ -42,7 +42,11 @@ fn validate_accepts_a_good_spec_and_the_examples() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"));
     let root = env!("CARGO_MANIFEST_DIR");
-    for ex in ["examples/quickstart.toml", "examples/porto.toml"] {
+    for ex in [
+        "examples/quickstart.toml",
+        "examples/porto.toml",
+        "examples/kafka.toml",
+    ] {
         let (code, _, err) = fleetflow(&["validate", ex], std::path::Path::new(root));
         assert_eq!(code, 0, "{ex}: {err}");
     }
@@ -66,6 +70,11 @@ fn bad_specs_exit_2_with_one_line_naming_the_field() {
             "line 6: source.path",
         ),
         ("kind = \"file\"", "kind = \"ftp\"", "source"),
+        (
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\n[dead_letter]\ntopic = \"dlq\"",
+            "dead_letter.topic",
+        ),
         ("\"1d\"]", "\"7m\"]", "line 13: lake.tiers"),
         (
             "listen = \"127.0.0.1:0\"",

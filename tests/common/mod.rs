@@ -497,3 +497,111 @@ pub fn assert_same_datasets(s3: Option<&str>, a: &str, b: &str, datasets: &[(&st
         );
     }
 }
+
+/// The lake datasets compared between a Kafka and a file run of the same events (a dead
+/// letter's `source` names its input, which differs).
+pub const KAFKA_VS_FILE: [(&str, &str); 5] = [
+    ("raw", "*"),
+    ("1m", "*"),
+    ("1h", "*"),
+    ("1d", "*"),
+    ("dead_letter", "reason, payload, detail"),
+];
+
+/// A Kafka-protocol broker process (`tansu` from crates.io with its `sqlite://` storage;
+/// `.ci/run` installs it under `~/.cache/tansu`, or set `FLEETFLOW_TANSU`) on a free
+/// loopback port, stopped when dropped.
+pub struct KafkaBroker {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl KafkaBroker {
+    fn binary() -> PathBuf {
+        if let Some(p) = std::env::var_os("FLEETFLOW_TANSU") {
+            return PathBuf::from(p);
+        }
+        let cached =
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tansu/bin/tansu");
+        if cached.exists() {
+            return cached;
+        }
+        PathBuf::from("tansu")
+    }
+
+    /// Starts a broker with empty storage.
+    pub fn start() -> KafkaBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = KafkaBroker {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port,
+        };
+        b.restart();
+        b
+    }
+
+    /// `host:port`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker process (SIGKILL); its storage stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker process again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(Self::binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the tansu broker (cargo install tansu --locked --features dynostore,libsql; .ci/run does)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.brokers()).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Creates a topic.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(Self::binary())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://{}", self.brokers()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
