@@ -262,33 +262,18 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         );
     }
     if !m.inputs.is_empty() {
-        let _ = writeln!(out, "# HELP fleetflow_input_messages_total Messages (lines) read per input (Kafka partition, file, generator partition).\n# TYPE fleetflow_input_messages_total counter");
-        for i in &m.inputs {
-            let _ = writeln!(
-                out,
-                "fleetflow_input_messages_total{{input=\"{}\"}} {}",
-                i.name,
-                i.messages.load(r)
-            );
-        }
-        let _ = writeln!(out, "# HELP fleetflow_input_bytes_total Payload bytes read per input.\n# TYPE fleetflow_input_bytes_total counter");
-        for i in &m.inputs {
-            let _ = writeln!(
-                out,
-                "fleetflow_input_bytes_total{{input=\"{}\"}} {}",
-                i.name,
-                i.bytes.load(r)
-            );
-        }
-        let _ = writeln!(out, "# HELP fleetflow_input_event_time_ms Greatest event time seen per input (its own watermark before the allowed lateness), epoch ms.\n# TYPE fleetflow_input_event_time_ms gauge");
-        for i in &m.inputs {
-            let t = i.max_ts.load(r);
-            if t != fleetflow_types::metrics::NO_WATERMARK {
-                let _ = writeln!(
-                    out,
-                    "fleetflow_input_event_time_ms{{input=\"{}\"}} {t}",
-                    i.name
-                );
+        type Read = fn(&fleetflow_types::metrics::InputMetrics) -> Option<i64>;
+        let per_input: [(&str, &str, &str, Read); 3] = [
+            ("fleetflow_input_messages_total", "counter", "Messages (lines) read per input (Kafka partition, file, generator partition).", |i| Some(i.messages.load(std::sync::atomic::Ordering::Relaxed) as i64)),
+            ("fleetflow_input_bytes_total", "counter", "Payload bytes read per input.", |i| Some(i.bytes.load(std::sync::atomic::Ordering::Relaxed) as i64)),
+            ("fleetflow_input_event_time_ms", "gauge", "Greatest event time seen per input (its own watermark before the allowed lateness), epoch ms.", |i| Some(i.max_ts.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t != fleetflow_types::metrics::NO_WATERMARK)),
+        ];
+        for (name, kind, help, read) in per_input {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for i in &m.inputs {
+                if let Some(v) = read(i) {
+                    let _ = writeln!(out, "{name}{{input=\"{}\"}} {v}", i.name);
+                }
             }
         }
         let _ = writeln!(out, "# HELP fleetflow_kafka_consumer_lag Messages behind the partition's high watermark.\n# TYPE fleetflow_kafka_consumer_lag gauge");
