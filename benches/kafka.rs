@@ -22,7 +22,7 @@ mod harness;
 use common::{env_or, generated_input, run};
 use fleetflow_connectors::kafka::produce_events;
 use harness::{http_get, spawn_with_api, KafkaBroker};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -80,7 +80,6 @@ fn main() {
     let broker = KafkaBroker::start();
     let brokers = broker.brokers();
     let dir = tempfile::tempdir().unwrap();
-    let stop = AtomicBool::new(false);
 
     // (a) Maximum sustained rate from Kafka into the lake.
     broker.create_topic("fill", 4);
@@ -89,9 +88,7 @@ fn main() {
         &brokers,
         "fill",
         None,
-        &BTreeMap::new(),
         input.iter().map(|l| (key_of(l), l.as_bytes().to_vec())),
-        &stop,
         |_| {},
     )
     .unwrap();
@@ -151,7 +148,6 @@ fn main() {
         &brokers,
         "live",
         Some(rate),
-        &BTreeMap::new(),
         input.iter().cycle().take(total).map(move |l| {
             let key = key_of(l);
             if let Some(k) = key.as_ref().filter(|k| sampled_p.contains(k)) {
@@ -167,7 +163,6 @@ fn main() {
             }
             (key, l.as_bytes().to_vec())
         }),
-        &stop,
         |_| {},
     )
     .unwrap();

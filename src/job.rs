@@ -1,18 +1,14 @@
 //! Running one job: wiring sources, the core dataflow, the lake sink and the API.
 
 use anyhow::{anyhow, Context};
-use differential_dataflow::Hashable;
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::kafka::{self, KafkaSource};
-use fleetflow_connectors::source::InputSnapshot;
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
 use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, FenceIndex, ViewUpdate,
 };
-use fleetflow_dataflows::geofence::{GeoSnapshot, GeoVehicleSnapshot};
-use fleetflow_dataflows::operator::TimelineSnapshot;
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
@@ -21,9 +17,7 @@ use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::commit::{clean_staging, recover, Coordinator, DatasetInfo};
 use fleetflow_sinks::lake::{Lake, Uploader};
-use fleetflow_sinks::writer::{
-    render_lake_sink, Partitioning, RollPolicy, SinkConfig, SinkSnapshot,
-};
+use fleetflow_sinks::writer::{render_lake_sink, Partitioning, RollPolicy, SinkConfig};
 use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
 use fleetflow_types::fix::Fix;
@@ -294,24 +288,15 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     };
     // The dead-letter topic, on the source's brokers.
     let dead_letter_out: Option<Arc<dyn fleetflow_types::records::DeadLetterOut>> =
-        match (&spec.source, &spec.dead_letter.topic, &inputs) {
-            (SourceSpec::Kafka(k), Some(topic), Inputs::Kafka(_, info)) => {
-                let probe = fleetflow_types::config::KafkaSourceSpec {
-                    topic: topic.clone(),
-                    bounded: false,
-                    ..k.clone()
-                };
-                kafka::describe_topic(&probe).map_err(|e| match e {
+        match (&spec.source, &spec.dead_letter.topic) {
+            (SourceSpec::Kafka(k), Some(topic)) => Some(Arc::new(
+                kafka::DeadLetterTopic::new(k, topic).map_err(|e| match e {
                     kafka::KafkaSourceError::NoTopic { .. } => {
                         spec_error(text, "dead_letter", "topic", e.to_string())
                     }
                     e => JobError::Runtime(anyhow!(e)),
-                })?;
-                Some(Arc::new(
-                    kafka::DeadLetterTopic::new(k, topic, info.partitions)
-                        .map_err(|e| anyhow!(e))?,
-                ))
-            }
+                })?,
+            )),
             _ => None,
         };
     let initial_geofences = load_geofences(spec, text)?;
@@ -359,17 +344,13 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     if cleaned > 0 {
         tracing::info!(cleaned, "removed uncommitted staged files and uploads");
     }
-    let initial_geofences = match recovered.as_ref().and_then(|r| {
-        r.pieces_of(geofence_op::SNAPSHOT_OP)
-            .find(|(w, _)| *w == 0)
-            .map(|(_, b)| b.to_vec())
-    }) {
-        Some(blob) => {
-            let snap: GeoSnapshot =
-                postcard::from_bytes(&blob).context("reading the checkpoint's geofences")?;
-            snap.geofences()
-                .context("reading the checkpoint's geofences")?
-        }
+    // The checkpoint's state, decoded once and split over this run's workers.
+    let restored = recovered
+        .as_ref()
+        .map(|r| crate::restore::split(&r.pieces, workers))
+        .transpose()?;
+    let initial_geofences = match restored.as_ref().and_then(|r| r.fences.clone()) {
+        Some(fences) => fences,
         None => initial_geofences,
     };
     let tiers = spec.lake.window_tiers();
@@ -514,11 +495,15 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let idle_timeout = spec.time.idle_timeout.0;
     let batch = opts.batch.unwrap_or(4096).max(1);
     let capture = opts.capture.clone();
-    if let Inputs::Kafka(k, info) = &inputs {
-        // Surfaces a bad client configuration as one error before the workers start.
-        KafkaSource::new(k, &spec.name, info, 0, 1, metrics.clone()).map_err(|e| anyhow!(e))?;
-    }
-    let job_name = spec.name.clone();
+    // Kafka consumers are created here, one per worker, so that a bad client
+    // configuration is one error before the workers start; each worker takes its own.
+    let kafka_sources: Mutex<Vec<Option<KafkaSource>>> = Mutex::new(match &inputs {
+        Inputs::Kafka(k, info) => (0..workers)
+            .map(|w| KafkaSource::new(k, &spec.name, info, w, workers, metrics.clone()).map(Some))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!(e))?,
+        _ => Vec::new(),
+    });
     let inputs = Arc::new(inputs);
     let ctx_base = (
         metrics.clone(),
@@ -576,17 +561,22 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             Inputs::Kafka(k, _) => {
                 let committer =
                     kafka::OffsetCommitter::new(k, &spec.name).map_err(|e| anyhow!(e))?;
-                Some(Box::new(move |_: &fleetflow_sinks::commit::Commit, pieces: &[(fleetflow_types::checkpoint::Participant, Vec<u8>)]| {
-                    let offsets: Vec<(i32, i64)> = pieces
-                        .iter()
-                        .filter(|((op, _), _)| op == fleetflow_connectors::source::SNAPSHOT_OP)
-                        .filter_map(|(_, b)| postcard::from_bytes::<Vec<InputSnapshot>>(b).ok())
-                        .flatten()
-                        .filter(|i| i.position.0 != u64::MAX)
-                        .map(|i| (i.input as i32, i.position.0 as i64))
-                        .collect();
-                    committer.commit(&offsets);
-                }) as fleetflow_sinks::commit::OnCommit)
+                Some(Box::new(
+                    move |_: &fleetflow_sinks::commit::Commit, pieces: &crate::restore::Pieces| {
+                        match crate::restore::input_snapshots(pieces) {
+                            Ok(inputs) => committer.commit(
+                                &inputs
+                                    .iter()
+                                    .filter(|i| i.position.0 != u64::MAX)
+                                    .map(|i| (i.input as i32, i.position.0 as i64))
+                                    .collect::<Vec<_>>(),
+                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "offsets not committed to the group")
+                            }
+                        }
+                    },
+                ) as fleetflow_sinks::commit::OnCommit)
             }
             _ => None,
         },
@@ -599,15 +589,13 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .spawn(move || coordinator.run(stop))
             .context("starting the checkpoint coordinator")?
     };
-    let restored = Arc::new(recovered.map(|r| r.pieces).unwrap_or_default());
-    let inputs_restored: Arc<Vec<InputSnapshot>> = Arc::new(
-        restored
-            .iter()
-            .filter(|((op, _), _)| op == fleetflow_connectors::source::SNAPSHOT_OP)
-            .filter_map(|(_, b)| postcard::from_bytes::<Vec<InputSnapshot>>(b).ok())
-            .flatten()
-            .collect(),
-    );
+    let (inputs_restored, worker_restores) = match restored {
+        Some(r) => (r.inputs, r.workers.into_iter().map(Some).collect()),
+        None => (Vec::new(), (0..workers).map(|_| None).collect()),
+    };
+    let inputs_restored = Arc::new(inputs_restored);
+    let worker_restores: Mutex<Vec<Option<crate::restore::WorkerRestore>>> =
+        Mutex::new(worker_restores);
     let uploader_w = uploader.clone();
     let hub_w = hub.clone();
     let config = timely::Config::process(workers);
@@ -621,65 +609,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let source: Box<dyn Source> = match &*inputs {
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
-            Inputs::Kafka(k, info) => {
-                match KafkaSource::new(k, &job_name, info, index, peers, metrics.clone()) {
-                    Ok(s) => Box::new(s),
-                    Err(e) => {
-                        // Checked on the main thread first; should it fail here after
-                        // all, this worker reads nothing and the job says why.
-                        tracing::error!(error = %e, "creating the kafka consumer");
-                        shutdown.store(true, Relaxed);
-                        Box::new(FileSource::new(&[], index, peers))
-                    }
-                }
-            }
+            Inputs::Kafka(..) => Box::new(
+                kafka_sources.lock().expect("sources lock")[index]
+                    .take()
+                    .expect("one kafka source per worker"),
+            ),
         };
-        // This worker's share of the restored state: its inputs, the vehicles it owns
-        // (by the same hash that routes their fixes), and the sink chunks of the worker
-        // with its index (modulo, when the job restarts with fewer workers).
-        let owned =
-            |id: &fleetflow_types::CompactString| (id.hashed() % peers as u64) as usize == index;
-        let pieces = |op: &'static str| {
-            restored
-                .iter()
-                .filter(move |((o, _), _)| o == op)
-                .map(|((_, w), b)| (*w, b.as_slice()))
-        };
-        let timeline_restore = (!restored.is_empty()).then(|| {
-            TimelineSnapshot::merge(
-                pieces(fleetflow_dataflows::operator::SNAPSHOT_OP)
-                    .filter_map(|(_, b)| postcard::from_bytes(b).ok())
-                    .collect(),
-                owned,
-            )
-        });
-        let slots: std::collections::HashMap<fleetflow_types::CompactString, u32> =
-            timeline_restore
-                .iter()
-                .flat_map(|t| {
-                    t.vehicles
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| (v.id.clone(), i as u32))
-                })
-                .collect();
-        let geo_restore: Vec<(u32, GeoVehicleSnapshot)> = pieces(geofence_op::SNAPSHOT_OP)
-            .filter_map(|(_, b)| postcard::from_bytes::<GeoSnapshot>(b).ok())
-            .flat_map(|g| g.vehicles)
-            .filter_map(|v| slots.get(&v.id).map(|s| (*s, v)))
-            .collect();
-        let sink_restore = (!restored.is_empty()).then(|| {
-            let mut merged = SinkSnapshot::default();
-            for (w, b) in pieces(fleetflow_sinks::writer::SNAPSHOT_OP) {
-                if let Ok(s) = postcard::from_bytes::<SinkSnapshot>(b) {
-                    merged.watermark = merged.watermark.max(s.watermark);
-                    if w % peers == index {
-                        merged.chunks.extend(s.chunks);
-                    }
-                }
-            }
-            merged
-        });
+        // This worker's share of the restored state.
+        let share = worker_restores.lock().expect("restore lock")[index]
+            .take()
+            .unwrap_or_default();
         let hub = hub_w.clone();
         let ctx = IntakeContext {
             metrics: metrics.clone(),
@@ -700,7 +639,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             input_names,
             publish_every: Duration::from_millis(50),
             checkpoints: Some(hub.clone()),
-            restore: timeline_restore,
+            restore: share.timeline,
         };
         let view = view.clone();
         let geo_view = geo_view.clone();
@@ -718,7 +657,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 core.finals,
                 fence_index,
                 dwell_after,
-                Some((hub.clone(), geo_restore)),
+                Some((hub.clone(), share.geo)),
                 move |updates, events| {
                     let (mut occ, mut applied) = (Vec::new(), Vec::new());
                     let mut as_of = None;
@@ -772,7 +711,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 sink_cfg,
                 uploader.fork(),
                 hub,
-                sink_restore,
+                share.sink,
             );
         });
     })

@@ -11,5 +11,6 @@
 //! [`Summary`]; the `fleetflow` binary is a thin CLI over it.
 
 pub mod job;
+pub mod restore;
 
 pub use job::{run_job, Capture, RunOptions, RunResult, Summary};

@@ -324,14 +324,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 });
                 let bar = indicatif::ProgressBar::new(expected);
                 let started = std::time::Instant::now();
-                let stop = std::sync::atomic::AtomicBool::new(false);
                 let n = fleetflow_connectors::kafka::produce_events(
                     &brokers,
                     &topic,
                     rate,
-                    &Default::default(),
                     events,
-                    &stop,
                     |n| bar.set_position(n),
                 )
                 .map_err(|e| Failure::Runtime(e.to_string()))?;

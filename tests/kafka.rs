@@ -18,7 +18,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,16 +40,7 @@ fn produce(brokers: &str, topic: &str, lines: &[String]) {
             .and_then(|v| v["vehicle_id"].as_str().map(String::from));
         (key, l.as_bytes().to_vec())
     });
-    let sent = produce_events(
-        brokers,
-        topic,
-        None,
-        &BTreeMap::new(),
-        events,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
+    let sent = produce_events(brokers, topic, None, events, |_| {}).unwrap();
     assert_eq!(sent, lines.len() as u64);
 }
 

@@ -30,7 +30,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +49,14 @@ pub enum KafkaSourceError {
         topic: String,
         /// The bootstrap servers.
         brokers: String,
+    },
+    /// Messages could not be delivered.
+    #[error("delivering to topic {topic:?}: {error}")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// The first delivery error.
+        error: String,
     },
     /// The brokers did not answer or refused.
     #[error("kafka {brokers}: {error}")]
@@ -89,8 +96,33 @@ pub fn group_id(spec: &KafkaSourceSpec, job: &str) -> String {
 pub struct TopicInfo {
     /// Number of partitions (inputs `0..partitions`).
     pub partitions: i32,
-    /// With `bounded`: each partition's end offset at start-up (the source stops there).
-    pub end_offsets: Option<Vec<i64>>,
+    /// With `bounded`: each partition's `(low, high)` offsets at start-up (the source
+    /// stops at `high`).
+    pub bounds: Option<Vec<(i64, i64)>>,
+}
+
+/// The number of partitions of `topic`; a topic that does not exist is
+/// [`KafkaSourceError::NoTopic`].
+fn partitions_of<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    brokers: &str,
+) -> Result<i32, KafkaSourceError> {
+    let md = client
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|error| KafkaSourceError::Broker {
+            brokers: brokers.to_string(),
+            error,
+        })?;
+    match md.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => Err(KafkaSourceError::NoTopic {
+            topic: topic.to_string(),
+            brokers: brokers.to_string(),
+        }),
+    }
 }
 
 /// Reads the topic's partitions (and, for a bounded source, their end offsets). A topic
@@ -104,36 +136,16 @@ pub fn describe_topic(spec: &KafkaSourceSpec) -> Result<TopicInfo, KafkaSourceEr
         .set("group.id", "fleetflow-metadata")
         .create()
         .map_err(broker)?;
-    let md = consumer
-        .fetch_metadata(Some(&spec.topic), METADATA_TIMEOUT)
-        .map_err(broker)?;
-    let topic = md.topics().iter().find(|t| t.name() == spec.topic);
-    let partitions = match topic {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len() as i32,
-        _ => {
-            return Err(KafkaSourceError::NoTopic {
-                topic: spec.topic.clone(),
-                brokers: spec.brokers.clone(),
-            })
-        }
-    };
-    let end_offsets = if spec.bounded {
-        let mut ends = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&spec.topic, p, METADATA_TIMEOUT)
-                .map_err(broker)?;
-            // An empty partition (nothing retained) ends at once.
-            ends.push(if high > low { high } else { 0 });
-        }
-        Some(ends)
+    let partitions = partitions_of(consumer.client(), &spec.topic, &spec.brokers)?;
+    let bounds = if spec.bounded {
+        let bounds: Result<Vec<(i64, i64)>, KafkaError> = (0..partitions)
+            .map(|p| consumer.fetch_watermarks(&spec.topic, p, METADATA_TIMEOUT))
+            .collect();
+        Some(bounds.map_err(broker)?)
     } else {
         None
     };
-    Ok(TopicInfo {
-        partitions,
-        end_offsets,
-    })
+    Ok(TopicInfo { partitions, bounds })
 }
 
 /// Logs an error at most once per [`LOG_EVERY`], counting the ones it held back.
@@ -159,8 +171,8 @@ impl Throttled {
 /// The consumer's context: librdkafka's statistics feed the lag metrics, errors are
 /// logged throttled.
 struct SourceContext {
+    /// Where the lag goes (partition `p` is input `p`).
     metrics: Arc<Metrics>,
-    /// Partition -> global input id.
     topic: String,
     errors: Throttled,
 }
@@ -192,8 +204,6 @@ struct LocalPartition {
     /// The next offset to hand over (`None`: not known yet, before the first message of a
     /// partition started at `earliest`/`latest`/`committed`).
     next: Option<i64>,
-    /// Messages handed over.
-    count: u64,
     /// Bounded source: the offset to stop at.
     end: Option<i64>,
     queue: Option<rdkafka::consumer::base_consumer::PartitionQueue<SourceContext>>,
@@ -257,13 +267,19 @@ impl KafkaSource {
                 })?;
         let locals = (0..info.partitions)
             .filter(|p| *p as usize % peers.max(1) == worker)
-            .map(|p| LocalPartition {
-                partition: p,
-                next: None,
-                count: 0,
-                end: info.end_offsets.as_ref().map(|e| e[p as usize]),
-                queue: None,
-                early: Default::default(),
+            .map(|p| {
+                let bounds = info.bounds.as_ref().map(|b| b[p as usize]);
+                LocalPartition {
+                    partition: p,
+                    // A bounded partition with nothing to read (empty, or started at
+                    // `latest`) is already at its end.
+                    next: bounds
+                        .filter(|(low, high)| high <= low || spec.start == KafkaStart::Latest)
+                        .map(|(_, high)| high),
+                    end: bounds.map(|(_, high)| high),
+                    queue: None,
+                    early: Default::default(),
+                }
             })
             .collect();
         Ok(KafkaSource {
@@ -319,14 +335,12 @@ impl Source for KafkaSource {
     fn position(&self, local: usize) -> (u64, u64) {
         let l = &self.locals[local];
         // Before the first message of a partition started by policy the position is not
-        // known; `u64::MAX` means "start by policy again".
-        (l.next.map_or(u64::MAX, |n| n as u64), l.count)
+        // known; `u64::MAX` means "start by policy again". The count is not needed.
+        (l.next.map_or(u64::MAX, |n| n as u64), 0)
     }
 
-    fn seek(&mut self, local: usize, (offset, count): (u64, u64)) -> Result<(), SourceError> {
-        let l = &mut self.locals[local];
-        l.next = (offset != u64::MAX).then_some(offset as i64);
-        l.count = count;
+    fn seek(&mut self, local: usize, (offset, _): (u64, u64)) -> Result<(), SourceError> {
+        self.locals[local].next = (offset != u64::MAX).then_some(offset as i64);
         self.assigned = false;
         Ok(())
     }
@@ -364,60 +378,35 @@ impl Source for KafkaSource {
             }
         }
         let l = &mut self.locals[local];
-        if l.end
-            .is_some_and(|end| end <= 0 || l.next.is_some_and(|n| n >= end))
-        {
+        if l.end.is_some_and(|end| l.next.is_some_and(|n| n >= end)) {
             return Ok(Polled::Finished);
         }
-        let mut n = 0;
-        while n < budget {
+        let (mut n, mut ended) = (0, false);
+        while n < budget && !ended {
             let Some(m) = l.early.pop_front() else { break };
-            if !emit(l, m.offset, &m.payload, m.key.as_deref(), sink, &mut n) {
-                return Ok(if n > 0 {
-                    Polled::Data(n)
-                } else {
-                    Polled::Finished
-                });
-            }
+            ended = !emit(l, m.offset, &m.payload, m.key.as_deref(), sink, &mut n);
         }
-        let Some(queue) = l.queue.take() else {
-            return Ok(if n > 0 {
-                Polled::Data(n)
-            } else {
-                Polled::Empty
-            });
-        };
-        let mut ended = false;
-        while n < budget && l.early.is_empty() {
-            match queue.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(m)) => {
-                    if !emit(
-                        l,
-                        m.offset(),
-                        m.payload().unwrap_or_default(),
-                        m.key(),
-                        sink,
-                        &mut n,
-                    ) {
-                        ended = true;
+        // The queue is taken out while `emit` borrows the partition.
+        if let Some(queue) = l.queue.take() {
+            while n < budget && !ended && l.early.is_empty() {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        let payload = m.payload().unwrap_or_default();
+                        ended = !emit(l, m.offset(), payload, m.key(), sink, &mut n);
+                    }
+                    Some(Err(e)) => {
+                        self.consumer.context().errors.warn("kafka partition", &e);
                         break;
                     }
                 }
-                Some(Err(e)) => {
-                    self.consumer.context().errors.warn("kafka partition", &e);
-                    break;
-                }
             }
+            l.queue = Some(queue);
         }
-        l.queue = Some(queue);
-        if ended && n == 0 {
-            return Ok(Polled::Finished);
-        }
-        Ok(if n > 0 {
-            Polled::Data(n)
-        } else {
-            Polled::Empty
+        Ok(match (n, ended) {
+            (0, true) => Polled::Finished,
+            (0, false) => Polled::Empty,
+            _ => Polled::Data(n),
         })
     }
 }
@@ -439,7 +428,6 @@ fn emit(
     if l.next.is_none_or(|next| offset >= next) {
         sink(payload, offset as u64, key);
         l.next = Some(offset + 1);
-        l.count += 1;
         *n += 1;
     }
     l.end.is_none_or(|end| offset + 1 < end)
@@ -498,14 +486,43 @@ struct DeliveryContext {
 
 impl ClientContext for DeliveryContext {}
 
+impl DeliveryContext {
+    fn record(&self, error: &KafkaError) {
+        self.failed
+            .lock()
+            .expect("delivery lock")
+            .get_or_insert_with(|| error.to_string());
+    }
+
+    /// The first delivery failure since the last call.
+    fn take(&self) -> Option<String> {
+        self.failed.lock().expect("delivery lock").take()
+    }
+}
+
+/// Sends a record, waiting for deliveries while the local queue is full rather than
+/// dropping it.
+fn send_waiting<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &ThreadedProducer<DeliveryContext>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
-            self.failed
-                .lock()
-                .expect("delivery lock")
-                .get_or_insert_with(|| e.to_string());
+            self.record(e);
         }
     }
 }
@@ -516,17 +533,13 @@ impl ProducerContext for DeliveryContext {
 pub struct DeadLetterTopic {
     producer: ThreadedProducer<DeliveryContext>,
     topic: String,
-    /// Global input id -> (topic, partition) for the origin headers.
-    origins: Vec<(String, i32)>,
+    /// The source topic (input `p` is its partition `p`).
+    source_topic: String,
 }
 
 impl DeadLetterTopic {
-    /// A producer to `topic` on the source's brokers.
-    pub fn new(
-        spec: &KafkaSourceSpec,
-        topic: &str,
-        partitions: i32,
-    ) -> Result<Self, KafkaSourceError> {
+    /// A producer to `topic` on the source's brokers; the topic must exist.
+    pub fn new(spec: &KafkaSourceSpec, topic: &str) -> Result<Self, KafkaSourceError> {
         let mut config = client_config(spec);
         for (k, v) in [
             ("enable.idempotence", "true"),
@@ -537,28 +550,24 @@ impl DeadLetterTopic {
                 config.set(k, v);
             }
         }
-        let producer = config
+        let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext::default())
             .map_err(|error| KafkaSourceError::Broker {
                 brokers: spec.brokers.clone(),
                 error,
             })?;
+        partitions_of(producer.client(), topic, &spec.brokers)?;
         Ok(DeadLetterTopic {
             producer,
             topic: topic.to_string(),
-            origins: (0..partitions).map(|p| (spec.topic.clone(), p)).collect(),
+            source_topic: spec.topic.clone(),
         })
     }
 }
 
 impl DeadLetterOut for DeadLetterTopic {
     fn send(&self, d: &DeadLetter) {
-        let (src_topic, partition) = self
-            .origins
-            .get(d.input as usize)
-            .map(|(t, p)| (t.as_str(), p.to_string()))
-            .unwrap_or(("", String::new()));
-        let offset = d.position.to_string();
+        let (partition, offset) = (d.input.to_string(), d.position.to_string());
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "fleetflow-reason",
@@ -574,7 +583,7 @@ impl DeadLetterOut for DeadLetterTopic {
             })
             .insert(Header {
                 key: "fleetflow-topic",
-                value: Some(src_topic),
+                value: Some(self.source_topic.as_str()),
             })
             .insert(Header {
                 key: "fleetflow-partition",
@@ -590,19 +599,8 @@ impl DeadLetterOut for DeadLetterTopic {
         if let Some(k) = &d.key {
             record = record.key(&k[..]);
         }
-        // A full local queue waits for deliveries rather than dropping the record.
-        while let Err((e, r)) = self.producer.send(record) {
-            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
-                self.producer
-                    .context()
-                    .failed
-                    .lock()
-                    .expect("delivery lock")
-                    .get_or_insert_with(|| e.to_string());
-                return;
-            }
-            record = r;
-            std::thread::sleep(Duration::from_millis(5));
+        if let Err(e) = send_waiting(&self.producer, record) {
+            self.producer.context().record(&e);
         }
     }
 
@@ -610,14 +608,7 @@ impl DeadLetterOut for DeadLetterTopic {
         self.producer
             .flush(Timeout::After(Duration::from_secs(300)))
             .map_err(|e| format!("dead-letter topic {}: {e}", self.topic))?;
-        match self
-            .producer
-            .context()
-            .failed
-            .lock()
-            .expect("delivery lock")
-            .take()
-        {
+        match self.producer.context().take() {
             Some(e) => Err(format!("dead-letter topic {}: {e}", self.topic)),
             None => Ok(()),
         }
@@ -631,9 +622,7 @@ pub fn produce_events(
     brokers: &str,
     topic: &str,
     rate: Option<u64>,
-    options: &BTreeMap<String, String>,
     events: impl Iterator<Item = (Option<String>, Vec<u8>)>,
-    stop: &std::sync::atomic::AtomicBool,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, KafkaSourceError> {
     let broker = |error| KafkaSourceError::Broker {
@@ -647,33 +636,14 @@ pub fn produce_events(
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "lz4");
-    for (k, v) in options {
-        config.set(k, v);
-    }
     let producer: ThreadedProducer<DeliveryContext> = config
         .create_with_context(DeliveryContext::default())
         .map_err(broker)?;
     // Fail fast on a topic that does not exist (no auto-creation surprises).
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(broker)?;
-    if !md
-        .topics()
-        .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-    {
-        return Err(KafkaSourceError::NoTopic {
-            topic: topic.into(),
-            brokers: brokers.into(),
-        });
-    }
+    partitions_of(producer.client(), topic, brokers)?;
     let started = Instant::now();
     let mut sent = 0u64;
     for (key, payload) in events {
-        if stop.load(Relaxed) {
-            break;
-        }
         if let Some(r) = rate {
             let due = started + Duration::from_secs_f64(sent as f64 / r as f64);
             let now = Instant::now();
@@ -685,16 +655,7 @@ pub fn produce_events(
         if let Some(k) = &key {
             record = record.key(k.as_str());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(broker(e)),
-            }
-        }
+        send_waiting(&producer, record).map_err(broker)?;
         sent += 1;
         if sent.is_multiple_of(10_000) {
             progress(sent);
@@ -703,17 +664,11 @@ pub fn produce_events(
     producer
         .flush(Timeout::After(Duration::from_secs(120)))
         .map_err(broker)?;
-    if let Some(e) = producer
-        .context()
-        .failed
-        .lock()
-        .expect("delivery lock")
-        .take()
-    {
-        tracing::error!(error = %e, "delivering events");
-        return Err(broker(KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageTimedOut,
-        )));
+    if let Some(error) = producer.context().take() {
+        return Err(KafkaSourceError::Delivery {
+            topic: topic.to_string(),
+            error,
+        });
     }
     progress(sent);
     Ok(sent)

@@ -307,17 +307,20 @@ pub fn render_source<'scope>(
                         }
                         Err(rej) => {
                             metrics.dead_letter(rej.reason);
+                            let text = String::from_utf8_lossy(payload);
+                            // Only a payload that is not UTF-8 keeps its bytes as well.
+                            let raw = matches!(text, std::borrow::Cow::Owned(_)).then(|| bytes::Bytes::copy_from_slice(payload));
                             dead_buf.push(DeadLetter {
                                 reason: rej.reason,
                                 detail: rej.detail,
-                                payload: String::from_utf8_lossy(payload).into_owned(),
+                                payload: text.into_owned(),
                                 source: source_name(names, id, position),
                                 received_at: now,
                                 event_ts: now,
                                 input: id,
                                 position,
                                 key: key.map(bytes::Bytes::copy_from_slice),
-                                raw: std::str::from_utf8(payload).is_err().then(|| bytes::Bytes::copy_from_slice(payload)),
+                                raw,
                             });
                         }
                     }

@@ -83,18 +83,30 @@ pub struct TimelineSnapshot {
 }
 
 impl TimelineSnapshot {
-    /// Merges the snapshots of every worker and keeps the vehicles `owned` (by the worker
-    /// that restores), sorted by id.
-    pub fn merge(all: Vec<TimelineSnapshot>, owned: impl Fn(&CompactString) -> bool) -> Self {
-        let mut out = TimelineSnapshot::default();
+    /// Splits the snapshots of every worker (of the run that took them) into `parts`
+    /// shares, each vehicle going to `owner(id)`, each share sorted by id. The tracker and
+    /// watermark, the same on every worker, go to every share.
+    pub fn split(
+        all: Vec<TimelineSnapshot>,
+        parts: usize,
+        owner: impl Fn(&CompactString) -> usize,
+    ) -> Vec<TimelineSnapshot> {
+        let mut out = vec![TimelineSnapshot::default(); parts];
+        let newest = all
+            .iter()
+            .max_by_key(|s| s.watermark)
+            .map(|s| (s.tracker.clone(), s.watermark));
         for s in all {
-            if out.watermark.is_none() || s.watermark > out.watermark {
-                (out.tracker, out.watermark) = (s.tracker, s.watermark);
+            for v in s.vehicles {
+                out[owner(&v.id) % parts].vehicles.push(v);
             }
-            out.vehicles
-                .extend(s.vehicles.into_iter().filter(|v| owned(&v.id)));
         }
-        out.vehicles.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        for share in &mut out {
+            if let Some((tracker, watermark)) = &newest {
+                (share.tracker, share.watermark) = (tracker.clone(), *watermark);
+            }
+            share.vehicles.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
         out
     }
 }

@@ -495,10 +495,7 @@ fn dead_letter(names: &[String], reason: Reason, detail: String, inc: IncomingFi
         event_ts: inc.fix.ts,
         input: inc.input,
         position: inc.position,
-        key: names
-            .get(inc.input as usize)
-            .filter(|n| n.starts_with("kafka:"))
-            .map(|_| bytes::Bytes::copy_from_slice(inc.fix.vehicle_id.as_bytes())),
+        key: Some(bytes::Bytes::copy_from_slice(inc.fix.vehicle_id.as_bytes())),
         raw: None,
     }
 }

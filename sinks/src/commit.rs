@@ -94,16 +94,6 @@ pub struct Recovered {
     pub pieces: Vec<((String, usize), Vec<u8>)>,
 }
 
-impl Recovered {
-    /// The pieces of operator `op`, by worker.
-    pub fn pieces_of<'a>(&'a self, op: &'a str) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
-        self.pieces
-            .iter()
-            .filter(move |((o, _), _)| o == op)
-            .map(|((_, w), b)| (*w, b.as_slice()))
-    }
-}
-
 fn store_err(path: &str, e: impl std::fmt::Display) -> LakeError {
     LakeError::Checkpoint {
         path: path.to_string(),
@@ -534,26 +524,38 @@ impl Coordinator {
         } else {
             (c.boundary as i64).saturating_sub(1_000)
         };
+        self.delete_listed(STAGING, |m| {
+            !keep.contains(m.location.as_ref()) && m.last_modified.timestamp_millis() < before
+        })?;
+        Ok(())
+    }
+
+    /// Lists the objects under `prefix` and deletes those `doomed` picks; returns how many.
+    fn delete_listed(
+        &self,
+        prefix: &str,
+        doomed: impl Fn(&object_store::ObjectMeta) -> bool,
+    ) -> Result<usize, LakeError> {
         let store = self.lake.store.clone();
         let files = self
             .rt()
-            .block_on(list(&*store, STAGING))
-            .map_err(|e| store_err(STAGING, e))?;
-        let garbage: Vec<Path> = files
+            .block_on(list(&*store, prefix))
+            .map_err(|e| store_err(prefix, e))?;
+        let doomed: Vec<Path> = files
             .into_iter()
-            .filter(|m| {
-                !keep.contains(m.location.as_ref()) && m.last_modified.timestamp_millis() < before
-            })
+            .filter(|m| doomed(m))
             .map(|m| m.location)
             .collect();
+        let n = doomed.len();
         self.rt()
             .block_on(async move {
-                for g in garbage {
-                    delete_if_exists(&*store, g.as_ref()).await?;
+                for p in doomed {
+                    delete_if_exists(&*store, p.as_ref()).await?;
                 }
                 Ok::<_, object_store::Error>(())
             })
-            .map_err(|e| store_err(STAGING, e))
+            .map_err(|e| store_err(prefix, e))?;
+        Ok(n)
     }
 
     /// Deletes the partitions that a commit's retention cut-offs expire.
@@ -562,33 +564,14 @@ impl Coordinator {
             let Some(d) = self.dataset(name) else {
                 continue;
             };
-            let store = self.lake.store.clone();
-            let files = self
-                .rt()
-                .block_on(list(&*store, name))
-                .map_err(|e| store_err(name, e))?;
-            let expired: Vec<Path> = files
-                .into_iter()
-                .filter(|m| {
-                    self.key_of(name, m.location.as_ref())
-                        .and_then(|k| d.partitioning.closes_at(k))
-                        .is_some_and(|e| e <= *cut)
-                })
-                .map(|m| m.location)
-                .collect();
-            if expired.is_empty() {
-                continue;
+            let expired = self.delete_listed(name, |m| {
+                self.key_of(name, m.location.as_ref())
+                    .and_then(|k| d.partitioning.closes_at(k))
+                    .is_some_and(|e| e <= *cut)
+            })?;
+            if expired > 0 {
+                tracing::info!(dataset = %name, files = expired, "retention: deleted expired partitions");
             }
-            tracing::info!(dataset = %name, files = expired.len(), "retention: deleting expired partitions");
-            let store = self.lake.store.clone();
-            self.rt()
-                .block_on(async move {
-                    for p in expired {
-                        delete_if_exists(&*store, p.as_ref()).await?;
-                    }
-                    Ok::<_, object_store::Error>(())
-                })
-                .map_err(|e| store_err(name, e))?;
         }
         Ok(())
     }
@@ -732,10 +715,6 @@ mod tests {
             let recovered = recover(&lake, rt.handle()).unwrap().expect("a checkpoint");
             assert_eq!(recovered.commit, commit, "the newest record");
             assert_eq!(recovered.pieces, pieces);
-            assert_eq!(
-                recovered.pieces_of("lake").collect::<Vec<_>>(),
-                vec![(1, &[4u8][..])]
-            );
             assert_eq!(
                 std::fs::read(dir.path().join("raw/date=2025-01-06/hour=01/a.parquet")).unwrap(),
                 b"published"

@@ -410,7 +410,8 @@ pub fn run_to_end(dir: &Path, job: &str, env: &[(&'static str, String)]) {
 }
 
 /// Kills the job again and again (SIGKILL after a random time, or an abort at a step of
-/// the checkpoint protocol), restarting it each time, then lets it finish. Returns the
+/// the checkpoint protocol), restarting it each time (with 3 workers every other time),
+/// then lets it finish. Returns the
 /// number of runs that were killed.
 pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], seed: u64) -> usize {
     use rand::{Rng, SeedableRng};
@@ -428,6 +429,11 @@ pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], s
     let mut killed = 0;
     for attempt in 0..60 {
         let mut cmd = command(dir, job, env);
+        // Every other restart resumes with another number of workers: the state is split
+        // over however many there are.
+        if attempt % 2 == 1 {
+            cmd.args(["--workers", "3"]);
+        }
         let failpoint = (attempt % 3 == 1).then(|| failpoints[(attempt / 3) % failpoints.len()]);
         if let Some(fp) = failpoint {
             cmd.env("FLEETFLOW_FAILPOINT", fp);

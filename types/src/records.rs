@@ -65,8 +65,9 @@ pub struct DeadLetter {
     pub input: u32,
     /// Its position within that input (line, sequence number or Kafka offset).
     pub position: u64,
-    /// The Kafka message key as received (for a record rejected after decoding: its
-    /// vehicle id, which the key must equal); `None` for files and the generator.
+    /// The Kafka message key as received, or for a record rejected after decoding its
+    /// vehicle id (which a key must equal); `None` for files and the generator before
+    /// decoding.
     pub key: Option<bytes::Bytes>,
     /// The payload's original bytes when they are not valid UTF-8 (`payload` is then a
     /// lossy copy).

@@ -1,0 +1,124 @@
+//! A checkpoint's state, decoded once on the main thread and split into the shares of the
+//! workers that resume from it (which may be more or fewer than the run that took it).
+//!
+//! A piece that cannot be decoded is an error: resuming without it would lose or repeat
+//! rows.
+
+use anyhow::{Context, Result};
+use differential_dataflow::Hashable;
+use fleetflow_connectors::source::{self, InputSnapshot};
+use fleetflow_dataflows::geofence::{self as geofence_op, GeoSnapshot, GeoVehicleSnapshot};
+use fleetflow_dataflows::operator::{self, TimelineSnapshot};
+use fleetflow_sinks::writer::{self, SinkSnapshot};
+use fleetflow_types::checkpoint::Participant;
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::CompactString;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The pieces of a checkpoint, by participant.
+pub type Pieces = [(Participant, Vec<u8>)];
+
+/// One worker's share.
+#[derive(Default)]
+pub struct WorkerRestore {
+    /// Its vehicles' timelines.
+    pub timeline: Option<TimelineSnapshot>,
+    /// Its vehicles' geofence state, by timeline slot.
+    pub geo: Vec<(u32, GeoVehicleSnapshot)>,
+    /// The staged chunks it continues.
+    pub sink: Option<SinkSnapshot>,
+}
+
+/// A decoded checkpoint.
+pub struct Restored {
+    /// Every input's position (each source takes its own).
+    pub inputs: Vec<InputSnapshot>,
+    /// The geofences in force at the checkpoint.
+    pub fences: Option<Vec<Arc<Geofence>>>,
+    /// The workers' shares, by worker index.
+    pub workers: Vec<WorkerRestore>,
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(
+    pieces: &'a Pieces,
+    op: &'a str,
+) -> impl Iterator<Item = Result<(usize, T)>> + 'a {
+    pieces
+        .iter()
+        .filter(move |((o, _), _)| o == op)
+        .map(move |((_, w), blob)| {
+            postcard::from_bytes(blob)
+                .map(|t| (*w, t))
+                .with_context(|| format!("reading the checkpoint's {op} state of worker {w}"))
+        })
+}
+
+/// The inputs' positions in a checkpoint.
+pub fn input_snapshots(pieces: &Pieces) -> Result<Vec<InputSnapshot>> {
+    let mut out = Vec::new();
+    for p in decode::<Vec<InputSnapshot>>(pieces, source::SNAPSHOT_OP) {
+        out.extend(p?.1);
+    }
+    Ok(out)
+}
+
+/// The worker of `workers` that owns a vehicle: the hash its fixes are exchanged by.
+fn owner(id: &CompactString, workers: usize) -> usize {
+    (id.hashed() % workers as u64) as usize
+}
+
+/// Decodes `pieces` and splits them over `workers`.
+pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
+    let inputs = input_snapshots(pieces)?;
+    let timelines = decode::<TimelineSnapshot>(pieces, operator::SNAPSHOT_OP)
+        .map(|r| r.map(|(_, t)| t))
+        .collect::<Result<Vec<_>>>()?;
+    let mut workers_out: Vec<WorkerRestore> =
+        TimelineSnapshot::split(timelines, workers, |id| owner(id, workers))
+            .into_iter()
+            .map(|t| WorkerRestore {
+                timeline: Some(t),
+                sink: Some(SinkSnapshot::default()),
+                ..Default::default()
+            })
+            .collect();
+    // Geofence state follows its vehicle, at the vehicle's slot in the new timeline.
+    let slots: HashMap<CompactString, u32> = workers_out
+        .iter()
+        .flat_map(|w| w.timeline.iter())
+        .flat_map(|t| t.vehicles.iter().enumerate())
+        .map(|(i, v)| (v.id.clone(), i as u32))
+        .collect();
+    let mut fences = None;
+    for g in decode::<GeoSnapshot>(pieces, geofence_op::SNAPSHOT_OP) {
+        let (w, g) = g?;
+        if w == 0 {
+            fences = Some(
+                g.geofences()
+                    .context("reading the checkpoint's geofences")?,
+            );
+        }
+        for v in g.vehicles {
+            if let Some(slot) = slots.get(&v.id) {
+                workers_out[owner(&v.id, workers)].geo.push((*slot, v));
+            }
+        }
+    }
+    // Staged chunks continue on the worker with the same index (modulo the new count);
+    // every sink resumes from the greatest watermark.
+    for s in decode::<SinkSnapshot>(pieces, writer::SNAPSHOT_OP) {
+        let (w, s) = s?;
+        for share in workers_out.iter_mut().filter_map(|x| x.sink.as_mut()) {
+            share.watermark = share.watermark.max(s.watermark);
+        }
+        if let Some(share) = workers_out[w % workers].sink.as_mut() {
+            share.chunks.extend(s.chunks);
+        }
+    }
+    Ok(Restored {
+        inputs,
+        fences,
+        workers: workers_out,
+    })
+}
