@@ -312,9 +312,7 @@ fn porto_taxis_with_parishes_and_stands_match_the_reference_in_the_lake() {
 
 /// Runs the binary with a generator source and the API on a free port; returns the child,
 /// the API address and a thread collecting the rest of stderr.
-fn spawn_generator_job(
-    dir: &Path,
-) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+fn spawn_generator_job(dir: &Path) -> (KillOnDrop, String, std::thread::JoinHandle<String>) {
     std::fs::write(
         dir.join("job.toml"),
         "name = \"runtime\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 300\ninterval = \"5s\"\nrate = 6000\nseed = 5\n[time]\nallowed_lateness = \"5s\"\n[geofences]\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ntiers = [\"raw\"]\n[api]\nlisten = \"127.0.0.1:0\"\n",
@@ -436,10 +434,62 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     let log = rest.join().unwrap();
     assert!(exit.success(), "{log}");
 
+    let changes: Vec<Change> = changes
+        .into_iter()
+        .zip(effective)
+        .map(|((id, body), at)| Change {
+            at,
+            fence: body.map(|b| {
+                Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(&id), None, &id)
+                    .unwrap()
+            }),
+            id,
+        })
+        .collect();
     let lake = dir.path().join("lake");
+    let events_in_lake = lake_events_match_the_reference(&lake, &changes);
+
+    // The changes are part of the lake's checkpoint: the job resumed on the same lake
+    // has them (not the spec's geofences, which are none) with their occupants, and goes
+    // on producing exactly the reference's events.
+    let (mut child, addr, rest) = spawn_generator_job(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(&addr, "/v1/geofences/depot");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("2000"), "the replaced 2 km depot: {body}");
+    assert_eq!(http_get(&addr, "/v1/geofences/ring").0, 404, "removed");
+    let (_, body) = http_get(&addr, "/v1/geofences/depot/occupants");
+    let occ: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !occ["items"].as_array().unwrap().is_empty(),
+        "occupants restored: {body}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let log = rest.join().unwrap();
+    assert!(exit.success(), "{log}");
+    let after = lake_events_match_the_reference(&lake, &changes);
+    assert!(
+        after > events_in_lake,
+        "the resumed job produced more events"
+    );
+}
+
+/// Compares the lake's geofence events with the reference over the lake's raw fixes and
+/// `changes`; returns how many there are.
+fn lake_events_match_the_reference(lake: &Path, changes: &[Change]) -> usize {
     let raw = duckdb(&format!(
         "select vehicle_id, tenant, epoch_ms(ts), lat, lon from {}",
-        lake_glob(&lake, "raw")
+        lake_glob(lake, "raw")
     ));
     let accepted: Vec<fleetflow_types::fix::Fix> = raw
         .iter()
@@ -453,20 +503,8 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
             )
         })
         .collect();
-    let changes: Vec<Change> = changes
-        .into_iter()
-        .zip(effective)
-        .map(|((id, body), at)| Change {
-            at,
-            fence: body.map(|b| {
-                Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(&id), None, &id)
-                    .unwrap()
-            }),
-            id,
-        })
-        .collect();
-    let geo = expected_geofences(&accepted, &[], &changes, 60_000);
-    let mut got = lake_events(&lake);
+    let geo = expected_geofences(&accepted, &[], changes, 60_000);
+    let mut got = lake_events(lake);
     got.sort();
     let caused = |c: GeofenceCause| got.iter().filter(|e| e.cause == c).count();
     assert!(caused(GeofenceCause::GeofenceAdded) > 5 && caused(GeofenceCause::GeofenceRemoved) > 5);
@@ -477,4 +515,5 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
         "events in the lake vs the reference"
     );
     assert_eq!(got, geo.events);
+    got.len()
 }

@@ -120,6 +120,21 @@ fn file_job(lake: &str) -> String {
     )
 }
 
+/// A directory with `lines` in `in.ndjson`, the file job over them already run into
+/// `file/`, and `kafka.toml`: a bounded job over `topic` into `kafka/`.
+fn jobs(lines: &[String], brokers: &str, topic: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(&dir.path().join("in.ndjson"), lines);
+    std::fs::write(dir.path().join("file.toml"), file_job("file://file")).unwrap();
+    std::fs::write(
+        dir.path().join("kafka.toml"),
+        kafka_job("file://kafka", brokers, topic, extra),
+    )
+    .unwrap();
+    run_to_end(dir.path(), "file.toml", &[]);
+    dir
+}
+
 fn lake(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
@@ -177,20 +192,12 @@ fn a_kafka_job_equals_the_file_job_and_fills_the_dead_letter_topic() {
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    write_lines(&dir.path().join("in.ndjson"), &lines);
-    std::fs::write(dir.path().join("file.toml"), file_job("file://file")).unwrap();
-    std::fs::write(
-        dir.path().join("kafka.toml"),
-        kafka_job(
-            "file://kafka",
-            &brokers,
-            "locations",
-            "[dead_letter]\ntopic = \"locations-dlq\"\n",
-        ),
-    )
-    .unwrap();
-    run_to_end(dir.path(), "file.toml", &[]);
+    let dir = jobs(
+        &lines,
+        &brokers,
+        "locations",
+        "[dead_letter]\ntopic = \"locations-dlq\"\n",
+    );
     run_to_end(dir.path(), "kafka.toml", &[]);
 
     // The same rows, except the one rejected for its key.
@@ -273,15 +280,7 @@ fn killed_kafka_jobs_resume_from_the_checkpointed_offsets() {
     cluster.create_topic("resume", 3, 1).unwrap();
     let lines = generated_lines(150, 90, 10, 0.01, 0.002, 9);
     produce(&brokers, "resume", &lines);
-    let dir = tempfile::tempdir().unwrap();
-    write_lines(&dir.path().join("in.ndjson"), &lines);
-    std::fs::write(dir.path().join("file.toml"), file_job("file://file")).unwrap();
-    std::fs::write(
-        dir.path().join("kafka.toml"),
-        kafka_job("file://kafka", &brokers, "resume", ""),
-    )
-    .unwrap();
-    run_to_end(dir.path(), "file.toml", &[]);
+    let dir = jobs(&lines, &brokers, "resume", "");
     let killed = run_with_crashes(dir.path(), "kafka.toml", &[], 3);
     assert!(killed >= 5, "only {killed} kills");
     let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));

@@ -76,7 +76,7 @@ fn the_job_survives_the_broker_going_away_and_coming_back() {
     let mut broker = KafkaBroker::start();
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), &broker, "outage");
-    let mut job = command(dir.path(), "kafka.toml", &[]).spawn().unwrap();
+    let mut job = KillOnDrop(command(dir.path(), "kafka.toml", &[]).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     broker.stop();
     std::thread::sleep(Duration::from_secs(3));
@@ -99,6 +99,10 @@ fn the_job_survives_the_broker_going_away_and_coming_back() {
     let mut err = String::new();
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{err}");
+    assert!(
+        err.contains("retrying"),
+        "the outage was noticed and logged: {err}"
+    );
     same_lakes(dir.path());
 }
 

@@ -536,6 +536,9 @@ pub struct Geofencing {
     dwell_after: Millis,
     buf: Vec<(u32, CompactString)>,
     spare: Vec<Visit>,
+    /// The geofences in force as checkpoints record them, kept until a change (encoding
+    /// many geofences at every checkpoint would repeat the same work).
+    fences_json: Option<Vec<String>>,
 }
 
 /// One vehicle's geofencing state in a checkpoint.
@@ -578,13 +581,18 @@ pub const SNAPSHOT_OP: &str = "geofences";
 
 impl Geofencing {
     /// The state for a checkpoint; `fences` includes the geofences in force.
-    pub fn snapshot(&self, fences: bool) -> GeoSnapshot {
+    pub fn snapshot(&mut self, fences: bool) -> GeoSnapshot {
+        let index = &self.index;
         GeoSnapshot {
             fences: if fences {
-                self.index
-                    .iter()
-                    .map(|g| serde_json::to_string(g).expect("geofences serialize"))
-                    .collect()
+                self.fences_json
+                    .get_or_insert_with(|| {
+                        index
+                            .iter()
+                            .map(|g| serde_json::to_string(g).expect("geofences serialize"))
+                            .collect()
+                    })
+                    .clone()
             } else {
                 Vec::new()
             },
@@ -650,6 +658,7 @@ impl Geofencing {
             dwell_after,
             buf: Vec::new(),
             spare: Vec::new(),
+            fences_json: None,
         }
     }
 
@@ -844,9 +853,11 @@ impl Geofencing {
                 );
             }
             Arc::make_mut(&mut self.index).remove(&change.id);
+            self.fences_json = None;
         }
         if let Some(g) = &change.geofence {
             let slot = Arc::make_mut(&mut self.index).insert(g.clone());
+            self.fences_json = None;
             let mut events = Vec::new();
             for (vslot, state) in self.vehicles.iter_mut().enumerate() {
                 let Some(state) = state else { continue };
@@ -925,7 +936,7 @@ where
             view(&mut out.view, &[]);
             out.view.clear();
         }
-        let snapshot = move |geo: &Geofencing, range: Option<(u64, u64)>| {
+        let snapshot = move |geo: &mut Geofencing, range: Option<(u64, u64)>| {
             if let (Some(hub), Some((lo, hi))) = (&hub, range) {
                 let blob = postcard::to_stdvec(&geo.snapshot(worker == 0))
                     .expect("geofencing state serializes");
@@ -938,7 +949,7 @@ where
             // their times never decrease), so checkpoint cuts fall between batches.
             input.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
-                    snapshot(&geo, cuts.as_mut().and_then(|c| c.before(*t)));
+                    snapshot(&mut geo, cuts.as_mut().and_then(|c| c.before(*t)));
                 }
                 for item in data.drain(..) {
                     match item {
@@ -965,7 +976,7 @@ where
                 }
             });
             let f = frontiers[0].frontier().first().copied();
-            snapshot(&geo, cuts.as_mut().and_then(|c| c.frontier(f)));
+            snapshot(&mut geo, cuts.as_mut().and_then(|c| c.frontier(f)));
         }
     });
     events

@@ -125,7 +125,7 @@ pub fn fleetflow_ok(dir: &Path, args: &[&str]) -> (String, String) {
 pub fn spawn_with_api(
     dir: &Path,
     args: &[&str],
-) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+) -> (KillOnDrop, String, std::thread::JoinHandle<String>) {
     use std::io::{BufRead, Read};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
         .args(args)
@@ -148,7 +148,31 @@ pub fn spawn_with_api(
         let _ = stderr.read_to_string(&mut rest);
         rest
     });
-    (child, addr, rest)
+    (KillOnDrop(child), addr, rest)
+}
+
+/// A child process that is killed when dropped, so that a failing test leaves no job
+/// running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Shuffles lines so that no fix moves more than `max_ms` of event time behind a fix
