@@ -7,7 +7,6 @@ use common::reference::expected;
 use common::*;
 use fleetflow_types::records::Reason;
 use fleetflow_types::registry::VehicleRegistry;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -173,7 +172,7 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
         dir.path().join("examples/geofences/berlin.geojson"),
     )
     .unwrap();
-    let (mut child, addr, collected) = spawn_with_api(
+    let (child, addr, collected) = spawn_with_api(
         dir.path(),
         &[
             "run",
@@ -220,14 +219,7 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
         .unwrap();
     assert!(accepted > 1000, "{metrics}");
 
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let log = collected.join().unwrap();
-    assert!(exit.success(), "exit {exit:?}: {log}");
+    let log = interrupt(child, collected);
     assert!(log.contains("events "), "closing summary: {log}");
     let lake = dir.path().join("lake");
     let rows = duckdb(&format!(

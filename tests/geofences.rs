@@ -15,7 +15,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIERS: [i64; 3] = [60_000, 3_600_000, 86_400_000];
@@ -330,7 +329,7 @@ fn circle_feature(radius_m: f64) -> String {
 #[test]
 fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, rest) = spawn_generator_job(dir.path());
+    let (child, addr, rest) = spawn_generator_job(dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(&addr, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "not ready in time");
@@ -425,14 +424,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first");
 
     // Stop the job; the lake holds every final fix and every event.
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let log = rest.join().unwrap();
-    assert!(exit.success(), "{log}");
+    interrupt(child, rest);
 
     let changes: Vec<Change> = changes
         .into_iter()
@@ -452,7 +444,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     // The changes are part of the lake's checkpoint: the job resumed on the same lake
     // has them (not the spec's geofences, which are none) with their occupants, and goes
     // on producing exactly the reference's events.
-    let (mut child, addr, rest) = spawn_generator_job(dir.path());
+    let (child, addr, rest) = spawn_generator_job(dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(&addr, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "not ready in time");
@@ -469,14 +461,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
         "occupants restored: {body}"
     );
     std::thread::sleep(Duration::from_secs(3));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    let log = rest.join().unwrap();
-    assert!(exit.success(), "{log}");
+    interrupt(child, rest);
     let after = lake_events_match_the_reference(&lake, &changes);
     assert!(
         after > events_in_lake,

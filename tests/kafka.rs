@@ -313,7 +313,7 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
         .replace("bounded = true", "bounded = false")
         + "[time]\nidle_timeout = \"1s\"\nallowed_lateness = \"30s\"\n";
     std::fs::write(dir.path().join("job.toml"), job).unwrap();
-    let (mut child, addr, _rest) = spawn_with_api(dir.path(), &["run", "job.toml"]);
+    let (child, addr, rest) = spawn_with_api(dir.path(), &["run", "job.toml"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut watermark = None;
     while Instant::now() < deadline {
@@ -333,13 +333,7 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    interrupt(child, rest);
     assert_eq!(
         watermark,
         Some(max_ts - 30_000),

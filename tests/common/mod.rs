@@ -151,6 +151,20 @@ pub fn spawn_with_api(
     (KillOnDrop(child), addr, rest)
 }
 
+/// Interrupts a job started by [`spawn_with_api`] (SIGINT), asserts it exited 0 and
+/// returns the rest of its log.
+pub fn interrupt(mut child: KillOnDrop, rest: std::thread::JoinHandle<String>) -> String {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let exit = child.wait().unwrap();
+    let log = rest.join().unwrap();
+    assert!(exit.success(), "exit {exit:?}: {log}");
+    log
+}
+
 /// A child process that is killed when dropped, so that a failing test leaves no job
 /// running behind it.
 pub struct KillOnDrop(pub std::process::Child);
