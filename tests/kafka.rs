@@ -323,10 +323,20 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
             .lines()
             .find_map(|l| l.strip_prefix("fleetflow_watermark_ms "))
             .and_then(|v| v.trim().parse::<i64>().ok());
-        if w == Some(max_ts - 30_000) {
+        // Everything read: partition 0 has no lag left (librdkafka's statistics come
+        // every second), and the empty partition 1 none either.
+        let caught_up = ["0", "1"].iter().all(|p| {
+            body.contains(&format!(
+                "fleetflow_kafka_consumer_lag{{input=\"kafka:idle/{p}\"}} 0\n"
+            ))
+        });
+        if w == Some(max_ts - 30_000) && caught_up {
             watermark = w;
             assert!(
-                body.contains("fleetflow_input_messages_total{input=\"kafka:idle/0\"}"),
+                body.contains(&format!(
+                    "fleetflow_input_messages_total{{input=\"kafka:idle/0\"}} {}\n",
+                    lines.len()
+                )),
                 "{body}"
             );
             break;
@@ -337,6 +347,27 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
     assert_eq!(
         watermark,
         Some(max_ts - 30_000),
-        "the watermark follows partition 0 once partition 1 is idle"
+        "the watermark follows partition 0 once partition 1 is idle, and no lag is left"
     );
+}
+
+#[test]
+fn a_slow_partition_is_not_idle_and_none_of_its_events_are_late() {
+    // Partition 1 lives on a broker that answers every request 2.5 s late: it is silent
+    // for longer than idle_timeout while it still has a backlog. It must keep holding the
+    // watermark back (the faster partition 0 would otherwise make its events late).
+    let cluster = MockCluster::new(2).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("slow", 2, 1).unwrap();
+    cluster.partition_leader("slow", 0, Some(1)).unwrap();
+    cluster.partition_leader("slow", 1, Some(2)).unwrap();
+    let lines = generated_lines(40, 20, 0, 0.0, 0.0, 4);
+    produce(&brokers, "slow", &lines);
+    cluster
+        .broker_round_trip_time(2, Duration::from_millis(2500))
+        .unwrap();
+    let dir = jobs(&lines, &brokers, "slow", "[time]\nidle_timeout = \"1s\"\n");
+    run_to_end(dir.path(), "kafka.toml", &[]);
+    let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
+    assert_same_datasets(None, &a, &b, &KAFKA_VS_FILE);
 }

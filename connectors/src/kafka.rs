@@ -168,8 +168,8 @@ impl Throttled {
     }
 }
 
-/// The consumer's context: librdkafka's statistics feed the lag metrics, errors are
-/// logged throttled.
+/// The consumer's context: librdkafka's statistics feed the lag metrics (the partition's
+/// high watermark minus the next offset handed to the job), errors are logged throttled.
 struct SourceContext {
     /// Where the lag goes (partition `p` is input `p`).
     metrics: Arc<Metrics>,
@@ -183,9 +183,15 @@ impl ClientContext for SourceContext {
             return;
         };
         for (p, s) in &t.partitions {
-            if *p >= 0 && s.consumer_lag >= 0 {
+            // Before the first message the position is the partition's start.
+            let position = if s.app_offset >= 0 {
+                s.app_offset
+            } else {
+                s.lo_offset
+            };
+            if *p >= 0 && s.hi_offset >= 0 && position >= 0 {
                 if let Some(m) = self.metrics.inputs.get(*p as usize) {
-                    m.lag.store(s.consumer_lag, Relaxed);
+                    m.lag.store((s.hi_offset - position).max(0), Relaxed);
                 }
             }
         }
@@ -210,6 +216,9 @@ struct LocalPartition {
     /// Messages librdkafka fetched into the consumer's main queue before this partition's
     /// queue was split off: they precede everything in `queue`.
     early: std::collections::VecDeque<EarlyMessage>,
+    /// librdkafka reported the end of the partition and no message came since: the
+    /// partition is silent, not merely slow to fetch.
+    at_end: bool,
 }
 
 /// An owned copy of a message that arrived on the main queue.
@@ -248,7 +257,8 @@ impl KafkaSource {
             ("group.id", group_id(spec, job).as_str()),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
+            // End-of-partition events tell a caught-up partition from a slow one.
+            ("enable.partition.eof", "true"),
             ("auto.offset.reset", "earliest"),
             ("statistics.interval.ms", "1000"),
             ("fetch.wait.max.ms", "20"),
@@ -279,6 +289,7 @@ impl KafkaSource {
                     end: bounds.map(|(_, high)| high),
                     queue: None,
                     early: Default::default(),
+                    at_end: false,
                 }
             })
             .collect();
@@ -332,6 +343,11 @@ impl Source for KafkaSource {
         true
     }
 
+    fn caught_up(&self, local: usize) -> bool {
+        let l = &self.locals[local];
+        l.at_end && l.early.is_empty()
+    }
+
     fn position(&self, local: usize) -> (u64, u64) {
         let l = &self.locals[local];
         // Before the first message of a partition started by policy the position is not
@@ -364,11 +380,17 @@ impl Source for KafkaSource {
                         .iter_mut()
                         .find(|l| l.partition == m.partition())
                     {
+                        l.at_end = false;
                         l.early.push_back(EarlyMessage {
                             offset: m.offset(),
                             payload: m.payload().unwrap_or_default().to_vec(),
                             key: m.key().map(<[u8]>::to_vec),
                         });
+                    }
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if let Some(l) = self.locals.iter_mut().find(|l| l.partition == p) {
+                        l.at_end = true;
                     }
                 }
                 Err(e) => {
@@ -392,8 +414,13 @@ impl Source for KafkaSource {
                 match queue.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(m)) => {
+                        l.at_end = false;
                         let payload = m.payload().unwrap_or_default();
                         ended = !emit(l, m.offset(), payload, m.key(), sink, &mut n);
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        l.at_end = true;
+                        break;
                     }
                     Some(Err(e)) => {
                         self.consumer.context().errors.warn("kafka partition", &e);

@@ -84,6 +84,13 @@ pub trait Source {
     fn can_idle(&self) -> bool {
         false
     }
+    /// Whether local input `local` has read everything there is for now (a Kafka
+    /// partition at its high watermark). Only a caught-up input can become idle: one with a
+    /// backlog it has not fetched yet is slow, and its events would be late if it stopped
+    /// holding the watermark back.
+    fn caught_up(&self, _local: usize) -> bool {
+        true
+    }
     /// Where local input `local` resumes after everything handed over so far: an opaque
     /// `(offset, count)` pair (bytes and lines of a file, events of a generator, the next
     /// offset of a Kafka partition). Recorded in checkpoints.
@@ -143,6 +150,7 @@ struct LocalInput {
     id: u32,
     max_ts: Option<Millis>,
     state: InputState,
+    /// When it last had data or was last behind (see [`Source::caught_up`]).
     last_data: std::time::Instant,
     /// When it last reported `Empty`, to avoid busy polling.
     empty_since: Option<std::time::Instant>,
@@ -359,11 +367,14 @@ pub fn render_source<'scope>(
                 }
             }
             if can_idle {
-                for input in inputs.iter_mut() {
-                    // An input silent for `idle_timeout` (since its last data, or since the
-                    // start for one that never had any, e.g. an empty Kafka partition) stops
-                    // holding the watermark back until it has data again.
-                    if matches!(input.state, InputState::Active | InputState::Pending) && now_instant.duration_since(input.last_data) >= ctx.idle_timeout {
+                for (local, input) in inputs.iter_mut().enumerate() {
+                    // An input caught up and silent for `idle_timeout` (since its last data,
+                    // or since the start for one that never had any, e.g. an empty Kafka
+                    // partition) stops holding the watermark back until it has data again.
+                    // Silence is counted from when it caught up.
+                    if !source.caught_up(local) {
+                        input.last_data = now_instant;
+                    } else if matches!(input.state, InputState::Active | InputState::Pending) && now_instant.duration_since(input.last_data) >= ctx.idle_timeout {
                         input.state = InputState::Idle;
                         input.dirty = true;
                     }
