@@ -6,14 +6,21 @@
 //!     job's whole run;
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
 //!     produces at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
-//!     `FLEETFLOW_BENCH_SECONDS` (default 30); 20 sampled vehicles are polled through
+//!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
+//!     (event time keeps pace with the wall clock); 80 sampled vehicles are polled through
 //!     `GET /v1/vehicles/{id}` and each fix's latency is the time from handing it to the
 //!     producer to seeing its `ts` there (p50/p99).
 //!
 //!     cargo bench --bench kafka
 //!
+//! Both run first against tansu and then against librdkafka's mock cluster (in this
+//! process), which tells the job's own limits from the broker's. Select one with
+//! `FLEETFLOW_BENCH_BROKER=tansu|mock`.
+//!
 //! Environment: `FLEETFLOW_BENCH_EVENTS` (default 1000000), `FLEETFLOW_BENCH_VEHICLES`
-//! (default 10000).
+//! (default 10000), `FLEETFLOW_BENCH_LAKE` (extra lines of the job's `[lake]` table, e.g.
+//! `checkpoint_interval = "1m"`), `FLEETFLOW_BENCH_SOURCE` (extra lines of `[source]`, e.g.
+//! `options = { "fetch.wait.max.ms" = "5" }`).
 
 mod common;
 #[path = "../tests/common/mod.rs"]
@@ -21,7 +28,8 @@ mod harness;
 
 use common::{env_or, generated_input, run};
 use fleetflow_connectors::kafka::produce_events;
-use harness::{http_get, spawn_with_api, KafkaBroker};
+use fleetflow_connectors::kafka::rdkafka::mocking::MockCluster;
+use harness::{http_get, interrupt, spawn_with_api, KafkaBroker};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -55,12 +63,53 @@ fn job(dir: &std::path::Path, brokers: &str, topic: &str, bounded: bool) -> std:
     std::fs::write(
         &path,
         format!(
-            "name = \"{topic}\"\nworkers = 2\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nbounded = {bounded}\n[lake]\nurl = \"file://{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-            dir.join(format!("lake-{topic}")).display()
+            "name = \"{topic}\"\nworkers = 2\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nbounded = {bounded}\n{}\n[lake]\nurl = \"file://{}\"\n{}\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            env_or("FLEETFLOW_BENCH_SOURCE", ""),
+            dir.join(format!("lake-{topic}")).display(),
+            env_or("FLEETFLOW_BENCH_LAKE", "")
         ),
     )
     .unwrap();
     path
+}
+
+/// The broker under test.
+enum Broker {
+    Tansu(KafkaBroker),
+    Mock(
+        MockCluster<
+            'static,
+            fleetflow_connectors::kafka::rdkafka::producer::DefaultProducerContext,
+        >,
+    ),
+}
+
+impl Broker {
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Tansu(_) => "tansu 0.6 (sqlite)",
+            Broker::Mock(_) => "librdkafka mock cluster",
+        }
+    }
+
+    fn brokers(&self) -> String {
+        match self {
+            Broker::Tansu(b) => b.brokers(),
+            Broker::Mock(m) => m.bootstrap_servers(),
+        }
+    }
+
+    /// Creates a topic of 4 partitions on tansu. The mock cluster keeps at most 100,000
+    /// messages or 5 MB per partition (it drops the oldest), so there the topic has one
+    /// partition per 25,000 events.
+    fn create_topic(&self, name: &str, events: usize) {
+        match self {
+            Broker::Tansu(b) => b.create_topic(name, 4),
+            Broker::Mock(m) => m
+                .create_topic(name, events.div_ceil(25_000).max(4) as i32, 1)
+                .unwrap(),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -77,12 +126,27 @@ fn main() {
     let rate: u64 = env_or("FLEETFLOW_BENCH_RATE", "20000").parse().unwrap();
     let seconds: u64 = env_or("FLEETFLOW_BENCH_SECONDS", "30").parse().unwrap();
     let input = lines(&generated_input(bin, events, vehicles, "1"));
-    let broker = KafkaBroker::start();
+    // (b) is real time: `rate` events/s are `rate * 5` vehicles reporting every 5 s, so event
+    // time advances as fast as the wall clock (as it would in production).
+    let steady = lines(&generated_input(bin, rate * seconds, rate * 5, "1"));
+    let which = env_or("FLEETFLOW_BENCH_BROKER", "tansu,mock");
+    for name in which.split(',') {
+        let broker = match name {
+            "tansu" => Broker::Tansu(KafkaBroker::start()),
+            "mock" => Broker::Mock(MockCluster::new(1).unwrap()),
+            other => panic!("FLEETFLOW_BENCH_BROKER: unknown broker {other}"),
+        };
+        println!("broker: {}", broker.name());
+        bench(bin, &broker, &input, &steady, rate);
+    }
+}
+
+fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: u64) {
     let brokers = broker.brokers();
     let dir = tempfile::tempdir().unwrap();
 
     // (a) Maximum sustained rate from Kafka into the lake.
-    broker.create_topic("fill", 4);
+    broker.create_topic("fill", input.len());
     let t = Instant::now();
     let n = produce_events(
         &brokers,
@@ -95,60 +159,76 @@ fn main() {
     let produce_s = t.elapsed().as_secs_f64();
     let f = run(bin, &job(dir.path(), &brokers, "fill", true));
     println!(
-        "(a) {n} events produced in {produce_s:.1}s ({:.0}/s); job read them into the lake at {} events/s (whole run), {} events/s after start-up, peak RSS {} MiB",
+        "(a) {n} events produced in {produce_s:.1}s ({:.0}/s); job read them into the lake at {} events/s (whole run), {} events/s after start-up, peak RSS {} MiB; {}",
         n as f64 / produce_s,
         f.events_per_s,
         f.processing_events_per_s,
-        f.peak_mib
+        f.peak_mib,
+        f.rows
+    );
+    println!("    {}", f.counts);
+    assert!(
+        f.counts.starts_with(&format!("events      {n} ")),
+        "the job read every event produced"
     );
 
     // (b) Produce -> visible in the API at a steady rate.
-    broker.create_topic("live", 4);
+    broker.create_topic("live", steady.len());
     let spec = job(dir.path(), &brokers, "live", false);
-    let (mut child, addr, _rest) = spawn_with_api(dir.path(), &["run", spec.to_str().unwrap()]);
-    let sampled: Vec<String> = (0..20).map(|i| format!("V{:05}", i * 7)).collect();
+    let (child, addr, rest) = spawn_with_api(dir.path(), &["run", spec.to_str().unwrap()]);
+    // 80 sampled vehicles, polled by 4 threads (a short round keeps the polling delay
+    // small); fixes handed to the producer in the first 3 s (the job's consumer connecting)
+    // are warm-up and not counted.
+    let sampled: Vec<String> = (0..80).map(|i| format!("V{:05}", i * 7)).collect();
     let sent: Arc<Mutex<HashMap<(String, i64), Instant>>> = Default::default();
     let done = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let (sent, done, addr, sampled) =
-            (sent.clone(), done.clone(), addr.clone(), sampled.clone());
-        std::thread::spawn(move || {
-            let mut latencies = Vec::new();
-            let mut last: HashMap<String, i64> = HashMap::new();
-            while !done.load(Relaxed) {
-                for v in &sampled {
-                    let (status, body) = http_get(&addr, &format!("/v1/vehicles/{v}"));
-                    if status != 200 {
-                        continue;
+    let t = Instant::now();
+    let warm_up = t + Duration::from_secs(3);
+    let pollers: Vec<_> = sampled
+        .chunks(20)
+        .map(|mine| {
+            let (sent, done, addr, mine) =
+                (sent.clone(), done.clone(), addr.clone(), mine.to_vec());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut last: HashMap<String, i64> = HashMap::new();
+                while !done.load(Relaxed) {
+                    for v in &mine {
+                        let (status, body) = http_get(&addr, &format!("/v1/vehicles/{v}"));
+                        if status != 200 {
+                            continue;
+                        }
+                        let seen = Instant::now();
+                        let Some(ts) = serde_json::from_str::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|j| j["ts"].as_i64())
+                        else {
+                            continue;
+                        };
+                        if last.get(v) == Some(&ts) {
+                            continue;
+                        }
+                        last.insert(v.clone(), ts);
+                        if let Some(at) = sent.lock().unwrap().remove(&(v.clone(), ts)) {
+                            if at >= warm_up {
+                                latencies.push(seen.duration_since(at).as_secs_f64() * 1000.0);
+                            }
+                        }
                     }
-                    let seen = Instant::now();
-                    let Some(ts) = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|j| j["ts"].as_i64())
-                    else {
-                        continue;
-                    };
-                    if last.get(v) == Some(&ts) {
-                        continue;
-                    }
-                    last.insert(v.clone(), ts);
-                    if let Some(at) = sent.lock().unwrap().remove(&(v.clone(), ts)) {
-                        latencies.push(seen.duration_since(at).as_secs_f64() * 1000.0);
-                    }
+                    // Paced: pollers spinning would take the CPU from the job and broker.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-            }
-            latencies
+                latencies
+            })
         })
-    };
-    let total = (rate * seconds) as usize;
+        .collect();
     let sent_p = sent.clone();
     let sampled_p = sampled.clone();
-    let t = Instant::now();
     let n = produce_events(
         &brokers,
         "live",
         Some(rate),
-        input.iter().cycle().take(total).map(move |l| {
+        steady.iter().map(move |l| {
             let key = key_of(l);
             if let Some(k) = key.as_ref().filter(|k| sampled_p.contains(k)) {
                 if let Some(ts) = serde_json::from_str::<serde_json::Value>(l)
@@ -169,20 +249,29 @@ fn main() {
     let achieved = n as f64 / t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     done.store(true, Relaxed);
-    let mut lat = poller.join().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let mut lat: Vec<f64> = pollers
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    let log = interrupt(child, rest);
+    let job_line = |prefix: &str| {
+        log.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or(prefix)
+            .to_string()
+    };
+    let (job_latency, delivery) = (job_line("latency"), job_line("delivery"));
     lat.sort_by(f64::total_cmp);
     if lat.is_empty() {
         println!("(b) no latency samples");
         return;
     }
     println!(
-        "(b) {n} events at {achieved:.0} events/s for {seconds}s: produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        "(b) {n} events from {} vehicles at {achieved:.0} events/s: produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        rate * 5,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len()
     );
+    println!("    the job's own {delivery}\n    the job's own {job_latency}");
 }

@@ -96,6 +96,8 @@ pub struct Summary {
     pub latency_p50_ms: Option<u64>,
     /// 99th percentile of the same.
     pub latency_p99_ms: Option<u64>,
+    /// Kafka message timestamp -> read, p50 and p99 (ms), when the source is Kafka.
+    pub delivery_ms: Option<(u64, u64)>,
     /// The last committed checkpoint: its sequence number and watermark.
     pub checkpoint: Option<(u64, Option<i64>)>,
 }
@@ -140,6 +142,12 @@ impl std::fmt::Display for Summary {
                 "watermark   {} ({})",
                 w,
                 fleetflow_types::time::rfc3339(w)
+            )?;
+        }
+        if let Some((p50, p99)) = self.delivery_ms {
+            writeln!(
+                f,
+                "delivery    p50 {p50} ms, p99 {p99} ms (Kafka message timestamp -> read)"
             )?;
         }
         if let (Some(p50), Some(p99)) = (self.latency_p50_ms, self.latency_p99_ms) {
@@ -637,7 +645,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             registry,
             metrics,
             input_names,
-            publish_every: Duration::from_millis(50),
+            publish_every: Duration::from_millis(10),
             checkpoints: Some(hub.clone()),
             restore: share.timeline,
         };
@@ -761,6 +769,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         watermark: metrics.watermark(),
         latency_p50_ms: metrics.visibility_latency.quantile(0.5),
         latency_p99_ms: metrics.visibility_latency.quantile(0.99),
+        delivery_ms: metrics
+            .delivery_latency
+            .quantile(0.5)
+            .zip(metrics.delivery_latency.quantile(0.99)),
         checkpoint: committed.map(|c| (c.seq, c.watermark)),
     };
     if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {

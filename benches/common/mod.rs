@@ -62,6 +62,8 @@ pub struct Figures {
     pub peak_mib: String,
     /// The `rows` line (rows per dataset).
     pub rows: String,
+    /// The `events` and `dead` lines (read, and rejected by reason).
+    pub counts: String,
 }
 
 /// Runs `fleetflow run spec` and reads its closing summary.
@@ -116,6 +118,7 @@ pub fn run(bin: &str, spec: &Path) -> Figures {
         p99_ms,
         peak_mib,
         rows: field("rows"),
+        counts: format!("{}; {}", field("events"), field("dead")),
     }
 }
 

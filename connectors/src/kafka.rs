@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 
 /// How long start-up waits for the brokers' metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Messages librdkafka may prefetch for one worker, in KiB, over all its partitions (at
+/// least 1 MiB per partition).
+const PREFETCH_KB_PER_WORKER: usize = 64 * 1024;
 /// Broker errors are logged at most this often (they repeat while a broker is away).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -252,6 +255,12 @@ impl KafkaSource {
             topic: spec.topic.clone(),
             errors: Throttled::default(),
         };
+        let mine = (0..info.partitions)
+            .filter(|p| *p as usize % peers.max(1) == worker)
+            .count();
+        // With one queue per partition librdkafka's prefetch limit applies per partition:
+        // the worker's budget is shared among its partitions.
+        let prefetch_kb = (PREFETCH_KB_PER_WORKER / mine.max(1)).max(1024).to_string();
         let mut config = client_config(spec);
         for (k, v) in [
             ("group.id", group_id(spec, job).as_str()),
@@ -262,7 +271,7 @@ impl KafkaSource {
             ("auto.offset.reset", "earliest"),
             ("statistics.interval.ms", "1000"),
             ("fetch.wait.max.ms", "20"),
-            ("queued.max.messages.kbytes", "16384"),
+            ("queued.max.messages.kbytes", prefetch_kb.as_str()),
         ] {
             if !spec.options.contains_key(k) {
                 config.set(k, v);
@@ -399,6 +408,8 @@ impl Source for KafkaSource {
                 }
             }
         }
+        let now = fleetflow_types::time::now_ms();
+        let delivery = &self.consumer.context().metrics.delivery_latency;
         let l = &mut self.locals[local];
         if l.end.is_some_and(|end| l.next.is_some_and(|n| n >= end)) {
             return Ok(Polled::Finished);
@@ -415,6 +426,9 @@ impl Source for KafkaSource {
                     None => break,
                     Some(Ok(m)) => {
                         l.at_end = false;
+                        if let Some(t) = m.timestamp().to_millis() {
+                            delivery.record(now.saturating_sub(t).max(0) as u64, 1);
+                        }
                         let payload = m.payload().unwrap_or_default();
                         ended = !emit(l, m.offset(), payload, m.key(), sink, &mut n);
                     }

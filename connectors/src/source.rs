@@ -249,6 +249,7 @@ pub fn render_source<'scope>(
         let budget = ctx.budget.max(1);
         let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(budget);
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
+        let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
             if ctx.shutdown.load(Relaxed) {
@@ -287,7 +288,7 @@ pub fn render_source<'scope>(
                 let mut max_ts = input.max_ts;
                 let (mut events, mut bytes) = (0u64, 0u64);
                 let first = fixes_buf.len();
-                let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
+                arena.clear();
                 let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
                 let polled = source.poll(local, budget, &mut |payload, position, key| {
                     events += 1;
@@ -333,7 +334,9 @@ pub fn render_source<'scope>(
                         }
                     }
                 });
-                let chunk = bytes::Bytes::from(arena);
+                // An exact-size copy: the fixes' payloads keep the chunk alive (in the sink's
+                // buffers, above the watermark), and a small poll must not pin a large arena.
+                let chunk = bytes::Bytes::copy_from_slice(&arena);
                 for (inc, (a, b)) in fixes_buf[first..].iter_mut().zip(spans) {
                     inc.payload = chunk.slice(a..b);
                 }

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub write_retries: AtomicU64,
     /// Time from reading an event to its effect being visible in the query API, ms.
     pub visibility_latency: LatencyHistogram,
+    /// Time from a Kafka message's timestamp (set by its producer, or by the broker with
+    /// `LogAppendTime`) to the source reading it, ms: the delivery part of end-to-end
+    /// latency, before `visibility_latency`.
+    pub delivery_latency: LatencyHistogram,
     /// The newest watermark any worker has derived, published or not: what sources align
     /// their inputs to (flow control only; `watermark` is what results are complete through).
     pub derived_watermark: AtomicI64,
@@ -75,6 +79,7 @@ impl Metrics {
             bytes_written: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
             visibility_latency: LatencyHistogram::default(),
+            delivery_latency: LatencyHistogram::default(),
             derived_watermark: AtomicI64::new(NO_WATERMARK),
             inputs: Vec::new(),
         }
