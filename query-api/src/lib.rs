@@ -43,6 +43,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/vehicles", get(list_vehicles))
+        .route("/v1/vehicles/nearby", get(nearby))
         .route("/v1/vehicles/{id}", get(get_vehicle))
         .merge(geofence_routes::routes())
         .route(
@@ -201,6 +202,91 @@ async fn list_vehicles(
         next_cursor,
         as_of,
     }))
+}
+
+/// Parsed `GET /v1/vehicles/nearby` parameters.
+#[derive(Debug, PartialEq)]
+struct NearbyQuery {
+    lat: f64,
+    lon: f64,
+    radius_m: f64,
+    limit: usize,
+    tenant: Option<String>,
+}
+
+fn parse_nearby(raw: Option<String>) -> Result<NearbyQuery, ApiError> {
+    let (mut lat, mut lon, mut radius_m) = (None, None, 1000.0);
+    let (mut limit, mut tenant) = (100, None);
+    let number = |k: &str, v: &str, range: std::ops::RangeInclusive<f64>| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|x| range.contains(x))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{k} must be a number from {} to {}, got {v:?}",
+                    range.start(),
+                    range.end()
+                ))
+            })
+    };
+    for (k, v) in params(raw)? {
+        match k.as_str() {
+            "lat" => lat = Some(number("lat", &v, -90.0..=90.0)?),
+            "lon" => lon = Some(number("lon", &v, -180.0..=180.0)?),
+            "radius_m" => radius_m = number("radius_m", &v, 0.0..=MAX_RADIUS_M)?,
+            "limit" => limit = parse_limit(&v, 1000)?,
+            "tenant" => tenant = Some(v),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {other:?} (lat, lon, radius_m, limit, tenant)"
+                )))
+            }
+        }
+    }
+    let missing = |k: &str| ApiError::BadRequest(format!("{k} is required"));
+    Ok(NearbyQuery {
+        lat: lat.ok_or_else(|| missing("lat"))?,
+        lon: lon.ok_or_else(|| missing("lon"))?,
+        radius_m,
+        limit,
+        tenant,
+    })
+}
+
+/// Half the earth's circumference: every point is within it.
+const MAX_RADIUS_M: f64 = 20_016_000.0;
+
+#[derive(Serialize)]
+struct NearbyItem {
+    #[serde(flatten)]
+    state: VehicleState,
+    distance_m: f64,
+}
+
+#[derive(Serialize)]
+struct NearbyAnswer {
+    items: Vec<NearbyItem>,
+    as_of: Option<i64>,
+}
+
+async fn nearby(
+    State(s): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<NearbyAnswer>, ApiError> {
+    let q = parse_nearby(raw)?;
+    let as_of = s.vehicles.as_of();
+    let items = s
+        .vehicles
+        .nearby(q.lat, q.lon, q.radius_m, q.limit, |v| {
+            q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
+        })
+        .into_iter()
+        .map(|(state, d)| NearbyItem {
+            state,
+            distance_m: (d * 10.0).round() / 10.0,
+        })
+        .collect();
+    Ok(Json(NearbyAnswer { items, as_of }))
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

@@ -389,3 +389,135 @@ mod geofence_routes {
         assert!(v["next_cursor"].is_null());
     }
 }
+
+mod nearby {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(id: &str, tenant: &str, lat: f64, lon: f64) -> VehicleState {
+        let mut s = state(id, tenant, lat, Status::Moving);
+        s.fix.lon = lon;
+        s
+    }
+
+    /// What `nearby` must answer, by scanning every vehicle.
+    fn scan(
+        vehicles: &std::collections::BTreeMap<String, VehicleState>,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        limit: usize,
+    ) -> Vec<(String, f64)> {
+        let mut all: Vec<(String, f64)> = vehicles
+            .values()
+            .map(|v| {
+                let d = fleetflow_types::fix::haversine_km(lat, lon, v.fix.lat, v.fix.lon) * 1000.0;
+                (v.fix.vehicle_id.to_string(), d)
+            })
+            .filter(|(_, d)| *d <= radius_m)
+            .collect();
+        all.sort_by(|a, b| a.1.total_cmp(&b.1));
+        all.truncate(limit);
+        all
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// After inserts, moves and removals in random batches, the index answers what a
+        /// scan of the current positions answers, nearest first.
+        #[test]
+        fn the_index_answers_as_a_scan_does(
+            ops in prop::collection::vec((0u8..40, -0.5f64..0.5, -0.5f64..0.5, prop::bool::weighted(0.15)), 1..300),
+            query in (-0.6f64..0.6, -0.6f64..0.6, 100.0f64..80_000.0, 1usize..30),
+        ) {
+            let view = VehicleView::new(1);
+            let mut truth = std::collections::BTreeMap::new();
+            for batch in ops.chunks(7) {
+                // The batch's net effect, as the dataflow publishes it: per vehicle, the
+                // state before retracted and the state after inserted.
+                let before = truth.clone();
+                for (v, dlat, dlon, remove) in batch {
+                    let id = format!("V{v}");
+                    if *remove {
+                        truth.remove(&id);
+                    } else {
+                        truth.insert(id.clone(), at(&id, "a", 52.5 + dlat, 13.4 + dlon));
+                    }
+                }
+                let touched: std::collections::BTreeSet<String> =
+                    batch.iter().map(|(v, ..)| format!("V{v}")).collect();
+                let mut ups: Vec<((fleetflow_types::CompactString, VehicleState), isize)> = Vec::new();
+                for id in touched {
+                    if let Some(old) = before.get(&id) {
+                        ups.push(((id.as_str().into(), old.clone()), -1));
+                    }
+                    if let Some(new) = truth.get(&id) {
+                        ups.push(((id.as_str().into(), new.clone()), 1));
+                    }
+                }
+                view.apply(0, ups, Some(1));
+            }
+            let (qlat, qlon, radius, limit) = query;
+            let (qlat, qlon) = (52.5 + qlat, 13.4 + qlon);
+            let got: Vec<(String, f64)> = view
+                .nearby(qlat, qlon, radius, limit, |_| true)
+                .into_iter()
+                .map(|(v, d)| (v.fix.vehicle_id.to_string(), d))
+                .collect();
+            let want = scan(&truth, qlat, qlon, radius, limit);
+            prop_assert_eq!(got.len(), want.len());
+            for ((gid, gd), (wid, wd)) in got.iter().zip(&want) {
+                prop_assert!((gd - wd).abs() < 1e-6, "{} {} vs {} {}", gid, gd, wid, wd);
+            }
+            prop_assert_eq!(view.len(), truth.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn nearest_first_with_distances_and_bad_parameters_are_400() {
+        let (app, view, _) = app();
+        view.apply(
+            0,
+            vec![
+                (("far".into(), at("far", "a", 52.60, 13.40)), 1),
+                (("near".into(), at("near", "b", 52.501, 13.40)), 1),
+                (("mid".into(), at("mid", "a", 52.52, 13.40)), 1),
+            ],
+            Some(7_000),
+        );
+        view.apply(1, vec![], Some(9_000));
+        let (st, body, text) =
+            call(&app, "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=5000").await;
+        assert_eq!(st, StatusCode::OK, "{text}");
+        assert_eq!(body["as_of"], 7_000);
+        let items = body["items"].as_array().unwrap();
+        let ids: Vec<&str> = items
+            .iter()
+            .map(|i| i["vehicle_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["near", "mid"], "nearest first, `far` is 11 km away");
+        let d = items[0]["distance_m"].as_f64().unwrap();
+        assert!((d - 111.2).abs() < 0.5, "{d}");
+        let (_, body, _) = call(
+            &app,
+            "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=50000&limit=1&tenant=a",
+        )
+        .await;
+        assert_eq!(body["items"][0]["vehicle_id"], "mid");
+        assert_eq!(body["items"].as_array().unwrap().len(), 1);
+        for uri in [
+            "/v1/vehicles/nearby?lon=13.4",
+            "/v1/vehicles/nearby?lat=52.5",
+            "/v1/vehicles/nearby?lat=95&lon=13.4",
+            "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=-1",
+            "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=abc",
+            "/v1/vehicles/nearby?lat=NaN&lon=13.4",
+            "/v1/vehicles/nearby?lat=52.5&lon=13.4&limit=0",
+            "/v1/vehicles/nearby?lat=52.5&lon=13.4&colour=red",
+        ] {
+            let (st, body, text) = call(&app, uri).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {text}");
+            assert_eq!(body["error"]["code"], "bad_request", "{uri}");
+        }
+    }
+}

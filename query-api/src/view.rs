@@ -1,13 +1,31 @@
 //! The query API's view of vehicle state: applied from the dataflow's published changes,
 //! read by handlers without ever touching a dataflow worker.
 
+use fleetflow_types::fix::{haversine_km, EARTH_RADIUS_KM};
 use fleetflow_types::records::VehicleState;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-/// Vehicle id -> state, with the watermark each worker has published through.
+/// A vehicle's current position on the unit sphere, so that straight-line (chord)
+/// distance orders points exactly as great-circle distance does.
+type Located = rstar::primitives::GeomWithData<[f64; 3], CompactString>;
+
+fn on_sphere(lat: f64, lon: f64) -> [f64; 3] {
+    let (lat, lon) = (lat.to_radians(), lon.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
+}
+
+fn located(state: &VehicleState) -> Located {
+    Located::new(
+        on_sphere(state.fix.lat, state.fix.lon),
+        state.fix.vehicle_id.clone(),
+    )
+}
+
+/// Vehicle id -> state, with the watermark each worker has published through, and a
+/// spatial index (R-tree) over current positions for nearest-first queries.
 #[derive(Debug)]
 pub struct VehicleView {
     inner: RwLock<Inner>,
@@ -16,6 +34,7 @@ pub struct VehicleView {
 #[derive(Debug)]
 struct Inner {
     vehicles: BTreeMap<CompactString, VehicleState>,
+    positions: rstar::RTree<Located>,
     as_of: Vec<Option<Millis>>,
 }
 
@@ -25,6 +44,7 @@ impl VehicleView {
         VehicleView {
             inner: RwLock::new(Inner {
                 vehicles: BTreeMap::new(),
+                positions: rstar::RTree::new(),
                 as_of: vec![None; workers.max(1)],
             }),
         }
@@ -44,16 +64,27 @@ impl VehicleView {
             .filter(|(_, d)| *d > 0)
             .map(|((id, _), _)| id.clone())
             .collect();
-        let mut inner = self.inner.write().expect("view lock");
+        let mut guard = self.inner.write().expect("view lock");
+        let inner = &mut *guard;
         for ((id, state), diff) in updates {
             if diff > 0 {
+                let at = located(&state);
                 match inner.vehicles.get_mut(&id) {
-                    Some(slot) => *slot = state,
+                    Some(slot) => {
+                        let was = located(slot);
+                        if was.geom() != at.geom() {
+                            inner.positions.remove(&was);
+                            inner.positions.insert(at);
+                        }
+                        *slot = state;
+                    }
                     None => {
+                        inner.positions.insert(at);
                         inner.vehicles.insert(id, state);
                     }
                 }
             } else if !inserted.contains(&id) && inner.vehicles.get(&id) == Some(&state) {
+                inner.positions.remove(&located(&state));
                 inner.vehicles.remove(&id);
             }
         }
@@ -97,6 +128,41 @@ impl VehicleView {
             limit,
             keep,
         )
+    }
+
+    /// Up to `limit` vehicles within `radius_m` metres (great circle) of `lat`/`lon` that
+    /// pass `keep`, nearest first, each with its distance in metres. Served from the
+    /// R-tree: it visits points in distance order and stops at the radius or the limit.
+    pub fn nearby(
+        &self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        limit: usize,
+        keep: impl Fn(&VehicleState) -> bool,
+    ) -> Vec<(VehicleState, f64)> {
+        let inner = self.inner.read().expect("view lock");
+        // The chord (on the unit sphere) of a great-circle distance of `radius_m`.
+        let angle = (radius_m / (EARTH_RADIUS_KM * 1000.0)).min(std::f64::consts::PI);
+        let chord = 2.0 * (angle / 2.0).sin();
+        let mut out = Vec::new();
+        for (p, d2) in inner
+            .positions
+            .nearest_neighbor_iter_with_distance_2(&on_sphere(lat, lon))
+        {
+            // A little slack for rounding; the exact distance decides below.
+            if d2 > chord * chord * (1.0 + 1e-9) + 1e-18 || out.len() == limit {
+                break;
+            }
+            let Some(v) = inner.vehicles.get(p.data.as_str()) else {
+                continue;
+            };
+            let m = haversine_km(lat, lon, v.fix.lat, v.fix.lon) * 1000.0;
+            if m <= radius_m && keep(v) {
+                out.push((v.clone(), m));
+            }
+        }
+        out
     }
 
     /// Number of vehicles.
