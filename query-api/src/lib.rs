@@ -274,12 +274,10 @@ async fn nearby(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NearbyAnswer>, ApiError> {
     let q = parse_nearby(raw)?;
-    let as_of = s.vehicles.as_of();
-    let items = s
-        .vehicles
-        .nearby(q.lat, q.lon, q.radius_m, q.limit, |v| {
-            q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
-        })
+    let (items, as_of) = s.vehicles.nearby(q.lat, q.lon, q.radius_m, q.limit, |v| {
+        q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
+    });
+    let items = items
         .into_iter()
         .map(|(state, d)| NearbyItem {
             state,

@@ -8,33 +8,45 @@ use fleetflow_types::CompactString;
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-/// A vehicle's current position on the unit sphere, so that straight-line (chord)
-/// distance orders points exactly as great-circle distance does.
-type Located = rstar::primitives::GeomWithData<[f64; 3], CompactString>;
+/// A vehicle's position on the unit sphere, so that straight-line (chord) distance orders
+/// points exactly as great-circle distance does, with its index in [`Positions::states`].
+type Located = rstar::primitives::GeomWithData<[f64; 3], usize>;
+
+/// How old the spatial index may get before a query rebuilds it (when anything changed).
+pub const INDEX_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A spatial index over the vehicles' positions at one moment, with their states then.
+#[derive(Debug)]
+struct Positions {
+    tree: rstar::RTree<Located>,
+    states: Vec<VehicleState>,
+    as_of: Option<Millis>,
+    version: u64,
+    built: std::time::Instant,
+}
 
 fn on_sphere(lat: f64, lon: f64) -> [f64; 3] {
     let (lat, lon) = (lat.to_radians(), lon.to_radians());
     [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
-fn located(state: &VehicleState) -> Located {
-    Located::new(
-        on_sphere(state.fix.lat, state.fix.lon),
-        state.fix.vehicle_id.clone(),
-    )
-}
-
 /// Vehicle id -> state, with the watermark each worker has published through, and a
-/// spatial index (R-tree) over current positions for nearest-first queries.
+/// spatial index (R-tree) over the positions for nearest-first queries.
+///
+/// Workers only update the map. The index is bulk-loaded by a query that finds it older
+/// than [`INDEX_MAX_AGE`] and out of date, so keeping it costs the dataflow nothing; a
+/// nearby answer is consistent with its own `as_of`, at most that much older than the map.
 #[derive(Debug)]
 pub struct VehicleView {
     inner: RwLock<Inner>,
+    index: std::sync::Mutex<Option<std::sync::Arc<Positions>>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     vehicles: BTreeMap<CompactString, VehicleState>,
-    positions: rstar::RTree<Located>,
+    /// Counts applied batches with changes (the index is rebuilt when it differs).
+    version: u64,
     as_of: Vec<Option<Millis>>,
 }
 
@@ -44,9 +56,10 @@ impl VehicleView {
         VehicleView {
             inner: RwLock::new(Inner {
                 vehicles: BTreeMap::new(),
-                positions: rstar::RTree::new(),
+                version: 0,
                 as_of: vec![None; workers.max(1)],
             }),
+            index: Default::default(),
         }
     }
 
@@ -64,27 +77,19 @@ impl VehicleView {
             .filter(|(_, d)| *d > 0)
             .map(|((id, _), _)| id.clone())
             .collect();
-        let mut guard = self.inner.write().expect("view lock");
-        let inner = &mut *guard;
+        let mut inner = self.inner.write().expect("view lock");
+        if !updates.is_empty() {
+            inner.version += 1;
+        }
         for ((id, state), diff) in updates {
             if diff > 0 {
-                let at = located(&state);
                 match inner.vehicles.get_mut(&id) {
-                    Some(slot) => {
-                        let was = located(slot);
-                        if was.geom() != at.geom() {
-                            inner.positions.remove(&was);
-                            inner.positions.insert(at);
-                        }
-                        *slot = state;
-                    }
+                    Some(slot) => *slot = state,
                     None => {
-                        inner.positions.insert(at);
                         inner.vehicles.insert(id, state);
                     }
                 }
             } else if !inserted.contains(&id) && inner.vehicles.get(&id) == Some(&state) {
-                inner.positions.remove(&located(&state));
                 inner.vehicles.remove(&id);
             }
         }
@@ -130,9 +135,43 @@ impl VehicleView {
         )
     }
 
+    /// The spatial index, rebuilt first if it is out of date and older than
+    /// [`INDEX_MAX_AGE`].
+    fn positions(&self) -> std::sync::Arc<Positions> {
+        let mut index = self.index.lock().expect("index lock");
+        let version = self.inner.read().expect("view lock").version;
+        let fresh = index
+            .as_ref()
+            .is_some_and(|p| p.version == version || p.built.elapsed() < INDEX_MAX_AGE);
+        if !fresh {
+            let (states, version) = {
+                let inner = self.inner.read().expect("view lock");
+                (
+                    inner.vehicles.values().cloned().collect::<Vec<_>>(),
+                    inner.version,
+                )
+            };
+            let as_of = self.as_of();
+            let points = states
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Located::new(on_sphere(v.fix.lat, v.fix.lon), i))
+                .collect();
+            *index = Some(std::sync::Arc::new(Positions {
+                tree: rstar::RTree::bulk_load(points),
+                states,
+                as_of,
+                version,
+                built: std::time::Instant::now(),
+            }));
+        }
+        index.clone().expect("index built")
+    }
+
     /// Up to `limit` vehicles within `radius_m` metres (great circle) of `lat`/`lon` that
-    /// pass `keep`, nearest first, each with its distance in metres. Served from the
-    /// R-tree: it visits points in distance order and stops at the radius or the limit.
+    /// pass `keep`, nearest first, each with its distance in metres, and the `as_of` they
+    /// are complete through. Served from the R-tree: it visits points in distance order and
+    /// stops at the radius or the limit.
     pub fn nearby(
         &self,
         lat: f64,
@@ -140,29 +179,27 @@ impl VehicleView {
         radius_m: f64,
         limit: usize,
         keep: impl Fn(&VehicleState) -> bool,
-    ) -> Vec<(VehicleState, f64)> {
-        let inner = self.inner.read().expect("view lock");
+    ) -> (Vec<(VehicleState, f64)>, Option<Millis>) {
+        let positions = self.positions();
         // The chord (on the unit sphere) of a great-circle distance of `radius_m`.
         let angle = (radius_m / (EARTH_RADIUS_KM * 1000.0)).min(std::f64::consts::PI);
         let chord = 2.0 * (angle / 2.0).sin();
         let mut out = Vec::new();
-        for (p, d2) in inner
-            .positions
+        for (p, d2) in positions
+            .tree
             .nearest_neighbor_iter_with_distance_2(&on_sphere(lat, lon))
         {
             // A little slack for rounding; the exact distance decides below.
             if d2 > chord * chord * (1.0 + 1e-9) + 1e-18 || out.len() == limit {
                 break;
             }
-            let Some(v) = inner.vehicles.get(p.data.as_str()) else {
-                continue;
-            };
+            let v = &positions.states[p.data];
             let m = haversine_km(lat, lon, v.fix.lat, v.fix.lon) * 1000.0;
             if m <= radius_m && keep(v) {
                 out.push((v.clone(), m));
             }
         }
-        out
+        (out, positions.as_of)
     }
 
     /// Number of vehicles.
