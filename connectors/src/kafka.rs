@@ -255,12 +255,29 @@ impl KafkaSource {
             topic: spec.topic.clone(),
             errors: Throttled::default(),
         };
-        let mine = (0..info.partitions)
+        let locals: Vec<LocalPartition> = (0..info.partitions)
             .filter(|p| *p as usize % peers.max(1) == worker)
-            .count();
+            .map(|p| {
+                let bounds = info.bounds.as_ref().map(|b| b[p as usize]);
+                LocalPartition {
+                    partition: p,
+                    // A bounded partition with nothing to read (empty, or started at
+                    // `latest`) is already at its end.
+                    next: bounds
+                        .filter(|(low, high)| high <= low || spec.start == KafkaStart::Latest)
+                        .map(|(_, high)| high),
+                    end: bounds.map(|(_, high)| high),
+                    queue: None,
+                    early: Default::default(),
+                    at_end: false,
+                }
+            })
+            .collect();
         // With one queue per partition librdkafka's prefetch limit applies per partition:
         // the worker's budget is shared among its partitions.
-        let prefetch_kb = (PREFETCH_KB_PER_WORKER / mine.max(1)).max(1024).to_string();
+        let prefetch_kb = (PREFETCH_KB_PER_WORKER / locals.len().max(1))
+            .max(1024)
+            .to_string();
         let mut config = client_config(spec);
         for (k, v) in [
             ("group.id", group_id(spec, job).as_str()),
@@ -284,24 +301,6 @@ impl KafkaSource {
                     brokers: spec.brokers.clone(),
                     error,
                 })?;
-        let locals = (0..info.partitions)
-            .filter(|p| *p as usize % peers.max(1) == worker)
-            .map(|p| {
-                let bounds = info.bounds.as_ref().map(|b| b[p as usize]);
-                LocalPartition {
-                    partition: p,
-                    // A bounded partition with nothing to read (empty, or started at
-                    // `latest`) is already at its end.
-                    next: bounds
-                        .filter(|(low, high)| high <= low || spec.start == KafkaStart::Latest)
-                        .map(|(_, high)| high),
-                    end: bounds.map(|(_, high)| high),
-                    queue: None,
-                    early: Default::default(),
-                    at_end: false,
-                }
-            })
-            .collect();
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             topic: spec.topic.clone(),

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// Not ready yet (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A fault of the server, not of the request (500): a query task that panicked.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -28,6 +31,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

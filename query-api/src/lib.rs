@@ -274,9 +274,15 @@ async fn nearby(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NearbyAnswer>, ApiError> {
     let q = parse_nearby(raw)?;
-    let (items, as_of) = s.vehicles.nearby(q.lat, q.lon, q.radius_m, q.limit, |v| {
-        q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
-    });
+    // A query may rebuild the spatial index (tens of ms for 100,000 vehicles): off the
+    // async threads.
+    let (items, as_of) = tokio::task::spawn_blocking(move || {
+        s.vehicles.nearby(q.lat, q.lon, q.radius_m, q.limit, |v| {
+            q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("nearby query: {e}")))?;
     let items = items
         .into_iter()
         .map(|(state, d)| NearbyItem {

@@ -50,6 +50,17 @@ struct Inner {
     as_of: Vec<Option<Millis>>,
 }
 
+impl Inner {
+    /// The smallest worker watermark, once every worker has published one.
+    fn as_of(&self) -> Option<Millis> {
+        self.as_of
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().min())
+    }
+}
+
 impl VehicleView {
     /// An empty view fed by `workers` workers.
     pub fn new(workers: usize) -> Self {
@@ -100,13 +111,7 @@ impl VehicleView {
 
     /// The watermark through which every worker's results are published.
     pub fn as_of(&self) -> Option<Millis> {
-        let inner = self.inner.read().expect("view lock");
-        inner
-            .as_of
-            .iter()
-            .copied()
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| v.into_iter().min())
+        self.inner.read().expect("view lock").as_of()
     }
 
     /// One vehicle.
@@ -144,14 +149,13 @@ impl VehicleView {
             .as_ref()
             .is_some_and(|p| p.version == version || p.built.elapsed() < INDEX_MAX_AGE);
         if !fresh {
-            let (states, version) = {
+            // States, version and as_of from one read: the answer is consistent with its
+            // as_of. The tree is built after the lock is released.
+            let (states, version, as_of) = {
                 let inner = self.inner.read().expect("view lock");
-                (
-                    inner.vehicles.values().cloned().collect::<Vec<_>>(),
-                    inner.version,
-                )
+                let states: Vec<VehicleState> = inner.vehicles.values().cloned().collect();
+                (states, inner.version, inner.as_of())
             };
-            let as_of = self.as_of();
             let points = states
                 .iter()
                 .enumerate()
