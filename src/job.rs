@@ -12,7 +12,9 @@ use fleetflow_dataflows::geofence::{
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
+use fleetflow_query_api::changes::ChangeLog;
 use fleetflow_query_api::geofences::GeofenceView;
+use fleetflow_query_api::stream::StreamConfig;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::commit::{clean_staging, recover, Coordinator, DatasetInfo};
@@ -372,15 +374,18 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
-    let vehicles = Arc::new(VehicleView::new(workers));
+    let changes = Arc::new(ChangeLog::new(
+        spec.api.replay_buffer,
+        fleetflow_types::time::now_ms().max(0) as u64,
+    ));
+    let vehicles = Arc::new(VehicleView::new(workers).with_changes(changes.clone()));
     // Runtime geofence changes: the API sends, worker 0 receives.
     let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
     let change_rx = Arc::new(Mutex::new(change_rx));
-    let geofences = Arc::new(GeofenceView::new(
-        workers,
-        &initial_geofences,
-        Some(change_tx),
-    ));
+    let geofences = Arc::new(
+        GeofenceView::new(workers, &initial_geofences, Some(change_tx))
+            .with_changes(changes.clone()),
+    );
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
     let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
@@ -420,11 +425,18 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 Ok(local) => tracing::info!("query API listening on http://{local}"),
                 Err(e) => tracing::warn!(error = %e, "query API listening on an unknown address"),
             }
-            let state = ApiState {
-                vehicles: vehicles.clone(),
-                geofences: geofences.clone(),
-                metrics: metrics.clone(),
-            };
+            let state = ApiState::new(
+                vehicles.clone(),
+                geofences.clone(),
+                metrics.clone(),
+                changes.clone(),
+                fleetflow_query_api::auth::from_spec(&spec.api.tokens, spec.api.rate_limit),
+                StreamConfig {
+                    max_streams: spec.api.max_streams,
+                    queue: spec.api.stream_queue,
+                    ..StreamConfig::default()
+                },
+            );
             let stop = api_stop.clone();
             Some(
                 runtime.spawn(fleetflow_query_api::serve(listener, state, async move {
@@ -676,8 +688,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                             ViewUpdate::AsOf(w) => as_of = Some(w),
                         }
                     }
-                    geo_sink.apply(index, occ, events, applied);
-                    geo_sink.advance(index, as_of);
+                    geo_sink.apply(index, occ, events, applied, as_of);
                 },
             );
             let dead = source.dead_letters.concat(core.dead_letters);

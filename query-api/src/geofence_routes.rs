@@ -1,5 +1,6 @@
 //! Geofence routes: the catalogue, runtime changes, occupants and recent events.
 
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::geofences::{ChangeError, NotApplied};
 use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
@@ -8,11 +9,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceEvent, GeofenceEventKind};
 use fleetflow_types::time::{parse_rfc3339, Millis};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a change request waits for the dataflow to apply it.
@@ -39,7 +41,11 @@ fn listing(g: &Geofence) -> Value {
     })
 }
 
-async fn list(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let (mut limit, mut cursor, mut tenant) = (100, None, None);
     for (k, v) in params(raw)? {
         match k.as_str() {
@@ -53,6 +59,7 @@ async fn list(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Json
             }
         }
     }
+    let tenant = access.narrow(tenant)?;
     // A tenant sees its own geofences and those that apply to every tenant.
     let (items, more) = s.geofences.page(cursor.as_deref(), limit, |g| {
         tenant.as_deref().is_none_or(|t| g.applies_to(t))
@@ -67,14 +74,41 @@ async fn list(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Json
     })))
 }
 
+/// Geofence `id` if the request may see it (its tenant's, or one for every tenant).
+fn visible(s: &ApiState, access: &Access, id: &str) -> Result<Arc<Geofence>, ApiError> {
+    s.geofences
+        .get(id)
+        .filter(|g| match access {
+            Access::All => true,
+            Access::Tenant(t) => g.applies_to(t),
+        })
+        .ok_or_else(|| ApiError::NotFound(format!("no geofence {id:?}")))
+}
+
+/// Checks that the request may change geofence `id` (a tenant's token changes only its
+/// tenant's geofences; those for every tenant need `*`).
+fn may_change(s: &ApiState, access: &Access, id: &str) -> Result<(), ApiError> {
+    let Access::Tenant(t) = access else {
+        return Ok(());
+    };
+    match s.geofences.get(id) {
+        Some(g) if g.tenant.as_deref() == Some(t.as_str()) => Ok(()),
+        Some(g) if g.applies_to(t) => Err(ApiError::Forbidden(format!(
+            "geofence {id:?} applies to every tenant: only a token for all tenants may change it"
+        ))),
+        Some(_) => Err(ApiError::Forbidden(format!(
+            "geofence id {id:?} is taken by another tenant"
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn get_one(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let g = s
-        .geofences
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no geofence {id:?}")))?;
+    let g = visible(&s, &access, &id)?;
     let mut v = listing(&g);
     v["as_of"] = json!(s.geofences.as_of());
     Ok(Json(v))
@@ -106,6 +140,7 @@ async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
 
 async fn put_one(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -127,8 +162,21 @@ async fn put_one(
             )));
         }
     }
-    let g = Geofence::from_feature(&value, Some(&id), None, &id)
+    let mut g = Geofence::from_feature(&value, Some(&id), None, &id)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Access::Tenant(t) = &access {
+        // A tenant's geofence is its own: unnamed, it becomes the token's tenant's.
+        match g.tenant.as_deref() {
+            None => g.tenant = Some(t.as_str().into()),
+            Some(own) if own == t => {}
+            Some(own) => {
+                return Err(ApiError::Forbidden(format!(
+                    "this token may not define geofences of tenant {own:?}"
+                )))
+            }
+        }
+    }
+    may_change(&s, &access, &id)?;
     let sub = s.geofences.submit(&id, Some(g)).map_err(change_error)?;
     let status = if sub.existed {
         StatusCode::OK
@@ -140,23 +188,37 @@ async fn put_one(
 
 async fn delete_one(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    visible(&s, &access, &id)?;
+    may_change(&s, &access, &id)?;
     let sub = s.geofences.submit(&id, None).map_err(change_error)?;
     Ok(applied(&s, &id, sub.seq, StatusCode::OK).await)
 }
 
 async fn occupants(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let as_of = s.geofences.as_of();
     let items = s.geofences.occupants(&id);
-    if items.is_empty() && s.geofences.get(&id).is_none() {
+    let known = s.geofences.get(&id);
+    if items.is_empty() && known.is_none() {
         return Err(ApiError::NotFound(format!("no geofence {id:?}")));
+    }
+    if known.is_some() {
+        visible(&s, &access, &id)?;
     }
     let items: Vec<Value> = items
         .into_iter()
+        .filter(|(v, _)| {
+            access == Access::All
+                || s.vehicles
+                    .get(v)
+                    .is_some_and(|state| access.sees(&state.fix.tenant))
+        })
         .map(|(v, t)| json!({"vehicle_id": v.as_str(), "entered_at": t}))
         .collect();
     Ok(Json(json!({"items": items, "as_of": as_of})))
@@ -175,6 +237,7 @@ fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
 
 async fn events(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let (mut limit, mut geofence, mut vehicle, mut since, mut kind) = (100, None, None, None, None);
@@ -209,6 +272,7 @@ async fn events(
             && vehicle.as_deref().is_none_or(|v| e.vehicle_id == v)
             && since.is_none_or(|t| e.ts >= t)
             && kind.is_none_or(|k| e.kind == k)
+            && access.sees(&e.tenant)
     });
     Ok(Json(json!({"items": items, "as_of": as_of})))
 }

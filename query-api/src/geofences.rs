@@ -2,6 +2,7 @@
 //! carries runtime changes into the dataflow, and the view the dataflow publishes into
 //! (occupancy, recent events, which changes each worker applied).
 
+use crate::changes::{ChangeBody, ChangeLog};
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, OccupancyChange};
 use fleetflow_types::time::Millis;
@@ -49,6 +50,7 @@ pub struct GeofenceView {
     shards: Vec<RwLock<Shard>>,
     changed: tokio::sync::Notify,
     closed: AtomicBool,
+    changes: Option<Arc<ChangeLog>>,
 }
 
 struct Catalog {
@@ -103,7 +105,14 @@ impl GeofenceView {
                 .collect(),
             changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
+            changes: None,
         }
+    }
+
+    /// Also appends every geofence event to `log` (for the live streams).
+    pub fn with_changes(mut self, log: Arc<ChangeLog>) -> Self {
+        self.changes = Some(log);
+        self
     }
 
     /// The dataflow stopped taking changes.
@@ -203,20 +212,30 @@ impl GeofenceView {
     }
 
     /// Applies a worker's changes in the order they happened: occupancy updates (+1 enters,
-    /// -1 leaves), events and applied changes.
+    /// -1 leaves), events and applied changes, and the watermark they are complete through.
     pub fn apply(
         &self,
         worker: usize,
         occupants: Vec<OccupancyChange>,
         events: &[GeofenceEvent],
         applied: Vec<(u64, Option<Millis>)>,
+        watermark: Option<Millis>,
     ) {
         let Some(shard) = self.shards.get(worker) else {
             return;
         };
         let notify = !applied.is_empty();
+        // The log's lock first (see `changes`): streams see the view and the log agree.
+        let log = self
+            .changes
+            .as_ref()
+            .filter(|_| !events.is_empty() || !occupants.is_empty())
+            .map(|c| c.write());
         {
             let mut shard = shard.write().expect("view lock");
+            if let Some(w) = watermark {
+                shard.as_of = Some(shard.as_of.map_or(w, |old| old.max(w)));
+            }
             let shard = &mut *shard;
             for o in occupants {
                 let (f, v) = (o.fence_slot as usize, o.vehicle_slot as usize);
@@ -262,6 +281,17 @@ impl GeofenceView {
                 }
             }
         }
+        if let Some(mut log) = log {
+            // Still under the log's lock: no snapshot sees the shard without these.
+            let as_of = self.as_of();
+            for e in events {
+                log.push(ChangeBody::GeofenceEvent(e.clone()), as_of);
+            }
+            drop(log);
+            if let Some(c) = &self.changes {
+                c.published();
+            }
+        }
         if notify {
             self.changed.notify_waiters();
         }
@@ -298,6 +328,29 @@ impl GeofenceView {
                         .iter()
                         .map(|(v, t)| (shard.vehicle_ids[*v as usize].clone(), *t)),
                 );
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every occupant of every geofence passing `keep(geofence, vehicle)`, as
+    /// `(geofence, vehicle, entered_at)` in that order.
+    pub fn all_occupants(
+        &self,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(CompactString, CompactString, Millis)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().expect("view lock");
+            for (slot, f) in shard.fences.iter().enumerate() {
+                let Some(f) = f else { continue };
+                if shard.slot_of.get(&f.id) == Some(&(slot as u32)) {
+                    out.extend(f.vehicles.iter().filter_map(|(v, t)| {
+                        let v = &shard.vehicle_ids[*v as usize];
+                        keep(&f.id, v).then(|| (f.id.clone(), v.clone(), *t))
+                    }));
+                }
             }
         }
         out.sort();

@@ -9,23 +9,31 @@
 //! which the view is complete. Handlers only read the view: they never block a worker.
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod changes;
+pub mod conn;
 pub mod error;
 mod geofence_routes;
 pub mod geofences;
+pub mod stream;
 pub mod view;
 
+use auth::Access;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use base64::Engine;
+use changes::ChangeLog;
 use error::ApiError;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{Reason, Status, VehicleState};
 use serde::Serialize;
 use std::fmt::Write;
 use std::sync::Arc;
+use stream::StreamConfig;
 use view::VehicleView;
 
 /// What the handlers share.
@@ -37,15 +45,66 @@ pub struct ApiState {
     pub geofences: Arc<geofences::GeofenceView>,
     /// Job counters.
     pub metrics: Arc<Metrics>,
+    /// Every change the views applied (the live streams read it).
+    pub changes: Arc<ChangeLog>,
+    /// Tokens, tenants and the rate limit.
+    pub auth: Arc<auth::Auth>,
+    /// Limits of the live streams.
+    pub streams: Arc<StreamConfig>,
+    stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Set when the server stops: the live streams end.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl ApiState {
+    /// The state of an API over these views. `changes` must be the log the views append
+    /// to (`VehicleView::with_changes`, `GeofenceView::with_changes`).
+    pub fn new(
+        vehicles: Arc<VehicleView>,
+        geofences: Arc<geofences::GeofenceView>,
+        metrics: Arc<Metrics>,
+        changes: Arc<ChangeLog>,
+        auth: Arc<auth::Auth>,
+        streams: StreamConfig,
+    ) -> Self {
+        ApiState {
+            vehicles,
+            geofences,
+            metrics,
+            changes,
+            auth,
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(streams.max_streams)),
+            streams: Arc::new(streams),
+            stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Live streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.max_streams - self.stream_slots.available_permits()
+    }
+
+    /// Ends every live stream (the server is stopping).
+    pub fn stop_streams(&self) {
+        self.stop.send_replace(true);
+    }
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route("/v1/vehicles", get(list_vehicles))
         .route("/v1/vehicles/nearby", get(nearby))
         .route("/v1/vehicles/{id}", get(get_vehicle))
+        .route("/v1/stream", get(stream::sse))
+        .route("/v1/ws", get(stream::ws))
         .merge(geofence_routes::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    Router::new()
+        .merge(v1)
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -56,14 +115,19 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the router on `listener` until `shutdown` resolves.
+/// Serves the router on `listener` until `shutdown` resolves; live streams end then.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let stopper = state.clone();
+    let app = router(state).into_make_service_with_connect_info::<conn::Conn>();
+    axum::serve(conn::KillableListener(listener), app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopper.stop_streams();
+        })
         .await
 }
 
@@ -76,12 +140,13 @@ struct VehicleAnswer {
 
 async fn get_vehicle(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Result<Json<VehicleAnswer>, ApiError> {
     let as_of = s.vehicles.as_of();
     match s.vehicles.get(&id) {
-        Some(state) => Ok(Json(VehicleAnswer { state, as_of })),
-        None => Err(ApiError::NotFound(format!("no vehicle {id:?}"))),
+        Some(state) if access.sees(&state.fix.tenant) => Ok(Json(VehicleAnswer { state, as_of })),
+        _ => Err(ApiError::NotFound(format!("no vehicle {id:?}"))),
     }
 }
 
@@ -183,9 +248,11 @@ struct ListAnswer {
 
 async fn list_vehicles(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ListAnswer>, ApiError> {
-    let q = parse_list(raw)?;
+    let mut q = parse_list(raw)?;
+    q.tenant = access.narrow(q.tenant)?;
     let as_of = s.vehicles.as_of();
     let (items, more) = s.vehicles.page(q.cursor.as_deref(), q.limit, |v| {
         q.tenant.as_deref().is_none_or(|t| v.fix.tenant == t)
@@ -271,9 +338,11 @@ struct NearbyAnswer {
 
 async fn nearby(
     State(s): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<NearbyAnswer>, ApiError> {
-    let q = parse_nearby(raw)?;
+    let mut q = parse_nearby(raw)?;
+    q.tenant = access.narrow(q.tenant)?;
     // A query may rebuild the spatial index (tens of ms for 100,000 vehicles): off the
     // async threads.
     let (items, as_of) = tokio::task::spawn_blocking(move || {
@@ -398,6 +467,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         let _ = writeln!(out, "fleetflow_watermark_ms {w}");
     }
     let _ = writeln!(out, "# HELP fleetflow_vehicles Vehicles in the state view.\n# TYPE fleetflow_vehicles gauge\nfleetflow_vehicles {}", s.vehicles.len());
+    let _ = writeln!(out, "# HELP fleetflow_api_streams Live streams (SSE and WebSocket) open.\n# TYPE fleetflow_api_streams gauge\nfleetflow_api_streams {}", s.open_streams());
     let _ = writeln!(out, "# HELP fleetflow_geofences Geofences in force.\n# TYPE fleetflow_geofences gauge\nfleetflow_geofences {}", s.geofences.len());
     (
         StatusCode::OK,

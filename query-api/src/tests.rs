@@ -28,15 +28,31 @@ fn state(id: &str, tenant: &str, lat: f64, status: Status) -> VehicleState {
     }
 }
 
+/// An open API (no tokens) over these views.
+pub(crate) fn api_state(
+    vehicles: Arc<VehicleView>,
+    geofences: Arc<crate::geofences::GeofenceView>,
+    metrics: Arc<Metrics>,
+) -> ApiState {
+    ApiState::new(
+        vehicles,
+        geofences,
+        metrics,
+        Arc::new(ChangeLog::new(1000, 1)),
+        Arc::new(auth::Auth::new(Default::default(), None)),
+        StreamConfig::default(),
+    )
+}
+
 fn app() -> (Router, Arc<VehicleView>, Arc<Metrics>) {
     let view = Arc::new(VehicleView::new(2));
     let metrics = Arc::new(Metrics::new(vec!["raw".into(), "1m".into()]));
     (
-        router(ApiState {
-            vehicles: view.clone(),
-            geofences: Arc::new(crate::geofences::GeofenceView::new(2, &[], None)),
-            metrics: metrics.clone(),
-        }),
+        router(api_state(
+            view.clone(),
+            Arc::new(crate::geofences::GeofenceView::new(2, &[], None)),
+            metrics.clone(),
+        )),
         view,
         metrics,
     )
@@ -234,11 +250,11 @@ mod geofence_routes {
     }
 
     fn app_with(geofences: Arc<GeofenceView>) -> Router {
-        router(ApiState {
-            vehicles: Arc::new(VehicleView::new(2)),
+        router(api_state(
+            Arc::new(VehicleView::new(2)),
             geofences,
-            metrics: Arc::new(Metrics::new(vec![])),
-        })
+            Arc::new(Metrics::new(vec![])),
+        ))
     }
 
     const CIRCLE: &str = r#"{"type":"Feature","properties":{"radius_m":100},"geometry":{"type":"Point","coordinates":[13.4,52.5]}}"#;
@@ -252,7 +268,7 @@ mod geofence_routes {
         std::thread::spawn(move || {
             for c in rx {
                 for w in 0..2 {
-                    applier.apply(w, vec![], &[], vec![(c.seq, Some(7_000))]);
+                    applier.apply(w, vec![], &[], vec![(c.seq, Some(7_000))], None);
                 }
             }
         });
@@ -344,6 +360,7 @@ mod geofence_routes {
                 ev("V2", GeofenceEventKind::Exit, 3_000),
             ],
             vec![],
+            None,
         );
         view.apply(
             1,
@@ -351,6 +368,7 @@ mod geofence_routes {
             vec![occ(0, "V3", 2_500, 1)],
             &[ev("V3", GeofenceEventKind::Enter, 2_500)],
             vec![],
+            None,
         );
         view.advance(0, Some(4_000));
         view.advance(1, Some(3_500));

@@ -1,6 +1,7 @@
 //! The query API's view of vehicle state: applied from the dataflow's published changes,
 //! read by handlers without ever touching a dataflow worker.
 
+use crate::changes::{ChangeBody, ChangeLog};
 use fleetflow_types::fix::{haversine_km, EARTH_RADIUS_KM};
 use fleetflow_types::records::VehicleState;
 use fleetflow_types::time::Millis;
@@ -39,6 +40,7 @@ fn on_sphere(lat: f64, lon: f64) -> [f64; 3] {
 #[derive(Debug)]
 pub struct VehicleView {
     inner: RwLock<Inner>,
+    changes: Option<std::sync::Arc<ChangeLog>>,
     index: std::sync::Mutex<Option<std::sync::Arc<Positions>>>,
 }
 
@@ -71,7 +73,14 @@ impl VehicleView {
                 as_of: vec![None; workers.max(1)],
             }),
             index: Default::default(),
+            changes: None,
         }
+    }
+
+    /// Also appends every change to `log` (for the live streams).
+    pub fn with_changes(mut self, log: std::sync::Arc<ChangeLog>) -> Self {
+        self.changes = Some(log);
+        self
     }
 
     /// Applies a worker's changes (retractions before insertions) and its watermark.
@@ -88,12 +97,28 @@ impl VehicleView {
             .filter(|(_, d)| *d > 0)
             .map(|((id, _), _)| id.clone())
             .collect();
+        // The log's lock first (see `changes`): streams see the view and the log agree.
+        let mut log = self.changes.as_ref().map(|c| c.write());
         let mut inner = self.inner.write().expect("view lock");
         if !updates.is_empty() {
             inner.version += 1;
         }
+        if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
+            *slot = Some(slot.map_or(w, |old| old.max(w)));
+        }
+        let as_of = inner.as_of();
         for ((id, state), diff) in updates {
             if diff > 0 {
+                if let Some(log) = log.as_mut() {
+                    log.push(
+                        ChangeBody::Vehicle {
+                            id: id.clone(),
+                            tenant: state.fix.tenant.clone(),
+                            state: Some(state.clone()),
+                        },
+                        as_of,
+                    );
+                }
                 match inner.vehicles.get_mut(&id) {
                     Some(slot) => *slot = state,
                     None => {
@@ -102,10 +127,24 @@ impl VehicleView {
                 }
             } else if !inserted.contains(&id) && inner.vehicles.get(&id) == Some(&state) {
                 inner.vehicles.remove(&id);
+                if let Some(log) = log.as_mut() {
+                    log.push(
+                        ChangeBody::Vehicle {
+                            id,
+                            tenant: state.fix.tenant,
+                            state: None,
+                        },
+                        as_of,
+                    );
+                }
             }
         }
-        if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
-            *slot = Some(slot.map_or(w, |old| old.max(w)));
+        drop(inner);
+        if let Some(log) = log {
+            drop(log);
+            if let Some(c) = &self.changes {
+                c.published();
+            }
         }
     }
 
@@ -122,6 +161,21 @@ impl VehicleView {
             .vehicles
             .get(id)
             .cloned()
+    }
+
+    /// Every vehicle passing `keep`, in id order, and the `as_of` they are complete through.
+    pub fn scan(
+        &self,
+        keep: impl Fn(&VehicleState) -> bool,
+    ) -> (Vec<VehicleState>, Option<Millis>) {
+        let inner = self.inner.read().expect("view lock");
+        let items = inner
+            .vehicles
+            .values()
+            .filter(|v| keep(v))
+            .cloned()
+            .collect();
+        (items, inner.as_of())
     }
 
     /// Up to `limit` vehicles after `after` (exclusive) in id order that pass `keep`, and

@@ -311,6 +311,30 @@ pub struct ApiSpec {
     /// Bearer token -> tenant (`*` sees all).
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
+    /// Requests per second each token may make (a burst of as many); none when unset.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// Live streams (SSE and WebSocket) open at once; more are answered 503.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Changes kept for streams to resume from (`Last-Event-ID`).
+    #[serde(default = "default_replay_buffer")]
+    pub replay_buffer: usize,
+    /// Messages a stream client may fall behind before it is told it lagged and cut off.
+    #[serde(default = "default_stream_queue")]
+    pub stream_queue: usize,
+}
+
+fn default_max_streams() -> usize {
+    10_000
+}
+
+fn default_replay_buffer() -> usize {
+    100_000
+}
+
+fn default_stream_queue() -> usize {
+    4096
 }
 
 fn default_listen() -> String {
@@ -322,6 +346,10 @@ impl Default for ApiSpec {
         ApiSpec {
             listen: default_listen(),
             tokens: BTreeMap::new(),
+            rate_limit: None,
+            max_streams: default_max_streams(),
+            replay_buffer: default_replay_buffer(),
+            stream_queue: default_stream_queue(),
         }
     }
 }
@@ -590,6 +618,45 @@ impl JobSpec {
                     self.api.listen
                 ),
             );
+        }
+        if self.api.rate_limit == Some(0) {
+            return err(
+                "api",
+                "rate_limit",
+                "must be at least 1 request/s per token (leave it out for no limit)".into(),
+            );
+        }
+        if self.api.rate_limit.is_some() && self.api.tokens.is_empty() {
+            return err(
+                "api",
+                "rate_limit",
+                "is per token: it needs api.tokens".into(),
+            );
+        }
+        for (k, v, min) in [
+            ("max_streams", self.api.max_streams, 1),
+            ("replay_buffer", self.api.replay_buffer, 1),
+            ("stream_queue", self.api.stream_queue, 2),
+        ] {
+            if v < min {
+                return err("api", k, format!("must be at least {min}, got {v}"));
+            }
+        }
+        for (token, tenant) in &self.api.tokens {
+            if token.trim().is_empty() || token.contains(char::is_whitespace) {
+                return err(
+                    "api",
+                    "tokens",
+                    "a token must be non-empty, without spaces".into(),
+                );
+            }
+            if tenant.trim().is_empty() {
+                return err(
+                    "api",
+                    "tokens",
+                    format!("token {token:?} maps to an empty tenant (use \"*\" for all)"),
+                );
+            }
         }
         Ok(())
     }
