@@ -14,6 +14,7 @@ use fleetflow_dataflows::publish::publish;
 use fleetflow_dataflows::timeline::TimelineConfig;
 use fleetflow_query_api::changes::ChangeLog;
 use fleetflow_query_api::geofences::GeofenceView;
+use fleetflow_query_api::lake_routes::LakeAccess;
 use fleetflow_query_api::stream::StreamConfig;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
@@ -372,6 +373,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     datasets.push("dead_letter".into());
     datasets.push("geofence_events".into());
     let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
+    if let Some(w) = recovered.as_ref().and_then(|r| r.commit.watermark) {
+        // The lake already holds the last run's results through its last commit.
+        metrics.lake_watermark.fetch_max(w, Relaxed);
+    }
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
     let changes = Arc::new(ChangeLog::new(
@@ -436,7 +441,15 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                     queue: spec.api.stream_queue,
                     ..StreamConfig::default()
                 },
-            );
+            )
+            .with_lake(LakeAccess::new(
+                lake.clone(),
+                spec.lake.has_raw(),
+                spec.lake
+                    .window_tiers()
+                    .into_iter()
+                    .map(|t| (t.name, t.size_ms)),
+            ));
             let stop = api_stop.clone();
             Some(
                 runtime.spawn(fleetflow_query_api::serve(listener, state, async move {

@@ -238,3 +238,150 @@ fn quickstart_serves_the_api_and_fills_the_lake_until_interrupted() {
         "raw holds every fix of the closed windows"
     );
 }
+
+/// History and past days' fuel efficiency are read back from the lake the job wrote, and
+/// equal the sequential reference.
+#[test]
+fn history_and_fuel_efficiency_are_served_from_the_lake() {
+    let lines = generated_lines(5, 60, 0, 0.0, 0.0, 3);
+    let tiers = [60_000i64, 3_600_000, 86_400_000];
+    let exp = expected(&lines, &tiers, &VehicleRegistry::default(), 600_000);
+    let dir = tempfile::tempdir().unwrap();
+    write_lines(&dir.path().join("fleet.ndjson"), &lines);
+    std::fs::write(
+        dir.path().join("job.toml"),
+        "name = \"fleet\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[lake]\nurl = \"file://./lake\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (child, addr, rest) = spawn_with_api(dir.path(), &["run", "job.toml", "--serve"]);
+    let get = |path: &str| {
+        let (status, body) = http_get(&addr, path);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        (status, v, body)
+    };
+    // Past days: the 1d tier, complete once the lake's last commit is through the day.
+    let day = fleetflow_types::time::parse_date("2025-01-31").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fuel = loop {
+        let (status, v, body) = get("/v1/fuel-efficiency?date=2025-01-31");
+        assert_eq!(status, 200, "{body}");
+        if v["complete"] == true {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the day never completed: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(fuel["source"], "1d");
+    let want: Vec<_> = exp
+        .rows
+        .iter()
+        .filter(|r| r.tier == 2 && r.window_start == day)
+        .collect();
+    let items = fuel["items"].as_array().unwrap();
+    assert_eq!(items.len(), want.len(), "{fuel}");
+    assert!(!want.is_empty());
+    for (g, w) in items.iter().zip(&want) {
+        assert_eq!(g["vehicle_id"], w.vehicle_id.as_str());
+        assert_close(
+            g["distance_km"].as_f64().unwrap(),
+            w.distance_km,
+            "distance",
+        );
+        assert_close(g["fuel_used_l"].as_f64().unwrap(), w.fuel_used_l, "fuel");
+        assert_close(g["idle_s"].as_f64().unwrap(), w.idle_s, "idle");
+        match w.km_per_l() {
+            Some(k) => assert_close(g["km_per_l"].as_f64().unwrap(), k, "km/l"),
+            None => assert!(g["km_per_l"].is_null()),
+        }
+    }
+    // Pagination.
+    let (_, page, _) = get("/v1/fuel-efficiency?date=2025-01-31&limit=2");
+    assert_eq!(page["items"].as_array().unwrap().len(), 2.min(want.len()));
+
+    // History: an hour fits the raw tier, which auto picks.
+    let vid = want[0].vehicle_id.as_str();
+    let midnight = day + 86_400_000;
+    let (from, to) = (midnight - 20 * 60_000, midnight + 40 * 60_000);
+    let (status, h, body) = get(&format!("/v1/vehicles/{vid}/history?from={from}&to={to}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h["tier"], "raw");
+    let ts: Vec<i64> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ts"].as_i64().unwrap())
+        .collect();
+    let want_ts: Vec<i64> = exp
+        .accepted
+        .iter()
+        .filter(|f| f.vehicle_id == vid && f.ts >= from && f.ts < to)
+        .map(|f| f.ts)
+        .collect();
+    assert_eq!(ts, want_ts);
+    assert!(!ts.is_empty());
+    // The 1m tier over the same hour, row by row.
+    let (status, h, body) = get(&format!(
+        "/v1/vehicles/{vid}/history?from=2025-01-31T23:40:00Z&to=2025-02-01T00:40:00Z&tier=1m"
+    ));
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<(i64, f64)> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_i64().unwrap(),
+                r["distance_km"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want_1m: Vec<(i64, f64)> = exp
+        .rows
+        .iter()
+        .filter(|r| {
+            r.tier == 0 && r.vehicle_id == vid && r.window_start >= from && r.window_start < to
+        })
+        .map(|r| (r.window_start, r.distance_km))
+        .collect();
+    assert_eq!(got.len(), want_1m.len());
+    for (g, w) in got.iter().zip(&want_1m) {
+        assert_eq!(g.0, w.0);
+        assert_close(g.1, w.1, "1m distance");
+    }
+    // A month is too long for raw (400 naming the limit); auto picks 1h.
+    let month = 30 * 86_400_000i64;
+    let (status, e, _) = get(&format!(
+        "/v1/vehicles/{vid}/history?from={from}&to={}&tier=raw",
+        from + month
+    ));
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("10000"),
+        "{e}"
+    );
+    let (_, h, _) = get(&format!(
+        "/v1/vehicles/{vid}/history?from={from}&to={}",
+        from + month
+    ));
+    assert_eq!(h["tier"], "1h");
+    assert!(h["as_of"].as_i64().is_some());
+    for bad in [
+        format!(
+            "/v1/vehicles/{vid}/history?from={from}&to={}",
+            from + 100 * 365 * 86_400_000i64
+        ),
+        format!("/v1/vehicles/{vid}/history?from={from}&to={from}"),
+        format!("/v1/vehicles/{vid}/history?from={from}&to={to}&tier=5m"),
+        format!("/v1/vehicles/{vid}/history?from=yesterday&to={to}"),
+        format!("/v1/vehicles/{vid}/history?to={to}"),
+        "/v1/fuel-efficiency?date=2025-13-01".to_string(),
+        "/v1/fuel-efficiency?date=2025-1-1".to_string(),
+    ] {
+        let (status, e, body) = get(&bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(e["error"]["code"], "bad_request");
+    }
+    let (status, _, _) = get(&format!("/v1/vehicles/nobody/history?from={from}&to={to}"));
+    assert_eq!(status, 404);
+    interrupt(child, rest);
+}

@@ -177,6 +177,11 @@ fn compare(exp: &Expected, result: &RunResult, mut cap: Captured) {
             want.today_fuel_used_l,
             &format!("{vid} today fuel"),
         );
+        assert_close(
+            got.today_idle_s,
+            want.today_idle_s,
+            &format!("{vid} today idle"),
+        );
     }
 }
 

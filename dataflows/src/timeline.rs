@@ -76,6 +76,7 @@ struct Vehicle {
     today_day: i64,
     today_km: f64,
     today_l: f64,
+    today_idle_s: f64,
     published: Option<VehicleState>,
     touched: bool,
     /// Whether an offline check is queued (at most one per vehicle).
@@ -111,6 +112,7 @@ pub struct VehicleSnapshot {
     today_day: i64,
     today_km: f64,
     today_l: f64,
+    today_idle_s: f64,
 }
 
 impl Timelines {
@@ -130,6 +132,7 @@ impl Timelines {
                     today_day: v.today_day,
                     today_km: v.today_km,
                     today_l: v.today_l,
+                    today_idle_s: v.today_idle_s,
                 }
             })
             .collect()
@@ -147,6 +150,7 @@ impl Timelines {
             v.windows = snap.windows;
             v.windows.resize(self.cfg.tiers.len(), None);
             (v.today_day, v.today_km, v.today_l) = (snap.today_day, snap.today_km, snap.today_l);
+            v.today_idle_s = snap.today_idle_s;
             v.recompute_latest();
             if let Some(p) = v.pending.front() {
                 self.due.push(Reverse((p.fix.ts, slot)));
@@ -218,6 +222,7 @@ impl Timelines {
             today_day: i64::MIN,
             today_km: 0.0,
             today_l: 0.0,
+            today_idle_s: 0.0,
             published: None,
             touched: false,
             offline_timer: false,
@@ -360,9 +365,11 @@ impl Timelines {
                 let day = day_of(fix.ts);
                 if day != v.today_day {
                     (v.today_day, v.today_km, v.today_l) = (day, 0.0, 0.0);
+                    v.today_idle_s = 0.0;
                 }
                 v.today_km += s.distance_km;
                 v.today_l += s.fuel_used_l;
+                v.today_idle_s += s.idle_s;
             }
             for (i, size) in tiers.iter().enumerate() {
                 let w = &mut v.windows[i];
@@ -428,6 +435,7 @@ impl Timelines {
                 status,
                 today_distance_km: if today { v.today_km } else { 0.0 },
                 today_fuel_used_l: if today { v.today_l } else { 0.0 },
+                today_idle_s: if today { v.today_idle_s } else { 0.0 },
             };
             if status != Status::Offline && !v.offline_timer {
                 // One check per vehicle; when it fires early (newer fix) it is re-armed here.

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod error;
 mod geofence_routes;
 pub mod geofences;
+pub mod lake_routes;
 pub mod stream;
 pub mod view;
 
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub auth: Arc<auth::Auth>,
     /// Limits of the live streams.
     pub streams: Arc<StreamConfig>,
+    /// The lake, for history and past days (none: those routes answer 404).
+    pub lake: Option<Arc<lake_routes::LakeAccess>>,
     stream_slots: Arc<tokio::sync::Semaphore>,
     /// Set when the server stops: the live streams end.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
@@ -73,10 +76,17 @@ impl ApiState {
             metrics,
             changes,
             auth,
+            lake: None,
             stream_slots: Arc::new(tokio::sync::Semaphore::new(streams.max_streams)),
             streams: Arc::new(streams),
             stop: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// The same, reading history and past days from `lake`.
+    pub fn with_lake(mut self, lake: lake_routes::LakeAccess) -> Self {
+        self.lake = Some(Arc::new(lake));
+        self
     }
 
     /// Live streams open now.
@@ -96,6 +106,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vehicles", get(list_vehicles))
         .route("/v1/vehicles/nearby", get(nearby))
         .route("/v1/vehicles/{id}", get(get_vehicle))
+        .route("/v1/vehicles/{id}/history", get(lake_routes::history))
+        .route("/v1/fuel-efficiency", get(lake_routes::fuel_efficiency))
         .route("/v1/stream", get(stream::sse))
         .route("/v1/ws", get(stream::ws))
         .merge(geofence_routes::routes())

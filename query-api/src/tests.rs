@@ -25,6 +25,7 @@ fn state(id: &str, tenant: &str, lat: f64, status: Status) -> VehicleState {
         status,
         today_distance_km: 1.5,
         today_fuel_used_l: 0.2,
+        today_idle_s: 30.0,
     }
 }
 
@@ -547,4 +548,55 @@ mod nearby {
             assert_eq!(body["error"]["code"], "bad_request", "{uri}");
         }
     }
+}
+
+#[tokio::test]
+async fn fuel_efficiency_today_is_the_running_values_of_todays_vehicles() {
+    let (app, view, _) = app();
+    let day = fleetflow_types::time::parse_date("2025-03-01").unwrap();
+    let mut a = state("a", "acme", 52.0, Status::Moving);
+    a.fix.ts = day + 3_600_000;
+    (a.today_distance_km, a.today_fuel_used_l, a.today_idle_s) = (12.0, 1.5, 90.0);
+    let mut b = state("b", "acme", 52.0, Status::Parked);
+    b.fix.ts = day + 60_000;
+    (b.today_distance_km, b.today_fuel_used_l, b.today_idle_s) = (0.0, 0.0, 0.0);
+    // Last seen yesterday: not part of today.
+    let mut c = state("c", "acme", 52.0, Status::Offline);
+    c.fix.ts = day - 60_000;
+    view.apply(
+        0,
+        vec![
+            (("a".into(), a), 1),
+            (("b".into(), b), 1),
+            (("c".into(), c), 1),
+        ],
+        Some(day + 3_600_000),
+    );
+    view.apply(1, vec![], Some(day + 3_600_000));
+    let (s, v, body) = call(&app, "/v1/fuel-efficiency").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(v["date"], "2025-03-01");
+    assert_eq!(v["source"], "running");
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["as_of"], day + 3_600_000);
+    assert_eq!(
+        v["items"],
+        serde_json::json!([
+            {"vehicle_id": "a", "tenant": "acme", "distance_km": 12.0, "fuel_used_l": 1.5,
+             "km_per_l": 8.0, "l_per_100km": 12.5, "idle_s": 90.0},
+            {"vehicle_id": "b", "tenant": "acme", "distance_km": 0.0, "fuel_used_l": 0.0,
+             "km_per_l": null, "l_per_100km": null, "idle_s": 0.0},
+        ])
+    );
+    let (s, _, body) = call(&app, "/v1/fuel-efficiency?date=2025-03-02").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("after the results' current day 2025-03-01"),
+        "{body}"
+    );
+    // Past days need the lake, which this API has not got.
+    let (s, _, _) = call(&app, "/v1/fuel-efficiency?date=2025-02-28").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = call(&app, "/v1/fuel-efficiency?cursor=%%%").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }

@@ -506,6 +506,9 @@ impl Coordinator {
                 Ok::<_, object_store::Error>(())
             })
             .map_err(|e| store_err(&log_path(c.seq), e))?;
+        if let Some(w) = c.watermark {
+            self.metrics.lake_watermark.fetch_max(w, Relaxed);
+        }
         self.sweep(&c)?;
         self.retention(&c)?;
         self.previous = Some(c.clone());

@@ -4,11 +4,13 @@
 //! - [`ddl`]: DuckDB views and Athena tables over a job's lake.
 //! - [`schema`]: Arrow schemas of `raw`, the window tiers and `dead_letter`.
 //! - [`lake`]: opening the object store and committing files to it.
+//! - [`read`]: a vehicle's rows back from a dataset (the API's history).
 //! - [`writer`]: per-partition Parquet writers and the timely sink operator.
 #![deny(missing_docs)]
 
 pub mod commit;
 pub mod ddl;
 pub mod lake;
+pub mod read;
 pub mod schema;
 pub mod writer;

@@ -186,6 +186,7 @@ pub fn expected(
                 status,
                 today_distance_km: today.iter().map(|s| s.km).sum(),
                 today_fuel_used_l: today.iter().map(|s| s.litres).sum(),
+                today_idle_s: today.iter().map(|s| s.idle_s).sum(),
             },
         );
         e.accepted.extend(accepted);

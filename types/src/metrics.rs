@@ -25,6 +25,9 @@ pub struct Metrics {
     pub dead_letters: [AtomicU64; 4],
     /// The job watermark (epoch ms), [`NO_WATERMARK`] before the first one.
     pub watermark: AtomicI64,
+    /// The watermark of the newest commit whose files are published: lake readers' `as_of`
+    /// ([`NO_WATERMARK`] before the first).
+    pub lake_watermark: AtomicI64,
     /// Rows written per lake dataset, in the order of [`Metrics::datasets`].
     pub rows_written: Vec<AtomicU64>,
     /// Names of the lake datasets.
@@ -73,6 +76,7 @@ impl Metrics {
             duplicates: AtomicU64::new(0),
             dead_letters: Default::default(),
             watermark: AtomicI64::new(NO_WATERMARK),
+            lake_watermark: AtomicI64::new(NO_WATERMARK),
             rows_written: datasets.iter().map(|_| AtomicU64::new(0)).collect(),
             datasets,
             files_written: AtomicU64::new(0),
@@ -124,6 +128,12 @@ impl Metrics {
     /// The watermark, if one exists yet.
     pub fn watermark(&self) -> Option<Millis> {
         let w = self.watermark.load(Relaxed);
+        (w != NO_WATERMARK).then_some(w)
+    }
+
+    /// The watermark the lake's published files are complete through.
+    pub fn lake_watermark(&self) -> Option<Millis> {
+        let w = self.lake_watermark.load(Relaxed);
         (w != NO_WATERMARK).then_some(w)
     }
 

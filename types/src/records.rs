@@ -152,6 +152,9 @@ pub struct VehicleState {
     pub today_distance_km: f64,
     /// Fuel used in the current UTC day's segments, litres.
     pub today_fuel_used_l: f64,
+    /// Idle time in the current UTC day's segments, seconds.
+    #[serde(default)]
+    pub today_idle_s: f64,
 }
 
 impl VehicleState {
@@ -161,6 +164,7 @@ impl VehicleState {
             .then(self.status.cmp(&other.status))
             .then(self.today_distance_km.total_cmp(&other.today_distance_km))
             .then(self.today_fuel_used_l.total_cmp(&other.today_fuel_used_l))
+            .then(self.today_idle_s.total_cmp(&other.today_idle_s))
     }
 }
 

@@ -35,6 +35,7 @@ pub fn vehicle(id: &str, tenant: &str, ts: i64) -> VehicleState {
         status: Status::Moving,
         today_distance_km: 0.0,
         today_fuel_used_l: 0.0,
+        today_idle_s: 0.0,
     }
 }
 
@@ -62,9 +63,20 @@ pub async fn serve(
     tokens: &[(&str, &str)],
     rate_limit: Option<u32>,
 ) -> Served {
+    serve_with(replay, streams, tokens, rate_limit, &[]).await
+}
+
+/// The same with geofences in force.
+pub async fn serve_with(
+    replay: usize,
+    streams: StreamConfig,
+    tokens: &[(&str, &str)],
+    rate_limit: Option<u32>,
+    fences: &[Arc<fleetflow_types::geofence::Geofence>],
+) -> Served {
     let changes = Arc::new(ChangeLog::new(replay, 42));
     let vehicles = Arc::new(VehicleView::new(1).with_changes(changes.clone()));
-    let geofences = Arc::new(GeofenceView::new(1, &[], None).with_changes(changes.clone()));
+    let geofences = Arc::new(GeofenceView::new(1, fences, None).with_changes(changes.clone()));
     let tokens: BTreeMap<String, String> = tokens
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -192,4 +204,29 @@ impl Sse {
 /// The sequence number of an event id `run-seq`.
 pub fn seq(id: &str) -> u64 {
     id.split_once('-').unwrap().1.parse().unwrap()
+}
+
+/// One request over a fresh HTTP/1.0 connection: `(status, head, body)`.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
 }
