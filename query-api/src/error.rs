@@ -56,7 +56,12 @@ impl IntoResponse for ApiError {
         let (status, code) = self.parts();
         let mut resp = (
             status,
-            Json(serde_json::json!({"error": {"code": code, "message": self.to_string()}})),
+            Json(crate::openapi::ErrorBody {
+                error: crate::openapi::ErrorDetail {
+                    code: code.to_string(),
+                    message: self.to_string(),
+                },
+            }),
         )
             .into_response();
         match self {

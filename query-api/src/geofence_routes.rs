@@ -3,6 +3,7 @@
 use crate::auth::Access;
 use crate::error::ApiError;
 use crate::geofences::{ChangeError, NotApplied};
+use crate::openapi::ErrorBody;
 use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -13,9 +14,11 @@ use axum::{Extension, Json, Router};
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceEvent, GeofenceEventKind};
 use fleetflow_types::time::{parse_rfc3339, Millis};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 /// How long a change request waits for the dataflow to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,21 +34,93 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/v1/geofence-events", get(events))
 }
 
-fn listing(g: &Geofence) -> Value {
-    json!({
-        "id": g.id.as_str(),
-        "tenant": g.tenant.as_deref(),
-        "kind": g.kind(),
-        "bbox": g.bbox(),
-        "feature": g.to_feature(),
-    })
+/// A geofence as listed.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GeofenceListing {
+    id: String,
+    /// Its tenant; null when it applies to every tenant.
+    tenant: Option<String>,
+    /// `polygon` or `circle`.
+    kind: String,
+    /// `[minLon, minLat, maxLon, maxLat]`.
+    bbox: Vec<f64>,
+    /// The GeoJSON Feature.
+    #[schema(value_type = Object)]
+    feature: Value,
 }
 
-async fn list(
+fn listing(g: &Geofence) -> GeofenceListing {
+    GeofenceListing {
+        id: g.id.to_string(),
+        tenant: g.tenant.as_deref().map(str::to_string),
+        kind: g.kind().to_string(),
+        bbox: g.bbox().to_vec(),
+        feature: g.to_feature(),
+    }
+}
+
+/// A page of geofences.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GeofenceListAnswer {
+    items: Vec<GeofenceListing>,
+    next_cursor: Option<String>,
+    as_of: Option<Millis>,
+}
+
+/// One geofence.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GeofenceAnswer {
+    #[serde(flatten)]
+    listing: GeofenceListing,
+    as_of: Option<Millis>,
+}
+
+/// The outcome of a change.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GeofenceChangeAnswer {
+    id: String,
+    /// The change's sequence number.
+    seq: u64,
+    /// The watermark it took effect at; null while pending.
+    effective_at: Option<Millis>,
+    /// `pending` when it has not taken effect yet (202).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+}
+
+/// A vehicle inside a geofence.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Occupant {
+    vehicle_id: String,
+    entered_at: Millis,
+}
+
+/// The vehicles inside a geofence.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OccupantsAnswer {
+    items: Vec<Occupant>,
+    as_of: Option<Millis>,
+}
+
+/// Recent geofence events, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GeofenceEventsAnswer {
+    items: Vec<GeofenceEvent>,
+    as_of: Option<Millis>,
+}
+
+/// The geofences in force (a tenant sees its own and those for every tenant).
+#[utoipa::path(get, path = "/v1/geofences", tag = "geofences", params(crate::openapi::GeofenceListParams),
+    responses(
+        (status = 200, body = GeofenceListAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn list(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GeofenceListAnswer>, ApiError> {
     let (mut limit, mut cursor, mut tenant) = (100, None, None);
     for (k, v) in params(raw)? {
         match k.as_str() {
@@ -67,11 +142,11 @@ async fn list(
     let next_cursor = more
         .then(|| items.last().map(|g| encode_cursor(&g.id)))
         .flatten();
-    Ok(Json(json!({
-        "items": items.iter().map(|g| listing(g)).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-        "as_of": s.geofences.as_of(),
-    })))
+    Ok(Json(GeofenceListAnswer {
+        items: items.iter().map(|g| listing(g)).collect(),
+        next_cursor,
+        as_of: s.geofences.as_of(),
+    }))
 }
 
 /// Geofence `id` if the request may see it (its tenant's, or one for every tenant).
@@ -103,15 +178,24 @@ fn may_change(s: &ApiState, access: &Access, id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn get_one(
+/// One geofence.
+#[utoipa::path(get, path = "/v1/geofences/{id}", tag = "geofences",
+    params(("id" = String, Path, description = "Geofence id")),
+    responses(
+        (status = 200, body = GeofenceAnswer),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn get_one(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GeofenceAnswer>, ApiError> {
     let g = visible(&s, &access, &id)?;
-    let mut v = listing(&g);
-    v["as_of"] = json!(s.geofences.as_of());
-    Ok(Json(v))
+    Ok(Json(GeofenceAnswer {
+        listing: listing(&g),
+        as_of: s.geofences.as_of(),
+    }))
 }
 
 fn change_error(e: ChangeError) -> ApiError {
@@ -124,13 +208,19 @@ fn change_error(e: ChangeError) -> ApiError {
 /// Waits for the change to take effect and answers with the watermark it took effect at
 /// (202 when the dataflow has not applied it within [`APPLY_TIMEOUT`]).
 async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
+    let answer = |effective_at, status: Option<&str>| {
+        Json(GeofenceChangeAnswer {
+            id: id.to_string(),
+            seq,
+            effective_at,
+            status: status.map(str::to_string),
+        })
+    };
     match s.geofences.wait_applied(seq, APPLY_TIMEOUT).await {
-        Ok(at) => (ok, Json(json!({"id": id, "seq": seq, "effective_at": at}))).into_response(),
-        Err(NotApplied::Pending) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "seq": seq, "effective_at": null, "status": "pending"})),
-        )
-            .into_response(),
+        Ok(at) => (ok, answer(at, None)).into_response(),
+        Err(NotApplied::Pending) => {
+            (StatusCode::ACCEPTED, answer(None, Some("pending"))).into_response()
+        }
         Err(NotApplied::Stopped) => ApiError::Conflict(
             "the job stopped before the change took effect; it is not in effect".into(),
         )
@@ -138,7 +228,20 @@ async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
     }
 }
 
-async fn put_one(
+/// Adds or replaces a geofence (a GeoJSON Feature: Polygon, MultiPolygon, or Point with
+/// `properties.radius_m`); answers once the dataflow applied it (202 if still pending).
+#[utoipa::path(put, path = "/v1/geofences/{id}", tag = "geofences",
+    params(("id" = String, Path, description = "Geofence id")),
+    request_body(content = Object, description = "A GeoJSON Feature"),
+    responses(
+        (status = 200, body = GeofenceChangeAnswer, description = "Replaced"),
+        (status = 201, body = GeofenceChangeAnswer, description = "Created"),
+        (status = 202, body = GeofenceChangeAnswer, description = "Accepted, not in effect yet"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn put_one(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
@@ -186,7 +289,16 @@ async fn put_one(
     Ok(applied(&s, &id, sub.seq, status).await)
 }
 
-async fn delete_one(
+/// Removes a geofence; answers once the dataflow applied it (202 if still pending).
+#[utoipa::path(delete, path = "/v1/geofences/{id}", tag = "geofences",
+    params(("id" = String, Path, description = "Geofence id")),
+    responses(
+        (status = 200, body = GeofenceChangeAnswer), (status = 202, body = GeofenceChangeAnswer),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn delete_one(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
@@ -197,11 +309,19 @@ async fn delete_one(
     Ok(applied(&s, &id, sub.seq, StatusCode::OK).await)
 }
 
-async fn occupants(
+/// The vehicles inside a geofence, with the time they entered.
+#[utoipa::path(get, path = "/v1/geofences/{id}/occupants", tag = "geofences",
+    params(("id" = String, Path, description = "Geofence id")),
+    responses(
+        (status = 200, body = OccupantsAnswer),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn occupants(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OccupantsAnswer>, ApiError> {
     let as_of = s.geofences.as_of();
     let items = s.geofences.occupants(&id);
     let known = s.geofences.get(&id);
@@ -211,7 +331,7 @@ async fn occupants(
     if known.is_some() {
         visible(&s, &access, &id)?;
     }
-    let items: Vec<Value> = items
+    let items: Vec<Occupant> = items
         .into_iter()
         .filter(|(v, _)| {
             access == Access::All
@@ -219,9 +339,12 @@ async fn occupants(
                     .get(v)
                     .is_some_and(|state| access.sees(&state.fix.tenant))
         })
-        .map(|(v, t)| json!({"vehicle_id": v.as_str(), "entered_at": t}))
+        .map(|(v, t)| Occupant {
+            vehicle_id: v.to_string(),
+            entered_at: t,
+        })
         .collect();
-    Ok(Json(json!({"items": items, "as_of": as_of})))
+    Ok(Json(OccupantsAnswer { items, as_of }))
 }
 
 fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
@@ -235,11 +358,18 @@ fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
         })
 }
 
-async fn events(
+/// Recent geofence events, newest first (the lake's `geofence_events` has all of them).
+#[utoipa::path(get, path = "/v1/geofence-events", tag = "geofences", params(crate::openapi::EventParams),
+    responses(
+        (status = 200, body = GeofenceEventsAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub(crate) async fn events(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GeofenceEventsAnswer>, ApiError> {
     let (mut limit, mut geofence, mut vehicle, mut since, mut kind) = (100, None, None, None, None);
     for (k, v) in params(raw)? {
         match k.as_str() {
@@ -274,5 +404,5 @@ async fn events(
             && kind.is_none_or(|k| e.kind == k)
             && access.sees(&e.tenant)
     });
-    Ok(Json(json!({"items": items, "as_of": as_of})))
+    Ok(Json(GeofenceEventsAnswer { items, as_of }))
 }

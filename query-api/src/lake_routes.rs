@@ -3,6 +3,7 @@
 
 use crate::auth::Access;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
 use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
@@ -96,18 +97,32 @@ fn lake_of(s: &ApiState) -> Result<&LakeAccess, ApiError> {
         .ok_or_else(|| ApiError::NotFound("this API has no lake to read".into()))
 }
 
-#[derive(Serialize)]
+/// Rows of one tier.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct HistoryAnswer {
     vehicle_id: String,
+    /// The tier the rows come from.
     tier: String,
     from: Millis,
     to: Millis,
+    /// Rows with the tier's columns (semantics §4; raw: the event fields), times in epoch ms.
+    #[schema(value_type = Vec<Object>)]
     items: Vec<Map<String, Value>>,
+    /// Whether more rows matched than one answer holds.
     truncated: bool,
     as_of: Option<Millis>,
 }
 
-/// `GET /v1/vehicles/{id}/history?from=&to=&tier=`.
+/// A vehicle's rows from the lake tiers; `tier=auto` picks the finest tier whose rows
+/// stay under 10,000, and a range too long for the tier asked for is a 400.
+#[utoipa::path(get, path = "/v1/vehicles/{id}/history", tag = "vehicles",
+    params(("id" = String, Path, description = "Vehicle id"), crate::openapi::HistoryParams),
+    responses(
+        (status = 200, body = HistoryAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
 pub(crate) async fn history(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
@@ -207,7 +222,7 @@ pub(crate) async fn history(
 }
 
 /// One vehicle day of `GET /v1/fuel-efficiency`.
-#[derive(Serialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Debug, Clone, PartialEq, utoipa::ToSchema)]
 pub(crate) struct FuelItem {
     vehicle_id: String,
     tenant: String,
@@ -232,7 +247,8 @@ impl FuelItem {
     }
 }
 
-#[derive(Serialize)]
+/// Fuel efficiency per vehicle for one day.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct FuelAnswer {
     date: String,
     /// `running` (today's values so far, from the vehicle state) or the tier read.
@@ -244,7 +260,15 @@ pub(crate) struct FuelAnswer {
     as_of: Option<Millis>,
 }
 
-/// `GET /v1/fuel-efficiency?date=&tenant=&limit=&cursor=`.
+/// Per vehicle day: distance, fuel, km/L, L/100 km and idle time; today's running values
+/// for the current day, the `1d` tier before it.
+#[utoipa::path(get, path = "/v1/fuel-efficiency", tag = "vehicles", params(crate::openapi::FuelParams),
+    responses(
+        (status = 200, body = FuelAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
 pub(crate) async fn fuel_efficiency(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,

@@ -16,6 +16,7 @@ pub mod error;
 mod geofence_routes;
 pub mod geofences;
 pub mod lake_routes;
+pub mod openapi;
 pub mod stream;
 pub mod view;
 
@@ -117,11 +118,9 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .merge(v1)
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
@@ -143,14 +142,23 @@ pub async fn serve(
         .await
 }
 
-#[derive(Serialize)]
-struct VehicleAnswer {
+/// A vehicle's state and the watermark it is complete through.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct VehicleAnswer {
     #[serde(flatten)]
     state: VehicleState,
     as_of: Option<i64>,
 }
 
-async fn get_vehicle(
+/// The vehicle state of semantics §3.
+#[utoipa::path(get, path = "/v1/vehicles/{id}", tag = "vehicles",
+    params(("id" = String, Path, description = "Vehicle id")),
+    responses(
+        (status = 200, body = VehicleAnswer),
+        (status = 401, body = openapi::ErrorBody), (status = 404, body = openapi::ErrorBody),
+        (status = 429, body = openapi::ErrorBody),
+    ))]
+pub(crate) async fn get_vehicle(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
@@ -251,18 +259,26 @@ pub(crate) fn parse_limit(v: &str, max: usize) -> Result<usize, ApiError> {
         })
 }
 
-#[derive(Serialize)]
-struct ListAnswer {
+/// A page of vehicles.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct VehicleListAnswer {
     items: Vec<VehicleState>,
     next_cursor: Option<String>,
     as_of: Option<i64>,
 }
 
-async fn list_vehicles(
+/// Vehicles by id, filtered by tenant, status and bounding box, cursor-paginated.
+#[utoipa::path(get, path = "/v1/vehicles", tag = "vehicles", params(openapi::ListParams),
+    responses(
+        (status = 200, body = VehicleListAnswer),
+        (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 403, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
+    ))]
+pub(crate) async fn list_vehicles(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<ListAnswer>, ApiError> {
+) -> Result<Json<VehicleListAnswer>, ApiError> {
     let mut q = parse_list(raw)?;
     q.tenant = access.narrow(q.tenant)?;
     let as_of = s.vehicles.as_of();
@@ -276,7 +292,7 @@ async fn list_vehicles(
     let next_cursor = more
         .then(|| items.last().map(|v| encode_cursor(&v.fix.vehicle_id)))
         .flatten();
-    Ok(Json(ListAnswer {
+    Ok(Json(VehicleListAnswer {
         items,
         next_cursor,
         as_of,
@@ -335,20 +351,30 @@ fn parse_nearby(raw: Option<String>) -> Result<NearbyQuery, ApiError> {
 /// Half the earth's circumference: every point is within it.
 const MAX_RADIUS_M: f64 = 20_016_000.0;
 
-#[derive(Serialize)]
-struct NearbyItem {
+/// A vehicle and its distance.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct NearbyItem {
     #[serde(flatten)]
     state: VehicleState,
+    /// Great-circle distance from the centre, metres.
     distance_m: f64,
 }
 
-#[derive(Serialize)]
-struct NearbyAnswer {
+/// Vehicles nearest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct NearbyAnswer {
     items: Vec<NearbyItem>,
     as_of: Option<i64>,
 }
 
-async fn nearby(
+/// Vehicles within a radius, nearest first, from a spatial index (at most 100 ms behind).
+#[utoipa::path(get, path = "/v1/vehicles/nearby", tag = "vehicles", params(openapi::NearbyParams),
+    responses(
+        (status = 200, body = NearbyAnswer),
+        (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody),
+        (status = 403, body = openapi::ErrorBody), (status = 429, body = openapi::ErrorBody),
+    ))]
+pub(crate) async fn nearby(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
@@ -374,14 +400,41 @@ async fn nearby(
     Ok(Json(NearbyAnswer { items, as_of }))
 }
 
-async fn readyz(State(s): State<ApiState>) -> Response {
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Object, description = "`{\"status\": \"ok\"}`")))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The OpenAPI 3 description of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, body = Object, description = "This document")))]
+pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    Json(
+        DOC.get_or_init(<openapi::ApiDoc as utoipa::OpenApi>::openapi)
+            .clone(),
+    )
+}
+
+/// Readiness: ready once the first watermark exists.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, body = Object, description = "`{\"status\": \"ready\", \"as_of\": ...}`"),
+        (status = 503, body = openapi::ErrorBody),
+    ))]
+pub(crate) async fn readyz(State(s): State<ApiState>) -> Response {
     match s.vehicles.as_of() {
         Some(w) => Json(serde_json::json!({"status": "ready", "as_of": w})).into_response(),
         None => ApiError::Unavailable("no watermark yet".into()).into_response(),
     }
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(s): State<ApiState>) -> Response {
     let m = &s.metrics;
     let r = std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();

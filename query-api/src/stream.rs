@@ -427,7 +427,16 @@ async fn open(
     Ok((rx, finished))
 }
 
-/// `GET /v1/stream`.
+/// Server-Sent Events: a snapshot, then every change, each with `id` and `as_of`;
+/// `Last-Event-ID` resumes from the replay buffer (or a `reset` and a new snapshot).
+#[utoipa::path(get, path = "/v1/stream", tag = "streams", params(crate::openapi::StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
+        (status = 503, body = crate::openapi::ErrorBody, description = "Too many open streams"),
+    ))]
 pub(crate) async fn sse(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
@@ -487,7 +496,15 @@ pub(crate) async fn sse(
         .into_response())
 }
 
-/// `GET /v1/ws`.
+/// The same stream over WebSocket; subscriptions are JSON messages
+/// (`{"subscribe": {...}, "resume": "ID"}`), or the query parameters.
+#[utoipa::path(get, path = "/v1/ws", tag = "streams", params(crate::openapi::StreamParams),
+    responses(
+        (status = 101, description = "Switching to WebSocket"),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
+        (status = 503, body = crate::openapi::ErrorBody, description = "Too many open streams"),
+    ))]
 pub(crate) async fn ws(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,

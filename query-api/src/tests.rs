@@ -600,3 +600,63 @@ async fn fuel_efficiency_today_is_the_running_values_of_todays_vehicles() {
     let (s, _, _) = call(&app, "/v1/fuel-efficiency?cursor=%%%").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route_of_the_interface() {
+    let (app, _, _) = app();
+    let (s, doc, _) = call(&app, "/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut got: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {p}", m.to_uppercase()))
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        "GET /v1/vehicles",
+        "GET /v1/vehicles/{id}",
+        "GET /v1/vehicles/nearby",
+        "GET /v1/vehicles/{id}/history",
+        "GET /v1/geofences",
+        "GET /v1/geofences/{id}",
+        "PUT /v1/geofences/{id}",
+        "DELETE /v1/geofences/{id}",
+        "GET /v1/geofences/{id}/occupants",
+        "GET /v1/geofence-events",
+        "GET /v1/fuel-efficiency",
+        "GET /v1/stream",
+        "GET /v1/ws",
+        "GET /metrics",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /openapi.json",
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // Every answer type is a component, and every reference resolves.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "VehicleState",
+        "VehicleListAnswer",
+        "NearbyAnswer",
+        "HistoryAnswer",
+        "FuelAnswer",
+        "GeofenceListAnswer",
+        "ErrorBody",
+    ] {
+        assert!(schemas.contains_key(name), "{name}");
+    }
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(schemas.contains_key(name), "dangling $ref {name}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -334,7 +334,7 @@ async fn websocket_subscribes_resumes_and_answers_bad_messages() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
         .await
         .unwrap();
-    let mut next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> serde_json::Value {
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| -> serde_json::Value {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), ws.next())
                 .await
@@ -372,9 +372,12 @@ async fn websocket_subscribes_resumes_and_answers_bad_messages() {
     assert_eq!(e["id"], "42-4", "the other tenant's change is filtered out");
     assert_eq!(e["vehicle"]["ts"], 2_001);
 
-    // Resume in a new subscription on the same socket.
+    // Resume in a new subscription on the same socket: the live one delivers 5 and 6;
+    // resuming after 5 delivers 6 again.
     publish(&s, "v1", "acme", 2_002);
     publish(&s, "v1", "acme", 2_003);
+    assert_eq!(next(&mut ws).await["id"], "42-5");
+    assert_eq!(next(&mut ws).await["id"], "42-6");
     ws.send(Message::text(
         r#"{"subscribe": {"topics": ["vehicles"], "tenant": "acme"}, "resume": "42-5"}"#,
     ))

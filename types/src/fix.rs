@@ -21,11 +21,13 @@ pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 /// One accepted-for-processing GPS fix, decoded and validated (see `event-schema.md`).
 ///
 /// `tenant` is already resolved: the event's, else the registry's, else `default`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Fix {
     /// Stable vehicle identifier (1..=64 bytes).
+    #[schema(value_type = String)]
     pub vehicle_id: CompactString,
     /// Owning tenant.
+    #[schema(value_type = String)]
     pub tenant: CompactString,
     /// Event time, epoch ms UTC.
     pub ts: Millis,

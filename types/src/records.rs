@@ -100,7 +100,19 @@ impl std::fmt::Debug for dyn DeadLetterOut {
 }
 
 /// Operational status of a vehicle (semantics §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Last fix shows speed >= 3 km/h.
@@ -141,7 +153,7 @@ impl std::str::FromStr for Status {
 }
 
 /// The state of one vehicle (semantics §3): its latest fix, status and today's sums.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VehicleState {
     /// The latest accepted fix (greatest `ts`).
     #[serde(flatten)]
@@ -295,7 +307,19 @@ pub struct Progress {
 }
 
 /// What happened between a vehicle and a geofence (semantics §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GeofenceEventKind {
     /// The vehicle is inside and was not before.
@@ -318,7 +342,19 @@ impl GeofenceEventKind {
 }
 
 /// Why a geofence event happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GeofenceCause {
     /// A fix of the vehicle.
@@ -341,13 +377,18 @@ impl GeofenceCause {
 }
 
 /// One row of the `geofence_events` dataset.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct GeofenceEvent {
     /// The geofence.
+    #[schema(value_type = String)]
     pub geofence_id: CompactString,
     /// The vehicle.
+    #[schema(value_type = String)]
     pub vehicle_id: CompactString,
     /// The vehicle's tenant.
+    #[schema(value_type = String)]
     pub tenant: CompactString,
     /// Enter, exit or dwell.
     pub kind: GeofenceEventKind,
