@@ -4,7 +4,7 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::geofences::{ChangeError, NotApplied};
 use crate::openapi::ErrorBody;
-use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
+use crate::{decode_cursor, encode_cursor, params, parse_limit, parse_time, ApiState};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceEvent, GeofenceEventKind};
-use fleetflow_types::time::{parse_rfc3339, Millis};
+use fleetflow_types::time::Millis;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -345,17 +345,6 @@ pub(crate) async fn occupants(
         })
         .collect();
     Ok(Json(OccupantsAnswer { items, as_of }))
-}
-
-fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
-    v.parse::<Millis>()
-        .ok()
-        .or_else(|| parse_rfc3339(v))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{k} must be epoch milliseconds or an RFC 3339 time, got {v:?}"
-            ))
-        })
 }
 
 /// Recent geofence events, newest first (the lake's `geofence_events` has all of them).

@@ -4,13 +4,13 @@
 use crate::auth::Access;
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
-use crate::{decode_cursor, encode_cursor, params, parse_limit, ApiState};
+use crate::{decode_cursor, encode_cursor, params, parse_limit, parse_time, ApiState};
 use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use fleetflow_sinks::lake::Lake;
 use fleetflow_sinks::read::{read, Dataset, Query};
 use fleetflow_sinks::writer::Partitioning;
-use fleetflow_types::time::{day_of, parse_date, parse_rfc3339, Millis, DAY_MS};
+use fleetflow_types::time::{day_of, parse_date, Millis, DAY_MS};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -78,17 +78,6 @@ impl LakeAccess {
 fn estimate(t: &TierInfo, span: Millis) -> u64 {
     let size = t.size_ms.unwrap_or(RAW_ROW_MS).max(1);
     (span.max(0) as u64).div_ceil(size as u64) + u64::from(t.size_ms.is_some())
-}
-
-fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
-    v.parse::<Millis>()
-        .ok()
-        .or_else(|| parse_rfc3339(v))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{k} must be epoch milliseconds or an RFC 3339 time, got {v:?}"
-            ))
-        })
 }
 
 fn lake_of(s: &ApiState) -> Result<&LakeAccess, ApiError> {

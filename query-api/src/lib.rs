@@ -32,6 +32,7 @@ use changes::ChangeLog;
 use error::ApiError;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{Reason, Status, VehicleState};
+use fleetflow_types::time::{parse_rfc3339, Millis};
 use serde::Serialize;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -245,6 +246,18 @@ pub(crate) fn decode_cursor(v: &str) -> Result<String, ApiError> {
         .decode(v)
         .map_err(|_| bad())?;
     String::from_utf8(bytes).map_err(|_| bad())
+}
+
+/// Parses a time parameter: epoch milliseconds or RFC 3339.
+pub(crate) fn parse_time(k: &str, v: &str) -> Result<Millis, ApiError> {
+    v.parse::<Millis>()
+        .ok()
+        .or_else(|| parse_rfc3339(v))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{k} must be epoch milliseconds or an RFC 3339 time, got {v:?}"
+            ))
+        })
 }
 
 /// Parses `limit` (1..=`max`).
