@@ -510,7 +510,7 @@ pub(crate) async fn ws(
     Extension(access): Extension<Access>,
     conn: Option<Extension<ConnectInfo<Conn>>>,
     RawQuery(raw): RawQuery,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let has_query = params(raw.clone())?
         .iter()
@@ -525,6 +525,12 @@ pub(crate) async fn ws(
     } else {
         None
     };
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "not a WebSocket upgrade request: {}",
+            e.body_text()
+        ))
+    })?;
     let permit = acquire(&s)?;
     let control = conn.map(|Extension(ConnectInfo(c))| c.control);
     Ok(upgrade.on_upgrade(move |socket| async move {

@@ -660,3 +660,41 @@ async fn openapi_describes_every_route_of_the_interface() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn history_and_stream_parameters_are_checked_without_a_socket() {
+    let (app, view, _) = app();
+    view.apply(
+        0,
+        vec![(("a".into(), state("a", "acme", 52.0, Status::Moving)), 1)],
+        Some(1),
+    );
+    for (uri, want) in [
+        ("/v1/vehicles/a/history?to=5", "from is required"),
+        ("/v1/vehicles/a/history?from=5", "to is required"),
+        ("/v1/vehicles/a/history?from=9&to=5", "must be before"),
+        (
+            "/v1/vehicles/a/history?from=x&to=5",
+            "epoch milliseconds or an RFC 3339",
+        ),
+        (
+            "/v1/vehicles/a/history?from=1&to=5&color=red",
+            "unknown parameter",
+        ),
+        ("/v1/stream?topics=weather", "unknown topic"),
+        ("/v1/stream?vehicle=a&bogus=1", "unknown parameter"),
+        ("/v1/ws?topics=", "unknown topic"),
+        ("/v1/ws", "not a WebSocket upgrade request"),
+    ] {
+        let (s, v, body) = call(&app, uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{uri}: {body}"
+        );
+    }
+    // Valid parameters, but this API has no lake.
+    let (s, v, _) = call(&app, "/v1/vehicles/a/history?from=1&to=5").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"]["message"].as_str().unwrap().contains("no lake"));
+}
