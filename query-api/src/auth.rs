@@ -91,20 +91,17 @@ impl Auth {
         let token = token.ok_or_else(|| {
             ApiError::Unauthorized("this API needs Authorization: Bearer TOKEN".into())
         })?;
-        let tenant = self
+        // Only configured tokens reach the limiter, so it keeps one bucket per token.
+        let (token, tenant) = self
             .tokens
-            .get(token)
+            .get_key_value(token)
             .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?;
         if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check_key(&token.to_string()) {
+            if let Err(not_until) = limiter.check_key(token) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return Err(ApiError::TooManyRequests {
                     retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
                 });
-            }
-            // Forget tokens whose bucket is full again (a no-op for a handful of tokens).
-            if limiter.len() > 4 * self.tokens.len() {
-                limiter.retain_recent();
             }
         }
         Ok(if tenant == "*" {

@@ -15,7 +15,6 @@
 use bytes::Bytes;
 use fleetflow_types::records::{GeofenceEvent, VehicleState};
 use fleetflow_types::time::Millis;
-use fleetflow_types::CompactString;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,14 +22,13 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// What changed.
 #[derive(Debug, Clone)]
 pub enum ChangeBody {
-    /// A vehicle's state is now `state` (`None`: it was removed).
+    /// A vehicle's state is now `state`, or (`removed`) the vehicle with that last state
+    /// was removed.
     Vehicle {
-        /// Vehicle id.
-        id: CompactString,
-        /// Its tenant.
-        tenant: CompactString,
-        /// The new state.
-        state: Option<VehicleState>,
+        /// The new (or last) state.
+        state: VehicleState,
+        /// Whether the vehicle was removed.
+        removed: bool,
     },
     /// A geofence event happened.
     GeofenceEvent(GeofenceEvent),
@@ -60,7 +58,7 @@ impl Change {
     /// The vehicle it concerns.
     pub fn vehicle(&self) -> &str {
         match &self.body {
-            ChangeBody::Vehicle { id, .. } => id,
+            ChangeBody::Vehicle { state, .. } => &state.fix.vehicle_id,
             ChangeBody::GeofenceEvent(e) => &e.vehicle_id,
         }
     }
@@ -68,7 +66,7 @@ impl Change {
     /// The tenant it belongs to.
     pub fn tenant(&self) -> &str {
         match &self.body {
-            ChangeBody::Vehicle { tenant, .. } => tenant,
+            ChangeBody::Vehicle { state, .. } => &state.fix.tenant,
             ChangeBody::GeofenceEvent(e) => &e.tenant,
         }
     }
@@ -91,12 +89,12 @@ impl Change {
             }
             let id = event_id(run, self.seq);
             let m = match &self.body {
-                ChangeBody::Vehicle { id: v, state, .. } => Message {
+                ChangeBody::Vehicle { state, removed } => Message {
                     kind: "vehicle",
                     id,
                     as_of: self.as_of,
-                    vehicle: state.as_ref(),
-                    removed: state.is_none().then_some(v.as_str()),
+                    vehicle: (!removed).then_some(state),
+                    removed: removed.then_some(state.fix.vehicle_id.as_str()),
                     event: None,
                 },
                 ChangeBody::GeofenceEvent(e) => Message {
@@ -212,25 +210,26 @@ impl ChangeLog {
         self.run
     }
 
-    /// The write lock: held while a view applies a batch and appends its changes. Call
-    /// [`ChangeLog::published`] after releasing it.
+    /// The write lock: held while a view applies a batch and appends its changes. Hand it
+    /// back to [`ChangeLog::publish`].
     pub fn write(&self) -> RwLockWriteGuard<'_, Log> {
         self.log.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The read lock: views do not change while it is held.
-    pub fn read(&self) -> RwLockReadGuard<'_, Log> {
-        self.log.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wakes the streams after a batch was appended.
-    pub fn published(&self) {
-        let last = self.read().last;
+    /// Releases the write lock and wakes the streams if changes were appended.
+    pub fn publish(&self, log: RwLockWriteGuard<'_, Log>) {
+        let last = log.last;
+        drop(log);
         self.notify.send_if_modified(|seen| {
             let changed = *seen != last;
             *seen = last;
             changed
         });
+    }
+
+    /// The read lock: views do not change while it is held.
+    pub fn read(&self) -> RwLockReadGuard<'_, Log> {
+        self.log.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A receiver that wakes when changes were appended.

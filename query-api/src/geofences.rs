@@ -281,16 +281,13 @@ impl GeofenceView {
                 }
             }
         }
-        if let Some(mut log) = log {
+        if let (Some(mut log), Some(c)) = (log, &self.changes) {
             // Still under the log's lock: no snapshot sees the shard without these.
             let as_of = self.as_of();
             for e in events {
                 log.push(ChangeBody::GeofenceEvent(e.clone()), as_of);
             }
-            drop(log);
-            if let Some(c) = &self.changes {
-                c.published();
-            }
+            c.publish(log);
         }
         if notify {
             self.changed.notify_waiters();

@@ -142,15 +142,22 @@ impl Filter {
         })
     }
 
-    fn from_query(raw: Option<String>, access: &Access) -> Result<Filter, ApiError> {
-        let mut sub = Subscription::default();
+    /// The filter of a stream's query parameters, the `last_event_id` they give, and
+    /// whether they name anything besides the token.
+    fn from_query(
+        raw: Option<String>,
+        access: &Access,
+    ) -> Result<(Filter, Option<String>, bool), ApiError> {
+        let (mut sub, mut resume, mut any) = (Subscription::default(), None, false);
         for (k, v) in params(raw)? {
+            any |= k != "access_token";
             match k.as_str() {
                 "topics" => sub.topics.get_or_insert_with(Vec::new).push(v),
                 "vehicle" => sub.vehicle.get_or_insert_with(Vec::new).push(v),
                 "geofence" => sub.geofence = Some(v),
                 "tenant" => sub.tenant = Some(v),
-                "access_token" | "last_event_id" => {}
+                "last_event_id" => resume = Some(v),
+                "access_token" => {}
                 other => {
                     return Err(ApiError::BadRequest(format!(
                         "unknown parameter {other:?} (topics, vehicle, geofence, tenant, last_event_id, access_token)"
@@ -158,7 +165,7 @@ impl Filter {
                 }
             }
         }
-        Filter::new(sub, access)
+        Ok((Filter::new(sub, access)?, resume, any))
     }
 
     fn keeps_vehicle(&self, id: &str, tenant: &str) -> bool {
@@ -192,6 +199,16 @@ enum Frame {
     Reset(String),
     Lagged(Option<String>),
     KeepAlive,
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    as_of: Option<Millis>,
+    vehicles: &'a [fleetflow_types::records::VehicleState],
+    occupants: Vec<Occupant<'a>>,
 }
 
 #[derive(Serialize)]
@@ -277,18 +294,22 @@ fn snapshot(s: &ApiState, filter: &Filter) -> (Frame, u64) {
     };
     drop(log);
     let id = event_id(s.changes.run(), seq);
-    let body = serde_json::json!({
-        "type": "snapshot",
-        "id": id,
-        "as_of": as_of,
-        "vehicles": vehicles,
-        "occupants": occupants.iter().map(|(g, v, t)| Occupant {
-            geofence_id: g,
-            vehicle_id: v,
-            entered_at: *t,
-        }).collect::<Vec<_>>(),
-    });
-    (Frame::Snapshot(Bytes::from(body.to_string()), id), seq)
+    let body = Snapshot {
+        kind: "snapshot",
+        id: &id,
+        as_of,
+        vehicles: &vehicles,
+        occupants: occupants
+            .iter()
+            .map(|(g, v, t)| Occupant {
+                geofence_id: g,
+                vehicle_id: v,
+                entered_at: *t,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&body).expect("a snapshot serializes");
+    (Frame::Snapshot(Bytes::from(json), id), seq)
 }
 
 /// The first frames of a stream and the sequence number changes follow from: a resume
@@ -444,18 +465,12 @@ pub(crate) async fn sse(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let (filter, from_query, _) = Filter::from_query(raw, &access)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| {
-            params(raw.clone()).ok().and_then(|p| {
-                p.into_iter()
-                    .find(|(k, _)| k == "last_event_id")
-                    .map(|(_, v)| v)
-            })
-        });
-    let filter = Filter::from_query(raw, &access)?;
+        .or(from_query);
     let permit = acquire(&s)?;
     let control = conn.map(|Extension(ConnectInfo(c))| c.control);
     let (mut rx, finished) = open(&s, filter, resume, control).await?;
@@ -512,19 +527,9 @@ pub(crate) async fn ws(
     RawQuery(raw): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let has_query = params(raw.clone())?
-        .iter()
-        .any(|(k, _)| k != "access_token");
     // Parameters are checked before the upgrade, so a bad one is a plain 400.
-    let initial = if has_query {
-        let resume = params(raw.clone())?
-            .into_iter()
-            .find(|(k, _)| k == "last_event_id")
-            .map(|(_, v)| v);
-        Some((Filter::from_query(raw, &access)?, resume))
-    } else {
-        None
-    };
+    let (filter, resume, subscribes) = Filter::from_query(raw, &access)?;
+    let initial = subscribes.then_some((filter, resume));
     let upgrade = upgrade.map_err(|e| {
         ApiError::BadRequest(format!(
             "not a WebSocket upgrade request: {}",
@@ -552,13 +557,8 @@ async fn run_ws(
     // The stream's slot is the connection's.
     let _slot = permit;
     let mut current: Option<(mpsc::Receiver<Frame>, Arc<AtomicBool>)> = None;
-    let subscribe = |filter: Filter, resume: Option<String>| {
-        let (s, control) = (s.clone(), control.clone());
-        // A replaced subscription's forwarder ends when it finds its queue dropped.
-        async move { open(&s, filter, resume, control).await }
-    };
     if let Some((filter, resume)) = initial {
-        match subscribe(filter, resume).await {
+        match open(&s, filter, resume, control.clone()).await {
             Ok(sub) => current = Some(sub),
             Err(e) => {
                 let _ = socket.send(error_message(&e)).await;
@@ -605,7 +605,7 @@ async fn run_ws(
                     Ok((filter, resume)) => {
                         // Dropping the old queue ends its forwarder.
                         current = None;
-                        match subscribe(filter, resume).await {
+                        match open(&s, filter, resume, control.clone()).await {
                             Ok(sub) => current = Some(sub),
                             Err(e) => {
                                 if socket.send(error_message(&e)).await.is_err() {

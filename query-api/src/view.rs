@@ -112,9 +112,8 @@ impl VehicleView {
                 if let Some(log) = log.as_mut() {
                     log.push(
                         ChangeBody::Vehicle {
-                            id: id.clone(),
-                            tenant: state.fix.tenant.clone(),
-                            state: Some(state.clone()),
+                            state: state.clone(),
+                            removed: false,
                         },
                         as_of,
                     );
@@ -130,9 +129,8 @@ impl VehicleView {
                 if let Some(log) = log.as_mut() {
                     log.push(
                         ChangeBody::Vehicle {
-                            id,
-                            tenant: state.fix.tenant,
-                            state: None,
+                            state,
+                            removed: true,
                         },
                         as_of,
                     );
@@ -140,11 +138,8 @@ impl VehicleView {
             }
         }
         drop(inner);
-        if let Some(log) = log {
-            drop(log);
-            if let Some(c) = &self.changes {
-                c.published();
-            }
+        if let (Some(log), Some(c)) = (log, &self.changes) {
+            c.publish(log);
         }
     }
 
