@@ -1,13 +1,15 @@
 //! Running one job: wiring sources, the core dataflow, the lake sink and the API.
 
 use anyhow::{anyhow, Context};
+use differential_dataflow::AsCollection;
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::kafka::{self, KafkaSource};
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
+use fleetflow_dataflows::cluster::{mirror, Layout};
 use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::{
-    render_geofence_input, render_geofences, FenceIndex, ViewUpdate,
+    render_geofence_input, render_geofences, FenceIndex, ViewBatch, ViewSink, ViewUpdate,
 };
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
@@ -25,12 +27,15 @@ use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
-use fleetflow_types::records::{DeadLetter, GeofenceChange, GeofenceEvent, Reason, TierRow};
+use fleetflow_types::records::{
+    DeadLetter, GeofenceChange, GeofenceEvent, Reason, TierRow, VehicleState, VehicleStateWire,
+};
 use fleetflow_types::registry::VehicleRegistry;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Inspect, Probe};
 
 /// Everything a finished run captured, for tests (off in production runs).
@@ -66,6 +71,8 @@ pub struct RunOptions {
     pub capture: Option<Capture>,
     /// Set to interrupt the job (SIGINT/SIGTERM do the same).
     pub shutdown: Option<Arc<AtomicBool>>,
+    /// Run as one process of a cluster.
+    pub cluster: Option<crate::cluster::ClusterSpec>,
 }
 
 /// What a run did.
@@ -248,6 +255,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let started = Instant::now();
     spec.check_paths(text)?;
     let workers = opts.workers.unwrap_or(spec.workers).max(1);
+    let layout = Layout {
+        processes: opts.cluster.as_ref().map_or(1, |c| c.processes()),
+        workers,
+    };
+    let process = opts.cluster.as_ref().map_or(0, |c| c.index);
+    // Process 0 leads: it recovers the lake, commits checkpoints and takes geofence changes.
+    let leader = process == 0;
+    let clustered = layout.processes > 1;
+    let peers = layout.peers();
+    let first = layout.global(process, 0);
 
     // Vehicle registry: the spec's file, plus the generator's own fleet.
     let mut registry = match spec.vehicles.as_ref().and_then(|v| v.registry.as_ref()) {
@@ -281,7 +298,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             }
             (
                 Inputs::Generator(g.clone()),
-                Generator::input_names(workers as u32),
+                Generator::input_names(peers as u32),
             )
         }
         SourceSpec::Kafka(k) => {
@@ -325,6 +342,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .context("starting the I/O runtime")?;
     // Exactly once: resume from the lake's newest checkpoint, after finishing its commit
     // and removing what later, uncommitted work left behind.
+    // Every process reads it (applying a commit again is idempotent); only the leader
+    // cleans up, before the cluster connects, so that no process's new files are taken for
+    // leftovers.
     let recovered = recover(&lake, runtime.handle()).context("recovering the lake's checkpoint")?;
     if let Some(r) = &recovered {
         if r.commit.inputs != input_names {
@@ -350,15 +370,18 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .as_ref()
         .map(|r| r.commit.staged.iter().cloned().collect())
         .unwrap_or_default();
-    let cleaned = clean_staging(&lake, runtime.handle(), &keep)
-        .context("cleaning the lake's staging area")?;
+    let cleaned = if leader {
+        clean_staging(&lake, runtime.handle(), &keep).context("cleaning the lake's staging area")?
+    } else {
+        0
+    };
     if cleaned > 0 {
         tracing::info!(cleaned, "removed uncommitted staged files and uploads");
     }
     // The checkpoint's state, decoded once and split over this run's workers.
     let restored = recovered
         .as_ref()
-        .map(|r| crate::restore::split(&r.pieces, workers))
+        .map(|r| crate::restore::split(&r.pieces, peers))
         .transpose()?;
     let initial_geofences = match restored.as_ref().and_then(|r| r.fences.clone()) {
         Some(fences) => fences,
@@ -383,14 +406,21 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         spec.api.replay_buffer,
         fleetflow_types::time::now_ms().max(0) as u64,
     ));
-    let vehicles = Arc::new(VehicleView::new(workers).with_changes(changes.clone()));
-    // Runtime geofence changes: the API sends, worker 0 receives.
+    // One shard per worker of the cluster: in a cluster every process mirrors them all.
+    let vehicles = Arc::new(VehicleView::new(peers).with_changes(changes.clone()));
+    // Runtime geofence changes: the API sends, worker 0 receives (so in a cluster, only
+    // process 0 takes them; the others follow what the dataflow applies).
     let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
     let change_rx = Arc::new(Mutex::new(change_rx));
-    let geofences = Arc::new(
-        GeofenceView::new(workers, &initial_geofences, Some(change_tx))
-            .with_changes(changes.clone()),
-    );
+    let mut geo_view = GeofenceView::new(peers, &initial_geofences, leader.then_some(change_tx))
+        .with_changes(changes.clone());
+    if let Some(c) = opts.cluster.as_ref().filter(|_| !leader) {
+        geo_view = geo_view.follow(format!(
+            "geofence changes are taken by process 0 of the cluster ({}); this is process {}",
+            c.hosts[0], c.index
+        ));
+    }
+    let geofences = Arc::new(geo_view);
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
     let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
@@ -531,8 +561,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     // Kafka consumers are created here, one per worker, so that a bad client
     // configuration is one error before the workers start; each worker takes its own.
     let kafka_sources: Mutex<Vec<Option<KafkaSource>>> = Mutex::new(match &inputs {
-        Inputs::Kafka(k, info) => (0..workers)
-            .map(|w| KafkaSource::new(k, &spec.name, info, w, workers, metrics.clone()).map(Some))
+        Inputs::Kafka(k, info) => (first..first + workers)
+            .map(|w| KafkaSource::new(k, &spec.name, info, w, peers, metrics.clone()).map(Some))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!(e))?,
         _ => Vec::new(),
@@ -549,7 +579,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     // Built once, shared by the workers until a runtime change (copy on write).
     let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
     // Checkpoints: every stateful operator of every worker takes part.
-    let participants: Vec<(String, usize)> = (0..workers)
+    let participants: Vec<(String, usize)> = (0..peers)
         .flat_map(|w| {
             [
                 fleetflow_connectors::source::SNAPSHOT_OP,
@@ -560,11 +590,15 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .map(|op| (op.to_string(), w))
         })
         .collect();
-    let hub = Arc::new(Hub::new(
-        spec.lake.checkpoint_interval.millis() as u64,
-        participants,
-        recovered.as_ref().map_or(0, |r| r.commit.boundary),
-    ));
+    let ops_per_worker = participants.len() / peers;
+    let resumed = recovered.as_ref().map_or(0, |r| r.commit.seq);
+    let boundary = recovered.as_ref().map_or(0, |r| r.commit.boundary);
+    let interval = spec.lake.checkpoint_interval.millis() as u64;
+    let hub = Arc::new(if leader {
+        Hub::new(interval, participants, boundary)
+    } else {
+        Hub::relay(interval, boundary)
+    });
     let coordinator = Coordinator {
         lake: lake.clone(),
         hub: hub.clone(),
@@ -615,15 +649,28 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         },
     };
     let coordinator_stop = Arc::new(AtomicBool::new(false));
-    let coordinator_thread = {
+    let coordinator_thread = if leader {
         let stop = coordinator_stop.clone();
-        std::thread::Builder::new()
-            .name("fleetflow-commit".into())
-            .spawn(move || coordinator.run(stop))
-            .context("starting the checkpoint coordinator")?
+        Some(
+            std::thread::Builder::new()
+                .name("fleetflow-commit".into())
+                .spawn(move || coordinator.run(stop))
+                .context("starting the checkpoint coordinator")?,
+        )
+    } else {
+        None
     };
+    // This process's workers' shares of the restored state.
     let (inputs_restored, worker_restores) = match restored {
-        Some(r) => (r.inputs, r.workers.into_iter().map(Some).collect()),
+        Some(r) => (
+            r.inputs,
+            r.workers
+                .into_iter()
+                .skip(first)
+                .take(workers)
+                .map(Some)
+                .collect(),
+        ),
         None => (Vec::new(), (0..workers).map(|_| None).collect()),
     };
     let inputs_restored = Arc::new(inputs_restored);
@@ -631,11 +678,33 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         Mutex::new(worker_restores);
     let uploader_w = uploader.clone();
     let hub_w = hub.clone();
-    let config = timely::Config::process(workers);
+    let config = match &opts.cluster {
+        Some(c) if clustered => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: c.index,
+                addresses: c.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+        _ => timely::Config::process(workers),
+    };
+    if clustered {
+        crate::cluster::stop_when_a_process_is_lost(process);
+        tracing::info!(
+            process,
+            processes = layout.processes,
+            workers,
+            "connecting to the cluster"
+        );
+    }
     let startup = started.elapsed();
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
+        let local = index - first;
         let (metrics, registry, shutdown, input_names) = ctx_base.clone();
         let metrics_w = metrics.clone();
         let probe = timely::dataflow::ProbeHandle::new();
@@ -643,13 +712,13 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
             Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
             Inputs::Kafka(..) => Box::new(
-                kafka_sources.lock().expect("sources lock")[index]
+                kafka_sources.lock().expect("sources lock")[local]
                     .take()
                     .expect("one kafka source per worker"),
             ),
         };
         // This worker's share of the restored state.
-        let share = worker_restores.lock().expect("restore lock")[index]
+        let share = worker_restores.lock().expect("restore lock")[local]
             .take()
             .unwrap_or_default();
         let hub = hub_w.clone();
@@ -681,29 +750,75 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let uploader = uploader_w.clone();
         let sink_cfg = sink_cfg.clone();
         let capture = capture.clone();
+        if clustered {
+            crate::cluster::render_checkpoint_transport(
+                worker,
+                hub.clone(),
+                ops_per_worker,
+                resumed,
+            );
+        }
         worker.dataflow::<u64, _, _>(move |scope| {
             let source = render_source(scope, "locations", source, ctx);
-            let changes = render_geofence_input(source.reports.clone(), Some(change_rx));
+            let mut changes = render_geofence_input(source.reports.clone(), Some(change_rx));
+            if clustered {
+                // A follower's catalogue follows the changes process 0 took. (Every worker
+                // builds the same operators: timely matches them across workers by position.)
+                let catalog = (!leader && local == 0).then(|| geo_view.clone());
+                changes = changes.inspect(move |c| {
+                    if let Some(catalog) = &catalog {
+                        catalog.follow_change(c)
+                    }
+                });
+            }
             let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
             let geo_sink = geo_view.clone();
-            let events = render_geofences(
-                core.finals,
-                fence_index,
-                dwell_after,
-                Some((hub.clone(), share.geo)),
-                move |updates, events| {
-                    let (mut occ, mut applied) = (Vec::new(), Vec::new());
-                    let mut as_of = None;
-                    for (u, _) in updates.drain(..) {
-                        match u {
-                            ViewUpdate::Occupant(o) => occ.push(o),
-                            ViewUpdate::Applied { seq, at } => applied.push((seq, at)),
-                            ViewUpdate::AsOf(w) => as_of = Some(w),
-                        }
+            let apply_geo = move |worker: usize,
+                                  updates: &mut Vec<(ViewUpdate, isize)>,
+                                  events: &[GeofenceEvent]| {
+                let (mut occ, mut applied) = (Vec::new(), Vec::new());
+                let mut as_of = None;
+                for (u, _) in updates.drain(..) {
+                    match u {
+                        ViewUpdate::Occupant(o) => occ.push(o),
+                        ViewUpdate::Applied { seq, at } => applied.push((seq, at)),
+                        ViewUpdate::AsOf(w) => as_of = Some(w),
                     }
-                    geo_sink.apply(index, occ, events, applied, as_of);
-                },
-            );
+                }
+                geo_sink.apply(worker, occ, events, applied, as_of);
+            };
+            let (events, batches) = if clustered {
+                render_geofences(
+                    core.finals,
+                    fence_index,
+                    dwell_after,
+                    Some((hub.clone(), share.geo)),
+                    ViewSink::<fn(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent])>::Stream,
+                )
+            } else {
+                let apply_geo = apply_geo.clone();
+                render_geofences(
+                    core.finals,
+                    fence_index,
+                    dwell_after,
+                    Some((hub.clone(), share.geo)),
+                    ViewSink::Local(
+                        move |updates: &mut Vec<(ViewUpdate, isize)>, events: &[GeofenceEvent]| {
+                            apply_geo(index, updates, events)
+                        },
+                    ),
+                )
+            };
+            if clustered {
+                // Every worker's geofence results, to one worker of every process.
+                let apply_geo = apply_geo;
+                mirror(batches, layout, "GeofenceView").inspect(
+                    move |(w, batch): &(u32, ViewBatch)| {
+                        let mut updates = batch.updates.clone();
+                        apply_geo(*w as usize, &mut updates, &batch.events);
+                    },
+                );
+            }
             let dead = source.dead_letters.concat(core.dead_letters);
             let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, events);
             if let Some(cap) = capture {
@@ -718,22 +833,61 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             // form (`publish::arrange_state`) is for dataflow consumers that join with it.
             let progress = core.progress.probe_with(&probe);
             let latency_metrics = metrics_w.clone();
-            publish(
-                "VehicleState",
-                core.state,
-                progress.clone(),
-                move |updates, p, epoch| {
-                    if let Some(e) = epoch.filter(|_| !updates.is_empty()) {
-                        let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
-                        latency_metrics
-                            .visibility_latency
-                            .record(lag, updates.iter().filter(|(_, r)| *r > 0).count() as u64);
-                    }
-                    let watermark = p.map(|p| p.watermark);
-                    view.apply(index, updates, watermark);
-                    geo_view.advance(index, watermark);
-                },
-            );
+            let record_latency = move |fresh: usize, epoch: Option<u64>| {
+                // Epoch 0 is the sources' first read, before their clocks started: no
+                // processing time to measure from.
+                if let Some(e) = epoch.filter(|e| fresh > 0 && *e > 0) {
+                    let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
+                    latency_metrics.visibility_latency.record(lag, fresh as u64);
+                }
+            };
+            if clustered {
+                // Every worker's state changes and progress, to one worker of every process;
+                // this worker applies the shards of the workers with its local index.
+                let wire = core
+                    .state
+                    .inner
+                    .map(|((id, s), t, r)| ((id, VehicleStateWire::from(s)), t, r));
+                let state = mirror(wire, layout, "VehicleState")
+                    .map(|(w, ((id, s), t, r))| ((w, (id, VehicleState::from(s))), t, r))
+                    .as_collection();
+                let mirrored_progress =
+                    mirror(progress.clone(), layout, "Progress").map(|(_, p)| p);
+                let (view, geo_view) = (view.clone(), geo_view.clone());
+                publish(
+                    "VehicleState",
+                    state,
+                    mirrored_progress,
+                    move |updates, ps, epoch| {
+                        record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
+                        let mut by_worker: std::collections::BTreeMap<u32, Vec<_>> =
+                            std::collections::BTreeMap::new();
+                        for ((w, d), r) in updates {
+                            by_worker.entry(w).or_default().push((d, r));
+                        }
+                        for w in layout.siblings(index) {
+                            let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
+                            let watermark = ps.iter().find(|p| p.worker == w).map(|p| p.watermark);
+                            if !ups.is_empty() || watermark.is_some() {
+                                view.apply(w, ups, watermark);
+                                geo_view.advance(w, watermark);
+                            }
+                        }
+                    },
+                );
+            } else {
+                publish(
+                    "VehicleState",
+                    core.state,
+                    progress.clone(),
+                    move |updates, ps, epoch| {
+                        record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
+                        let watermark = ps.iter().map(|p| p.watermark).max();
+                        view.apply(index, updates, watermark);
+                        geo_view.advance(index, watermark);
+                    },
+                );
+            }
             render_lake_sink(
                 raw,
                 rows,
@@ -760,9 +914,13 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     if failed_worker.is_some() {
         coordinator_stop.store(true, Relaxed);
     }
-    let committed = coordinator_thread
-        .join()
-        .map_err(|_| anyhow!("the checkpoint coordinator panicked"))?;
+    let committed = match coordinator_thread {
+        Some(t) => t
+            .join()
+            .map_err(|_| anyhow!("the checkpoint coordinator panicked"))?,
+        // A follower's checkpoints are committed by process 0.
+        None => Ok(None),
+    };
     if let Some(e) = failed_worker {
         return Err(anyhow!("a worker failed: {e}").into());
     }

@@ -8,9 +8,12 @@
 //! ```
 //!
 //! [`run_job`] runs a job to completion (file input, or until interrupted) and returns a
-//! [`Summary`]; the `fleetflow` binary is a thin CLI over it.
+//! [`Summary`]; the `fleetflow` binary is a thin CLI over it. The same job runs as one
+//! process or as a timely cluster of several ([`cluster`]).
 
+pub mod cluster;
 pub mod job;
 pub mod restore;
 
+pub use cluster::ClusterSpec;
 pub use job::{run_job, Capture, RunOptions, RunResult, Summary};

@@ -217,9 +217,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             process_index,
             hosts,
         } => {
-            if processes.unwrap_or(1) > 1 || process_index.is_some() || hosts.is_some() {
-                return Err(Failure::Usage("--processes/--process-index/--hosts: cluster mode is not available in this build yet".into()));
-            }
+            let cluster =
+                fleetflow::ClusterSpec::from_flags(processes, process_index, hosts.as_deref())
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
             if workers == Some(0) {
                 return Err(Failure::Usage("--workers: must be at least 1".into()));
             }
@@ -235,7 +235,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 workers,
                 listen: listen.map(Some),
                 serve,
-                progress: true,
+                // One bar per terminal: in a cluster, process 0's.
+                progress: cluster.as_ref().is_none_or(|c| c.index == 0),
+                cluster,
                 ..Default::default()
             };
             let result = run_job(&spec, &text, opts).map_err(|e| match Failure::from(e) {

@@ -903,20 +903,42 @@ impl Geofencing {
     }
 }
 
+/// One batch of a worker's geofence view changes: its occupancy updates and applied
+/// changes in the order they happened, and the events of the batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewBatch {
+    /// Occupancy, applied changes and watermarks.
+    pub updates: Vec<(ViewUpdate, isize)>,
+    /// The batch's events.
+    pub events: Vec<GeofenceEvent>,
+}
+
+/// Where a worker's geofence view changes go.
+pub enum ViewSink<F> {
+    /// Applied on the worker thread by `F(updates, events)`, which must only update a
+    /// shared structure.
+    Local(F),
+    /// Emitted as a stream of [`ViewBatch`]es (to be mirrored to other processes).
+    Stream,
+}
+
 /// Renders geofencing over the timeline's final fixes and changes (same worker, in order)
-/// and returns the events, for the lake.
+/// and returns the events, for the lake, and the view batches (empty unless `view` is
+/// [`ViewSink::Stream`]).
 ///
-/// `view` receives this worker's occupancy and applied changes after each batch, in the
+/// The view receives this worker's occupancy and applied changes after each batch, in the
 /// order they happened (an enter followed by an exit of the same visit arrives in that
-/// order, so applying them in turn needs no consolidation), and the batch's events. It runs
-/// on the worker thread and must only update a shared structure.
+/// order, so applying them in turn needs no consolidation), and the batch's events.
 pub fn render_geofences<'scope, F>(
     finals: Stream<'scope, u64, Vec<Finalized>>,
     index: Arc<FenceIndex>,
     dwell_after: Millis,
     checkpoints: Option<(Arc<Hub>, GeoRestore)>,
-    mut view: F,
-) -> Stream<'scope, u64, Vec<GeofenceEvent>>
+    view: ViewSink<F>,
+) -> (
+    Stream<'scope, u64, Vec<GeofenceEvent>>,
+    Stream<'scope, u64, Vec<ViewBatch>>,
+)
 where
     F: FnMut(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent]) + 'static,
 {
@@ -925,15 +947,32 @@ where
     let mut input = builder.new_input(finals, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
+    let (batches_out, batches) = builder.new_output::<Vec<ViewBatch>>();
+    let mut batches_out: Out<ViewBatch> = OutputBuilder::from(batches_out);
     let worker = scope.index();
-    builder.build(move |_caps| {
+    builder.build(move |caps| {
         let mut geo = Geofencing::new(index, dwell_after);
         let mut out = GeoOutputs::default();
         let (hub, restored) = checkpoints.unzip();
         let mut cuts = hub.as_ref().map(|h| h.cuts());
+        let mut view = match view {
+            ViewSink::Local(f) => Some(f),
+            ViewSink::Stream => None,
+        };
+        // The restored occupancy, emitted at the first activation (at the initial time).
+        let mut initial: Option<(timely::dataflow::operators::Capability<u64>, ViewBatch)> = None;
         if let Some(vehicles) = restored.filter(|v| !v.is_empty()) {
             geo.restore(vehicles, &mut out);
-            view(&mut out.view, &[]);
+            match view.as_mut() {
+                Some(f) => f(&mut out.view, &[]),
+                None => {
+                    let batch = ViewBatch {
+                        updates: std::mem::take(&mut out.view),
+                        events: Vec::new(),
+                    };
+                    initial = caps.into_iter().nth(1).map(|c| (c, batch));
+                }
+            }
             out.view.clear();
         }
         let snapshot = move |geo: &mut Geofencing, range: Option<(u64, u64)>| {
@@ -944,6 +983,9 @@ where
             }
         };
         move |frontiers| {
+            if let Some((cap, batch)) = initial.take() {
+                batches_out.activate().session(&cap).give(batch);
+            }
             // A pipeline channel delivers one producer's batches in the order they were sent,
             // which is the order the timeline made fixes final and applied changes (and
             // their times never decrease), so checkpoint cuts fall between batches.
@@ -958,13 +1000,27 @@ where
                         Finalized::Watermark(w) => out.view.push((ViewUpdate::AsOf(w), 1)),
                     }
                 }
-                if !out.view.is_empty() || !out.events.is_empty() {
-                    view(&mut out.view, &out.events);
-                    out.view.clear();
-                }
                 let Some(t) = cap.least().copied() else {
                     return;
                 };
+                if !out.view.is_empty() || !out.events.is_empty() {
+                    match view.as_mut() {
+                        Some(f) => {
+                            f(&mut out.view, &out.events);
+                            out.view.clear();
+                        }
+                        None => {
+                            let batch = ViewBatch {
+                                updates: std::mem::take(&mut out.view),
+                                events: out.events.clone(),
+                            };
+                            batches_out
+                                .activate()
+                                .session(&cap.delayed(&t, 1))
+                                .give(batch);
+                        }
+                    }
+                }
                 if !out.events.is_empty() {
                     events_out
                         .activate()
@@ -979,7 +1035,7 @@ where
             snapshot(&mut geo, cuts.as_mut().and_then(|c| c.frontier(f)));
         }
     });
-    events
+    (events, batches)
 }
 
 /// Where runtime geofence changes come from: the API sends, the dataflow receives.

@@ -7,8 +7,10 @@
 //! - [`operator`]: the timely operator running the timelines on every worker.
 //! - [`geofence`]: geofence membership, events and occupancy over final fixes.
 //! - [`publish`]: vehicle-state changes, applied to a shared view for the query API.
+//! - [`cluster`]: where the workers of a cluster are; mirroring results to every process.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod geofence;
 pub mod operator;
 pub mod publish;

@@ -9,7 +9,9 @@
 //! The sink runs on the worker thread; it must only apply updates to a shared structure
 //! (e.g. a lock-protected map) and never block on I/O. Updates are handed over only for
 //! epochs the frontier has passed, in time order with retractions first, together with the
-//! watermark the worker had reached, so that a reader sees a consistent `as_of`.
+//! watermark each producing worker had reached, so that a reader sees a consistent `as_of`.
+//! (On one process a worker publishes its own results; in a cluster it publishes the
+//! results [`crate::cluster::mirror`] brings it from one worker of every process.)
 //!
 //! The state collection is not arranged here: the view is its only consumer and the
 //! timeline emits exact retract/insert pairs, so an arrangement would only add work.
@@ -24,7 +26,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
 /// Hands a collection's changes and progress to `sink`, in time order, once complete,
-/// with the latest epoch (processing-time ms the inputs were read at) they cover.
+/// with the latest epoch (processing-time ms the inputs were read at) they cover. The
+/// progress handed over is the latest of each worker it came from.
 /// Within an epoch, retractions come before insertions (the collection must consist of
 /// exact retract/insert pairs).
 pub fn publish<'scope, D, F>(
@@ -34,7 +37,7 @@ pub fn publish<'scope, D, F>(
     mut sink: F,
 ) where
     D: timely::ExchangeData + Ord,
-    F: FnMut(Vec<(D, isize)>, Option<Progress>, Option<u64>) + 'static,
+    F: FnMut(Vec<(D, isize)>, Vec<Progress>, Option<u64>) + 'static,
 {
     let scope = progress.scope();
     let mut builder = OperatorBuilder::new(format!("Publish: {name}"), scope);
@@ -42,7 +45,8 @@ pub fn publish<'scope, D, F>(
     let mut prog_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
         let mut updates: BTreeMap<u64, Vec<(D, isize)>> = BTreeMap::new();
-        let mut progress: BTreeMap<u64, Progress> = BTreeMap::new();
+        // By epoch, then by worker: that worker's greatest watermark in the epoch.
+        let mut progress: BTreeMap<u64, BTreeMap<usize, Progress>> = BTreeMap::new();
         move |frontiers| {
             upd_in.for_each(|_cap, data| {
                 for (d, t, r) in data.drain(..) {
@@ -51,8 +55,9 @@ pub fn publish<'scope, D, F>(
             });
             prog_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
+                    let epoch = progress.entry(*t).or_default();
                     for p in data.drain(..) {
-                        let e = progress.entry(*t).or_insert(p);
+                        let e = epoch.entry(p.worker).or_insert(p);
                         if p.watermark >= e.watermark {
                             *e = p;
                         }
@@ -75,15 +80,17 @@ pub fn publish<'scope, D, F>(
                 ups.sort_by_key(|(_, r)| *r);
                 batch.extend(ups);
             }
-            let mut latest = None;
+            let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
             while let Some((t, _)) = progress.first_key_value() {
                 if !ready(t) {
                     break;
                 }
-                latest = progress.pop_first().map(|(_, p)| p);
+                if let Some((_, epoch)) = progress.pop_first() {
+                    latest.extend(epoch);
+                }
             }
-            if !batch.is_empty() || latest.is_some() {
-                sink(batch, latest, epoch);
+            if !batch.is_empty() || !latest.is_empty() {
+                sink(batch, latest.into_values().collect(), epoch);
             }
         }
     });

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The request conflicts with the job's state (409).
     #[error("{0}")]
     Conflict(String),
+    /// This process cannot serve the request; another one of the cluster can (421).
+    #[error("{0}")]
+    Misdirected(String),
     /// Not ready yet (503).
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

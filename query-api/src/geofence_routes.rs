@@ -202,6 +202,7 @@ fn change_error(e: ChangeError) -> ApiError {
     match e {
         ChangeError::NotRunning => ApiError::Conflict(e.to_string()),
         ChangeError::Unknown(_) => ApiError::NotFound(e.to_string()),
+        ChangeError::Follower(_) => ApiError::Misdirected(e.to_string()),
     }
 }
 
@@ -239,6 +240,7 @@ async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
         (status = 202, body = GeofenceChangeAnswer, description = "Accepted, not in effect yet"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 421, body = ErrorBody, description = "In a cluster, changes go to process 0"),
         (status = 429, body = ErrorBody),
     ))]
 pub(crate) async fn put_one(
@@ -296,6 +298,7 @@ pub(crate) async fn put_one(
         (status = 200, body = GeofenceChangeAnswer), (status = 202, body = GeofenceChangeAnswer),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 421, body = ErrorBody, description = "In a cluster, changes go to process 0"),
         (status = 429, body = ErrorBody),
     ))]
 pub(crate) async fn delete_one(

@@ -23,6 +23,9 @@ pub enum ChangeError {
     /// No geofence with that id.
     #[error("no geofence {0:?}")]
     Unknown(String),
+    /// This process of a cluster does not take changes (see [`GeofenceView::follow`]).
+    #[error("{0}")]
+    Follower(String),
 }
 
 /// Why [`GeofenceView::wait_applied`] returned without the change in effect.
@@ -57,6 +60,8 @@ struct Catalog {
     fences: BTreeMap<CompactString, Arc<Geofence>>,
     sender: Option<std::sync::mpsc::Sender<GeofenceChange>>,
     next_seq: u64,
+    /// Set on a process of a cluster that does not take changes: why not.
+    follower: Option<String>,
 }
 
 type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
@@ -99,6 +104,7 @@ impl GeofenceView {
                 fences: initial.iter().map(|g| (g.id.clone(), g.clone())).collect(),
                 sender,
                 next_seq: 1,
+                follower: None,
             }),
             shards: (0..workers.max(1))
                 .map(|_| RwLock::new(Shard::default()))
@@ -115,6 +121,28 @@ impl GeofenceView {
         self
     }
 
+    /// Makes this the view of a process that does not take changes (`reason` answers a
+    /// request for one); its catalogue follows the changes the dataflow applies instead
+    /// (see [`GeofenceView::follow_change`]).
+    pub fn follow(self, reason: String) -> Self {
+        self.catalog.lock().expect("catalog lock").follower = Some(reason);
+        self
+    }
+
+    /// On a follower, records a change another process took, as the dataflow delivers it
+    /// (in the order of its sequence numbers).
+    pub fn follow_change(&self, change: &GeofenceChange) {
+        let mut c = self.catalog.lock().expect("catalog lock");
+        if c.follower.is_none() {
+            return;
+        }
+        c.next_seq = c.next_seq.max(change.seq + 1);
+        match &change.geofence {
+            Some(g) => c.fences.insert(change.id.clone(), g.clone()),
+            None => c.fences.remove(&change.id),
+        };
+    }
+
     /// The dataflow stopped taking changes.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
@@ -125,6 +153,9 @@ impl GeofenceView {
     /// Adds or replaces (`Some`) or removes (`None`) geofence `id`.
     pub fn submit(&self, id: &str, geofence: Option<Geofence>) -> Result<Submitted, ChangeError> {
         let mut c = self.catalog.lock().expect("catalog lock");
+        if let Some(reason) = &c.follower {
+            return Err(ChangeError::Follower(reason.clone()));
+        }
         let existed = c.fences.contains_key(id);
         if geofence.is_none() && !existed {
             return Err(ChangeError::Unknown(id.to_owned()));

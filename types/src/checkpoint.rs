@@ -99,9 +99,31 @@ struct HubState {
     pieces: BTreeMap<Participant, VecDeque<Piece>>,
     committed: u64,
     failed: Option<String>,
+    /// A relay's pieces, waiting to be carried to the hub of the cluster.
+    outbox: Option<Vec<Offered>>,
+}
+
+/// A piece as offered by a participant, to be carried to another process.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Offered {
+    /// The operator.
+    pub op: String,
+    /// The worker (global index).
+    pub worker: usize,
+    /// First boundary the piece is valid for.
+    pub lo: u64,
+    /// Last boundary ([`FINAL`]: every later one).
+    pub hi: u64,
+    /// The serialized state.
+    pub blob: Vec<u8>,
 }
 
 /// Where operators hand their pieces and the coordinator collects complete checkpoints.
+///
+/// In a cluster, process 0 holds the hub every participant's pieces reach; the other
+/// processes hold a *relay* ([`Hub::relay`]): it keeps what its operators offer until the
+/// job carries it to process 0 (through the dataflow), and learns each committed boundary
+/// back the same way.
 pub struct Hub {
     every: u64,
     state: Mutex<HubState>,
@@ -133,9 +155,50 @@ impl Hub {
                 pieces,
                 committed,
                 failed: None,
+                outbox: None,
             }),
             changed: Condvar::new(),
         }
+    }
+
+    /// A relay for a process of a cluster other than the first: offers are kept for
+    /// [`Hub::take_offered`]; nothing is ever ready here.
+    pub fn relay(every: u64, committed: u64) -> Hub {
+        Hub {
+            every: every.max(1),
+            state: Mutex::new(HubState {
+                pieces: BTreeMap::new(),
+                committed,
+                failed: None,
+                outbox: Some(Vec::new()),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Whether this is a relay.
+    pub fn is_relay(&self) -> bool {
+        self.state.lock().expect("hub lock").outbox.is_some()
+    }
+
+    /// A relay's pieces of `worker` offered since the last call, in offer order.
+    pub fn take_offered(&self, worker: usize) -> Vec<Offered> {
+        let mut s = self.state.lock().expect("hub lock");
+        let Some(outbox) = s.outbox.as_mut() else {
+            return Vec::new();
+        };
+        let (mine, rest): (Vec<Offered>, Vec<Offered>) =
+            outbox.drain(..).partition(|o| o.worker == worker);
+        *outbox = rest;
+        mine
+    }
+
+    /// Whether every participant has offered its final piece (the job is ending).
+    pub fn all_final(&self) -> bool {
+        let s = self.state.lock().expect("hub lock");
+        s.pieces
+            .values()
+            .all(|q| q.back().is_some_and(|p| p.hi == FINAL))
     }
 
     /// The checkpoint interval, ms.
@@ -151,7 +214,15 @@ impl Hub {
     /// Offers a piece of `op` on `worker`.
     pub fn offer(&self, op: &str, worker: usize, lo: u64, hi: u64, blob: Vec<u8>) {
         let mut s = self.state.lock().expect("hub lock");
-        if let Some(q) = s.pieces.get_mut(&(op.to_string(), worker)) {
+        if let Some(outbox) = s.outbox.as_mut() {
+            outbox.push(Offered {
+                op: op.to_string(),
+                worker,
+                lo,
+                hi,
+                blob,
+            });
+        } else if let Some(q) = s.pieces.get_mut(&(op.to_string(), worker)) {
             q.push_back(Piece { lo, hi, blob });
         } else {
             debug_assert!(false, "unknown participant {op}/{worker}");
@@ -275,6 +346,32 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_keeps_offers_per_worker_until_taken() {
+        let relay = Hub::relay(100, 300);
+        assert!(relay.is_relay());
+        assert_eq!(
+            relay.cuts().before(450),
+            Some((400, 400)),
+            "resumes after 300"
+        );
+        relay.offer("a", 2, 100, 100, vec![1]);
+        relay.offer("a", 3, 100, 200, vec![2]);
+        relay.offer("b", 2, 200, FINAL, vec![3]);
+        assert!(relay.take_ready().is_none());
+        let two = relay.take_offered(2);
+        assert_eq!(
+            two.iter()
+                .map(|o| (o.op.as_str(), o.hi))
+                .collect::<Vec<_>>(),
+            vec![("a", 100), ("b", FINAL)]
+        );
+        assert!(relay.take_offered(2).is_empty());
+        assert_eq!(relay.take_offered(3)[0].blob, vec![2]);
+        relay.set_committed(200);
+        assert_eq!(relay.committed(), 200);
+    }
+
+    #[test]
     fn the_hub_commits_the_greatest_boundary_everyone_covers() {
         let parts = vec![("a".to_string(), 0), ("b".to_string(), 0)];
         let hub = Hub::new(100, parts, 0);
@@ -292,7 +389,9 @@ mod tests {
         let r = hub.take_ready().unwrap();
         assert_eq!((r.boundary, r.last), (300, false));
         assert_eq!(r.pieces[0].1, vec![2], "a's piece covers 300 too");
+        assert!(!hub.all_final());
         hub.offer("a", 0, 400, FINAL, vec![5]);
+        assert!(hub.all_final());
         let r = hub.take_ready().unwrap();
         assert_eq!((r.boundary, r.last), (400, true));
         assert_eq!(

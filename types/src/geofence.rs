@@ -47,7 +47,34 @@ pub struct Geofence {
     /// Its area.
     pub shape: Shape,
     /// The feature's properties, kept for listing.
+    #[serde(with = "properties")]
     pub properties: Map<String, Value>,
+}
+
+/// Properties are free JSON. Binary formats (timely's bincode between the processes of a
+/// cluster, postcard in checkpoints) cannot read a JSON value back, so they carry its text.
+mod properties {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            m.serialize(s)
+        } else {
+            serde_json::to_string(m)
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        if d.is_human_readable() {
+            Map::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 /// A geofence that was rejected, naming the feature.

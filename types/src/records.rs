@@ -180,6 +180,36 @@ impl VehicleState {
     }
 }
 
+/// A [`VehicleState`] in a form every serde format can carry: its JSON form flattens the
+/// fix into the state's fields, which binary formats (timely's bincode between the
+/// processes of a cluster) cannot read back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VehicleStateWire(pub Fix, pub Status, pub f64, pub f64, pub f64);
+
+impl From<VehicleState> for VehicleStateWire {
+    fn from(s: VehicleState) -> Self {
+        VehicleStateWire(
+            s.fix,
+            s.status,
+            s.today_distance_km,
+            s.today_fuel_used_l,
+            s.today_idle_s,
+        )
+    }
+}
+
+impl From<VehicleStateWire> for VehicleState {
+    fn from(VehicleStateWire(fix, status, d, f, i): VehicleStateWire) -> Self {
+        VehicleState {
+            fix,
+            status,
+            today_distance_km: d,
+            today_fuel_used_l: f,
+            today_idle_s: i,
+        }
+    }
+}
+
 impl PartialEq for VehicleState {
     fn eq(&self, other: &Self) -> bool {
         self.total_cmp(other) == Ordering::Equal

@@ -1,0 +1,202 @@
+//! One job over several processes: where workers are, and how every process gets every
+//! worker's results for its query API.
+//!
+//! Timely numbers the workers of a cluster `0..processes × workers`, process `p` running
+//! `p × workers .. (p + 1) × workers`. Per-vehicle state lives on exactly one worker of the
+//! cluster (fixes are exchanged by vehicle), so what the API shows of a vehicle is produced
+//! on one worker of one process. [`mirror`] copies a per-worker stream to every process:
+//!
+//! ```text
+//!   worker w (any process) ──(w, record)──► worker p × workers + w mod workers, for every p
+//! ```
+//!
+//! A process's view keeps one shard per worker of the cluster; shard `w` is fed by exactly
+//! one local worker over one channel, so it sees `w`'s results in the order `w` made them,
+//! and the watermark `w` reached with them (the view's `as_of` is the least over all
+//! shards, one value for the whole cluster). A worker's own copy stays in its process and
+//! never touches the network.
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Stream;
+
+/// Where the workers of a job are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Timely workers in each process.
+    pub workers: usize,
+}
+
+impl Layout {
+    /// One process of `workers` workers.
+    pub fn single(workers: usize) -> Layout {
+        Layout {
+            processes: 1,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Workers in the cluster.
+    pub fn peers(&self) -> usize {
+        self.processes * self.workers
+    }
+
+    /// The process running worker `w`.
+    pub fn process_of(&self, w: usize) -> usize {
+        w / self.workers
+    }
+
+    /// Worker `w`'s index within its process.
+    pub fn local(&self, w: usize) -> usize {
+        w % self.workers
+    }
+
+    /// The global index of local worker `local` of `process`.
+    pub fn global(&self, process: usize, local: usize) -> usize {
+        process * self.workers + local
+    }
+
+    /// The worker of `process` that receives the mirror of worker `source`'s results.
+    pub fn mirror_target(&self, process: usize, source: usize) -> usize {
+        self.global(process, self.local(source))
+    }
+
+    /// The workers with `w`'s local index, one per process: those that receive `w`'s
+    /// mirrored results, and those whose mirrored results `w` receives.
+    pub fn siblings(&self, w: usize) -> impl Iterator<Item = usize> {
+        let local = self.local(w);
+        let layout = *self;
+        (0..self.processes).map(move |p| layout.global(p, local))
+    }
+}
+
+type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
+
+/// Copies every record of `stream` to one worker of every process (see the module docs),
+/// tagged with the index of the worker that produced it; records keep their times.
+pub fn mirror<'scope, D>(
+    stream: Stream<'scope, u64, Vec<D>>,
+    layout: Layout,
+    name: &str,
+) -> Stream<'scope, u64, Vec<(u32, D)>>
+where
+    D: timely::ExchangeData + Clone,
+{
+    let scope = stream.scope();
+    let me = scope.index();
+    let mut builder = OperatorBuilder::new(format!("Mirror: {name}"), scope);
+    let mut input = builder.new_input(stream, Pipeline);
+    let (out, copies) = builder.new_output::<Vec<(u32, u32, D)>>();
+    let mut out: Out<(u32, u32, D)> = OutputBuilder::from(out);
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else {
+                    return;
+                };
+                let at = cap.delayed(&t, 0);
+                let mut o = out.activate();
+                let mut s = o.session(&at);
+                for d in data.drain(..) {
+                    for p in 1..layout.processes {
+                        s.give((layout.mirror_target(p, me) as u32, me as u32, d.clone()));
+                    }
+                    // The local copy last: it takes the record without cloning it.
+                    s.give((layout.mirror_target(0, me) as u32, me as u32, d));
+                }
+            });
+        }
+    });
+    let mut builder = OperatorBuilder::new(format!("Mirrored: {name}"), scope);
+    let mut input = builder.new_input(
+        copies,
+        Exchange::new(|(target, _, _): &(u32, u32, D)| *target as u64),
+    );
+    let (out, mirrored) = builder.new_output::<Vec<(u32, D)>>();
+    let mut out: Out<(u32, D)> = OutputBuilder::from(out);
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else {
+                    return;
+                };
+                let at = cap.delayed(&t, 0);
+                let mut o = out.activate();
+                let mut s = o.session(&at);
+                for (_, source, d) in data.drain(..) {
+                    s.give((source, d));
+                }
+            });
+        }
+    });
+    mirrored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_numbers_workers_like_timely() {
+        let l = Layout {
+            processes: 3,
+            workers: 2,
+        };
+        assert_eq!(l.peers(), 6);
+        assert_eq!((l.process_of(4), l.local(4)), (2, 0));
+        assert_eq!(l.global(1, 1), 3);
+        assert_eq!(l.mirror_target(0, 5), 1);
+        assert_eq!(l.mirror_target(2, 5), 5);
+        assert_eq!(l.siblings(3).collect::<Vec<_>>(), vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn every_worker_gets_its_shards_from_every_worker_in_order() {
+        // Four workers in one process stand in for two processes of two: the routing is
+        // the same function of the global index.
+        let layout = Layout {
+            processes: 2,
+            workers: 2,
+        };
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        timely::execute(timely::Config::process(4), move |worker| {
+            let me = worker.index();
+            let sink = sink.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                use timely::dataflow::operators::{Inspect, ToStream};
+                let data: Vec<u64> = (0..50).map(|i| me as u64 * 1000 + i).collect();
+                let s = data.to_stream(scope);
+                mirror(s, layout, "test").inspect(move |(source, d)| {
+                    sink.lock().unwrap().push((me, *source as usize, *d))
+                });
+            });
+        })
+        .unwrap();
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 4 * 50 * 2, "every record once per process");
+        for (receiver, source, d) in &got {
+            assert_eq!(*d / 1000, *source as u64);
+            assert!(layout.siblings(*source).any(|w| w == *receiver));
+        }
+        for receiver in 0..4 {
+            for source in 0..4 {
+                let seq: Vec<u64> = got
+                    .iter()
+                    .filter(|(r, s, _)| *r == receiver && *s == source)
+                    .map(|(_, _, d)| *d)
+                    .collect();
+                if layout.local(receiver) == layout.local(source) {
+                    let want: Vec<u64> = (0..50).map(|i| source as u64 * 1000 + i).collect();
+                    assert_eq!(seq, want, "{source} -> {receiver}: all, in order");
+                } else {
+                    assert!(seq.is_empty());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! One job over a timely cluster of three processes (two workers each, on loopback) gives
+//! the lake and the API answers of the same job on one process; one process killed with
+//! SIGKILL mid-run takes the cluster down, and the restarted cluster still writes exactly
+//! that lake.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn spec(lake: &str, interval: &str) -> String {
+    format!(
+        r#"name = "cluster"
+workers = 2
+
+[source]
+kind = "file"
+path = "in"
+
+[geofences]
+path = "fences.geojson"
+dwell_after = "2m"
+
+[lake]
+url = "file://{lake}"
+target_file_size = "256KB"
+max_file_age = "300ms"
+checkpoint_interval = "{interval}"
+
+[api]
+listen = "127.0.0.1:0"
+"#
+    )
+}
+
+/// Generated input in three files (disorder, duplicates and bad lines), the real Porto
+/// sample as a fourth, and the quickstart's geofences.
+fn job_dir(vehicles: u32, minutes: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated_lines(vehicles, minutes, 10, 0.01, 0.002, 23);
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    for k in 0..3 {
+        let part: Vec<String> = lines.iter().skip(k).step_by(3).cloned().collect();
+        write_lines(&dir.path().join(format!("in/part-{k}.ndjson")), &part);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("examples/data/porto-sample.ndjson"),
+        dir.path().join("in/porto.ndjson"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("examples/geofences/berlin.geojson"),
+        dir.path().join("fences.geojson"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Free loopback ports for the processes' timely connections.
+fn hosts_file(dir: &Path, n: usize) -> String {
+    let ports: Vec<u16> = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(dir.join("hosts"), text).unwrap();
+    "hosts".into()
+}
+
+/// A running process of the job, killed when dropped.
+struct Proc {
+    child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: String,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "warn,fleetflow=info")
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in stderr.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child: KillOnDrop(child),
+            lines,
+            log: String::new(),
+        }
+    }
+
+    /// Reads the log until a line containing `marker`, returning that line.
+    fn wait_for(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push_str(&l);
+                    self.log.push('\n');
+                    if l.contains(marker) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!("no {marker:?} ({e}); log so far:\n{}", self.log),
+            }
+        }
+    }
+
+    fn api(&mut self) -> String {
+        let line = self.wait_for("listening on http://", Duration::from_secs(60));
+        line.split("http://").nth(1).unwrap().trim().to_string()
+    }
+
+    /// Waits for the process to exit, returning its status and the rest of its log.
+    fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push_str(&l);
+                    self.log.push('\n');
+                }
+                return (status, self.log.clone());
+            }
+            while let Ok(l) = self.lines.try_recv() {
+                self.log.push_str(&l);
+                self.log.push('\n');
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {timeout:?}:\n{}",
+                self.log
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn cluster_args<'a>(job: &'a str, hosts: &'a str, index: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        job,
+        "--processes",
+        "3",
+        "--process-index",
+        index,
+        "--hosts",
+        hosts,
+    ]
+}
+
+/// Every page of a listing route, concatenated (`items` is the list's field).
+fn all_pages(addr: &str, path: &str, items: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = match &cursor {
+            Some(c) => format!("{path}{sep}limit=1000&cursor={c}"),
+            None => format!("{path}{sep}limit=1000"),
+        };
+        let (status, body) = http_get(addr, &url);
+        assert_eq!(status, 200, "{url}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        out.extend(v[items].as_array().unwrap().iter().cloned());
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// What a process's API answers about every vehicle and geofence.
+fn answers(addr: &str) -> serde_json::Value {
+    let vehicles = all_pages(addr, "/v1/vehicles", "items");
+    let fences = all_pages(addr, "/v1/geofences", "items");
+    let mut occupants = serde_json::Map::new();
+    for g in &fences {
+        let id = g["id"].as_str().unwrap();
+        let (status, body) = http_get(addr, &format!("/v1/geofences/{id}/occupants"));
+        assert_eq!(status, 200, "{body}");
+        occupants.insert(id.to_string(), serde_json::from_str(&body).unwrap());
+    }
+    let (status, events) = http_get(addr, "/v1/geofence-events?limit=1000");
+    assert_eq!(status, 200, "{events}");
+    let (status, ready) = http_get(addr, "/readyz");
+    assert_eq!(status, 200, "{ready}");
+    serde_json::json!({
+        "vehicles": vehicles,
+        "geofences": fences,
+        "occupants": occupants,
+        "events": serde_json::from_str::<serde_json::Value>(&events).unwrap(),
+        "ready": serde_json::from_str::<serde_json::Value>(&ready).unwrap(),
+    })
+}
+
+const DONE: &str = "input done; serving the API";
+
+#[test]
+fn three_processes_write_the_lake_and_answer_like_one() {
+    let dir = job_dir(120, 90);
+    let d = dir.path();
+    std::fs::write(d.join("one.toml"), spec("one", "200ms")).unwrap();
+    std::fs::write(d.join("three.toml"), spec("three", "200ms")).unwrap();
+
+    let mut one = Proc::spawn(d, &["run", "one.toml", "--serve"]);
+    let one_api = one.api();
+    one.wait_for(DONE, Duration::from_secs(300));
+    let reference = answers(&one_api);
+    assert!(reference["vehicles"].as_array().unwrap().len() > 100);
+    assert!(
+        !reference["events"]["items"].as_array().unwrap().is_empty(),
+        "the input crosses geofences"
+    );
+
+    let hosts = hosts_file(d, 3);
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let index = i.to_string();
+            let mut args = cluster_args("three.toml", &hosts, &index);
+            args.push("--serve");
+            Proc::spawn(d, &args)
+        })
+        .collect();
+    let apis: Vec<String> = procs.iter_mut().map(Proc::api).collect();
+    for p in procs.iter_mut() {
+        p.wait_for(DONE, Duration::from_secs(300));
+    }
+
+    assert_same_rows(
+        None,
+        &d.join("one").display().to_string(),
+        &d.join("three").display().to_string(),
+    );
+    for (i, api) in apis.iter().enumerate() {
+        let got = answers(api);
+        assert!(
+            got == reference,
+            "process {i} answers differently from one process:\n{}\nvs\n{}",
+            serde_json::to_string(&got).unwrap(),
+            serde_json::to_string(&reference).unwrap()
+        );
+    }
+    // A follower does not take geofence changes; process 0 does, and every process sees it.
+    let body = r#"{"type":"Feature","properties":{"radius_m":500},"geometry":{"type":"Point","coordinates":[13.4,52.5]}}"#;
+    let (status, answer) = http(&apis[1], "PUT", "/v1/geofences/late", Some(body));
+    assert_eq!(status, 421, "{answer}");
+    assert!(answer.contains("process 0"), "{answer}");
+    drop(procs);
+    drop(one);
+    // One commit log, written by process 0, with every process's files published.
+    assert!(files_under(&d.join("three/_fleetflow/staging")).is_empty());
+    let names: Vec<String> = files_under(&d.join("three/raw"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for w in 0..6 {
+        assert!(
+            names.iter().any(|n| n.contains(&format!("-w{w:03}-"))),
+            "worker {w} wrote raw files: {names:?}"
+        );
+    }
+}
+
+/// The number of commits in a lake's log.
+fn commits(lake: &Path) -> usize {
+    files_under(&lake.join("_fleetflow/log")).len()
+}
+
+#[test]
+fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing() {
+    let dir = job_dir(200, 150);
+    let d = dir.path();
+    std::fs::write(d.join("one.toml"), spec("one", "100ms")).unwrap();
+    std::fs::write(d.join("three.toml"), spec("three", "100ms")).unwrap();
+    run_to_end(d, "one.toml", &[]);
+    let hosts = hosts_file(d, 3);
+    let lake = d.join("three");
+    // Kill a follower, then the leader (which commits), each after a checkpoint more.
+    for victim in [1usize, 0] {
+        let before = commits(&lake);
+        let mut procs: Vec<Proc> = (0..3)
+            .map(|i| {
+                let index = i.to_string();
+                Proc::spawn(d, &cluster_args("three.toml", &hosts, &index))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while commits(&lake) < before + 2 {
+            assert!(Instant::now() < deadline, "no checkpoint committed");
+            assert!(
+                procs
+                    .iter_mut()
+                    .all(|p| p.child.try_wait().unwrap().is_none()),
+                "the run ended before the kill: make the input longer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        procs[victim].child.kill().unwrap(); // SIGKILL
+        procs[victim].child.wait().unwrap();
+        for (i, p) in procs.iter_mut().enumerate().filter(|(i, _)| *i != victim) {
+            let (status, log) = p.wait_exit(Duration::from_secs(60));
+            assert!(!status.success(), "process {i} went on without {victim}");
+            assert!(
+                log.contains("lost its connection to the cluster"),
+                "process {i}: {log}"
+            );
+        }
+    }
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let index = i.to_string();
+            Proc::spawn(d, &cluster_args("three.toml", &hosts, &index))
+        })
+        .collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let (status, log) = p.wait_exit(Duration::from_secs(300));
+        assert!(status.success(), "process {i}: {log}");
+    }
+    assert_same_rows(
+        None,
+        &d.join("one").display().to_string(),
+        &lake.display().to_string(),
+    );
+    assert!(files_under(&lake.join("_fleetflow/staging")).is_empty());
+}
