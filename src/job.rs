@@ -96,7 +96,7 @@ pub struct Summary {
     /// Wall time.
     pub elapsed: Duration,
     /// Of which start-up: reading the spec, registry and geofences, binding the API,
-    /// building the geofence index, until the workers start.
+    /// building the geofence index, connecting the cluster, until the workers start.
     pub startup: Duration,
     /// Peak resident memory, bytes (Linux).
     pub peak_rss: Option<u64>,
@@ -700,7 +700,6 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             "connecting to the cluster"
         );
     }
-    let startup = started.elapsed();
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -902,6 +901,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         });
     })
     .map_err(|e| anyhow!("starting workers: {e}"))?;
+    // In a cluster, `execute` returns once every process is connected.
+    let startup = started.elapsed();
     let results = guards.join();
     geofences.close();
     done.store(true, Relaxed);

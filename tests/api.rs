@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 /// A job fed by the generator in real time (event time runs as fast as the wall clock
@@ -29,53 +28,6 @@ fn running_job(
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, addr, rest)
-}
-
-/// One SSE event: `(id, event, data)`.
-type Event = (Option<String>, String, serde_json::Value);
-
-/// A blocking SSE client over HTTP/1.0 (the body is the event stream itself).
-struct Sse(BufReader<std::net::TcpStream>);
-
-impl Sse {
-    fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> Sse {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let resume = last_event_id
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{resume}\r\n").unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains(" 200 "), "{line}");
-        while line.trim() != "" {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-        }
-        Sse(r)
-    }
-
-    fn next(&mut self) -> Event {
-        let (mut id, mut event, mut data) = (None, None, None);
-        loop {
-            let mut line = String::new();
-            assert!(self.0.read_line(&mut line).unwrap() > 0, "the stream ended");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                if let (Some(e), Some(d)) = (event.take(), data.take()) {
-                    return (id, e, d);
-                }
-                id = None;
-            } else if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                event = Some(v.to_string());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = Some(serde_json::from_str(v).unwrap());
-            }
-        }
-    }
 }
 
 fn seq(id: &str) -> u64 {

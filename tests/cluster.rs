@@ -345,3 +345,83 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
     );
     assert!(files_under(&lake.join("_fleetflow/staging")).is_empty());
 }
+
+#[test]
+fn a_live_stream_on_any_process_carries_the_changes_of_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("examples/geofences/berlin.geojson"),
+        d.join("fences.geojson"),
+    )
+    .unwrap();
+    // 60 vehicles reporting every 5 s of event time, at 10x the wall clock.
+    std::fs::write(
+        d.join("live.toml"),
+        "name = \"live\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 60\ninterval = \"5s\"\nrate = 120\nseed = 9\n[geofences]\npath = \"fences.geojson\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let hosts = hosts_file(d, 3);
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let index = i.to_string();
+            Proc::spawn(d, &cluster_args("live.toml", &hosts, &index))
+        })
+        .collect();
+    let apis: Vec<String> = procs.iter_mut().map(Proc::api).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while apis.iter().any(|a| http_get(a, "/readyz").0 != 200) {
+        assert!(Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The vehicles live on six workers in three processes; a stream from the last process
+    // sees changes of all of them, and its snapshot holds the vehicles seen so far.
+    let mut stream = Sse::open(&apis[2], "/v1/stream?topics=vehicles", None);
+    let (_, kind, snapshot) = stream.next();
+    assert_eq!(kind, "snapshot");
+    assert!(
+        !snapshot["vehicles"].as_array().unwrap().is_empty(),
+        "{snapshot}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} vehicles changed",
+            seen.len()
+        );
+        let (_, kind, data) = stream.next();
+        if kind == "vehicle" {
+            if let Some(id) = data["vehicle"]["vehicle_id"].as_str() {
+                seen.insert(id.to_string());
+            }
+        }
+    }
+    // A geofence added through process 0 reaches the other processes' catalogues.
+    let body = r#"{"type":"Feature","properties":{"radius_m":2000},"geometry":{"type":"Point","coordinates":[13.405,52.52]}}"#;
+    let (status, answer) = http(&apis[0], "PUT", "/v1/geofences/centre", Some(body));
+    assert!(status == 201 || status == 202, "{status} {answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for api in &apis[1..] {
+        while http_get(api, "/v1/geofences/centre").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{api} does not list the new geofence"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for p in procs.iter_mut() {
+        let sent = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    for (i, p) in procs.iter_mut().enumerate() {
+        let (status, log) = p.wait_exit(Duration::from_secs(60));
+        assert!(status.success(), "process {i}: {log}");
+    }
+}

@@ -649,3 +649,54 @@ impl Drop for KafkaBroker {
         self.stop();
     }
 }
+
+/// One SSE event: `(id, event, data)`.
+pub type Event = (Option<String>, String, serde_json::Value);
+
+/// A blocking SSE client over HTTP/1.0 (the body is the event stream itself).
+pub struct Sse(std::io::BufReader<std::net::TcpStream>);
+
+impl Sse {
+    /// Opens `path` on `addr`, resuming after `last_event_id` when given.
+    pub fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> Sse {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{resume}\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains(" 200 "), "{line}");
+        while line.trim() != "" {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+        }
+        Sse(r)
+    }
+
+    /// The next event (panics when the stream ends).
+    pub fn next(&mut self) -> Event {
+        use std::io::BufRead;
+        let (mut id, mut event, mut data) = (None, None, None);
+        loop {
+            let mut line = String::new();
+            assert!(self.0.read_line(&mut line).unwrap() > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if let (Some(e), Some(d)) = (event.take(), data.take()) {
+                    return (id, e, d);
+                }
+                id = None;
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str(v).unwrap());
+            }
+        }
+    }
+}

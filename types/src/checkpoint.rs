@@ -368,7 +368,9 @@ mod tests {
         assert!(relay.take_offered(2).is_empty());
         assert_eq!(relay.take_offered(3)[0].blob, vec![2]);
         relay.set_committed(200);
-        assert_eq!(relay.committed(), 200);
+        assert_eq!(relay.committed(), 300, "never backwards");
+        relay.set_committed(500);
+        assert_eq!(relay.committed(), 500);
     }
 
     #[test]
