@@ -6,7 +6,7 @@ use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::kafka::{self, KafkaSource};
 use fleetflow_connectors::source::{render_source, IntakeContext, Source};
-use fleetflow_dataflows::cluster::{mirror, Layout};
+use fleetflow_dataflows::cluster::{drop_replaced, mirror, Layout};
 use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, FenceIndex, ViewBatch, ViewSink, ViewUpdate,
@@ -843,9 +843,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             if clustered {
                 // Every worker's state changes and progress, to one worker of every process;
                 // this worker applies the shards of the workers with its local index.
-                let wire = core
-                    .state
-                    .inner
+                let wire = drop_replaced(core.state.inner)
                     .map(|((id, s), t, r)| ((id, VehicleStateWire::from(s)), t, r));
                 let state = mirror(wire, layout, "VehicleState")
                     .map(|(w, ((id, s), t, r))| ((w, (id, VehicleState::from(s))), t, r))

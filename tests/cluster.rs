@@ -217,6 +217,19 @@ fn answers(addr: &str) -> serde_json::Value {
 
 const DONE: &str = "input done; serving the API";
 
+/// The datasets compared with the one-process lake. The input has duplicate fixes in
+/// different files; which copy arrives first (and so is kept, and names the `source` of a
+/// dead letter it may become) depends on how the inputs' reads interleave, which differs
+/// between processes and runs. Every other column of every row must be equal.
+const CLUSTER_DATASETS: [(&str, &str); 6] = [
+    ("raw", "*"),
+    ("1m", "*"),
+    ("1h", "*"),
+    ("1d", "*"),
+    ("geofence_events", "*"),
+    ("dead_letter", "reason, payload, detail"),
+];
+
 #[test]
 fn three_processes_write_the_lake_and_answer_like_one() {
     let dir = job_dir(120, 90);
@@ -248,10 +261,11 @@ fn three_processes_write_the_lake_and_answer_like_one() {
         p.wait_for(DONE, Duration::from_secs(300));
     }
 
-    assert_same_rows(
+    assert_same_datasets(
         None,
         &d.join("one").display().to_string(),
         &d.join("three").display().to_string(),
+        &CLUSTER_DATASETS,
     );
     for (i, api) in apis.iter().enumerate() {
         let got = answers(api);
@@ -338,10 +352,11 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
         let (status, log) = p.wait_exit(Duration::from_secs(300));
         assert!(status.success(), "process {i}: {log}");
     }
-    assert_same_rows(
+    assert_same_datasets(
         None,
         &d.join("one").display().to_string(),
         &lake.display().to_string(),
+        &CLUSTER_DATASETS,
     );
     assert!(files_under(&lake.join("_fleetflow/staging")).is_empty());
 }
