@@ -811,12 +811,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             if clustered {
                 // Every worker's geofence results, to one worker of every process.
                 let apply_geo = apply_geo;
-                mirror(batches, layout, "GeofenceView").inspect(
-                    move |(w, batch): &(u32, ViewBatch)| {
-                        let mut updates = batch.updates.clone();
-                        apply_geo(*w as usize, &mut updates, &batch.events);
-                    },
-                );
+                mirror(batches, layout).inspect(move |(w, batch): &(u32, ViewBatch)| {
+                    let mut updates = batch.updates.clone();
+                    apply_geo(*w as usize, &mut updates, &batch.events);
+                });
             }
             let dead = source.dead_letters.concat(core.dead_letters);
             let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, events);
@@ -845,11 +843,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 // this worker applies the shards of the workers with its local index.
                 let wire = drop_replaced(core.state.inner)
                     .map(|((id, s), t, r)| ((id, VehicleStateWire::from(s)), t, r));
-                let state = mirror(wire, layout, "VehicleState")
+                let state = mirror(wire, layout)
                     .map(|(w, ((id, s), t, r))| ((w, (id, VehicleState::from(s))), t, r))
                     .as_collection();
-                let mirrored_progress =
-                    mirror(progress.clone(), layout, "Progress").map(|(_, p)| p);
+                let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
                 let (view, geo_view) = (view.clone(), geo_view.clone());
                 publish(
                     "VehicleState",

@@ -39,22 +39,11 @@ listen = "127.0.0.1:0"
 /// Generated input in three files (disorder, duplicates and bad lines), the real Porto
 /// sample as a fourth, and the quickstart's geofences.
 fn job_dir(vehicles: u32, minutes: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generated_lines(vehicles, minutes, 10, 0.01, 0.002, 23);
-    std::fs::create_dir(dir.path().join("in")).unwrap();
-    for k in 0..3 {
-        let part: Vec<String> = lines.iter().skip(k).step_by(3).cloned().collect();
-        write_lines(&dir.path().join(format!("in/part-{k}.ndjson")), &part);
-    }
+    let dir = generated_job_dir(vehicles, minutes, 3, 23);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(
         root.join("examples/data/porto-sample.ndjson"),
         dir.path().join("in/porto.ndjson"),
-    )
-    .unwrap();
-    std::fs::copy(
-        root.join("examples/geofences/berlin.geojson"),
-        dir.path().join("fences.geojson"),
     )
     .unwrap();
     dir

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 fn spec(lake_url: &str, extra: &str) -> String {
     format!(
@@ -31,19 +30,9 @@ listen = "127.0.0.1:0"
     )
 }
 
-/// A job directory with generated input (two files, each in its own order with disorder
-/// inside the lateness, duplicates and bad lines) and the quickstart's geofences.
+/// Two files of generated input and the quickstart's geofences.
 fn job_dir(vehicles: u32, minutes: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let lines = generated_lines(vehicles, minutes, 10, 0.01, 0.002, 11);
-    std::fs::create_dir(dir.path().join("in")).unwrap();
-    for k in 0..2 {
-        let part: Vec<String> = lines.iter().skip(k).step_by(2).cloned().collect();
-        write_lines(&dir.path().join(format!("in/part-{k}.ndjson")), &part);
-    }
-    let fences = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/geofences/berlin.geojson");
-    std::fs::copy(fences, dir.path().join("fences.geojson")).unwrap();
-    dir
+    generated_job_dir(vehicles, minutes, 2, 11)
 }
 
 #[test]

@@ -17,9 +17,11 @@
 //! never touches the network.
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Exchange;
 use timely::dataflow::Stream;
 
 /// Where the workers of a job are.
@@ -81,59 +83,18 @@ type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 pub fn mirror<'scope, D>(
     stream: Stream<'scope, u64, Vec<D>>,
     layout: Layout,
-    name: &str,
 ) -> Stream<'scope, u64, Vec<(u32, D)>>
 where
     D: timely::ExchangeData + Clone,
 {
-    let scope = stream.scope();
-    let me = scope.index();
-    let mut builder = OperatorBuilder::new(format!("Mirror: {name}"), scope);
-    let mut input = builder.new_input(stream, Pipeline);
-    let (out, copies) = builder.new_output::<Vec<(u32, u32, D)>>();
-    let mut out: Out<(u32, u32, D)> = OutputBuilder::from(out);
-    builder.build(move |_caps| {
-        move |_frontiers| {
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else {
-                    return;
-                };
-                let at = cap.delayed(&t, 0);
-                let mut o = out.activate();
-                let mut s = o.session(&at);
-                for d in data.drain(..) {
-                    for p in 1..layout.processes {
-                        s.give((layout.mirror_target(p, me) as u32, me as u32, d.clone()));
-                    }
-                    // The local copy last: it takes the record without cloning it.
-                    s.give((layout.mirror_target(0, me) as u32, me as u32, d));
-                }
-            });
-        }
-    });
-    let mut builder = OperatorBuilder::new(format!("Mirrored: {name}"), scope);
-    let mut input = builder.new_input(
-        copies,
-        Exchange::new(|(target, _, _): &(u32, u32, D)| *target as u64),
-    );
-    let (out, mirrored) = builder.new_output::<Vec<(u32, D)>>();
-    let mut out: Out<(u32, D)> = OutputBuilder::from(out);
-    builder.build(move |_caps| {
-        move |_frontiers| {
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else {
-                    return;
-                };
-                let at = cap.delayed(&t, 0);
-                let mut o = out.activate();
-                let mut s = o.session(&at);
-                for (_, source, d) in data.drain(..) {
-                    s.give((source, d));
-                }
-            });
-        }
-    });
-    mirrored
+    let me = stream.scope().index();
+    stream
+        .flat_map(move |d| {
+            (0..layout.processes)
+                .map(move |p| (layout.mirror_target(p, me) as u32, me as u32, d.clone()))
+        })
+        .exchange(|(target, _, _)| *target as u64)
+        .map(|(_, source, d)| (source, d))
 }
 
 /// Differential updates of a keyed collection: `((key, value), time, diff)`.
@@ -247,7 +208,7 @@ mod tests {
                 use timely::dataflow::operators::{Inspect, ToStream};
                 let data: Vec<u64> = (0..50).map(|i| me as u64 * 1000 + i).collect();
                 let s = data.to_stream(scope);
-                mirror(s, layout, "test").inspect(move |(source, d)| {
+                mirror(s, layout).inspect(move |(source, d)| {
                     sink.lock().unwrap().push((me, *source as usize, *d))
                 });
             });

@@ -107,6 +107,27 @@ pub fn write_inputs(
     (one, shuf, split)
 }
 
+/// A job directory with generated input split over `parts` files under `in/` (each in its
+/// own order, with disorder inside the lateness, duplicates and bad lines) and the
+/// quickstart's geofences as `fences.geojson`.
+pub fn generated_job_dir(
+    vehicles: u32,
+    minutes: u64,
+    parts: usize,
+    seed: u64,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated_lines(vehicles, minutes, 10, 0.01, 0.002, seed);
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    for k in 0..parts {
+        let part: Vec<String> = lines.iter().skip(k).step_by(parts).cloned().collect();
+        write_lines(&dir.path().join(format!("in/part-{k}.ndjson")), &part);
+    }
+    let fences = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/geofences/berlin.geojson");
+    std::fs::copy(fences, dir.path().join("fences.geojson")).unwrap();
+    dir
+}
+
 /// Runs `fleetflow ARGS` in `dir` to completion, asserts it succeeded, and returns its
 /// stdout and stderr.
 pub fn fleetflow_ok(dir: &Path, args: &[&str]) -> (String, String) {
