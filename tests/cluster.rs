@@ -49,22 +49,6 @@ fn job_dir(vehicles: u32, minutes: u64) -> tempfile::TempDir {
     dir
 }
 
-/// Free loopback ports for the processes' timely connections.
-fn hosts_file(dir: &Path, n: usize) -> String {
-    let ports: Vec<u16> = (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-    std::fs::write(dir.join("hosts"), text).unwrap();
-    "hosts".into()
-}
-
 /// A running process of the job, killed when dropped.
 struct Proc {
     child: KillOnDrop,
@@ -236,7 +220,7 @@ fn three_processes_write_the_lake_and_answer_like_one() {
         "the input crosses geofences"
     );
 
-    let hosts = hosts_file(d, 3);
+    let hosts = cluster_hosts(d, 3);
     let mut procs: Vec<Proc> = (0..3)
         .map(|i| {
             let index = i.to_string();
@@ -298,7 +282,7 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
     std::fs::write(d.join("one.toml"), spec("one", "100ms")).unwrap();
     std::fs::write(d.join("three.toml"), spec("three", "100ms")).unwrap();
     run_to_end(d, "one.toml", &[]);
-    let hosts = hosts_file(d, 3);
+    let hosts = cluster_hosts(d, 3);
     let lake = d.join("three");
     // Kill a follower, then the leader (which commits), each after a checkpoint more.
     for victim in [1usize, 0] {
@@ -366,7 +350,7 @@ fn a_live_stream_on_any_process_carries_the_changes_of_every_process() {
         "name = \"live\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 60\ninterval = \"5s\"\nrate = 120\nseed = 9\n[geofences]\npath = \"fences.geojson\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let hosts = hosts_file(d, 3);
+    let hosts = cluster_hosts(d, 3);
     let mut procs: Vec<Proc> = (0..3)
         .map(|i| {
             let index = i.to_string();

@@ -274,6 +274,54 @@ fn a_kafka_job_equals_the_file_job_and_fills_the_dead_letter_topic() {
 }
 
 #[test]
+fn a_kafka_job_on_three_processes_reads_every_partition_once_and_equals_the_file_job() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    // Six partitions for six workers: two in each of three processes.
+    cluster.create_topic("clustered", 6, 1).unwrap();
+    let lines = generated_lines(60, 40, 10, 0.01, 0.01, 8);
+    produce(&brokers, "clustered", &lines);
+    let dir = jobs(&lines, &brokers, "clustered", "");
+    let hosts = cluster_hosts(dir.path(), 3);
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mut cmd = command(dir.path(), "kafka.toml", &[]);
+            cmd.args(["--processes", "3", "--process-index", &i.to_string()])
+                .args(["--hosts", &hosts]);
+            KillOnDrop(cmd.spawn().unwrap())
+        })
+        .collect();
+    for (i, mut c) in children.into_iter().enumerate() {
+        let status = c.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "process {i}: {err}");
+    }
+    let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
+    assert_same_datasets(None, &a, &b, &KAFKA_VS_FILE);
+    // Process 0 committed the offsets of every partition, those the others read too.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "fleetflow-test")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition("clustered", p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for p in 0..6 {
+        let end = c
+            .fetch_watermarks("clustered", p, Duration::from_secs(10))
+            .unwrap()
+            .1;
+        assert!(end > 0, "partition {p} has data");
+        let got = committed.find_partition("clustered", p).unwrap().offset();
+        assert_eq!(got, Offset::Offset(end), "partition {p}");
+    }
+}
+
+#[test]
 fn killed_kafka_jobs_resume_from_the_checkpointed_offsets() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();

@@ -128,6 +128,19 @@ pub fn generated_job_dir(
     dir
 }
 
+/// Writes `dir/hosts` with `n` free loopback ports for the timely connections of a
+/// cluster's processes, and returns its name.
+pub fn cluster_hosts(dir: &Path, n: usize) -> String {
+    let text: String = (0..n)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())
+        })
+        .collect();
+    std::fs::write(dir.join("hosts"), text).unwrap();
+    "hosts".into()
+}
+
 /// Runs `fleetflow ARGS` in `dir` to completion, asserts it succeeded, and returns its
 /// stdout and stderr.
 pub fn fleetflow_ok(dir: &Path, args: &[&str]) -> (String, String) {
