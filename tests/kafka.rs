@@ -135,6 +135,30 @@ fn jobs(lines: &[String], brokers: &str, topic: &str, extra: &str) -> tempfile::
     dir
 }
 
+/// Asserts that the job's consumer group holds the end offset of every partition of
+/// `topic`, and that every partition has data.
+fn assert_group_at_end(brokers: &str, topic: &str, partitions: i32) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fleetflow-test")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for p in 0..partitions {
+        let end = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap()
+            .1;
+        assert!(end > 0, "partition {p} has data");
+        let got = committed.find_partition(topic, p).unwrap().offset();
+        assert_eq!(got, Offset::Offset(end), "partition {p}");
+    }
+}
+
 fn lake(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
@@ -253,24 +277,7 @@ fn a_kafka_job_equals_the_file_job_and_fills_the_dead_letter_topic() {
     }
 
     // The checkpointed offsets reached the consumer group: the end of every partition.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "fleetflow-test")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..4 {
-        tpl.add_partition("locations", p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    for p in 0..4 {
-        let end = c
-            .fetch_watermarks("locations", p, Duration::from_secs(10))
-            .unwrap()
-            .1;
-        let got = committed.find_partition("locations", p).unwrap().offset();
-        assert_eq!(got, Offset::Offset(end), "partition {p}");
-    }
+    assert_group_at_end(&brokers, "locations", 4);
 }
 
 #[test]
@@ -300,25 +307,7 @@ fn a_kafka_job_on_three_processes_reads_every_partition_once_and_equals_the_file
     let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
     assert_same_datasets(None, &a, &b, &KAFKA_VS_FILE);
     // Process 0 committed the offsets of every partition, those the others read too.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "fleetflow-test")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..6 {
-        tpl.add_partition("clustered", p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    for p in 0..6 {
-        let end = c
-            .fetch_watermarks("clustered", p, Duration::from_secs(10))
-            .unwrap()
-            .1;
-        assert!(end > 0, "partition {p} has data");
-        let got = committed.find_partition("clustered", p).unwrap().offset();
-        assert_eq!(got, Offset::Offset(end), "partition {p}");
-    }
+    assert_group_at_end(&brokers, "clustered", 6);
 }
 
 #[test]
