@@ -20,7 +20,7 @@ use fleetflow_query_api::lake_routes::LakeAccess;
 use fleetflow_query_api::stream::StreamConfig;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
-use fleetflow_sinks::commit::{clean_staging, recover, Coordinator, DatasetInfo};
+use fleetflow_sinks::commit::{clean_staging, read_checkpoint, recover, Coordinator, DatasetInfo};
 use fleetflow_sinks::lake::{Lake, Uploader};
 use fleetflow_sinks::writer::{render_lake_sink, Partitioning, RollPolicy, SinkConfig};
 use fleetflow_types::checkpoint::Hub;
@@ -342,10 +342,14 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .context("starting the I/O runtime")?;
     // Exactly once: resume from the lake's newest checkpoint, after finishing its commit
     // and removing what later, uncommitted work left behind.
-    // Every process reads it (applying a commit again is idempotent); only the leader
-    // cleans up, before the cluster connects, so that no process's new files are taken for
-    // leftovers.
-    let recovered = recover(&lake, runtime.handle()).context("recovering the lake's checkpoint")?;
+    // In a cluster the leader does this for every process, before the cluster connects (so
+    // that no process's new files are taken for leftovers); the others only read the state.
+    let recovered = if leader {
+        recover(&lake, runtime.handle())
+    } else {
+        read_checkpoint(&lake, runtime.handle())
+    }
+    .context("recovering the lake's checkpoint")?;
     if let Some(r) = &recovered {
         if r.commit.inputs != input_names {
             return Err(spec_error(
@@ -599,57 +603,59 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     } else {
         Hub::relay(interval, boundary)
     });
-    let coordinator = Coordinator {
-        lake: lake.clone(),
-        hub: hub.clone(),
-        uploader: uploader.fork(),
-        metrics: metrics.clone(),
-        datasets: datasets
-            .iter()
-            .map(|name| DatasetInfo {
-                name: name.clone(),
-                partitioning: match name.as_str() {
-                    "raw" => Partitioning::Hour,
-                    "dead_letter" | "geofence_events" => Partitioning::Day,
-                    t => Partitioning::for_window(
-                        tiers
-                            .iter()
-                            .find(|x| x.name == t)
-                            .map_or(60_000, |x| x.size_ms),
-                    ),
-                },
-                retention: spec.lake.retention.get(name).map(|r| r.millis()),
-            })
-            .collect(),
-        job: (spec.name.clone(), input_names.to_vec()),
-        target_bytes,
-        previous: recovered.as_ref().map(|r| r.commit.clone()),
-        on_commit: match &*inputs {
-            Inputs::Kafka(k, _) => {
-                let committer =
-                    kafka::OffsetCommitter::new(k, &spec.name).map_err(|e| anyhow!(e))?;
-                Some(Box::new(
-                    move |_: &fleetflow_sinks::commit::Commit, pieces: &crate::restore::Pieces| {
-                        match crate::restore::input_snapshots(pieces) {
-                            Ok(inputs) => committer.commit(
-                                &inputs
-                                    .iter()
-                                    .filter(|i| i.position.0 != u64::MAX)
-                                    .map(|i| (i.input as i32, i.position.0 as i64))
-                                    .collect::<Vec<_>>(),
-                            ),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "offsets not committed to the group")
-                            }
-                        }
-                    },
-                ) as fleetflow_sinks::commit::OnCommit)
-            }
-            _ => None,
-        },
-    };
     let coordinator_stop = Arc::new(AtomicBool::new(false));
+    // Only the leader commits; a follower's pieces reach it through the dataflow.
     let coordinator_thread = if leader {
+        let coordinator = Coordinator {
+            lake: lake.clone(),
+            hub: hub.clone(),
+            uploader: uploader.fork(),
+            metrics: metrics.clone(),
+            datasets: datasets
+                .iter()
+                .map(|name| DatasetInfo {
+                    name: name.clone(),
+                    partitioning: match name.as_str() {
+                        "raw" => Partitioning::Hour,
+                        "dead_letter" | "geofence_events" => Partitioning::Day,
+                        t => Partitioning::for_window(
+                            tiers
+                                .iter()
+                                .find(|x| x.name == t)
+                                .map_or(60_000, |x| x.size_ms),
+                        ),
+                    },
+                    retention: spec.lake.retention.get(name).map(|r| r.millis()),
+                })
+                .collect(),
+            job: (spec.name.clone(), input_names.to_vec()),
+            target_bytes,
+            previous: recovered.as_ref().map(|r| r.commit.clone()),
+            on_commit: match &*inputs {
+                Inputs::Kafka(k, _) => {
+                    let committer =
+                        kafka::OffsetCommitter::new(k, &spec.name).map_err(|e| anyhow!(e))?;
+                    Some(Box::new(
+                        move |_: &fleetflow_sinks::commit::Commit,
+                              pieces: &crate::restore::Pieces| {
+                            match crate::restore::input_snapshots(pieces) {
+                                Ok(inputs) => committer.commit(
+                                    &inputs
+                                        .iter()
+                                        .filter(|i| i.position.0 != u64::MAX)
+                                        .map(|i| (i.input as i32, i.position.0 as i64))
+                                        .collect::<Vec<_>>(),
+                                ),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "offsets not committed to the group")
+                                }
+                            }
+                        },
+                    ) as fleetflow_sinks::commit::OnCommit)
+                }
+                _ => None,
+            },
+        };
         let stop = coordinator_stop.clone();
         Some(
             std::thread::Builder::new()

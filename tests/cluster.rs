@@ -413,3 +413,38 @@ fn a_live_stream_on_any_process_carries_the_changes_of_every_process() {
         assert!(status.success(), "process {i}: {log}");
     }
 }
+
+#[test]
+fn processes_that_resumed_from_different_commits_stop_before_committing() {
+    // Process 0 sees a lake with commits; the others (another lake, standing in for a
+    // process that read the log before a dying leader's last commit) resume from none.
+    let dir = job_dir(20, 10);
+    let d = dir.path();
+    std::fs::write(d.join("ahead.toml"), spec("ahead", "100ms")).unwrap();
+    std::fs::write(d.join("behind.toml"), spec("behind", "100ms")).unwrap();
+    run_to_end(d, "ahead.toml", &[]);
+    let before = commits(&d.join("ahead"));
+    assert!(before > 0);
+    let hosts = cluster_hosts(d, 3);
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let index = i.to_string();
+            let job = if i == 0 { "ahead.toml" } else { "behind.toml" };
+            Proc::spawn(d, &cluster_args(job, &hosts, &index))
+        })
+        .collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let (status, log) = p.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "process {i} ran on: {log}");
+        if i == 0 {
+            assert!(
+                log.contains(&format!("from commit 0, process 0 from commit {before}")),
+                "{log}"
+            );
+        } else {
+            assert!(log.contains("lost its connection to the cluster"), "{log}");
+        }
+    }
+    assert_eq!(commits(&d.join("ahead")), before, "nothing was committed");
+    assert_eq!(commits(&d.join("behind")), 0);
+}

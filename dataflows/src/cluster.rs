@@ -47,11 +47,6 @@ impl Layout {
         self.processes * self.workers
     }
 
-    /// The process running worker `w`.
-    pub fn process_of(&self, w: usize) -> usize {
-        w / self.workers
-    }
-
     /// Worker `w`'s index within its process.
     pub fn local(&self, w: usize) -> usize {
         w % self.workers
@@ -153,7 +148,7 @@ mod tests {
             workers: 2,
         };
         assert_eq!(l.peers(), 6);
-        assert_eq!((l.process_of(4), l.local(4)), (2, 0));
+        assert_eq!(l.local(4), 0);
         assert_eq!(l.global(1, 1), 3);
         assert_eq!(l.mirror_target(0, 5), 1);
         assert_eq!(l.mirror_target(2, 5), 5);

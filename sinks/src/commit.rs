@@ -148,9 +148,26 @@ async fn apply(
     Ok(())
 }
 
-/// Reads the newest commit, applies it again, removes every uncommitted leftover and
-/// returns the state to resume from (`None` for a lake without checkpoints).
+/// Reads the newest commit, applies it again and returns the state to resume from (`None`
+/// for a lake without checkpoints). Removing uncommitted leftovers is [`clean_staging`].
 pub fn recover(lake: &Lake, rt: &tokio::runtime::Handle) -> Result<Option<Recovered>, LakeError> {
+    newest(lake, rt, true)
+}
+
+/// Like [`recover`] without applying the commit again: for the processes of a cluster
+/// other than the first, which recovers the lake for all of them.
+pub fn read_checkpoint(
+    lake: &Lake,
+    rt: &tokio::runtime::Handle,
+) -> Result<Option<Recovered>, LakeError> {
+    newest(lake, rt, false)
+}
+
+fn newest(
+    lake: &Lake,
+    rt: &tokio::runtime::Handle,
+    apply_again: bool,
+) -> Result<Option<Recovered>, LakeError> {
     let store = lake.store.clone();
     rt.block_on(async move {
         let logs = list(&*store, LOG).await.map_err(|e| store_err(LOG, e))?;
@@ -170,9 +187,11 @@ pub fn recover(lake: &Lake, rt: &tokio::runtime::Handle) -> Result<Option<Recove
             .await
             .map_err(|e| store_err(&path, e))?;
         let commit: Commit = serde_json::from_slice(&body).map_err(|e| store_err(&path, e))?;
-        apply(&*store, &commit, None)
-            .await
-            .map_err(|e| store_err(&path, e))?;
+        if apply_again {
+            apply(&*store, &commit, None)
+                .await
+                .map_err(|e| store_err(&path, e))?;
+        }
         let state = store
             .get(&Path::from(commit.state.as_str()))
             .await
