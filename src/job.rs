@@ -707,6 +707,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         );
     }
     let guards = timely::execute(config, move |worker| {
+        crate::slow::log_slow_operators(worker);
         let index = worker.index();
         let peers = worker.peers();
         let local = index - first;

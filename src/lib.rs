@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod job;
 pub mod restore;
+pub mod slow;
 
 pub use cluster::ClusterSpec;
 pub use job::{run_job, Capture, RunOptions, RunResult, Summary};
