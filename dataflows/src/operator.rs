@@ -129,6 +129,55 @@ pub struct CoreStreams<'scope> {
 
 type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 
+/// How long one invocation of the operator spends writing a snapshot, at most (about):
+/// the rest waits for the next invocation, so a checkpoint of many vehicles does not hold
+/// up the fixes behind it.
+const SNAPSHOT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Writes the operator's snapshots a slice at a time and offers each to the hub once
+/// complete.
+struct SnapshotWriter {
+    hub: Option<Arc<Hub>>,
+    worker: usize,
+    /// The range of the snapshot being written.
+    writing: Option<(u64, u64)>,
+}
+
+impl SnapshotWriter {
+    /// Begins the snapshot for `range` of the state as it is now, after finishing the one
+    /// being written.
+    fn begin(
+        &mut self,
+        timelines: &mut Timelines,
+        tracker: &WatermarkTracker,
+        watermark: Option<Millis>,
+        range: (u64, u64),
+    ) {
+        if self.hub.is_none() {
+            return;
+        }
+        self.step(timelines, None);
+        // Encoded as the head of a `TimelineSnapshot`; the vehicles follow.
+        let head = postcard::to_stdvec(&(tracker, watermark)).expect("tracker encodes");
+        timelines.begin_snapshot(head);
+        self.writing = Some(range);
+    }
+
+    /// Writes for about `budget` (`None`: to the end); offers the snapshot once written.
+    /// Whether nothing is left to write.
+    fn step(&mut self, timelines: &mut Timelines, budget: Option<std::time::Duration>) -> bool {
+        let (Some(hub), Some(_)) = (&self.hub, &self.writing) else {
+            return true;
+        };
+        let Some(blob) = timelines.continue_snapshot(budget) else {
+            return false;
+        };
+        let (lo, hi) = self.writing.take().expect("checked");
+        hub.offer(SNAPSHOT_OP, self.worker, lo, hi, blob);
+        true
+    }
+}
+
 /// Renders the per-vehicle operator over decoded fixes and input reports.
 pub fn render_timeline<'scope>(
     fixes: Stream<'scope, u64, Vec<IncomingFix>>,
@@ -183,21 +232,10 @@ pub fn render_timeline<'scope>(
             }
             timelines.restore(r.vehicles);
         }
-        let hub = cfg.checkpoints.clone();
-        let snapshot = move |timelines: &Timelines,
-                             tracker: &WatermarkTracker,
-                             watermark: Option<Millis>,
-                             range: Option<(u64, u64)>| {
-            let (Some(hub), Some((lo, hi))) = (&hub, range) else {
-                return;
-            };
-            let snap = TimelineSnapshot {
-                tracker: tracker.clone(),
-                watermark,
-                vehicles: timelines.snapshot(),
-            };
-            let blob = postcard::to_stdvec(&snap).expect("timeline state serializes");
-            hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+        let mut snapshots = SnapshotWriter {
+            hub: cfg.checkpoints.clone(),
+            worker,
+            writing: None,
         };
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
@@ -286,7 +324,7 @@ pub fn render_timeline<'scope>(
                         let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&at)).collect();
                         flush(&mut out, &caps_at, at);
                     }
-                    snapshot(&timelines, &tracker, watermark, Some(range));
+                    snapshots.begin(&mut timelines, &tracker, watermark, range);
                 }
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
                     for inc in batch {
@@ -392,12 +430,14 @@ pub fn render_timeline<'scope>(
                     published = state_watermark;
                 }
             }
-            snapshot(
-                &timelines,
-                &tracker,
-                watermark,
-                cuts.as_mut().and_then(|c| c.frontier(frontier)),
-            );
+            if let Some(range) = cuts.as_mut().and_then(|c| c.frontier(frontier)) {
+                snapshots.begin(&mut timelines, &tracker, watermark, range);
+            }
+            // The snapshot is written a slice at a time (all of it once the input ended).
+            let budget = frontier.map(|_| SNAPSHOT_SLICE);
+            if !snapshots.step(&mut timelines, budget) {
+                activator.activate();
+            }
             match frontier {
                 None => caps = None,
                 Some(f) => {

@@ -65,6 +65,7 @@ pub struct Outputs {
 }
 
 struct Vehicle {
+    id: CompactString,
     capacity: Option<f64>,
     /// Last final accepted fix and the implied speed of the segment ending at it.
     anchor: Option<(Fix, Option<f64>)>,
@@ -81,6 +82,8 @@ struct Vehicle {
     touched: bool,
     /// Whether an offline check is queued (at most one per vehicle).
     offline_timer: bool,
+    /// The snapshot generation this vehicle was last written into.
+    snapshot_gen: u32,
 }
 
 /// Every vehicle of one worker.
@@ -99,6 +102,39 @@ pub struct Timelines {
     offline: BinaryHeap<Reverse<(Millis, u32)>>,
     touched: Vec<u32>,
     day: Option<i64>,
+    /// The snapshot being written, if any.
+    snapshotting: Option<Snapshotting>,
+    /// Generation of the newest snapshot begun.
+    snapshot_gen: u32,
+    /// Size of the last snapshot.
+    snapshot_bytes: usize,
+}
+
+/// A snapshot of every vehicle, written a share at a time while the vehicles go on
+/// changing (an asynchronous snapshot). A vehicle about to change is written first (copy on
+/// write), so what is written is the state when the snapshot began, however its writing
+/// interleaves with later fixes.
+struct Snapshotting {
+    /// The vehicles that existed when it began: the slots below this.
+    upto: u32,
+    /// The next slot the background pass looks at.
+    cursor: u32,
+    /// The head, the count, and the vehicles written, each encoded as a
+    /// [`VehicleSnapshot`].
+    body: Vec<u8>,
+}
+
+/// A vehicle, encoded exactly as its [`VehicleSnapshot`] but without copying it.
+#[derive(serde::Serialize)]
+struct VehicleSnapshotRef<'a> {
+    id: &'a CompactString,
+    anchor: &'a Option<(Fix, Option<f64>)>,
+    pending: &'a VecDeque<IncomingFix>,
+    windows: &'a [Option<WindowAcc>],
+    today_day: i64,
+    today_km: f64,
+    today_l: f64,
+    today_idle_s: f64,
 }
 
 /// One vehicle's part of a [`Timelines`] snapshot: everything that is not derived.
@@ -183,7 +219,82 @@ impl Timelines {
             offline: BinaryHeap::new(),
             touched: Vec::new(),
             day: None,
+            snapshotting: None,
+            snapshot_gen: 0,
+            snapshot_bytes: 0,
         }
+    }
+
+    /// Begins a snapshot of every vehicle as it is now, to follow `head`; write it with
+    /// [`Timelines::continue_snapshot`] while the timelines go on.
+    pub fn begin_snapshot(&mut self, head: Vec<u8>) {
+        assert!(self.snapshotting.is_none(), "one snapshot at a time");
+        self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
+        let upto = self.vehicles.len() as u32;
+        // Sized like the last one: growing a buffer of this size copies it.
+        let mut body =
+            Vec::with_capacity(head.len() + self.snapshot_bytes + self.snapshot_bytes / 8);
+        body.extend_from_slice(&head);
+        // Every vehicle of now is written, once: the count is known.
+        body = postcard::to_extend(&(upto as u64), body).expect("a count encodes");
+        self.snapshotting = Some(Snapshotting {
+            upto,
+            cursor: 0,
+            body,
+        });
+    }
+
+    /// Whether a snapshot is being written.
+    pub fn snapshotting(&self) -> bool {
+        self.snapshotting.is_some()
+    }
+
+    /// Writes vehicles of the snapshot begun last, for about `budget` (`None`: all of
+    /// them). Once every vehicle is written: the snapshot, that is the head followed by the
+    /// `Vec<VehicleSnapshot>` (`postcard`) of every vehicle as it was when the snapshot
+    /// began, in no particular order.
+    pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Vec<u8>> {
+        let started = std::time::Instant::now();
+        loop {
+            let s = self.snapshotting.as_mut()?;
+            if s.cursor >= s.upto {
+                break;
+            }
+            let slot = s.cursor;
+            s.cursor += 1;
+            self.save(slot);
+            if budget.is_some_and(|b| slot % 64 == 63 && started.elapsed() >= b) {
+                return None;
+            }
+        }
+        let s = self.snapshotting.take()?;
+        self.snapshot_bytes = s.body.len();
+        Some(s.body)
+    }
+
+    /// Writes vehicle `slot` into the snapshot being written, unless it is written already
+    /// or is newer than the snapshot. Called before anything the snapshot holds changes.
+    fn save(&mut self, slot: u32) {
+        let Some(s) = self.snapshotting.as_mut() else {
+            return;
+        };
+        let v = &mut self.vehicles[slot as usize];
+        if slot >= s.upto || v.snapshot_gen == self.snapshot_gen {
+            return;
+        }
+        v.snapshot_gen = self.snapshot_gen;
+        let r = VehicleSnapshotRef {
+            id: &v.id,
+            anchor: &v.anchor,
+            pending: &v.pending,
+            windows: &v.windows,
+            today_day: v.today_day,
+            today_km: v.today_km,
+            today_l: v.today_l,
+            today_idle_s: v.today_idle_s,
+        };
+        s.body =
+            postcard::to_extend(&r, std::mem::take(&mut s.body)).expect("vehicle state encodes");
     }
 
     /// Number of vehicles seen.
@@ -214,6 +325,7 @@ impl Timelines {
         }
         let s = self.vehicles.len() as u32;
         self.vehicles.push(Vehicle {
+            id: id.clone(),
             capacity: self.registry.get(id).and_then(|i| i.tank_capacity_l),
             anchor: None,
             pending: VecDeque::new(),
@@ -226,6 +338,7 @@ impl Timelines {
             published: None,
             touched: false,
             offline_timer: false,
+            snapshot_gen: 0,
         });
         self.slots.insert(id.clone(), s);
         s
@@ -242,6 +355,7 @@ impl Timelines {
     /// Takes in a fix that arrived while the watermark was `watermark`.
     pub fn offer(&mut self, inc: IncomingFix, watermark: Option<Millis>, out: &mut Outputs) {
         let slot = self.slot(&inc.fix.vehicle_id);
+        self.save(slot);
         let v = &mut self.vehicles[slot as usize];
         let ts = inc.fix.ts;
         let below_final = v.anchor.as_ref().is_some_and(|(a, _)| ts <= a.ts);
@@ -317,6 +431,7 @@ impl Timelines {
                 break;
             }
             self.closing.pop();
+            self.save(slot);
             let w = &mut self.vehicles[slot as usize].windows[tier as usize];
             if w.as_ref().is_some_and(|w| w.end() == end) {
                 out.rows.push(w.take().expect("checked").finish());
@@ -335,6 +450,7 @@ impl Timelines {
     }
 
     fn finalize_vehicle(&mut self, slot: u32, watermark: Millis, out: &mut Outputs) {
+        self.save(slot);
         let tiers = &self.cfg.tiers;
         let v = &mut self.vehicles[slot as usize];
         let mut changed = false;
@@ -700,5 +816,71 @@ mod tests {
             out.rows.iter().any(|r| r.tier == 1 && r.fixes == 2),
             "the day row completes at the end"
         );
+    }
+
+    /// A snapshot written a slice at a time while fixes keep arriving, windows close and
+    /// new vehicles appear holds exactly the state of when it began, and its encoding
+    /// continues a `TimelineSnapshot`-like head.
+    #[test]
+    fn an_interleaved_snapshot_holds_the_state_when_it_began() {
+        use proptest::prelude::*;
+        #[derive(serde::Deserialize)]
+        struct Whole {
+            head: (u32, Option<Millis>),
+            vehicles: Vec<VehicleSnapshot>,
+        }
+        let encoded = |mut v: Vec<VehicleSnapshot>| {
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            v.iter()
+                .map(|v| postcard::to_stdvec(v).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+        runner
+            .run(&(any::<u64>(), 0usize..400), |(seed, before)| {
+                let mut rng = seed | 1;
+                let mut next = move |n: u64| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % n
+                };
+                let (mut t, _) = timelines();
+                let mut out = Outputs::default();
+                let mut clock = T0;
+                let mut step =
+                    |t: &mut Timelines, out: &mut Outputs, next: &mut dyn FnMut(u64) -> u64| {
+                        clock += next(3_000) as Millis;
+                        let v = format!("v{}", next(300));
+                        let ts = clock - next(20_000) as Millis;
+                        t.offer(
+                            inc(&v, ts, 52.0 + next(100) as f64 * 1e-4, Some(30.0)),
+                            Some(clock - 30_000),
+                            out,
+                        );
+                        if next(10) == 0 {
+                            t.advance(clock - 30_000, out);
+                        }
+                    };
+                for _ in 0..before {
+                    step(&mut t, &mut out, &mut next);
+                }
+                let reference = encoded(t.snapshot());
+                t.begin_snapshot(postcard::to_stdvec(&(7u32, Some(T0))).unwrap());
+                let blob = loop {
+                    if let Some(v) = t.continue_snapshot(Some(std::time::Duration::ZERO)) {
+                        break v;
+                    }
+                    for _ in 0..next(40) {
+                        step(&mut t, &mut out, &mut next);
+                    }
+                };
+                prop_assert!(!t.snapshotting());
+                let whole: Whole = postcard::from_bytes(&blob).unwrap();
+                prop_assert_eq!(whole.head, (7, Some(T0)));
+                prop_assert_eq!(encoded(whole.vehicles), reference);
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -19,7 +19,8 @@
 
 use crate::lake::{Lake, LakeError, Uploader};
 use crate::writer::{merge_files, Partitioning, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
-use fleetflow_types::checkpoint::{failpoint, Hub, Ready};
+use bytes::Bytes;
+use fleetflow_types::checkpoint::{failpoint, Hub, Participant, Ready};
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::time::{now_ms, Millis};
 use futures::TryStreamExt;
@@ -331,6 +332,26 @@ pub struct Coordinator {
     pub on_commit: Option<OnCommit>,
 }
 
+/// The state file of a checkpoint: its pieces encoded as `postcard` encodes
+/// `Vec<(Participant, Vec<u8>)>`, without copying the pieces into one buffer. The pieces
+/// come back (shared with the payload until it is dropped).
+fn state_payload(pieces: Vec<(Participant, Vec<u8>)>) -> (PutPayload, Vec<(Participant, Bytes)>) {
+    let pieces: Vec<(Participant, Bytes)> = pieces
+        .into_iter()
+        .map(|(p, b)| (p, Bytes::from(b)))
+        .collect();
+    fn encoded(head: &impl Serialize) -> Bytes {
+        Bytes::from(postcard::to_stdvec(head).expect("a head encodes"))
+    }
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(pieces.len() * 2 + 1);
+    chunks.push(encoded(&(pieces.len() as u64)));
+    for ((op, worker), blob) in &pieces {
+        chunks.push(encoded(&(op.as_str(), *worker as u64, blob.len() as u64)));
+        chunks.push(blob.clone());
+    }
+    (chunks.into_iter().collect(), pieces)
+}
+
 /// See [`Coordinator::on_commit`].
 pub type OnCommit =
     Box<dyn FnMut(&Commit, &[(fleetflow_types::checkpoint::Participant, Vec<u8>)]) + Send>;
@@ -487,17 +508,17 @@ impl Coordinator {
                 c.publish.push(p);
             }
         }
-        // 1. The state.
-        let blob = postcard::to_stdvec(&ready.pieces).map_err(|e| store_err(&state_path, e))?;
+        // 1. The state, written from the pieces as they are (they can be hundreds of MB).
+        let (payload, pieces) = state_payload(ready.pieces);
         let store = self.lake.store.clone();
         let sp = state_path.clone();
         self.rt()
-            .block_on(async move {
-                store
-                    .put(&Path::from(sp.as_str()), PutPayload::from(blob))
-                    .await
-            })
+            .block_on(async move { store.put(&Path::from(sp.as_str()), payload).await })
             .map_err(|e| store_err(&state_path, e))?;
+        let ready = Ready {
+            pieces: pieces.into_iter().map(|(p, b)| (p, Vec::from(b))).collect(),
+            ..ready
+        };
         // 2. The commit point.
         self.write(&c)?;
         self.hub.set_committed(c.boundary);
@@ -681,6 +702,21 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn the_state_file_is_the_pieces_encoded_whole() {
+        let pieces: Vec<(Participant, Vec<u8>)> = vec![
+            (("timeline".into(), 0), (0..=255).collect()),
+            (("sink".into(), 300), vec![]),
+            (("input".into(), 1), vec![7; 70_000]),
+        ];
+        let (payload, back) = state_payload(pieces.clone());
+        let written: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(written, postcard::to_stdvec(&pieces).unwrap());
+        let back: Vec<(Participant, Vec<u8>)> =
+            back.into_iter().map(|(p, b)| (p, Vec::from(b))).collect();
+        assert_eq!(back, pieces);
     }
 
     #[test]
