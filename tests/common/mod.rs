@@ -341,6 +341,56 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, S
     (status, body)
 }
 
+/// An HTTP/1.1 client on one kept-alive connection, for many small requests (a new
+/// connection per request costs the server more than the request).
+pub struct KeepAlive {
+    addr: String,
+    conn: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`.
+    pub fn connect(addr: &str) -> KeepAlive {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        KeepAlive {
+            addr: addr.to_string(),
+            conn: std::io::BufReader::new(s),
+        }
+    }
+
+    /// `GET path`: status and body (the response must have a `Content-Length`).
+    pub fn get(&mut self, path: &str) -> (u16, String) {
+        use std::io::{BufRead, Read, Write};
+        write!(
+            self.conn.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut line = String::new();
+        self.conn.read_line(&mut line).unwrap();
+        let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut length = None;
+        loop {
+            line.clear();
+            self.conn.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0; length.expect("a Content-Length")];
+        self.conn.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+}
+
 /// `GET path`.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     http(addr, "GET", path, None)
@@ -595,13 +645,14 @@ pub const KAFKA_VS_FILE: [(&str, &str); 5] = [
     ("dead_letter", "reason, payload, detail"),
 ];
 
-/// A Kafka-protocol broker process (`tansu` from crates.io with its `sqlite://` storage;
-/// `.ci/run` installs it under `~/.cache/tansu`, or set `FLEETFLOW_TANSU`) on a free
-/// loopback port, stopped when dropped.
+/// A Kafka-protocol broker process (`tansu` from crates.io; `.ci/run` installs it under
+/// `~/.cache/tansu`, or set `FLEETFLOW_TANSU`) on a free loopback port, stopped when
+/// dropped. Tests use its `sqlite://` storage, which keeps messages across a broker restart.
 pub struct KafkaBroker {
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
     port: u16,
+    storage: &'static str,
 }
 
 impl KafkaBroker {
@@ -617,8 +668,14 @@ impl KafkaBroker {
         PathBuf::from("tansu")
     }
 
-    /// Starts a broker with empty storage.
+    /// Starts a broker with empty `sqlite://` storage.
     pub fn start() -> KafkaBroker {
+        Self::start_with("sqlite://tansu.db")
+    }
+
+    /// Starts a broker with empty storage of the given engine (`sqlite://tansu.db`, or
+    /// `memory://tansu/`: faster, but lost when the broker stops).
+    pub fn start_with(storage: &'static str) -> KafkaBroker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -628,6 +685,7 @@ impl KafkaBroker {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             port,
+            storage,
         };
         b.restart();
         b
@@ -651,7 +709,7 @@ impl KafkaBroker {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(Self::binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", self.storage])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
