@@ -66,6 +66,20 @@ pub struct Figures {
     pub counts: String,
 }
 
+impl Figures {
+    /// A number of the `events` and `dead` lines: `count("events")` (events read),
+    /// `count("malformed=")` (rejected for that reason).
+    pub fn count(&self, label: &str) -> u64 {
+        let at = self.counts.find(label).expect("a count") + label.len();
+        let digits: String = self.counts[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a number")
+    }
+}
+
 /// Runs `fleetflow run spec` and reads its closing summary.
 pub fn run(bin: &str, spec: &Path) -> Figures {
     let out = Command::new(bin)

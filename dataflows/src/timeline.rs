@@ -152,28 +152,6 @@ pub struct VehicleSnapshot {
 }
 
 impl Timelines {
-    /// The state of every vehicle, for a checkpoint (published state and timers are
-    /// derived again on restore).
-    pub fn snapshot(&self) -> Vec<VehicleSnapshot> {
-        let mut ids: Vec<(&CompactString, &u32)> = self.slots.iter().collect();
-        ids.sort_unstable();
-        ids.into_iter()
-            .map(|(id, slot)| {
-                let v = &self.vehicles[*slot as usize];
-                VehicleSnapshot {
-                    id: id.clone(),
-                    anchor: v.anchor.clone(),
-                    pending: v.pending.iter().cloned().collect(),
-                    windows: v.windows.clone(),
-                    today_day: v.today_day,
-                    today_km: v.today_km,
-                    today_l: v.today_l,
-                    today_idle_s: v.today_idle_s,
-                }
-            })
-            .collect()
-    }
-
     /// Restores vehicles from snapshots (into empty timelines), in the given order: the
     /// `i`-th becomes slot `i`. Every restored vehicle publishes its state again.
     pub fn restore(&mut self, vehicles: Vec<VehicleSnapshot>) {
@@ -242,11 +220,6 @@ impl Timelines {
             cursor: 0,
             body,
         });
-    }
-
-    /// Whether a snapshot is being written.
-    pub fn snapshotting(&self) -> bool {
-        self.snapshotting.is_some()
     }
 
     /// Writes vehicles of the snapshot begun last, for about `budget` (`None`: all of
@@ -654,6 +627,24 @@ mod tests {
         }
     }
 
+    /// Every vehicle's state as it is, copied at once: the reference for the snapshots
+    /// written a slice at a time.
+    fn state_now(t: &Timelines) -> Vec<VehicleSnapshot> {
+        t.vehicles
+            .iter()
+            .map(|v| VehicleSnapshot {
+                id: v.id.clone(),
+                anchor: v.anchor.clone(),
+                pending: v.pending.iter().cloned().collect(),
+                windows: v.windows.clone(),
+                today_day: v.today_day,
+                today_km: v.today_km,
+                today_l: v.today_l,
+                today_idle_s: v.today_idle_s,
+            })
+            .collect()
+    }
+
     fn timelines() -> (Timelines, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new(vec![]));
         let cfg = TimelineConfig {
@@ -865,7 +856,7 @@ mod tests {
                 for _ in 0..before {
                     step(&mut t, &mut out, &mut next);
                 }
-                let reference = encoded(t.snapshot());
+                let reference = encoded(state_now(&t));
                 t.begin_snapshot(postcard::to_stdvec(&(7u32, Some(T0))).unwrap());
                 let blob = loop {
                     if let Some(v) = t.continue_snapshot(Some(std::time::Duration::ZERO)) {
@@ -875,7 +866,7 @@ mod tests {
                         step(&mut t, &mut out, &mut next);
                     }
                 };
-                prop_assert!(!t.snapshotting());
+                prop_assert!(t.snapshotting.is_none(), "written once, then done");
                 let whole: Whole = postcard::from_bytes(&blob).unwrap();
                 prop_assert_eq!(whole.head, (7, Some(T0)));
                 prop_assert_eq!(encoded(whole.vehicles), reference);
