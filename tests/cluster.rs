@@ -282,10 +282,12 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
     std::fs::write(d.join("one.toml"), spec("one", "100ms")).unwrap();
     std::fs::write(d.join("three.toml"), spec("three", "100ms")).unwrap();
     run_to_end(d, "one.toml", &[]);
-    let hosts = cluster_hosts(d, 3);
     let lake = d.join("three");
     // Kill a follower, then the leader (which commits), each after a checkpoint more.
     for victim in [1usize, 0] {
+        // Fresh ports for every start: a killed run's ports may linger, or have been taken
+        // by a test running beside this one.
+        let hosts = cluster_hosts(d, 3);
         let before = commits(&lake);
         let mut procs: Vec<Proc> = (0..3)
             .map(|i| {
@@ -315,6 +317,7 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
             );
         }
     }
+    let hosts = cluster_hosts(d, 3);
     let mut procs: Vec<Proc> = (0..3)
         .map(|i| {
             let index = i.to_string();
