@@ -5,7 +5,11 @@
 //!     job (2 workers, every tier, local lake) reads it to the end; events/s over the
 //!     job's whole run;
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
-//!     produces at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
+//!     produces, into a topic of one partition per worker (`FLEETFLOW_BENCH_LIVE_PARTITIONS`,
+//!     default 2: tansu's memory storage lists every batch a partition holds on every fetch
+//!     of it, so its cost per fetch grows with the partitions' batches; with 4 partitions it
+//!     takes both cores after about 30 s at 20,000 events/s), at `FLEETFLOW_BENCH_RATE`
+//!     events/s (default 20,000) for
 //!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
 //!     (event time keeps pace with the wall clock); 80 sampled vehicles are polled through
 //!     `GET /v1/vehicles/{id}` and each fix's latency is the time from handing it to the
@@ -101,14 +105,14 @@ impl Broker {
         }
     }
 
-    /// Creates a topic of 4 partitions on tansu. The mock cluster keeps at most 100,000
-    /// messages or 5 MB per partition (it drops the oldest), so there the topic has one
-    /// partition per 25,000 events.
-    fn create_topic(&self, name: &str, events: usize) {
+    /// Creates a topic of `partitions` partitions on tansu. The mock cluster keeps at most
+    /// 100,000 messages or 5 MB per partition (it drops the oldest), so there the topic has
+    /// at least one partition per 25,000 events.
+    fn create_topic(&self, name: &str, events: usize, partitions: usize) {
         match self {
-            Broker::Tansu(b, _) => b.create_topic(name, 4),
+            Broker::Tansu(b, _) => b.create_topic(name, partitions as u32),
             Broker::Mock(m) => m
-                .create_topic(name, events.div_ceil(25_000).max(4) as i32, 1)
+                .create_topic(name, events.div_ceil(25_000).max(partitions) as i32, 1)
                 .unwrap(),
         }
     }
@@ -187,7 +191,7 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
     let dir = tempfile::tempdir().unwrap();
 
     // (a) Maximum sustained rate from Kafka into the lake.
-    broker.create_topic("fill", input.len());
+    broker.create_topic("fill", input.len(), 4);
     let t = Instant::now();
     let n = produce_events(
         &brokers,
@@ -219,7 +223,10 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
     );
 
     // (b) Produce -> visible in the API at a steady rate.
-    broker.create_topic("live", steady.len());
+    let partitions = env_or("FLEETFLOW_BENCH_LIVE_PARTITIONS", "2")
+        .parse()
+        .unwrap();
+    broker.create_topic("live", steady.len(), partitions);
     let spec = job(dir.path(), &brokers, "live", false);
     let (child, addr, rest) = spawn_with_api(dir.path(), &["run", spec.to_str().unwrap()]);
     // 80 sampled vehicles, polled by 4 threads while one of their fixes is on its way (so
