@@ -226,7 +226,7 @@ pub fn render_checkpoint_transport(
                 worker: me,
                 lo: resumed,
                 hi: 0,
-                blob: Vec::new(),
+                blob: Default::default(),
             });
             move |_frontiers| {
                 let Some(held) = cap.as_ref() else { return };

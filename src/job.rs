@@ -5,7 +5,7 @@ use differential_dataflow::AsCollection;
 use fleetflow_connectors::file::{list_files, FileSource};
 use fleetflow_connectors::generator::{registry_rows, Generator};
 use fleetflow_connectors::kafka::{self, KafkaSource};
-use fleetflow_connectors::source::{render_source, IntakeContext, Source};
+use fleetflow_connectors::source::{self, render_source, IntakeContext, Source};
 use fleetflow_dataflows::cluster::{drop_replaced, mirror, Layout};
 use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::{
@@ -23,7 +23,7 @@ use fleetflow_query_api::ApiState;
 use fleetflow_sinks::commit::{clean_staging, read_checkpoint, recover, Coordinator, DatasetInfo};
 use fleetflow_sinks::lake::{Lake, Uploader};
 use fleetflow_sinks::writer::{render_lake_sink, Partitioning, RollPolicy, SinkConfig};
-use fleetflow_types::checkpoint::Hub;
+use fleetflow_types::checkpoint::{Blob, Hub, Participant};
 use fleetflow_types::config::{JobSpec, SourceSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
@@ -637,8 +637,14 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                         kafka::OffsetCommitter::new(k, &spec.name).map_err(|e| anyhow!(e))?;
                     Some(Box::new(
                         move |_: &fleetflow_sinks::commit::Commit,
-                              pieces: &crate::restore::Pieces| {
-                            match crate::restore::input_snapshots(pieces) {
+                              pieces: &[(Participant, Blob)]| {
+                            // The sources' pieces (small, one chunk each).
+                            let sources: Vec<(Participant, Vec<u8>)> = pieces
+                                .iter()
+                                .filter(|((op, _), _)| op == source::SNAPSHOT_OP)
+                                .map(|(p, b)| (p.clone(), b.contiguous().into_owned()))
+                                .collect();
+                            match crate::restore::input_snapshots(&sources) {
                                 Ok(inputs) => committer.commit(
                                     &inputs
                                         .iter()

@@ -22,6 +22,7 @@
 use crate::geofence::{Finalized, FixPoint};
 use crate::segments::{chain_step, segment, MOVING_KMH};
 use crate::tiers::WindowAcc;
+use fleetflow_types::checkpoint::Blob;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{
@@ -106,9 +107,15 @@ pub struct Timelines {
     snapshotting: Option<Snapshotting>,
     /// Generation of the newest snapshot begun.
     snapshot_gen: u32,
-    /// Size of the last snapshot.
-    snapshot_bytes: usize,
 }
+
+/// Size at which a snapshot's chunk is complete and the next one begins: a snapshot of
+/// hundreds of MB is never one buffer that grows (each growth copies it, stalling the
+/// worker for tens of ms).
+#[cfg(not(test))]
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+#[cfg(test)]
+const SNAPSHOT_CHUNK: usize = 512;
 
 /// A snapshot of every vehicle, written a share at a time while the vehicles go on
 /// changing (an asynchronous snapshot). A vehicle about to change is written first (copy on
@@ -119,9 +126,22 @@ struct Snapshotting {
     upto: u32,
     /// The next slot the background pass looks at.
     cursor: u32,
-    /// The head, the count, and the vehicles written, each encoded as a
-    /// [`VehicleSnapshot`].
+    /// The chunks complete so far, in order.
+    done: Vec<bytes::Bytes>,
+    /// The chunk being written. All the chunks together are the head, the count, and the
+    /// vehicles written, each encoded as a [`VehicleSnapshot`].
     body: Vec<u8>,
+}
+
+impl Snapshotting {
+    /// Completes the chunk being written once it is full.
+    fn roll(&mut self) {
+        if self.body.len() >= SNAPSHOT_CHUNK {
+            let full =
+                std::mem::replace(&mut self.body, Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8));
+            self.done.push(full.into());
+        }
+    }
 }
 
 /// A vehicle, encoded exactly as its [`VehicleSnapshot`] but without copying it.
@@ -199,7 +219,6 @@ impl Timelines {
             day: None,
             snapshotting: None,
             snapshot_gen: 0,
-            snapshot_bytes: 0,
         }
     }
 
@@ -209,15 +228,14 @@ impl Timelines {
         assert!(self.snapshotting.is_none(), "one snapshot at a time");
         self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
         let upto = self.vehicles.len() as u32;
-        // Sized like the last one: growing a buffer of this size copies it.
-        let mut body =
-            Vec::with_capacity(head.len() + self.snapshot_bytes + self.snapshot_bytes / 8);
+        let mut body = Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8);
         body.extend_from_slice(&head);
         // Every vehicle of now is written, once: the count is known.
         body = postcard::to_extend(&(upto as u64), body).expect("a count encodes");
         self.snapshotting = Some(Snapshotting {
             upto,
             cursor: 0,
+            done: Vec::new(),
             body,
         });
     }
@@ -226,7 +244,7 @@ impl Timelines {
     /// them). Once every vehicle is written: the snapshot, that is the head followed by the
     /// `Vec<VehicleSnapshot>` (`postcard`) of every vehicle as it was when the snapshot
     /// began, in no particular order.
-    pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Vec<u8>> {
+    pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
         let started = std::time::Instant::now();
         loop {
             let s = self.snapshotting.as_mut()?;
@@ -240,9 +258,9 @@ impl Timelines {
                 return None;
             }
         }
-        let s = self.snapshotting.take()?;
-        self.snapshot_bytes = s.body.len();
-        Some(s.body)
+        let mut s = self.snapshotting.take()?;
+        s.done.push(s.body.into());
+        Some(Blob::from_chunks(s.done))
     }
 
     /// Writes vehicle `slot` into the snapshot being written, unless it is written already
@@ -268,6 +286,7 @@ impl Timelines {
         };
         s.body =
             postcard::to_extend(&r, std::mem::take(&mut s.body)).expect("vehicle state encodes");
+        s.roll();
     }
 
     /// Number of vehicles seen.
@@ -867,7 +886,11 @@ mod tests {
                     }
                 };
                 prop_assert!(t.snapshotting.is_none(), "written once, then done");
-                let whole: Whole = postcard::from_bytes(&blob).unwrap();
+                prop_assert!(
+                    blob.chunks().len() > 1 || blob.len() < SNAPSHOT_CHUNK,
+                    "written in chunks"
+                );
+                let whole: Whole = postcard::from_bytes(&blob.contiguous()).unwrap();
                 prop_assert_eq!(whole.head, (7, Some(T0)));
                 prop_assert_eq!(encoded(whole.vehicles), reference);
                 Ok(())

@@ -20,7 +20,7 @@
 use crate::lake::{Lake, LakeError, Uploader};
 use crate::writer::{merge_files, Partitioning, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
 use bytes::Bytes;
-use fleetflow_types::checkpoint::{failpoint, Hub, Participant, Ready};
+use fleetflow_types::checkpoint::{failpoint, Blob, Hub, Participant, Ready};
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::time::{now_ms, Millis};
 use futures::TryStreamExt;
@@ -333,28 +333,24 @@ pub struct Coordinator {
 }
 
 /// The state file of a checkpoint: its pieces encoded as `postcard` encodes
-/// `Vec<(Participant, Vec<u8>)>`, without copying the pieces into one buffer. The pieces
-/// come back (shared with the payload until it is dropped).
-fn state_payload(pieces: Vec<(Participant, Vec<u8>)>) -> (PutPayload, Vec<(Participant, Bytes)>) {
-    let pieces: Vec<(Participant, Bytes)> = pieces
-        .into_iter()
-        .map(|(p, b)| (p, Bytes::from(b)))
-        .collect();
+/// `Vec<(Participant, Vec<u8>)>` of each piece's bytes, from the pieces' chunks as they are
+/// (shared, not copied: a state can be hundreds of MB).
+fn state_payload(pieces: &[(Participant, Blob)]) -> PutPayload {
     fn encoded(head: &impl Serialize) -> Bytes {
         Bytes::from(postcard::to_stdvec(head).expect("a head encodes"))
     }
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(pieces.len() * 2 + 1);
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(pieces.len() * 3 + 1);
     chunks.push(encoded(&(pieces.len() as u64)));
-    for ((op, worker), blob) in &pieces {
+    for ((op, worker), blob) in pieces {
         chunks.push(encoded(&(op.as_str(), *worker as u64, blob.len() as u64)));
-        chunks.push(blob.clone());
+        chunks.extend(blob.chunks().iter().cloned());
     }
-    (chunks.into_iter().collect(), pieces)
+    chunks.into_iter().collect()
 }
 
 /// See [`Coordinator::on_commit`].
 pub type OnCommit =
-    Box<dyn FnMut(&Commit, &[(fleetflow_types::checkpoint::Participant, Vec<u8>)]) + Send>;
+    Box<dyn FnMut(&Commit, &[(fleetflow_types::checkpoint::Participant, Blob)]) + Send>;
 
 impl Coordinator {
     fn rt(&self) -> &tokio::runtime::Handle {
@@ -445,7 +441,7 @@ impl Coordinator {
                 continue;
             }
             let s: SinkSnapshot =
-                postcard::from_bytes(blob).map_err(|e| store_err(&state_path, e))?;
+                postcard::from_bytes(&blob.contiguous()).map_err(|e| store_err(&state_path, e))?;
             watermark = match (watermark, s.watermark) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -509,16 +505,12 @@ impl Coordinator {
             }
         }
         // 1. The state, written from the pieces as they are (they can be hundreds of MB).
-        let (payload, pieces) = state_payload(ready.pieces);
+        let payload = state_payload(&ready.pieces);
         let store = self.lake.store.clone();
         let sp = state_path.clone();
         self.rt()
             .block_on(async move { store.put(&Path::from(sp.as_str()), payload).await })
             .map_err(|e| store_err(&state_path, e))?;
-        let ready = Ready {
-            pieces: pieces.into_iter().map(|(p, b)| (p, Vec::from(b))).collect(),
-            ..ready
-        };
         // 2. The commit point.
         self.write(&c)?;
         self.hub.set_committed(c.boundary);
@@ -711,12 +703,23 @@ mod tests {
             (("sink".into(), 300), vec![]),
             (("input".into(), 1), vec![7; 70_000]),
         ];
-        let (payload, back) = state_payload(pieces.clone());
+        // The same bytes, in chunks (as a large snapshot is written) and whole.
+        let blobs: Vec<(Participant, Blob)> = pieces
+            .iter()
+            .map(|(p, b)| {
+                let chunks = b.chunks(100).map(Bytes::copy_from_slice).collect();
+                (p.clone(), Blob::from_chunks(chunks))
+            })
+            .chain(
+                pieces
+                    .iter()
+                    .map(|(p, b)| (p.clone(), Blob::from(b.clone()))),
+            )
+            .collect();
+        let payload = state_payload(&blobs);
         let written: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(written, postcard::to_stdvec(&pieces).unwrap());
-        let back: Vec<(Participant, Vec<u8>)> =
-            back.into_iter().map(|(p, b)| (p, Vec::from(b))).collect();
-        assert_eq!(back, pieces);
+        let twice: Vec<_> = pieces.iter().chain(&pieces).cloned().collect();
+        assert_eq!(written, postcard::to_stdvec(&twice).unwrap());
     }
 
     #[test]

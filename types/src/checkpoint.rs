@@ -22,8 +22,53 @@
 //! When the frontier closes (end of input or interrupt), an operator offers a *final*
 //! piece that covers every later boundary ([`FINAL`]).
 
+use bytes::Bytes;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex};
+
+/// A participant's serialized state: the concatenation of its chunks. A large state is
+/// written a chunk at a time, so that it never has to grow (and be copied) as one buffer;
+/// cloning a blob shares its chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Blob(Vec<Bytes>);
+
+impl Blob {
+    /// The blob made of `chunks`, in order.
+    pub fn from_chunks(chunks: Vec<Bytes>) -> Blob {
+        Blob(chunks)
+    }
+
+    /// Its chunks, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// Its bytes in one slice: borrowed when it is one chunk, else copied together.
+    pub fn contiguous(&self) -> Cow<'_, [u8]> {
+        match self.0.as_slice() {
+            [] => Cow::Borrowed(&[]),
+            [one] => Cow::Borrowed(one),
+            many => Cow::Owned(many.concat()),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(v: Vec<u8>) -> Blob {
+        Blob(vec![Bytes::from(v)])
+    }
+}
 
 /// `hi` of a final piece: valid for every boundary from its `lo` on.
 pub const FINAL: u64 = u64::MAX;
@@ -88,7 +133,7 @@ pub struct Piece {
     /// Last boundary it is valid for ([`FINAL`]: every later one).
     pub hi: u64,
     /// The serialized state.
-    pub blob: Vec<u8>,
+    pub blob: Blob,
 }
 
 /// A participant: an operator on a worker.
@@ -115,7 +160,7 @@ pub struct Offered {
     /// Last boundary ([`FINAL`]: every later one).
     pub hi: u64,
     /// The serialized state.
-    pub blob: Vec<u8>,
+    pub blob: Blob,
 }
 
 /// Where operators hand their pieces and the coordinator collects complete checkpoints.
@@ -136,7 +181,7 @@ pub struct Ready {
     /// The boundary (epoch) it is taken at.
     pub boundary: u64,
     /// The pieces, by participant.
-    pub pieces: Vec<(Participant, Vec<u8>)>,
+    pub pieces: Vec<(Participant, Blob)>,
     /// Whether every participant's frontier has closed (the job is ending).
     pub last: bool,
 }
@@ -212,7 +257,8 @@ impl Hub {
     }
 
     /// Offers a piece of `op` on `worker`.
-    pub fn offer(&self, op: &str, worker: usize, lo: u64, hi: u64, blob: Vec<u8>) {
+    pub fn offer(&self, op: &str, worker: usize, lo: u64, hi: u64, blob: impl Into<Blob>) {
+        let blob = blob.into();
         let mut s = self.state.lock().expect("hub lock");
         if let Some(outbox) = s.outbox.as_mut() {
             outbox.push(Offered {
@@ -366,7 +412,7 @@ mod tests {
             vec![("a", 100), ("b", FINAL)]
         );
         assert!(relay.take_offered(2).is_empty());
-        assert_eq!(relay.take_offered(3)[0].blob, vec![2]);
+        assert_eq!(relay.take_offered(3)[0].blob, Blob::from(vec![2]));
         relay.set_committed(200);
         assert_eq!(relay.committed(), 300, "never backwards");
         relay.set_committed(500);
@@ -383,14 +429,18 @@ mod tests {
         hub.offer("b", 0, 100, 200, vec![3]);
         let r = hub.take_ready().unwrap();
         assert_eq!(r.boundary, 200);
-        assert_eq!(r.pieces[0].1, vec![2]);
-        assert_eq!(r.pieces[1].1, vec![3]);
+        assert_eq!(r.pieces[0].1, Blob::from(vec![2]));
+        assert_eq!(r.pieces[1].1, Blob::from(vec![3]));
         assert!(!r.last);
         assert!(hub.take_ready().is_none());
         hub.offer("b", 0, 300, FINAL, vec![4]);
         let r = hub.take_ready().unwrap();
         assert_eq!((r.boundary, r.last), (300, false));
-        assert_eq!(r.pieces[0].1, vec![2], "a's piece covers 300 too");
+        assert_eq!(
+            r.pieces[0].1,
+            Blob::from(vec![2]),
+            "a's piece covers 300 too"
+        );
         assert!(!hub.all_final());
         hub.offer("a", 0, 400, FINAL, vec![5]);
         assert!(hub.all_final());
@@ -398,8 +448,25 @@ mod tests {
         assert_eq!((r.boundary, r.last), (400, true));
         assert_eq!(
             (r.pieces[0].1.clone(), r.pieces[1].1.clone()),
-            (vec![5], vec![4])
+            (Blob::from(vec![5]), Blob::from(vec![4]))
         );
         assert!(hub.take_ready().is_none());
+    }
+
+    #[test]
+    fn a_blob_reads_as_its_chunks_together() {
+        let b = Blob::from_chunks(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ]);
+        assert_eq!((b.len(), b.is_empty()), (5, false));
+        assert_eq!(&*b.contiguous(), b"abcde");
+        let one = Blob::from(b"xyz".to_vec());
+        assert!(matches!(one.contiguous(), Cow::Borrowed(b"xyz")));
+        assert!(Blob::default().is_empty());
+        assert_eq!(&*Blob::default().contiguous(), b"");
+        let wire = postcard::to_stdvec(&b).unwrap();
+        assert_eq!(postcard::from_bytes::<Blob>(&wire).unwrap(), b);
     }
 }
