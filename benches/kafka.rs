@@ -57,6 +57,87 @@ fn lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// The `ts` of an input line or of a vehicle in a stream message (the first `"ts":` from
+/// `from`).
+fn ts_of(text: &str, from: usize) -> Option<i64> {
+    let at = text.get(from..)?.find("\"ts\":")? + from + 5;
+    let end = text[at..]
+        .find(|c: char| !c.is_ascii_digit() && c != '-')
+        .map_or(text.len(), |e| e + at);
+    text[at..end].parse().ok()
+}
+
+/// What [`follow_stream`] saw.
+#[derive(Default)]
+struct Followed {
+    /// When each fix (vehicle, `ts`) was first seen in a `vehicle` change.
+    seen: HashMap<(String, i64), Instant>,
+    /// Connections made (a stream that ends early is resumed from its last id).
+    connections: usize,
+    /// Times the server said the client read too slowly.
+    lagged: usize,
+}
+
+/// Follows `GET /v1/stream?topics=vehicles` until `done`, resuming with `Last-Event-ID`
+/// (as a dashboard does) whenever the stream ends early.
+fn follow_stream(addr: &str, done: &AtomicBool) -> Followed {
+    use std::io::{BufRead, Write};
+    let mut f = Followed::default();
+    let mut last_id: Option<String> = None;
+    while !done.load(Relaxed) {
+        f.connections += 1;
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let resume = last_id
+            .as_ref()
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /v1/stream?topics=vehicles HTTP/1.0\r\nHost: {addr}\r\n{resume}\r\n"
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::with_capacity(1 << 20, s);
+        let mut line = String::new();
+        while !done.load(Relaxed) {
+            match r.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                // A timeout keeps what was read of the line.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            }
+            let now = Instant::now();
+            if let Some(id) = line.strip_prefix("id: ") {
+                last_id = Some(id.trim_end().to_string());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                if data.starts_with("{\"type\":\"vehicle\"") {
+                    if let Some(at) = data.find("\"vehicle\":{") {
+                        if let (Some(k), Some(ts)) = (key_of(&data[at..]), ts_of(data, at)) {
+                            f.seen.entry((k, ts)).or_insert(now);
+                        }
+                    }
+                } else if data.starts_with("{\"type\":\"lagged\"") {
+                    f.lagged += 1;
+                }
+            }
+            line.clear();
+        }
+    }
+    f
+}
+
 fn key_of(line: &str) -> Option<String> {
     let at = line.find("\"vehicle_id\":\"")? + 14;
     let end = line[at..].find('"')? + at;
@@ -276,6 +357,16 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
             })
         })
         .collect();
+    // Every fix, through the change stream a dashboard subscribes to (its messages follow
+    // the change to the state `GET /v1/vehicles/{id}` reads: an upper bound on when a fix
+    // became visible there, over every fix rather than a sample).
+    let stream = {
+        let (addr, done) = (addr.clone(), done.clone());
+        std::thread::spawn(move || follow_stream(&addr, &done))
+    };
+    let every: Arc<Mutex<Vec<(String, i64, Instant)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(steady.len())));
+    let every_p = every.clone();
     let sent_p = sent.clone();
     let sampled_p = sampled.clone();
     let n = produce_events(
@@ -284,6 +375,12 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         Some(rate),
         steady.iter().map(move |l| {
             let key = key_of(l);
+            if let (Some(k), Some(ts)) = (key.as_ref(), ts_of(l, 0)) {
+                every_p
+                    .lock()
+                    .unwrap()
+                    .push((k.clone(), ts, Instant::now()));
+            }
             if let Some(k) = key.as_ref().filter(|k| sampled_p.contains(k)) {
                 if let Some(ts) = serde_json::from_str::<serde_json::Value>(l)
                     .ok()
@@ -309,6 +406,18 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
+    let followed = stream.join().unwrap();
+    let (mut all, mut unseen) = (Vec::new(), 0usize);
+    for (k, ts, at) in every.lock().unwrap().drain(..) {
+        if at < warm_up {
+            continue;
+        }
+        match followed.seen.get(&(k, ts)) {
+            Some(s) => all.push(s.saturating_duration_since(at).as_secs_f64() * 1000.0),
+            None => unseen += 1,
+        }
+    }
+    all.sort_by(f64::total_cmp);
     let log = interrupt(child, rest);
     let job_line = |prefix: &str| {
         log.lines()
@@ -329,5 +438,19 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         percentile(&lat, 0.99),
         lat.len()
     );
+    let stream_note = format!(
+        "{} connection(s), lagged {} time(s)",
+        followed.connections, followed.lagged
+    );
+    if all.is_empty() {
+        println!("    every fix via /v1/stream: none seen ({stream_note})");
+    } else {
+        println!(
+            "    every fix via /v1/stream: p50 {:.1} ms, p99 {:.1} ms ({} fixes after the warm-up, {unseen} not seen; {stream_note})",
+            percentile(&all, 0.5),
+            percentile(&all, 0.99),
+            all.len(),
+        );
+    }
     println!("    the job's own {delivery}\n    the job's own {job_latency}");
 }
