@@ -36,7 +36,7 @@ mod harness;
 use common::{env_or, generated_input, run};
 use fleetflow_connectors::kafka::produce_events;
 use fleetflow_connectors::kafka::rdkafka::mocking::MockCluster;
-use harness::{interrupt, spawn_with_api, KafkaBroker, KeepAlive};
+use harness::{interrupt, spawn_with_api, KafkaBroker, KeepAlive, Sse};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -83,27 +83,13 @@ struct Followed {
 /// Follows `GET /v1/stream?topics=vehicles` until `done`, resuming with `Last-Event-ID`
 /// (as a dashboard does) whenever the stream ends early.
 fn follow_stream(addr: &str, done: &AtomicBool) -> Followed {
-    use std::io::{BufRead, Write};
+    use std::io::BufRead;
     let mut f = Followed::default();
     let mut last_id: Option<String> = None;
     while !done.load(Relaxed) {
         f.connections += 1;
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let resume = last_id
-            .as_ref()
-            .map(|id| format!("Last-Event-ID: {id}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET /v1/stream?topics=vehicles HTTP/1.0\r\nHost: {addr}\r\n{resume}\r\n"
-        )
-        .unwrap();
-        let mut r = std::io::BufReader::with_capacity(1 << 20, s);
+        let mut r = Sse::open(addr, "/v1/stream?topics=vehicles", last_id.as_deref())
+            .into_lines(Duration::from_millis(100));
         let mut line = String::new();
         while !done.load(Relaxed) {
             match r.read_line(&mut line) {
@@ -366,9 +352,9 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         let (addr, done) = (addr.clone(), done.clone());
         std::thread::spawn(move || follow_stream(&addr, &done))
     };
-    let every: Arc<Mutex<Vec<(String, i64, Instant)>>> =
-        Arc::new(Mutex::new(Vec::with_capacity(steady.len())));
-    let every_p = every.clone();
+    // Every fix as handed to the producer: (vehicle, ts, when).
+    let mut every: Vec<(String, i64, Instant)> = Vec::with_capacity(steady.len());
+    let every_p = &mut every;
     let sent_p = sent.clone();
     let sampled_p = sampled.clone();
     let n = produce_events(
@@ -378,23 +364,16 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         steady.iter().map(move |l| {
             let key = key_of(l);
             if let (Some(k), Some(ts)) = (key.as_ref(), ts_of(l, 0)) {
-                every_p
-                    .lock()
-                    .unwrap()
-                    .push((k.clone(), ts, Instant::now()));
-            }
-            if let Some(k) = key.as_ref().filter(|k| sampled_p.contains(k)) {
-                if let Some(ts) = serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|j| j["ts"].as_i64())
-                {
+                let now = Instant::now();
+                if sampled_p.contains(k) {
                     sent_p
                         .lock()
                         .unwrap()
                         .entry(k.clone())
                         .or_default()
-                        .push((ts, Instant::now()));
+                        .push((ts, now));
                 }
+                every_p.push((k.clone(), ts, now));
             }
             (key, l.as_bytes().to_vec())
         }),
@@ -410,7 +389,7 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         .collect();
     let followed = stream.join().unwrap();
     let (mut all, mut unseen) = (Vec::new(), 0usize);
-    for (k, ts, at) in every.lock().unwrap().drain(..) {
+    for (k, ts, at) in every {
         if at < warm_up {
             continue;
         }

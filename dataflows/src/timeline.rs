@@ -134,11 +134,15 @@ struct Snapshotting {
 }
 
 impl Snapshotting {
+    /// An empty chunk, with room for the vehicle that fills it past [`SNAPSHOT_CHUNK`].
+    fn chunk() -> Vec<u8> {
+        Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8)
+    }
+
     /// Completes the chunk being written once it is full.
     fn roll(&mut self) {
         if self.body.len() >= SNAPSHOT_CHUNK {
-            let full =
-                std::mem::replace(&mut self.body, Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8));
+            let full = std::mem::replace(&mut self.body, Snapshotting::chunk());
             self.done.push(full.into());
         }
     }
@@ -228,7 +232,7 @@ impl Timelines {
         assert!(self.snapshotting.is_none(), "one snapshot at a time");
         self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
         let upto = self.vehicles.len() as u32;
-        let mut body = Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8);
+        let mut body = Snapshotting::chunk();
         body.extend_from_slice(&head);
         // Every vehicle of now is written, once: the count is known.
         body = postcard::to_extend(&(upto as u64), body).expect("a count encodes");

@@ -778,6 +778,13 @@ impl Sse {
         Sse(r)
     }
 
+    /// The connection, past the response headers, for reading the stream line by line
+    /// with reads that time out after `timeout`.
+    pub fn into_lines(self, timeout: Duration) -> std::io::BufReader<std::net::TcpStream> {
+        self.0.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        self.0
+    }
+
     /// The next event (panics when the stream ends).
     pub fn next(&mut self) -> Event {
         use std::io::BufRead;
