@@ -131,8 +131,11 @@ type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 
 /// How long one invocation of the operator spends writing a snapshot, at most (about):
 /// the rest waits for the next invocation, so a checkpoint of many vehicles does not hold
-/// up the fixes behind it.
-const SNAPSHOT_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+/// up the fixes behind it. A fix waits for several invocations on its way (its epoch's
+/// frontier, the exchange, the output's progress), each of which may carry a slice: with
+/// 5 ms slices the read -> visible p99 at 20,000 events/s was 27-39 ms, with 1 ms 9-19 ms
+/// (checkpoints of 230 MB every 10 s; 7-9 ms without checkpoints).
+const SNAPSHOT_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Writes the operator's snapshots a slice at a time and offers each to the hub once
 /// complete.

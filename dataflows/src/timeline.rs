@@ -258,7 +258,7 @@ impl Timelines {
             let slot = s.cursor;
             s.cursor += 1;
             self.save(slot);
-            if budget.is_some_and(|b| slot % 64 == 63 && started.elapsed() >= b) {
+            if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
                 return None;
             }
         }
