@@ -3,15 +3,23 @@
 //!
 //! (a) the maximum sustained rate: the topic (4 partitions) is filled first, then a bounded
 //!     job (2 workers, every tier, local lake) reads it to the end; events/s over the
-//!     job's whole run;
+//!     job's whole run (3M events by default: about 7 s, of which the consumers' start —
+//!     joining, metadata, first fetches — takes most of a second; over 1M events that
+//!     start made the rate vary from 262k to 367k events/s);
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
-//!     produces, into a topic of one partition per worker (`FLEETFLOW_BENCH_LIVE_PARTITIONS`,
-//!     default 2: tansu's memory storage lists every batch a partition holds on every fetch
-//!     of it, so its cost per fetch grows with the partitions' batches; with 4 partitions it
-//!     takes both cores after about 30 s at 20,000 events/s), at `FLEETFLOW_BENCH_RATE`
-//!     events/s (default 20,000) for
+//!     produces, into a topic of `FLEETFLOW_BENCH_LIVE_PARTITIONS` partitions (default 1:
+//!     tansu's memory storage lists every batch a partition holds on every fetch of it, and
+//!     a producer lingering 5 ms adds a batch per partition every 5 ms whatever the rate,
+//!     so the broker's work grows with the partitions and the run's length: with 4
+//!     partitions it takes both cores after about 30 s at 20,000 events/s, with 2 its
+//!     delivery p99 is 2-3 times that with 1; one partition carries 20,000 events/s
+//!     easily, and the job's other worker gets its share of the vehicles through the
+//!     exchange), at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
 //!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
-//!     (event time keeps pace with the wall clock); 80 sampled vehicles are polled through
+//!     (event time keeps pace with the wall clock), after producing the first 30 s of event
+//!     time at once (the allowed lateness: so the job measured is in its steady state,
+//!     finalizing fixes, writing the lake and checkpointing 30 s of pending fixes); `FLEETFLOW_BENCH_SAMPLED` vehicles
+//!     (default 80) are polled through
 //!     `GET /v1/vehicles/{id}` and each fix's latency is the time from handing it to the
 //!     producer to seeing its `ts` there (p50/p99); every fix is also followed through
 //!     `GET /v1/stream?topics=vehicles` (an upper bound on when it became visible there,
@@ -24,10 +32,11 @@
 //! against librdkafka's mock cluster (in this process), which tells the job's own limits
 //! from the broker's. Select with `FLEETFLOW_BENCH_BROKER=tansu-memory,tansu,mock`.
 //!
-//! Environment: `FLEETFLOW_BENCH_EVENTS` (default 1000000), `FLEETFLOW_BENCH_VEHICLES`
+//! Environment: `FLEETFLOW_BENCH_EVENTS` (default 3000000), `FLEETFLOW_BENCH_VEHICLES`
 //! (default 10000), `FLEETFLOW_BENCH_LAKE` (extra lines of the job's `[lake]` table, e.g.
 //! `checkpoint_interval = "1m"`), `FLEETFLOW_BENCH_SOURCE` (extra lines of `[source]`, e.g.
-//! `options = { "fetch.wait.max.ms" = "5" }`).
+//! `options = { "fetch.wait.max.ms" = "5" }`), `FLEETFLOW_BENCH_ONLY` (`a` or `b`: one of
+//! the two).
 
 mod common;
 #[path = "../tests/common/mod.rs"]
@@ -81,10 +90,14 @@ struct Followed {
 }
 
 /// Follows `GET /v1/stream?topics=vehicles` until `done`, resuming with `Last-Event-ID`
-/// (as a dashboard does) whenever the stream ends early.
-fn follow_stream(addr: &str, done: &AtomicBool) -> Followed {
+/// (as a dashboard does) whenever the stream ends early. `expected`: about how many fixes
+/// (the map of them never grows, which would stall the reading while it is copied).
+fn follow_stream(addr: &str, done: &AtomicBool, expected: usize) -> Followed {
     use std::io::BufRead;
-    let mut f = Followed::default();
+    let mut f = Followed {
+        seen: HashMap::with_capacity(expected),
+        ..Followed::default()
+    };
     let mut last_id: Option<String> = None;
     while !done.load(Relaxed) {
         f.connections += 1;
@@ -220,8 +233,36 @@ fn close_batches(brokers: &str, topic: &str, partitions: i32) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Seconds of event time (b) produces at once before its measured part: the job's
+/// allowed lateness (its default, 30 s), so that from the first measured second the
+/// watermark advances and the job does all its steady work: fixes become final, the
+/// lake's files are written, and every checkpoint holds the lateness's worth of pending
+/// fixes. Without it the first 30 s would measure a job that only updates vehicle state.
+const BACKFILL_S: u64 = 30;
+
 /// Vehicle -> its fixes sent and not yet seen: (ts, when handed to the producer).
 type Outstanding = HashMap<String, Vec<(i64, Instant)>>;
+
+/// Waits until the job at `addr` has read `n` events (its `fleetflow_events_in_total`).
+fn wait_for_events(addr: &str, n: u64) {
+    let mut client = KeepAlive::connect(addr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, text) = client.get("/metrics");
+        let read = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fleetflow_events_in_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if read.is_some_and(|r| r >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job read {read:?} of the {n} backfilled events in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -232,14 +273,20 @@ fn main() {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_fleetflow");
-    let events: u64 = env_or("FLEETFLOW_BENCH_EVENTS", "1000000").parse().unwrap();
+    let events: u64 = env_or("FLEETFLOW_BENCH_EVENTS", "3000000").parse().unwrap();
     let vehicles: u64 = env_or("FLEETFLOW_BENCH_VEHICLES", "10000").parse().unwrap();
     let rate: u64 = env_or("FLEETFLOW_BENCH_RATE", "20000").parse().unwrap();
     let seconds: u64 = env_or("FLEETFLOW_BENCH_SECONDS", "30").parse().unwrap();
     let input = lines(&generated_input(bin, events, vehicles, "1"));
     // (b) is real time: `rate` events/s are `rate * 5` vehicles reporting every 5 s, so event
-    // time advances as fast as the wall clock (as it would in production).
-    let steady = lines(&generated_input(bin, rate * seconds, rate * 5, "1"));
+    // time advances as fast as the wall clock (as it would in production). The first
+    // `BACKFILL_S` s of event time are produced at once, before the measured part.
+    let steady = lines(&generated_input(
+        bin,
+        rate * (BACKFILL_S + seconds),
+        rate * 5,
+        "1",
+    ));
     let which = env_or("FLEETFLOW_BENCH_BROKER", "tansu-memory,tansu,mock");
     for name in which.split(',') {
         let broker = match name {
@@ -256,10 +303,20 @@ fn main() {
 }
 
 fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: u64) {
-    let brokers = broker.brokers();
     let dir = tempfile::tempdir().unwrap();
 
-    // (a) Maximum sustained rate from Kafka into the lake.
+    let only = env_or("FLEETFLOW_BENCH_ONLY", "ab");
+    if only.contains('a') {
+        sustained(bin, broker, dir.path(), input);
+    }
+    if only.contains('b') {
+        latency(broker, dir.path(), steady, rate);
+    }
+}
+
+/// (a) Maximum sustained rate from Kafka into the lake.
+fn sustained(bin: &str, broker: &Broker, dir: &std::path::Path, input: &[String]) {
+    let brokers = broker.brokers();
     broker.create_topic("fill", input.len(), 4);
     let t = Instant::now();
     let n = produce_events(
@@ -274,7 +331,7 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
     if matches!(broker, Broker::Tansu(_, Storage::Memory)) {
         close_batches(&brokers, "fill", 4);
     }
-    let f = run(bin, &job(dir.path(), &brokers, "fill", true));
+    let f = run(bin, &job(dir, &brokers, "fill", true));
     println!(
         "(a) {n} events produced in {produce_s:.1}s ({:.0}/s); job read them into the lake at {} events/s (whole run), {} events/s after start-up, peak RSS {} MiB; {}",
         n as f64 / produce_s,
@@ -290,26 +347,44 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         f.count("events") == n + closing && closing <= 4,
         "the job read every event produced"
     );
+}
 
-    // (b) Produce -> visible in the API at a steady rate.
-    let partitions = env_or("FLEETFLOW_BENCH_LIVE_PARTITIONS", "2")
+/// (b) Produce -> visible in the API at a steady rate.
+fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64) {
+    let brokers = broker.brokers();
+    let partitions = env_or("FLEETFLOW_BENCH_LIVE_PARTITIONS", "1")
         .parse()
         .unwrap();
     broker.create_topic("live", steady.len(), partitions);
-    let spec = job(dir.path(), &brokers, "live", false);
-    let (child, addr, rest) = spawn_with_api(dir.path(), &["run", spec.to_str().unwrap()]);
-    // 80 sampled vehicles, polled by 4 threads while one of their fixes is on its way (so
-    // the polling, every `FLEETFLOW_BENCH_POLL_MS` (default 1), adds about that much to a
-    // latency and little load); fixes handed to the producer in the first
+    let spec = job(dir, &brokers, "live", false);
+    let (child, addr, rest) = spawn_with_api(dir, &["run", spec.to_str().unwrap()]);
+    let (backfill, steady) = steady.split_at((rate * BACKFILL_S) as usize);
+    let filled = produce_events(
+        &brokers,
+        "live",
+        None,
+        backfill.iter().map(|l| (key_of(l), l.as_bytes().to_vec())),
+        |_| {},
+    )
+    .unwrap();
+    wait_for_events(&addr, filled);
+    // `FLEETFLOW_BENCH_SAMPLED` sampled vehicles (default 80: about 430 fixes in 30 s),
+    // polled by 4 threads while one of their fixes is on its way (so the polling, every
+    // `FLEETFLOW_BENCH_POLL_MS` (default 1), adds about that much to a latency: 80 vehicles
+    // cost about 700 requests/s; 400 cost 3,700/s, which loads two cores enough to raise
+    // every p99 several times over); fixes handed to the producer in the first
     // `FLEETFLOW_BENCH_WARMUP` s (default 3; the job's consumer connecting) are not counted.
-    let sampled: Vec<String> = (0..80).map(|i| format!("V{:05}", i * 7)).collect();
+    let sample: usize = env_or("FLEETFLOW_BENCH_SAMPLED", "80").parse().unwrap();
+    let sampled: Vec<String> = (0..sample)
+        .map(|i| format!("V{:05}", (i * 7) % (rate as usize * 5)))
+        .collect();
     let sent: Arc<Mutex<Outstanding>> = Default::default();
     let done = Arc::new(AtomicBool::new(false));
     let t = Instant::now();
     let warm_up = t + Duration::from_secs(env_or("FLEETFLOW_BENCH_WARMUP", "3").parse().unwrap());
     let poll_every = Duration::from_millis(env_or("FLEETFLOW_BENCH_POLL_MS", "1").parse().unwrap());
     let pollers: Vec<_> = sampled
-        .chunks(20)
+        .chunks(sample.div_ceil(4).max(1))
         .map(|mine| {
             let (sent, done, addr, mine) =
                 (sent.clone(), done.clone(), addr.clone(), mine.to_vec());
@@ -349,14 +424,14 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
     // the change to the state `GET /v1/vehicles/{id}` reads: an upper bound on when a fix
     // became visible there, over every fix rather than a sample).
     let stream = {
-        let (addr, done) = (addr.clone(), done.clone());
-        std::thread::spawn(move || follow_stream(&addr, &done))
+        let (addr, done, expected) = (addr.clone(), done.clone(), steady.len());
+        std::thread::spawn(move || follow_stream(&addr, &done, expected))
     };
     // Every fix as handed to the producer: (vehicle, ts, when).
     let mut every: Vec<(String, i64, Instant)> = Vec::with_capacity(steady.len());
     let every_p = &mut every;
     let sent_p = sent.clone();
-    let sampled_p = sampled.clone();
+    let sampled_p: std::collections::HashSet<String> = sampled.iter().cloned().collect();
     let n = produce_events(
         &brokers,
         "live",
@@ -389,16 +464,34 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         .collect();
     let followed = stream.join().unwrap();
     let (mut all, mut unseen) = (Vec::new(), 0usize);
+    // The same by the second the fix was produced in, to tell a steady tail from bursts
+    // (a checkpoint every 10 s, the broker's work growing with the topic).
+    let mut by_second: Vec<Vec<f64>> = Vec::new();
     for (k, ts, at) in every {
         if at < warm_up {
             continue;
         }
         match followed.seen.get(&(k, ts)) {
-            Some(s) => all.push(s.saturating_duration_since(at).as_secs_f64() * 1000.0),
+            Some(s) => {
+                let ms = s.saturating_duration_since(at).as_secs_f64() * 1000.0;
+                let second = at.duration_since(t).as_secs() as usize;
+                by_second.resize_with(by_second.len().max(second + 1), Vec::new);
+                by_second[second].push(ms);
+                all.push(ms);
+            }
             None => unseen += 1,
         }
     }
     all.sort_by(f64::total_cmp);
+    let per_second: Vec<String> = by_second
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(second, l)| {
+            l.sort_by(f64::total_cmp);
+            format!("{second}:{:.0}", percentile(l, 0.99))
+        })
+        .collect();
     let log = interrupt(child, rest);
     let job_line = |prefix: &str| {
         log.lines()
@@ -413,7 +506,7 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         return;
     }
     println!(
-        "(b) {n} events from {} vehicles at {achieved:.0} events/s: produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        "(b) {n} events from {} vehicles at {achieved:.0} events/s, after {filled} at once ({BACKFILL_S} s of event time): produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
         rate * 5,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
@@ -432,6 +525,12 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
             percentile(&all, 0.99),
             all.len(),
         );
+        println!(
+            "    its p99 by the second produced in (s:ms): {}",
+            per_second.join(" ")
+        );
     }
-    println!("    the job's own {delivery}\n    the job's own {job_latency}");
+    // The job's histograms cover its whole run: the backfill, read as fast as it could be,
+    // waited in the topic, and its vehicles' updates came in large batches.
+    println!("    the job's own, over its whole run (the backfill included):\n      {delivery}\n      {job_latency}");
 }
