@@ -243,6 +243,12 @@ const BACKFILL_S: u64 = 30;
 /// Vehicle -> its fixes sent and not yet seen: (ts, when handed to the producer).
 type Outstanding = HashMap<String, Vec<(i64, Instant)>>;
 
+/// Produces `lines` to `topic` as fast as the broker takes them, keyed by vehicle.
+fn produce_all(brokers: &str, topic: &str, lines: &[String]) -> u64 {
+    let events = lines.iter().map(|l| (key_of(l), l.as_bytes().to_vec()));
+    produce_events(brokers, topic, None, events, |_| {}).unwrap()
+}
+
 /// Waits until the job at `addr` has read `n` events (its `fleetflow_events_in_total`).
 fn wait_for_events(addr: &str, n: u64) {
     let mut client = KeepAlive::connect(addr);
@@ -319,14 +325,7 @@ fn sustained(bin: &str, broker: &Broker, dir: &std::path::Path, input: &[String]
     let brokers = broker.brokers();
     broker.create_topic("fill", input.len(), 4);
     let t = Instant::now();
-    let n = produce_events(
-        &brokers,
-        "fill",
-        None,
-        input.iter().map(|l| (key_of(l), l.as_bytes().to_vec())),
-        |_| {},
-    )
-    .unwrap();
+    let n = produce_all(&brokers, "fill", input);
     let produce_s = t.elapsed().as_secs_f64();
     if matches!(broker, Broker::Tansu(_, Storage::Memory)) {
         close_batches(&brokers, "fill", 4);
@@ -359,14 +358,7 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
     let spec = job(dir, &brokers, "live", false);
     let (child, addr, rest) = spawn_with_api(dir, &["run", spec.to_str().unwrap()]);
     let (backfill, steady) = steady.split_at((rate * BACKFILL_S) as usize);
-    let filled = produce_events(
-        &brokers,
-        "live",
-        None,
-        backfill.iter().map(|l| (key_of(l), l.as_bytes().to_vec())),
-        |_| {},
-    )
-    .unwrap();
+    let filled = produce_all(&brokers, "live", backfill);
     wait_for_events(&addr, filled);
     // `FLEETFLOW_BENCH_SAMPLED` sampled vehicles (default 80: about 430 fixes in 30 s),
     // polled by 4 threads while one of their fixes is on its way (so the polling, every
