@@ -18,8 +18,8 @@
 //!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
 //!     (event time keeps pace with the wall clock), after producing the first 30 s of event
 //!     time at once (the allowed lateness: so the job measured is in its steady state,
-//!     finalizing fixes, writing the lake and checkpointing 30 s of pending fixes); `FLEETFLOW_BENCH_SAMPLED` vehicles
-//!     (default 80) are polled through
+//!     finalizing fixes, writing the lake and checkpointing 30 s of pending fixes);
+//!     `FLEETFLOW_BENCH_SAMPLED` vehicles (default 80) are polled through
 //!     `GET /v1/vehicles/{id}` and each fix's latency is the time from handing it to the
 //!     producer to seeing its `ts` there (p50/p99); every fix is also followed through
 //!     `GET /v1/stream?topics=vehicles` (an upper bound on when it became visible there,
