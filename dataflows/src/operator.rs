@@ -169,26 +169,36 @@ impl SnapshotWriter {
         if self.hub.is_none() {
             return;
         }
-        self.step(timelines, None);
+        self.step(timelines, None, std::time::Instant::now());
         // Encoded as the head of a `TimelineSnapshot`; the vehicles follow.
         let head = postcard::to_stdvec(&(tracker, watermark)).expect("tracker encodes");
         timelines.begin_snapshot(head);
         self.writing = Some(range);
     }
 
-    /// Writes for about `budget` (`None`: to the end); offers the snapshot once written.
-    /// Whether nothing is left to write.
-    fn step(&mut self, timelines: &mut Timelines, budget: Option<std::time::Duration>) -> bool {
+    /// Writes for about `budget` (`None`: to the end, at once), a slice only once
+    /// [`SNAPSHOT_PAUSE`] has passed since the last one (`now`: the time it is); offers
+    /// the snapshot once written. How long until the next slice is due (`None`: nothing is
+    /// left to write).
+    fn step(
+        &mut self,
+        timelines: &mut Timelines,
+        budget: Option<std::time::Duration>,
+        now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
         let (Some(hub), Some(_)) = (&self.hub, &self.writing) else {
-            return true;
+            return None;
         };
+        if budget.is_some() && self.next_slice > now {
+            return Some(self.next_slice - now);
+        }
         let Some(blob) = timelines.continue_snapshot(budget) else {
             self.next_slice = std::time::Instant::now() + SNAPSHOT_PAUSE;
-            return false;
+            return Some(SNAPSHOT_PAUSE);
         };
         let (lo, hi) = self.writing.take().expect("checked");
         hub.offer(SNAPSHOT_OP, self.worker, lo, hi, blob);
-        true
+        None
     }
 }
 
@@ -451,13 +461,8 @@ pub fn render_timeline<'scope>(
             // The snapshot is written a slice at a time, paced (all of it once the input
             // ended).
             let budget = frontier.map(|_| SNAPSHOT_SLICE);
-            let wait = snapshots
-                .next_slice
-                .saturating_duration_since(std::time::Instant::now());
-            if budget.is_some() && snapshots.writing.is_some() && !wait.is_zero() {
+            if let Some(wait) = snapshots.step(&mut timelines, budget, std::time::Instant::now()) {
                 activator.activate_after(wait);
-            } else if !snapshots.step(&mut timelines, budget) {
-                activator.activate_after(SNAPSHOT_PAUSE);
             }
             match frontier {
                 None => caps = None,
@@ -478,5 +483,79 @@ pub fn render_timeline<'scope>(
         state: state.as_collection(),
         progress,
         finals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::TimelineConfig;
+    use fleetflow_types::checkpoint::Hub;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_snapshot_is_written_in_paced_slices_and_offered_once_complete() {
+        let metrics = Arc::new(Metrics::new(vec![]));
+        let cfg = TimelineConfig {
+            offline_after: 600_000,
+            tiers: vec![60_000],
+            raw: false,
+            finals: false,
+        };
+        let names = Arc::new(vec!["in".to_string()]);
+        let mut t = Timelines::new(cfg, Arc::default(), names, metrics);
+        let mut out = Outputs::default();
+        let n = 50_000;
+        for i in 0..n {
+            let fix = Fix::at(&format!("v{i}"), "t", 1_700_000_000_000 + i, 52.0, 13.0);
+            let inc = IncomingFix {
+                fix,
+                payload: bytes::Bytes::from_static(b"{}"),
+                input: 0,
+                position: i as u64,
+                received_at: 0,
+            };
+            t.offer(inc, None, &mut out);
+        }
+        let hub = Arc::new(Hub::new(10, vec![(SNAPSHOT_OP.into(), 0)], 0));
+        let mut w = SnapshotWriter {
+            hub: Some(hub.clone()),
+            worker: 0,
+            writing: None,
+            next_slice: Instant::now(),
+        };
+        w.begin(&mut t, &WatermarkTracker::default(), None, (10, 10));
+        let before = Instant::now();
+        assert_eq!(
+            w.step(&mut t, Some(SNAPSHOT_SLICE), before),
+            Some(SNAPSHOT_PAUSE),
+            "{n} vehicles take more than one slice"
+        );
+        let written = t.snapshot_cursor().expect("being written");
+        assert!(written > 0 && written < n as u32, "{written}");
+        assert!(w.next_slice >= before + SNAPSHOT_PAUSE);
+        // Before the pause is over: nothing is written, and the wait is what is left.
+        let early = w.next_slice - Duration::from_millis(1);
+        assert_eq!(
+            w.step(&mut t, Some(SNAPSHOT_SLICE), early),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(t.snapshot_cursor(), Some(written));
+        assert!(
+            hub.take_ready().is_none(),
+            "not offered before it is complete"
+        );
+        // Once it is over, the next slice.
+        let due = w.next_slice;
+        assert!(w.step(&mut t, Some(SNAPSHOT_SLICE), due).is_some());
+        assert!(t.snapshot_cursor().expect("not done yet") > written);
+        // The rest at once (the input ended), paced or not; then it is offered.
+        assert_eq!(w.step(&mut t, None, due), None);
+        let ready = hub.take_ready().expect("offered");
+        assert_eq!(ready.boundary, 10);
+        let snap: TimelineSnapshot =
+            postcard::from_bytes(&ready.pieces[0].1.contiguous()).expect("decodes");
+        assert_eq!(snap.vehicles.len(), n as usize);
+        assert_eq!(w.step(&mut t, Some(SNAPSHOT_SLICE), Instant::now()), None);
     }
 }

@@ -267,6 +267,12 @@ impl Timelines {
         Some(Blob::from_chunks(s.done))
     }
 
+    /// How many vehicles the pass of the snapshot being written has looked at.
+    #[cfg(test)]
+    pub(crate) fn snapshot_cursor(&self) -> Option<u32> {
+        self.snapshotting.as_ref().map(|s| s.cursor)
+    }
+
     /// Writes vehicle `slot` into the snapshot being written, unless it is written already
     /// or is newer than the snapshot. Called before anything the snapshot holds changes.
     fn save(&mut self, slot: u32) {
