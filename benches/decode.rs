@@ -18,7 +18,10 @@ fn lines(n: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         if let Polled::Finished = g
-            .poll(0, 4096, &mut |l, _, _| out.push(l.to_vec()))
+            .poll(0, 4096, &mut |l, _, _| {
+                out.push(l.to_vec());
+                true
+            })
             .unwrap()
         {
             break;

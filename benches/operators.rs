@@ -1,8 +1,8 @@
 //! The per-vehicle operators without timely: `cargo bench --bench operators`.
 //!
-//! `timeline/offer_advance` is the whole per-vehicle path (dedup, lateness, implausible
-//! jumps, segments, three window tiers, vehicle state) for 100k fixes of 1,000 vehicles,
-//! advancing the watermark every 5,000 fixes. `geofencing/{0,1000,100000}` is geofence
+//! `timeline/offer_publish` is the whole per-vehicle path (dedup, lateness against each
+//! vehicle's own clock, implausible jumps, segments, three window tiers, vehicle state)
+//! for 100k fixes of 1,000 vehicles, moving the job clock and publishing every 5,000 fixes. `geofencing/{0,1000,100000}` is geofence
 //! membership and events for the same fixes with that many random geofences (50-500 m
 //! across over the generator's area).
 
@@ -42,6 +42,7 @@ fn fixes(n: usize) -> Vec<IncomingFix> {
                     position: pos,
                     received_at: now,
                 });
+                true
             })
             .unwrap()
         {
@@ -57,15 +58,18 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("timeline");
     group.throughput(Throughput::Elements(input.len() as u64));
     group.sample_size(20);
-    group.bench_function("offer_advance", |b| {
+    group.bench_function("offer_publish", |b| {
         b.iter_batched(
             || input.clone(),
             |input| {
                 let cfg = TimelineConfig {
+                    lateness: 30_000,
                     offline_after: 600_000,
                     tiers: vec![60_000, 3_600_000, 86_400_000],
                     raw: true,
                     finals: true,
+                    silence: None,
+                    vote_for: None,
                 };
                 let mut t = Timelines::new(
                     cfg,
@@ -77,10 +81,11 @@ fn bench(c: &mut Criterion) {
                 let mut max_ts = i64::MIN;
                 for (i, inc) in input.into_iter().enumerate() {
                     max_ts = max_ts.max(inc.fix.ts);
-                    t.offer(inc, Some(max_ts - 30_000 - 5_000), &mut out);
+                    t.offer(inc, &mut out);
                     if i % 5_000 == 4_999 {
-                        t.advance(max_ts - 30_000, &mut out);
-                        t.publish(Some(max_ts - 30_000), &mut out);
+                        t.set_clock(max_ts, &mut out);
+                        t.publish(&mut out);
+                        out.finals.clear();
                         out.raw.clear();
                         out.rows.clear();
                         out.state.clear();
@@ -117,7 +122,7 @@ fn bench_geofencing(c: &mut Criterion) {
         .scan(std::collections::HashMap::new(), |slots, f| {
             let n = slots.len() as u32;
             let slot = *slots.entry(f.fix.vehicle_id.clone()).or_insert(n);
-            Some(FixPoint::of(&f.fix, slot))
+            Some(FixPoint::of(&f.fix, slot, 0))
         })
         .collect();
     let mut group = c.benchmark_group("geofencing");
@@ -128,7 +133,7 @@ fn bench_geofencing(c: &mut Criterion) {
         let index = Arc::new(FenceIndex::new(loaded.geofences.into_iter().map(Arc::new)));
         group.bench_function(n.to_string(), |b| {
             b.iter_batched(
-                || (points.clone(), Geofencing::new(index.clone(), 600_000)),
+                || (points.clone(), Geofencing::new(index.clone(), 0, 600_000)),
                 |(points, mut g)| {
                     let mut out = GeoOutputs::default();
                     for p in points {

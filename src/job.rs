@@ -13,7 +13,7 @@ use fleetflow_dataflows::geofence::{
 };
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
 use fleetflow_dataflows::publish::publish;
-use fleetflow_dataflows::timeline::TimelineConfig;
+use fleetflow_dataflows::timeline::{Silence, TimelineConfig};
 use fleetflow_query_api::changes::ChangeLog;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::lake_routes::LakeAccess;
@@ -86,6 +86,8 @@ pub struct Summary {
     pub duplicates: u64,
     /// Dead letters per reason.
     pub dead_letters: Vec<(Reason, u64)>,
+    /// Optional fields dropped (of the wrong type or out of range), per field.
+    pub dropped_fields: Vec<(String, u64)>,
     /// Rows written per dataset.
     pub rows: Vec<(String, u64)>,
     /// Files written.
@@ -100,15 +102,15 @@ pub struct Summary {
     pub startup: Duration,
     /// Peak resident memory, bytes (Linux).
     pub peak_rss: Option<u64>,
-    /// Final watermark.
-    pub watermark: Option<i64>,
+    /// The final job clock.
+    pub clock: Option<i64>,
     /// Median time from reading an event to its state being visible in the API, ms.
     pub latency_p50_ms: Option<u64>,
     /// 99th percentile of the same.
     pub latency_p99_ms: Option<u64>,
     /// Kafka message timestamp -> read, p50 and p99 (ms), when the source is Kafka.
     pub delivery_ms: Option<(u64, u64)>,
-    /// The last committed checkpoint: its sequence number and watermark.
+    /// The last committed checkpoint: its sequence number and job clock.
     pub checkpoint: Option<(u64, Option<i64>)>,
 }
 
@@ -142,14 +144,27 @@ impl std::fmt::Display for Summary {
             .map(|(r, n)| format!("{}={n}", r.as_str()))
             .collect();
         writeln!(f, "dead        {}", dl.join(" "))?;
+        let dropped: Vec<String> = self
+            .dropped_fields
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(field, n)| format!("{field}={n}"))
+            .collect();
+        if !dropped.is_empty() {
+            writeln!(
+                f,
+                "dropped     {} (fields of the wrong type or out of range; the fixes were kept)",
+                dropped.join(" ")
+            )?;
+        }
         let rows: Vec<String> = self.rows.iter().map(|(d, n)| format!("{d}={n}")).collect();
         writeln!(f, "rows        {}", rows.join(" "))?;
         writeln!(f, "files       {}", self.files)?;
         writeln!(f, "uploaded    {} bytes", self.uploaded)?;
-        if let Some(w) = self.watermark {
+        if let Some(w) = self.clock {
             writeln!(
                 f,
-                "watermark   {} ({})",
+                "job clock   {} ({})",
                 w,
                 fleetflow_types::time::rfc3339(w)
             )?;
@@ -169,7 +184,7 @@ impl std::fmt::Display for Summary {
         if let Some((seq, w)) = self.checkpoint {
             writeln!(
                 f,
-                "checkpoint  {seq} (watermark {})",
+                "checkpoint  {seq} (job clock {})",
                 w.map_or("none".into(), fleetflow_types::time::rfc3339)
             )?;
         }
@@ -366,7 +381,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         }
         tracing::info!(
             checkpoint = r.commit.seq,
-            watermark = ?r.commit.watermark.map(fleetflow_types::time::rfc3339),
+            clock = ?r.commit.clock.map(fleetflow_types::time::rfc3339),
             "resuming from the lake's checkpoint"
         );
     }
@@ -387,6 +402,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .as_ref()
         .map(|r| crate::restore::split(&r.pieces, peers))
         .transpose()?;
+    // Runtime geofence changes continue their numbering after the checkpoint's.
+    let latest_change = restored.as_ref().map_or(0, |r| r.latest_change);
     let initial_geofences = match restored.as_ref().and_then(|r| r.fences.clone()) {
         Some(fences) => fences,
         None => initial_geofences,
@@ -400,9 +417,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     datasets.push("dead_letter".into());
     datasets.push("geofence_events".into());
     let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
-    if let Some(w) = recovered.as_ref().and_then(|r| r.commit.watermark) {
+    if let Some(w) = recovered.as_ref().and_then(|r| r.commit.clock) {
         // The lake already holds the last run's results through its last commit.
-        metrics.lake_watermark.fetch_max(w, Relaxed);
+        metrics.lake_clock.fetch_max(w, Relaxed);
     }
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
@@ -417,6 +434,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
     let change_rx = Arc::new(Mutex::new(change_rx));
     let mut geo_view = GeofenceView::new(peers, &initial_geofences, leader.then_some(change_tx))
+        .continuing_after(latest_change)
         .with_changes(changes.clone());
     if let Some(c) = opts.cluster.as_ref().filter(|_| !leader) {
         geo_view = geo_view.follow(format!(
@@ -538,8 +556,20 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     });
 
     // The dataflow, on every worker.
+    // Bounded inputs end, and their end makes everything final; on live ones, silence does.
+    let bounded = match &inputs {
+        Inputs::Files(_) => true,
+        Inputs::Generator(g) => g.duration.is_some(),
+        Inputs::Kafka(k, _) => k.bounded,
+    };
     let lateness = spec.time.allowed_lateness.millis();
     let timeline_cfg = TimelineConfig {
+        lateness,
+        silence: (!bounded).then_some(Silence {
+            quiet_after: lateness,
+            close_after: spec.time.close_silent_after.millis(),
+        }),
+        vote_for: (!bounded).then_some(spec.time.idle_timeout.millis() as u64),
         offline_after: spec.time.offline_after.millis(),
         tiers: tiers.iter().map(|t| t.size_ms).collect(),
         raw: spec.lake.has_raw(),
@@ -742,16 +772,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             input_names: input_names.clone(),
             budget: batch,
             backpressure: Some((probe.clone(), 20)),
-            max_ahead: Some(lateness + 2_000),
             checkpoints: Some((hub.clone(), inputs_restored.clone())),
+            align_slack: lateness / 4,
         };
         let core_cfg = CoreConfig {
-            lateness,
             timeline: timeline_cfg.clone(),
             registry,
             metrics,
             input_names,
             publish_every: Duration::from_millis(10),
+            clock_every: Duration::from_millis(10),
             checkpoints: Some(hub.clone()),
             restore: share.timeline,
         };
@@ -772,7 +802,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         }
         worker.dataflow::<u64, _, _>(move |scope| {
             let source = render_source(scope, "locations", source, ctx);
-            let mut changes = render_geofence_input(source.reports.clone(), Some(change_rx));
+            let clock_now = metrics_w.clone();
+            let mut changes =
+                render_geofence_input(source.reports.clone(), Some(change_rx), move || {
+                    clock_now.clock()
+                });
             if clustered {
                 // A follower's catalogue follows the changes process 0 took. (Every worker
                 // builds the same operators: timely matches them across workers by position.)
@@ -802,7 +836,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             let (events, batches) = if clustered {
                 render_geofences(
                     core.finals,
-                    fence_index,
+                    (fence_index, latest_change),
                     dwell_after,
                     Some((hub.clone(), share.geo)),
                     ViewSink::<fn(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent])>::Stream,
@@ -811,7 +845,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                 let apply_geo = apply_geo.clone();
                 render_geofences(
                     core.finals,
-                    fence_index,
+                    (fence_index, latest_change),
                     dwell_after,
                     Some((hub.clone(), share.geo)),
                     ViewSink::Local(
@@ -874,10 +908,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                         }
                         for w in layout.siblings(index) {
                             let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
-                            let watermark = ps.iter().find(|p| p.worker == w).map(|p| p.watermark);
-                            if !ups.is_empty() || watermark.is_some() {
-                                view.apply(w, ups, watermark);
-                                geo_view.advance(w, watermark);
+                            let clock = ps.iter().find(|p| p.worker == w).map(|p| p.clock);
+                            if !ups.is_empty() || clock.is_some() {
+                                view.apply(w, ups, clock);
+                                geo_view.advance(w, clock);
                             }
                         }
                     },
@@ -889,9 +923,9 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
                     progress.clone(),
                     move |updates, ps, epoch| {
                         record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
-                        let watermark = ps.iter().map(|p| p.watermark).max();
-                        view.apply(index, updates, watermark);
-                        geo_view.advance(index, watermark);
+                        let clock = ps.iter().map(|p| p.clock).max();
+                        view.apply(index, updates, clock);
+                        geo_view.advance(index, clock);
                     },
                 );
             }
@@ -948,6 +982,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             .iter()
             .map(|reason| (*reason, metrics.dead_letters_of(*reason)))
             .collect(),
+        dropped_fields: fleetflow_types::metrics::OPTIONAL_FIELDS
+            .iter()
+            .map(|f| (f.to_string(), metrics.dropped_of(f)))
+            .collect(),
         rows: datasets
             .iter()
             .map(|d| (d.clone(), metrics.rows_of(d)))
@@ -957,14 +995,14 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         elapsed: started.elapsed(),
         startup,
         peak_rss: peak_rss(),
-        watermark: metrics.watermark(),
+        clock: metrics.clock(),
         latency_p50_ms: metrics.visibility_latency.quantile(0.5),
         latency_p99_ms: metrics.visibility_latency.quantile(0.99),
         delivery_ms: metrics
             .delivery_latency
             .quantile(0.5)
             .zip(metrics.delivery_latency.quantile(0.99)),
-        checkpoint: committed.map(|c| (c.seq, c.watermark)),
+        checkpoint: committed.map(|c| (c.seq, c.clock)),
     };
     if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {
         eprintln!("{summary}input done; serving the API until interrupted");

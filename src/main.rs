@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use fleetflow::job::{run_job, JobError, RunOptions};
 use fleetflow_connectors::generator::Generator;
 use fleetflow_connectors::source::{Polled, Source};
-use fleetflow_types::config::{GeneratorSpec, JobSpec, SpecError};
-use fleetflow_types::time::HumanDuration;
+use fleetflow_types::config::{GeneratorOrder, GeneratorSpec, JobSpec, SpecError};
+use fleetflow_types::time::{HumanDuration, SignedDuration};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -110,6 +110,27 @@ enum Command {
         /// Fraction of extra junk lines.
         #[arg(long, default_value_t = 0.0)]
         bad_lines: f64,
+        /// Trouble: the clocks of the first --skewed trackers are off by this, e.g. 1h
+        /// (local time sent as UTC) or -1d.
+        #[arg(long, allow_hyphen_values = true)]
+        clock_skew: Option<SignedDuration>,
+        /// How many trackers have the skewed clock.
+        #[arg(long, default_value_t = 1)]
+        skewed: u32,
+        /// Trouble: the last --outages vehicles lose coverage for this long, e.g. 40m, and
+        /// then upload what they recorded, oldest first (store and forward).
+        #[arg(long)]
+        outage: Option<HumanDuration>,
+        /// How many vehicles have an outage.
+        #[arg(long, default_value_t = 1)]
+        outages: u32,
+        /// When the outage begins, after --start.
+        #[arg(long, default_value = "10m")]
+        outage_start: HumanDuration,
+        /// Order of the output: time (as a fleet reports) or vehicle (every fix of one
+        /// vehicle, then the next: a CSV export).
+        #[arg(long, default_value = "time")]
+        order: GeneratorOrder,
     },
 }
 
@@ -261,6 +282,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             disorder,
             duplicates,
             bad_lines,
+            clock_skew,
+            skewed,
+            outage,
+            outages,
+            outage_start,
+            order,
         } => {
             if vehicles == 0 {
                 return Err(Failure::Usage("--vehicles: must be at least 1".into()));
@@ -271,6 +298,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         "{name}: must be a fraction between 0 and 1, got {v}"
                     )));
                 }
+            }
+            if outage.is_some_and(|o| o.millis() == 0) {
+                return Err(Failure::Usage("--outage: must be longer than 0s".into()));
             }
             let start = start.unwrap_or_else(fleetflow_types::config::default_start);
             if fleetflow_types::time::parse_rfc3339(&start).is_none() {
@@ -288,6 +318,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 disorder,
                 duplicates,
                 bad_lines,
+                clock_skew,
+                skewed,
+                outage,
+                outages,
+                outage_start,
+                order,
                 ..GeneratorSpec::default()
             };
             if files == 0 || files > vehicles {
@@ -317,6 +353,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                                     .ok()
                                     .map(|f| f.vehicle_id.to_string());
                             buf.push_back((key, line.to_vec()));
+                            true
                         }) {
                             Ok(Polled::Finished) | Err(_) => finished = true,
                             _ => {}
@@ -370,6 +407,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                                 }
                             }
                             n += 1;
+                            true
                         })
                         .map_err(|e| Failure::Runtime(e.to_string()))?;
                     bar.set_position(n);

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use differential_dataflow::Hashable;
 use fleetflow_connectors::source::{self, InputSnapshot};
-use fleetflow_dataflows::geofence::{self as geofence_op, GeoSnapshot, GeoVehicleSnapshot};
+use fleetflow_dataflows::geofence::{self as geofence_op, GeoRestore, GeoSnapshot};
 use fleetflow_dataflows::operator::{self, TimelineSnapshot};
 use fleetflow_sinks::writer::{self, SinkSnapshot};
 use fleetflow_types::checkpoint::Participant;
@@ -24,8 +24,9 @@ pub type Pieces = [(Participant, Vec<u8>)];
 pub struct WorkerRestore {
     /// Its vehicles' timelines.
     pub timeline: Option<TimelineSnapshot>,
-    /// Its vehicles' geofence state, by timeline slot.
-    pub geo: Vec<(u32, GeoVehicleSnapshot)>,
+    /// Its vehicles' geofence state, by timeline slot, and the versions of the fence set
+    /// they may be on.
+    pub geo: Option<GeoRestore>,
     /// The staged chunks it continues.
     pub sink: Option<SinkSnapshot>,
 }
@@ -36,6 +37,8 @@ pub struct Restored {
     pub inputs: Vec<InputSnapshot>,
     /// The geofences in force at the checkpoint.
     pub fences: Option<Vec<Arc<Geofence>>>,
+    /// The geofence change they are the version of (the catalogue continues after it).
+    pub latest_change: u64,
     /// The workers' shares, by worker index.
     pub workers: Vec<WorkerRestore>,
 }
@@ -91,6 +94,9 @@ pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
         .map(|(i, v)| (v.id.clone(), i as u32))
         .collect();
     let mut fences = None;
+    let mut latest_change = 0;
+    let mut geo: Vec<GeoRestore> = (0..workers).map(|_| GeoRestore::default()).collect();
+    let mut log = std::collections::BTreeMap::new();
     for g in decode::<GeoSnapshot>(pieces, geofence_op::SNAPSHOT_OP) {
         let (w, g) = g?;
         if w == 0 {
@@ -98,19 +104,27 @@ pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
                 g.geofences()
                     .context("reading the checkpoint's geofences")?,
             );
+            latest_change = g.latest;
         }
+        // Every worker had every change; each logged those some of its vehicles needed.
+        log.extend(g.log.into_iter().map(|l| (l.0, l)));
         for v in g.vehicles {
             if let Some(slot) = slots.get(&v.id) {
-                workers_out[owner(&v.id, workers)].geo.push((*slot, v));
+                geo[owner(&v.id, workers)].vehicles.push((*slot, v));
             }
         }
     }
+    for (share, mut g) in workers_out.iter_mut().zip(geo) {
+        g.latest = latest_change;
+        g.log = log.clone();
+        share.geo = Some(g);
+    }
     // Staged chunks continue on the worker with the same index (modulo the new count);
-    // every sink resumes from the greatest watermark.
+    // every sink resumes from the greatest job clock.
     for s in decode::<SinkSnapshot>(pieces, writer::SNAPSHOT_OP) {
         let (w, s) = s?;
         for share in workers_out.iter_mut().filter_map(|x| x.sink.as_mut()) {
-            share.watermark = share.watermark.max(s.watermark);
+            share.clock = share.clock.max(s.clock);
         }
         if let Some(share) = workers_out[w % workers].sink.as_mut() {
             share.chunks.extend(s.chunks);
@@ -119,6 +133,7 @@ pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
     Ok(Restored {
         inputs,
         fences,
+        latest_change,
         workers: workers_out,
     })
 }

@@ -337,6 +337,66 @@ fn a_process_killed_with_sigkill_stops_the_cluster_and_the_restart_loses_nothing
     assert!(files_under(&lake.join("_fleetflow/staging")).is_empty());
 }
 
+/// Every vehicle is its own clock on a cluster too: a tracker an hour ahead, bursts of
+/// buffered fixes and an export ordered vehicle by vehicle give the same lake on three
+/// processes as on one, with no fix late.
+#[test]
+fn troubled_input_on_three_processes_writes_the_lake_of_one() {
+    use fleetflow_types::config::GeneratorSpec;
+    use fleetflow_types::time::HumanDuration;
+    let dir = job_dir(1, 1);
+    let d = dir.path();
+    std::fs::remove_dir_all(d.join("in")).unwrap();
+    let lines = generated_with(GeneratorSpec {
+        vehicles: 120,
+        seed: 31,
+        duration: Some(HumanDuration::from_millis(90 * 60_000)),
+        disorder: Some(HumanDuration::from_millis(10_000)),
+        duplicates: 0.01,
+        clock_skew: Some("1h".parse().unwrap()),
+        skewed: 2,
+        outage: Some(HumanDuration::from_millis(40 * 60_000)),
+        outages: 10,
+        outage_start: HumanDuration::from_millis(20 * 60_000),
+        ..GeneratorSpec::default()
+    });
+    split_by_vehicle(&d.join("in"), &lines, 3);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut porto: Vec<String> =
+        std::fs::read_to_string(root.join("examples/data/porto-sample.ndjson"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+    porto.sort_by_key(|l| vehicle_of(l));
+    write_lines(&d.join("in/porto-by-vehicle.ndjson"), &porto);
+    std::fs::write(d.join("one.toml"), spec("one", "200ms")).unwrap();
+    std::fs::write(d.join("three.toml"), spec("three", "200ms")).unwrap();
+    run_to_end(d, "one.toml", &[]);
+    let hosts = cluster_hosts(d, 3);
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let index = i.to_string();
+            Proc::spawn(d, &cluster_args("three.toml", &hosts, &index))
+        })
+        .collect();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let (status, log) = p.wait_exit(Duration::from_secs(300));
+        assert!(status.success(), "process {i}: {log}");
+    }
+    let late = duckdb(&format!(
+        "select count(*) from {} where reason = 'late'",
+        lake_glob(&d.join("three"), "dead_letter")
+    ));
+    assert_eq!(late[0][0].as_i64(), Some(0));
+    assert_same_datasets(
+        None,
+        &d.join("one").display().to_string(),
+        &d.join("three").display().to_string(),
+        &CLUSTER_DATASETS,
+    );
+}
+
 #[test]
 fn a_live_stream_on_any_process_carries_the_changes_of_every_process() {
     let dir = tempfile::tempdir().unwrap();

@@ -314,7 +314,7 @@ fn porto_taxis_with_parishes_and_stands_match_the_reference_in_the_lake() {
 fn spawn_generator_job(dir: &Path) -> (KillOnDrop, String, std::thread::JoinHandle<String>) {
     std::fs::write(
         dir.join("job.toml"),
-        "name = \"runtime\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 300\ninterval = \"5s\"\nrate = 6000\nseed = 5\n[time]\nallowed_lateness = \"5s\"\n[geofences]\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ntiers = [\"raw\"]\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        "name = \"runtime\"\nworkers = 2\n[source]\nkind = \"generator\"\nvehicles = 300\ninterval = \"5s\"\nrate = 6000\nseed = 5\n[time]\nallowed_lateness = \"30s\"\n[geofences]\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ntiers = [\"raw\"]\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     spawn_with_api(dir, &["run", "job.toml"])
@@ -374,9 +374,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
         );
         assert_eq!(status, want, "{method} {id}: {resp}");
         let v: Value = serde_json::from_str(&resp).unwrap();
-        let at = v["effective_at"]
-            .as_i64()
-            .expect("applied with a watermark");
+        let at = v["effective_at"].as_i64().expect("applied at a job clock");
         effective.push(at);
         changes.push((id.to_string(), body));
         std::thread::sleep(Duration::from_millis(1500));

@@ -1,5 +1,5 @@
 //! The Kafka source against librdkafka's mock cluster (a Kafka-protocol broker in this
-//! process, on loopback): partitions over workers, per-partition watermarks with an idle
+//! process, on loopback): partitions over workers, the job clock beside an empty
 //! partition, the dead-letter topic, and resuming from checkpointed offsets.
 
 mod common;
@@ -325,7 +325,7 @@ fn killed_kafka_jobs_resume_from_the_checkpointed_offsets() {
 }
 
 #[test]
-fn an_idle_partition_does_not_hold_the_watermark_back() {
+fn an_empty_partition_holds_nothing_back_and_the_job_clock_follows_the_vehicles() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("idle", 2, 1).unwrap();
@@ -335,10 +335,13 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
         .set("bootstrap.servers", &brokers)
         .create()
         .unwrap();
-    let mut max_ts = 0i64;
+    let mut clocks: std::collections::BTreeMap<String, i64> = Default::default();
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        max_ts = max_ts.max(v["ts"].as_i64().unwrap());
+        let c = clocks
+            .entry(v["vehicle_id"].as_str().unwrap().to_string())
+            .or_default();
+        *c = (*c).max(v["ts"].as_i64().unwrap());
         producer
             .send(BaseRecord::<str, str>::to("idle").payload(l).partition(0))
             .map_err(|(e, _)| e)
@@ -351,14 +354,19 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
         + "[time]\nidle_timeout = \"1s\"\nallowed_lateness = \"30s\"\n";
     std::fs::write(dir.path().join("job.toml"), job).unwrap();
     let (child, addr, rest) = spawn_with_api(dir.path(), &["run", "job.toml"]);
+    // The job clock: the median of the vehicles' clocks (all five vote while they are
+    // read: idle_timeout is processing time).
+    let mut sorted: Vec<i64> = clocks.values().copied().collect();
+    sorted.sort();
+    let median = sorted[(sorted.len() - 1) / 2];
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut watermark = None;
+    let mut clock = None;
     while Instant::now() < deadline {
         let (status, body) = http_get(&addr, "/metrics");
         assert_eq!(status, 200);
         let w = body
             .lines()
-            .find_map(|l| l.strip_prefix("fleetflow_watermark_ms "))
+            .find_map(|l| l.strip_prefix("fleetflow_job_clock_ms "))
             .and_then(|v| v.trim().parse::<i64>().ok());
         // Everything read: partition 0 has no lag left (librdkafka's statistics come
         // every second), and the empty partition 1 none either.
@@ -367,8 +375,8 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
                 "fleetflow_kafka_consumer_lag{{input=\"kafka:idle/{p}\"}} 0\n"
             ))
         });
-        if w == Some(max_ts - 30_000) && caught_up {
-            watermark = w;
+        if w == Some(median) && caught_up {
+            clock = w;
             assert!(
                 body.contains(&format!(
                     "fleetflow_input_messages_total{{input=\"kafka:idle/0\"}} {}\n",
@@ -382,17 +390,17 @@ fn an_idle_partition_does_not_hold_the_watermark_back() {
     }
     interrupt(child, rest);
     assert_eq!(
-        watermark,
-        Some(max_ts - 30_000),
-        "the watermark follows partition 0 once partition 1 is idle, and no lag is left"
+        clock,
+        Some(median),
+        "the job clock is the median of the vehicles' clocks, whatever partition 1 does"
     );
 }
 
 #[test]
 fn a_slow_partition_is_not_idle_and_none_of_its_events_are_late() {
     // Partition 1 lives on a broker that answers every request 2.5 s late: it is silent
-    // for longer than idle_timeout while it still has a backlog. It must keep holding the
-    // watermark back (the faster partition 0 would otherwise make its events late).
+    // for longer than idle_timeout while it still has a backlog. Every vehicle being its
+    // own clock, the faster partition 0 makes none of its events late.
     let cluster = MockCluster::new(2).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("slow", 2, 1).unwrap();

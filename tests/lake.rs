@@ -98,13 +98,13 @@ fn a_low_rate_run_leaves_few_files_per_closed_partition() {
         .trim()
         .parse()
         .unwrap();
-    let watermark = last_commit(&slow)["watermark"].as_i64().unwrap();
+    let clock = last_commit(&slow)["clock"].as_i64().unwrap();
     let mut closed = 0;
     let mut remaining = 0;
     for dataset in ["raw", "1m"] {
         for (dir, sizes) in partitions(&slow, dataset) {
             remaining += sizes.len() as u64;
-            if hour_end(&dir) <= watermark {
+            if hour_end(&dir) <= clock {
                 closed += 1;
                 assert!(
                     sizes.len() <= 2,
@@ -205,9 +205,9 @@ listen = "127.0.0.1:0"
     fleetflow_ok(dir.path(), &["run", "kept.toml"]);
     let (all, kept) = (dir.path().join("all"), dir.path().join("kept"));
     let commit = last_commit(&kept);
-    let watermark = commit["watermark"].as_i64().unwrap();
+    let clock = commit["clock"].as_i64().unwrap();
     for (dataset, keep_ms) in [("raw", 2 * 3_600_000), ("1m", 90 * 60_000)] {
-        let cutoff = watermark - keep_ms;
+        let cutoff = clock - keep_ms;
         assert_eq!(
             commit["retention"][dataset].as_i64(),
             Some(cutoff),

@@ -56,6 +56,50 @@ fn sigkill_at_random_points_leaves_exactly_the_rows_of_an_uninterrupted_run() {
 }
 
 #[test]
+fn sigkill_in_store_and_forward_bursts_leaves_exactly_the_rows_of_an_uninterrupted_run() {
+    use fleetflow_types::config::GeneratorSpec;
+    use fleetflow_types::time::HumanDuration;
+    // 300 vehicles over 100 minutes; 100 of them lose coverage for 40 minutes from minute
+    // 30 and then upload what they recorded all at once, oldest first: a burst of 48,000
+    // fixes an hour old, none of them late for its own vehicle.
+    let lines = generated_with(GeneratorSpec {
+        vehicles: 300,
+        seed: 17,
+        duration: Some(HumanDuration::from_millis(100 * 60_000)),
+        disorder: Some(HumanDuration::from_millis(10_000)),
+        duplicates: 0.01,
+        bad_lines: 0.002,
+        outage: Some(HumanDuration::from_millis(40 * 60_000)),
+        outages: 100,
+        outage_start: HumanDuration::from_millis(30 * 60_000),
+        ..GeneratorSpec::default()
+    });
+    let dir = job_dir(1, 1);
+    std::fs::remove_dir_all(dir.path().join("in")).unwrap();
+    split_by_vehicle(&dir.path().join("in"), &lines, 2);
+    std::fs::write(dir.path().join("ref.toml"), spec("file://ref", "")).unwrap();
+    std::fs::write(dir.path().join("crash.toml"), spec("file://crash", "")).unwrap();
+    run_to_end(dir.path(), "ref.toml", &[]);
+    let late = duckdb(&format!(
+        "select count(*) filter (where reason = 'late'), count(*) from {}",
+        lake_glob(&dir.path().join("ref"), "dead_letter")
+    ));
+    assert_eq!(
+        late[0][0].as_i64(),
+        Some(0),
+        "the burst is not late: {late:?}"
+    );
+    let killed = run_with_crashes(dir.path(), "crash.toml", &[], 29);
+    assert!(
+        killed >= 10,
+        "only {killed} runs were killed before the end"
+    );
+    let (a, b) = (dir.path().join("ref"), dir.path().join("crash"));
+    assert_same_rows(None, &a.display().to_string(), &b.display().to_string());
+    assert!(files_under(&b.join("_fleetflow/staging")).is_empty());
+}
+
+#[test]
 fn on_s3_the_lake_survives_sigkill_and_equals_the_local_lake() {
     let s3 = S3Server::start();
     s3.bucket("lake");

@@ -86,6 +86,10 @@ impl Source for FileSource {
         self.files.iter().map(|f| f.id).collect()
     }
 
+    fn aligned(&self) -> bool {
+        true
+    }
+
     fn position(&self, local: usize) -> (u64, u64) {
         let f = &self.files[local];
         (f.offset, f.line)
@@ -155,8 +159,10 @@ impl Source for FileSource {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            sink(line, f.line, None);
             n += 1;
+            if !sink(line, f.line, None) {
+                break;
+            }
         }
         Ok(Polled::Data(n))
     }
@@ -185,7 +191,8 @@ mod tests {
         loop {
             match w1
                 .poll(0, 1, &mut |l, pos, _| {
-                    got.push((String::from_utf8(l.to_vec()).unwrap(), pos))
+                    got.push((String::from_utf8(l.to_vec()).unwrap(), pos));
+                    true
                 })
                 .unwrap()
             {
@@ -205,15 +212,27 @@ mod tests {
         let mut src = FileSource::new(&all, 0, 1);
         let mut n = 0;
         assert_eq!(
-            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| {
+                n += 1;
+                true
+            })
+            .unwrap(),
             Polled::Data(3)
         );
         assert_eq!(
-            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| {
+                n += 1;
+                true
+            })
+            .unwrap(),
             Polled::Finished
         );
         assert_eq!(
-            src.poll(0, 10, &mut |_, _, _| n += 1).unwrap(),
+            src.poll(0, 10, &mut |_, _, _| {
+                n += 1;
+                true
+            })
+            .unwrap(),
             Polled::Finished
         );
         assert_eq!(n, 3);

@@ -8,10 +8,15 @@
 //! of the fleet, whose tank capacity then comes from [`registry_rows`]) and refuel when the
 //! tank runs low. Optional disorder (arrival delayed by up to `disorder` of event time),
 //! duplicates, junk lines and rare GPS glitches exercise the intake.
+//!
+//! It also makes the trouble real fleets make, so that users can watch what the engine
+//! does with it: trackers whose clocks are off (`clock_skew`), trackers that lose coverage
+//! and then upload what they recorded, oldest first (`outage`), and exports ordered
+//! vehicle by vehicle (`order = "vehicle"`).
 
 use crate::intake;
 use crate::source::{Emit, Polled, Source, SourceError};
-use fleetflow_types::config::GeneratorSpec;
+use fleetflow_types::config::{GeneratorOrder, GeneratorSpec};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::registry::VehicleInfo;
 use fleetflow_types::time::Millis;
@@ -170,7 +175,8 @@ impl SimVehicle {
             lat: round(self.lat, 1e6),
             lon: round(self.lon, 1e6),
             speed_kmh: Some(round(self.speed, 10.0)),
-            heading_deg: Some(round(self.heading, 10.0).rem_euclid(360.0)),
+            // Rounded last, so that north is sometimes 360.0, as real trackers send it.
+            heading_deg: Some(round(self.heading.rem_euclid(360.0), 10.0)),
             fuel_level_pct: level,
             fuel_used_l: fuel_used,
             odometer_km: Some(round(self.odometer, 1000.0)),
@@ -195,6 +201,9 @@ pub fn registry_rows(spec: &GeneratorSpec) -> Vec<VehicleInfo> {
         .collect()
 }
 
+/// A line waiting for its release: (release ts, sequence, vehicle, line).
+type Held = (Millis, u64, u32, Vec<u8>);
+
 /// One partition of the generated fleet: vehicles `i` with `i % partitions == partition`.
 pub struct Generator {
     spec: GeneratorSpec,
@@ -205,8 +214,10 @@ pub struct Generator {
     end: Option<Millis>,
     round: u64,
     rng: SmallRng,
-    /// Lines waiting for their (disordered) release: (release ts, sequence, line).
-    held: BinaryHeap<Reverse<(Millis, u64, Vec<u8>)>>,
+    /// Lines waiting for their (disordered) release.
+    held: BinaryHeap<Reverse<Held>>,
+    /// With `order = "vehicle"`: every line, vehicle by vehicle, once generated.
+    ordered: Option<std::collections::VecDeque<Vec<u8>>>,
     seq: u64,
     started: Option<std::time::Instant>,
     emitted: u64,
@@ -232,6 +243,7 @@ impl Generator {
             round: 0,
             rng: SmallRng::seed_from_u64(spec.seed ^ 0xD15C_0BAD ^ ((partition as u64) << 32)),
             held: BinaryHeap::new(),
+            ordered: None,
             seq: 0,
             started: None,
             emitted: 0,
@@ -246,9 +258,33 @@ impl Generator {
         (0..partitions).map(|p| format!("generator:{p}")).collect()
     }
 
-    fn hold(&mut self, release: Millis, line: Vec<u8>) {
+    fn hold(&mut self, release: Millis, vehicle: u32, line: Vec<u8>) {
         self.seq += 1;
-        self.held.push(Reverse((release, self.seq, line)));
+        self.held.push(Reverse((release, self.seq, vehicle, line)));
+    }
+
+    /// The clock offset of vehicle `index` (the first `skewed` vehicles).
+    fn skew(&self, index: u32) -> Millis {
+        match self.spec.clock_skew {
+            Some(d) if index < self.spec.skewed => d.0,
+            _ => 0,
+        }
+    }
+
+    /// When a fix taken at `ts` by vehicle `index` is sent: at the end of its outage when it
+    /// falls into one (the last `outages` vehicles), else at once.
+    fn sent_at(&self, index: u32, ts: Millis) -> Millis {
+        let Some(outage) = self.spec.outage else {
+            return ts;
+        };
+        let from = self.t0 + self.spec.outage_start.millis();
+        let to = from + outage.millis();
+        let affected = index >= self.spec.vehicles.saturating_sub(self.spec.outages);
+        if affected && (from..to).contains(&ts) {
+            to
+        } else {
+            ts
+        }
     }
 
     /// Generates one round (one fix per vehicle of this partition).
@@ -272,16 +308,22 @@ impl Generator {
             if self.end.is_some_and(|end| ts >= end) {
                 continue;
             }
-            let mut fix = v.fix(ts);
             let vid = v.index;
+            let mut fix = v.fix(ts);
+            // What the tracker reports (its clock may be off), and when it is sent.
+            fix.ts += self.skew(vid);
+            let sent = self.sent_at(vid, ts);
             if self.rng.random::<f64>() < 0.0003 {
                 // A GPS glitch: the fix lands several km off for one report.
                 fix.lat += 0.05;
             }
             let mut line = Vec::with_capacity(256);
             intake::encode(&fix, &mut line);
+            // A buffered fix is uploaded with the rest of the buffer, oldest first, before
+            // any fix taken after the outage: no disorder.
+            let buffered = sent != ts;
             let delay = |rng: &mut SmallRng| {
-                if disorder > 0 {
+                if disorder > 0 && !buffered {
                     rng.random_range(0..=disorder)
                 } else {
                     0
@@ -289,7 +331,7 @@ impl Generator {
             };
             if self.rng.random::<f64>() < self.spec.duplicates {
                 let d = delay(&mut self.rng);
-                self.hold(ts + d, line.clone());
+                self.hold(sent + d, vid, line.clone());
             }
             if self.rng.random::<f64>() < self.spec.bad_lines {
                 let junk = match self.rng.random_range(0..4) {
@@ -300,12 +342,55 @@ impl Generator {
                     2 => format!("{{\"vehicle_id\":\"V{vid:05}\",\"lat\":1.0,\"lon\":2.0}}"),
                     _ => "garbage that is not json".to_string(),
                 };
-                self.hold(ts, junk.into_bytes());
+                self.hold(sent, vid, junk.into_bytes());
             }
             let d = delay(&mut self.rng);
-            self.hold(ts + d, line);
+            self.hold(sent + d, vid, line);
         }
         self.round += 1;
+    }
+}
+
+impl Generator {
+    /// `poll` for `order = "vehicle"`: the whole (finite) output is generated at the first
+    /// call, then handed out vehicle by vehicle, each vehicle's lines in the order the
+    /// fleet would have sent them.
+    fn poll_by_vehicle(&mut self, allowed: u64, sink: &mut Emit<'_>) -> Polled {
+        if self.ordered.is_none() {
+            let mut all: Vec<(u32, u64, Vec<u8>)> = Vec::new();
+            loop {
+                let horizon = if self.exhausted {
+                    Millis::MAX
+                } else {
+                    self.t0 + self.round as i64 * self.interval
+                };
+                match self.held.peek() {
+                    Some(Reverse((release, ..))) if *release < horizon => {
+                        let Reverse((_, seq, vid, line)) = self.held.pop().expect("peeked");
+                        all.push((vid, seq, line));
+                    }
+                    _ if self.exhausted => break,
+                    _ => self.generate_round(),
+                }
+            }
+            // Stable: each vehicle's lines keep the order they were sent in.
+            all.sort_by_key(|(vid, ..)| *vid);
+            self.ordered = Some(all.into_iter().map(|(_, _, line)| line).collect());
+        }
+        let ordered = self.ordered.as_mut().expect("generated");
+        let mut n = 0u64;
+        while n < allowed {
+            let Some(line) = ordered.pop_front() else {
+                break;
+            };
+            sink(&line, self.emitted + n, None);
+            n += 1;
+        }
+        self.emitted += n;
+        if n == 0 && ordered.is_empty() {
+            return Polled::Finished;
+        }
+        Polled::Data(n as usize)
     }
 }
 
@@ -324,7 +409,7 @@ impl Source for Generator {
         let rate = self.spec.rate.take();
         while self.emitted < emitted {
             let budget = (emitted - self.emitted).min(65_536) as usize;
-            if self.poll(0, budget, &mut |_, _, _| {})? == Polled::Finished {
+            if self.poll(0, budget, &mut |_, _, _| true)? == Polled::Finished {
                 break;
             }
         }
@@ -349,6 +434,9 @@ impl Source for Generator {
                 return Ok(Polled::Empty);
             }
         }
+        if self.spec.order == GeneratorOrder::Vehicle {
+            return Ok(self.poll_by_vehicle(allowed, sink));
+        }
         let mut n = 0u64;
         while n < allowed {
             // Release what is due before the next round starts.
@@ -358,8 +446,8 @@ impl Source for Generator {
                 self.t0 + self.round as i64 * self.interval
             };
             match self.held.peek() {
-                Some(Reverse((release, _, _))) if *release < horizon => {
-                    let Reverse((_, seq, line)) = self.held.pop().expect("peeked");
+                Some(Reverse((release, ..))) if *release < horizon => {
+                    let Reverse((_, seq, _, line)) = self.held.pop().expect("peeked");
                     sink(&line, seq, None);
                     n += 1;
                 }
@@ -384,7 +472,8 @@ mod tests {
         let mut out = Vec::new();
         while let Polled::Data(_) = g
             .poll(0, 1000, &mut |l, _, _| {
-                out.push(String::from_utf8(l.to_vec()).unwrap())
+                out.push(String::from_utf8(l.to_vec()).unwrap());
+                true
             })
             .unwrap()
         {}
@@ -469,6 +558,87 @@ mod tests {
         }
     }
 
+    fn decoded(lines: &[String]) -> Vec<Fix> {
+        lines
+            .iter()
+            .filter_map(|l| intake::decode(l.as_bytes(), i64::MAX / 2, None).ok())
+            .collect()
+    }
+
+    #[test]
+    fn troubles_skewed_clocks_outages_and_vehicle_order() {
+        let plain = decoded(&drain(&mut Generator::new(&spec(), 0, 1)));
+        let t0 = plain.iter().map(|f| f.ts).min().unwrap();
+        // One tracker an hour ahead: the same fixes, V00000's an hour later.
+        let skewed = GeneratorSpec {
+            clock_skew: Some("1h".parse().unwrap()),
+            ..spec()
+        };
+        let s = decoded(&drain(&mut Generator::new(&skewed, 0, 1)));
+        assert_eq!(s.len(), plain.len());
+        for (a, b) in plain.iter().zip(&s) {
+            let off = if a.vehicle_id == "V00000" {
+                3_600_000
+            } else {
+                0
+            };
+            assert_eq!(b.ts, a.ts + off);
+        }
+        // An outage of 2 minutes from minute 3 for the last vehicle: its fixes of those
+        // minutes arrive together, oldest first, when it ends, before its next live fix.
+        let outage = GeneratorSpec {
+            outage: Some(HumanDuration::from_millis(120_000)),
+            outage_start: HumanDuration::from_millis(180_000),
+            ..spec()
+        };
+        let o = decoded(&drain(&mut Generator::new(&outage, 0, 1)));
+        assert_eq!(o.len(), plain.len());
+        let last: Vec<i64> = o
+            .iter()
+            .filter(|f| f.vehicle_id == "V00006")
+            .map(|f| f.ts - t0)
+            .collect();
+        assert!(last.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        let pos = |ts: i64| {
+            o.iter()
+                .position(|f| f.vehicle_id == "V00006" && f.ts - t0 == ts)
+        };
+        let first_buffered = last.iter().copied().find(|t| *t >= 180_000).unwrap();
+        let others_after = o[..pos(first_buffered).unwrap()]
+            .iter()
+            .filter(|f| f.vehicle_id != "V00006")
+            .map(|f| f.ts - t0)
+            .max()
+            .unwrap();
+        assert!(
+            others_after >= 295_000,
+            "buffered fixes wait for the outage's end: {others_after}"
+        );
+        // Vehicle order: every fix of V00000, then V00001, ...
+        let by_vehicle = GeneratorSpec {
+            order: GeneratorOrder::Vehicle,
+            ..spec()
+        };
+        let v = decoded(&drain(&mut Generator::new(&by_vehicle, 0, 1)));
+        assert_eq!(v.len(), plain.len());
+        assert!(v
+            .windows(2)
+            .all(|w| (&w[0].vehicle_id, w[0].ts) < (&w[1].vehicle_id, w[1].ts)));
+    }
+
+    #[test]
+    fn some_headings_are_360() {
+        let s = GeneratorSpec {
+            vehicles: 200,
+            ..spec()
+        };
+        let fixes = decoded(&drain(&mut Generator::new(&s, 0, 1)));
+        assert!(fixes.iter().any(|f| f.heading_deg == Some(360.0)));
+        assert!(fixes
+            .iter()
+            .all(|f| f.heading_deg.is_some_and(|h| (0.0..=360.0).contains(&h))));
+    }
+
     #[test]
     fn rate_limits_emission() {
         let s = GeneratorSpec {
@@ -479,7 +649,7 @@ mod tests {
         let mut n = 0;
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_millis(100) {
-            if let Polled::Data(k) = g.poll(0, 10_000, &mut |_, _, _| {}).unwrap() {
+            if let Polled::Data(k) = g.poll(0, 10_000, &mut |_, _, _| true).unwrap() {
                 n += k;
             }
         }

@@ -4,6 +4,11 @@
 //! strings and plain numbers, then range checks. The vehicle id and tenant become
 //! `CompactString`s, which stay inline (no allocation) up to 24 bytes. Errors are
 //! `(Reason, detail)` values, never panics.
+//!
+//! A required field that is missing, of the wrong type or out of range rejects the event
+//! (`invalid`). An optional field that is of the wrong type or out of range (a
+//! `speed_kmh` of -5, a `heading_deg` of `"N"`) is dropped instead: the fix keeps its
+//! position, and the drop is reported per field ([`decode_counted`]). `null` is absence.
 
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::Reason;
@@ -48,19 +53,147 @@ struct RawEvent<'a> {
     #[serde(default)]
     lon: Option<f64>,
     #[serde(default)]
-    speed_kmh: Option<f64>,
+    speed_kmh: Option<Lenient<f64>>,
     #[serde(default)]
-    heading_deg: Option<f64>,
+    heading_deg: Option<Lenient<f64>>,
     #[serde(default)]
-    fuel_level_pct: Option<f64>,
+    fuel_level_pct: Option<Lenient<f64>>,
     #[serde(default)]
-    fuel_used_l: Option<f64>,
+    fuel_used_l: Option<Lenient<f64>>,
     #[serde(default)]
-    odometer_km: Option<f64>,
+    odometer_km: Option<Lenient<f64>>,
     #[serde(default)]
-    ignition: Option<bool>,
+    ignition: Option<Lenient<bool>>,
     #[serde(borrow, default)]
-    tenant: Option<Cow<'a, str>>,
+    tenant: Option<Lenient<Cow<'a, str>>>,
+}
+
+/// An optional field's value: `Some` when it has the expected type, `None` when it is
+/// present with another type (dropped and counted, the event kept).
+struct Lenient<T>(Option<T>);
+
+/// Skips the rest of a sequence or map of the wrong type.
+fn skip_seq<'de, A: de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+/// The visitor methods of every kind of value, each answering "wrong type"; a lenient
+/// visitor overrides the kind it expects.
+macro_rules! wrong_types {
+    ($($m:ident: $t:ty),*) => {
+        $(fn $m<E: de::Error>(self, _: $t) -> Result<Self::Value, E> { Ok(Lenient(None)) })*
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> { Ok(Lenient(None)) }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            skip_seq(seq)?;
+            Ok(Lenient(None))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            skip_map(map)?;
+            Ok(Lenient(None))
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Lenient<f64> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Lenient<f64>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(v)))
+            }
+            wrong_types!(visit_bool: bool, visit_str: &str);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lenient<bool> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Lenient<bool>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(v)))
+            }
+            wrong_types!(visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<Cow<'a, str>> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Lenient<Cow<'a, str>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Lenient(Some(Cow::Owned(v))))
+            }
+            wrong_types!(visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_bool: bool);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Bits of [`decode_counted`]'s mask, one per optional field, in the order of
+/// [`fleetflow_types::metrics::OPTIONAL_FIELDS`].
+mod field {
+    pub const SPEED: u8 = 1 << 0;
+    pub const HEADING: u8 = 1 << 1;
+    pub const LEVEL: u8 = 1 << 2;
+    pub const FUEL_USED: u8 = 1 << 3;
+    pub const ODOMETER: u8 = 1 << 4;
+    pub const IGNITION: u8 = 1 << 5;
+    pub const TENANT: u8 = 1 << 6;
+}
+
+/// An optional number: kept when it is a finite number in `lo..=hi`, else dropped (its
+/// bit set in `dropped`).
+fn optional_number(
+    v: Option<Lenient<f64>>,
+    lo: f64,
+    hi: f64,
+    bit: u8,
+    dropped: &mut u8,
+) -> Option<f64> {
+    match v? {
+        Lenient(Some(x)) if x.is_finite() && x >= lo && x <= hi => Some(x),
+        _ => {
+            *dropped |= bit;
+            None
+        }
+    }
 }
 
 /// `ts` as epoch ms, or an RFC 3339 string, or something wrong (kept to report it).
@@ -108,15 +241,9 @@ impl<'de> Deserialize<'de> for RawTs {
     }
 }
 
-fn check_range(
-    name: &str,
-    v: Option<f64>,
-    lo: f64,
-    hi: f64,
-    hi_inclusive: bool,
-) -> Result<(), Rejection> {
+fn check_range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), Rejection> {
     if let Some(x) = v {
-        let ok = x.is_finite() && x >= lo && if hi_inclusive { x <= hi } else { x < hi };
+        let ok = x.is_finite() && x >= lo && x <= hi;
         if !ok {
             return Err(Rejection::invalid(format!("{name} {x} out of range")));
         }
@@ -125,12 +252,23 @@ fn check_range(
 }
 
 /// Decodes and validates one event. `now` is the processing clock (ms) for the
-/// "not more than a day in the future" rule; `registry` resolves tenants.
+/// "not more than a day in the future" rule; `registry` resolves tenants. Optional fields
+/// of the wrong type or out of range are dropped (see [`decode_counted`]).
 pub fn decode(
     line: &[u8],
     now: Millis,
     registry: Option<&VehicleRegistry>,
 ) -> Result<Fix, Rejection> {
+    decode_counted(line, now, registry).map(|(fix, _)| fix)
+}
+
+/// [`decode`], also returning which optional fields were dropped: bit `i` stands for
+/// [`fleetflow_types::metrics::OPTIONAL_FIELDS`]`[i]`.
+pub fn decode_counted(
+    line: &[u8],
+    now: Millis,
+    registry: Option<&VehicleRegistry>,
+) -> Result<(Fix, u8), Rejection> {
     let first = line.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(Rejection {
@@ -166,33 +304,68 @@ pub fn decode(
     }
     let lat = raw.lat.ok_or_else(|| Rejection::invalid("lat missing"))?;
     let lon = raw.lon.ok_or_else(|| Rejection::invalid("lon missing"))?;
-    check_range("lat", Some(lat), -90.0, 90.0, true)?;
-    check_range("lon", Some(lon), -180.0, 180.0, true)?;
-    check_range("speed_kmh", raw.speed_kmh, 0.0, f64::MAX, true)?;
-    check_range("heading_deg", raw.heading_deg, 0.0, 360.0, false)?;
-    check_range("fuel_level_pct", raw.fuel_level_pct, 0.0, 100.0, true)?;
-    check_range("fuel_used_l", raw.fuel_used_l, 0.0, f64::MAX, true)?;
-    check_range("odometer_km", raw.odometer_km, 0.0, f64::MAX, true)?;
+    check_range("lat", Some(lat), -90.0, 90.0)?;
+    check_range("lon", Some(lon), -180.0, 180.0)?;
+    let mut dropped = 0u8;
+    let speed_kmh = optional_number(raw.speed_kmh, 0.0, f64::MAX, field::SPEED, &mut dropped);
+    let heading_deg = optional_number(raw.heading_deg, 0.0, 360.0, field::HEADING, &mut dropped);
+    let fuel_level_pct =
+        optional_number(raw.fuel_level_pct, 0.0, 100.0, field::LEVEL, &mut dropped);
+    let fuel_used_l = optional_number(
+        raw.fuel_used_l,
+        0.0,
+        f64::MAX,
+        field::FUEL_USED,
+        &mut dropped,
+    );
+    let odometer_km = optional_number(
+        raw.odometer_km,
+        0.0,
+        f64::MAX,
+        field::ODOMETER,
+        &mut dropped,
+    );
+    let ignition = match raw.ignition {
+        Some(Lenient(None)) => {
+            dropped |= field::IGNITION;
+            None
+        }
+        Some(Lenient(b)) => b,
+        None => None,
+    };
     let tenant = match raw.tenant {
+        Some(Lenient(None)) => {
+            dropped |= field::TENANT;
+            None
+        }
+        Some(Lenient(Some(t))) if t.len() > 64 => {
+            dropped |= field::TENANT;
+            None
+        }
+        Some(Lenient(t)) => t,
+        None => None,
+    };
+    let tenant = match tenant {
         Some(t) if !t.is_empty() => CompactString::from(t.as_ref()),
         _ => registry
             .and_then(|r| r.get(&vehicle_id))
             .and_then(|info| info.tenant.clone())
             .unwrap_or_else(|| CompactString::const_new("default")),
     };
-    Ok(Fix {
+    let fix = Fix {
         vehicle_id: CompactString::from(vehicle_id.as_ref()),
         tenant,
         ts,
         lat,
         lon,
-        speed_kmh: raw.speed_kmh,
-        heading_deg: raw.heading_deg,
-        fuel_level_pct: raw.fuel_level_pct,
-        fuel_used_l: raw.fuel_used_l,
-        odometer_km: raw.odometer_km,
-        ignition: raw.ignition,
-    })
+        speed_kmh,
+        heading_deg,
+        fuel_level_pct,
+        fuel_used_l,
+        odometer_km,
+        ignition,
+    };
+    Ok((fix, dropped))
 }
 
 /// Writes a fix as one NDJSON line in the input format (used by the generator and tests).
@@ -315,21 +488,6 @@ mod tests {
                 "lon missing",
             ),
             (
-                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"speed_kmh":-1}"#,
-                Reason::Invalid,
-                "speed",
-            ),
-            (
-                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"heading_deg":360}"#,
-                Reason::Invalid,
-                "heading",
-            ),
-            (
-                r#"{"vehicle_id":"v","ts":1763893530123,"lat":1,"lon":2,"fuel_level_pct":101}"#,
-                Reason::Invalid,
-                "fuel_level",
-            ),
-            (
                 r#"{"vehicle_id":"v","ts":1763893530123,"lat":"x","lon":2}"#,
                 Reason::Invalid,
                 "invalid type",
@@ -350,6 +508,52 @@ mod tests {
             "x".repeat(65)
         );
         assert_eq!(dec(&long).unwrap_err().reason, Reason::Invalid);
+    }
+
+    #[test]
+    fn optional_fields_of_the_wrong_type_or_out_of_range_are_dropped_and_the_fix_kept() {
+        use fleetflow_types::metrics::OPTIONAL_FIELDS;
+        let base = r#"{"vehicle_id":"v","ts":1763893530123,"lat":1.5,"lon":2.5"#;
+        let bit = |name: &str| 1u8 << OPTIONAL_FIELDS.iter().position(|f| *f == name).unwrap();
+        let cases: &[(&str, u8)] = &[
+            (r#","heading_deg":0"#, 0),
+            (r#","heading_deg":360"#, 0),
+            (r#","heading_deg":360.5"#, bit("heading_deg")),
+            (r#","heading_deg":"N""#, bit("heading_deg")),
+            (r#","speed_kmh":-5"#, bit("speed_kmh")),
+            (r#","fuel_level_pct":140"#, bit("fuel_level_pct")),
+            (r#","fuel_used_l":[1,2]"#, bit("fuel_used_l")),
+            (r#","odometer_km":{"km":3}"#, bit("odometer_km")),
+            (r#","ignition":"on""#, bit("ignition")),
+            (r#","ignition":1"#, bit("ignition")),
+            (r#","tenant":7"#, bit("tenant")),
+            (r#","speed_kmh":null,"ignition":null"#, 0),
+            (
+                r#","speed_kmh":-5,"fuel_level_pct":140,"heading_deg":"N","ignition":true"#,
+                bit("speed_kmh") | bit("fuel_level_pct") | bit("heading_deg"),
+            ),
+        ];
+        for (extra, want) in cases {
+            let line = format!("{base}{extra}}}");
+            let (fix, dropped) = decode_counted(line.as_bytes(), NOW, None).expect(&line);
+            assert_eq!(dropped, *want, "{line}");
+            assert_eq!(
+                (fix.lat, fix.lon, fix.ts),
+                (1.5, 2.5, 1_763_893_530_123),
+                "{line}"
+            );
+            assert_eq!(fix.tenant, "default", "{line}");
+        }
+        let (fix, _) = decode_counted(
+            format!(r#"{base},"speed_kmh":-5,"heading_deg":360,"ignition":false}}"#).as_bytes(),
+            NOW,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (fix.speed_kmh, fix.heading_deg, fix.ignition),
+            (None, Some(360.0), Some(false))
+        );
     }
 
     proptest::proptest! {

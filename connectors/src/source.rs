@@ -11,10 +11,11 @@
 //! ```
 //!
 //! Event time is data, not the timely time: every record is stamped with the processing
-//! epoch at which it was read, and each input reports the greatest `ts` it has seen at that
-//! epoch. The dataflow derives the watermark from those reports, epoch by epoch, so all
-//! workers agree on it. The operator reads the local input that is furthest behind in event
-//! time first, so that no input races ahead of the others and makes their data late.
+//! epoch at which it was read. Every vehicle is its own clock (the dataflow judges each fix
+//! against its vehicle's own fixes), so the inputs are read in turn, none waiting for
+//! another: an input whose events are far ahead or behind in event time costs the others
+//! nothing. Each input reports its state (pending, active, idle, finished) and the greatest
+//! `ts` it has seen, for the end of input and the metrics.
 //!
 //! Setting the shared shutdown flag ([`IntakeContext::shutdown`]) stops the source without
 //! reporting its inputs finished: the dataflow then knows the job was interrupted
@@ -57,8 +58,10 @@ pub enum SourceError {
     },
 }
 
-/// What a source hands each payload to: `(payload, position, Kafka key)`.
-pub type Emit<'a> = dyn FnMut(&[u8], u64, Option<&[u8]>) + 'a;
+/// What a source hands each payload to: `(payload, position, Kafka key)`. It answers
+/// whether to go on: an aligned source ([`Source::aligned`]) ends the poll after a
+/// payload answered `false`; others may ignore the answer.
+pub type Emit<'a> = dyn FnMut(&[u8], u64, Option<&[u8]>) -> bool + 'a;
 
 /// A source of raw event payloads, split into inputs that each have their own event-time
 /// progress (files, generator partitions, Kafka partitions).
@@ -78,16 +81,23 @@ pub trait Source {
         budget: usize,
         sink: &mut Emit<'_>,
     ) -> Result<Polled, SourceError>;
+    /// Whether the inputs are read in step in event time (files): the input furthest
+    /// behind first, and none more than a quarter of the allowed lateness ahead of the slowest
+    /// other input of the job, so that a vehicle whose fixes are spread over several
+    /// time-ordered files (a directory of daily exports) receives them in order. Live
+    /// inputs are not aligned: a partition far behind (a backlog) must not stop the others.
+    fn aligned(&self) -> bool {
+        false
+    }
     /// Whether inputs that stay silent become idle after `idle_timeout` (true for
     /// external inputs such as Kafka; false for files and the generator, which are never
-    /// waiting for data).
+    /// waiting for data). Idleness is reported in the metrics; it changes no result.
     fn can_idle(&self) -> bool {
         false
     }
     /// Whether local input `local` has read everything there is for now (a Kafka
     /// partition at its high watermark). Only a caught-up input can become idle: one with a
-    /// backlog it has not fetched yet is slow, and its events would be late if it stopped
-    /// holding the watermark back.
+    /// backlog it has not fetched yet is slow, not idle.
     fn caught_up(&self, _local: usize) -> bool {
         true
     }
@@ -107,8 +117,9 @@ pub struct InputSnapshot {
     pub input: u32,
     /// [`Source::position`].
     pub position: (u64, u64),
-    /// Greatest `ts` seen.
-    pub max_ts: Option<Millis>,
+    /// Where the input was in event time (see [`InputReport::progress`]).
+    #[serde(alias = "max_ts")]
+    pub progress: Option<Millis>,
     /// Its state.
     pub state: InputState,
 }
@@ -136,25 +147,81 @@ pub struct IntakeContext {
     /// no back-pressure of its own; without this a source faster than the dataflow would
     /// queue an unbounded backlog.
     pub backpressure: Option<(timely::dataflow::ProbeHandle<u64>, u64)>,
-    /// Watermark alignment: an input whose newest `ts` is more than this far (ms) ahead of
-    /// the job watermark (`metrics.derived_watermark`) is not read until the others catch up, so
-    /// that fixes waiting for the watermark stay bounded however unevenly inputs are read.
-    /// It changes no result: the slowest input is never paused.
-    pub max_ahead: Option<Millis>,
     /// Checkpoints: the hub to offer snapshots to and the inputs' restored state (every
     /// input of the job; each worker takes its own).
     pub checkpoints: Option<(Arc<Hub>, Arc<Vec<InputSnapshot>>)>,
+    /// For an aligned source ([`Source::aligned`]): how far (ms of event time) an input
+    /// may read ahead of the slowest input of the job (`metrics.slowest_input`).
+    pub align_slack: Millis,
 }
+
+/// Event times remembered per input for its progress.
+const RECENT: usize = 16;
 
 struct LocalInput {
     id: u32,
-    max_ts: Option<Millis>,
+    /// Where it is in event time: the median `ts` of its last [`RECENT`] fixes (one fix
+    /// of a tracker with a wrong clock does not move it).
+    progress: Option<Millis>,
+    recent: std::collections::VecDeque<Millis>,
     state: InputState,
     /// When it last had data or was last behind (see [`Source::caught_up`]).
     last_data: std::time::Instant,
     /// When it last reported `Empty`, to avoid busy polling.
     empty_since: Option<std::time::Instant>,
     dirty: bool,
+}
+
+impl LocalInput {
+    /// Whether it may have something to read now.
+    fn readable(&self, now: std::time::Instant) -> bool {
+        self.state != InputState::Finished
+            && self
+                .empty_since
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(5))
+    }
+
+    /// Remembers the `ts` of a fix read.
+    fn saw(&mut self, ts: Millis) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ts);
+    }
+
+    /// The median of the recent `ts`.
+    fn median(&self) -> Option<Millis> {
+        let mut v: Vec<Millis> = self.recent.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        let k = v.len() / 2;
+        Some(*v.select_nth_unstable(k).1)
+    }
+}
+
+/// The next input to read after `last`, in turn: the first after it that may have
+/// something to read.
+fn next_input(inputs: &[LocalInput], last: usize, now: std::time::Instant) -> Option<usize> {
+    let n = inputs.len();
+    (1..=n)
+        .map(|k| (last + k) % n)
+        .find(|&i| inputs[i].readable(now))
+}
+
+/// For an aligned source: the input furthest behind in event time (one never read first)
+/// among those that are not past their `horizon`.
+fn furthest_behind(
+    inputs: &[LocalInput],
+    horizon: impl Fn(u32) -> Millis,
+    now: std::time::Instant,
+) -> Option<usize> {
+    inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.readable(now) && i.progress.is_none_or(|p| p <= horizon(i.id)))
+        .min_by_key(|(_, i)| (i.progress.unwrap_or(Millis::MIN), i.id))
+        .map(|(n, _)| n)
 }
 
 /// The three streams a source produces.
@@ -194,13 +261,15 @@ pub fn render_source<'scope>(
     >::from(dead_out);
 
     let can_idle = source.can_idle();
+    let aligned = source.aligned();
     let start = std::time::Instant::now();
     let mut inputs: Vec<LocalInput> = source
         .inputs()
         .into_iter()
         .map(|id| LocalInput {
             id,
-            max_ts: None,
+            progress: None,
+            recent: Default::default(),
             state: InputState::Pending,
             last_data: start,
             empty_since: None,
@@ -215,7 +284,10 @@ pub fn render_source<'scope>(
             let Some(r) = restored.iter().find(|r| r.input == input.id) else {
                 continue;
             };
-            input.max_ts = r.max_ts;
+            input.progress = r.progress;
+            if let Some(p) = r.progress {
+                input.saw(p);
+            }
             input.state = r.state;
             if r.state != InputState::Finished {
                 if let Err(e) = source.seek(local, r.position) {
@@ -223,6 +295,16 @@ pub fn render_source<'scope>(
                     input.state = InputState::Finished;
                 }
             }
+        }
+    }
+    // This process reads these inputs: their progress is known here first hand.
+    for input in &inputs {
+        if let Some(m) = ctx.metrics.inputs.get(input.id as usize) {
+            m.local.store(true, Relaxed);
+            m.progress
+                .store(input.progress.unwrap_or(Millis::MIN), Relaxed);
+            m.finished
+                .store(input.state == InputState::Finished, Relaxed);
         }
     }
     // Offers the inputs' positions for the boundaries `range` (see `checkpoint`).
@@ -236,7 +318,7 @@ pub fn render_source<'scope>(
             .map(|(local, i)| InputSnapshot {
                 input: i.id,
                 position: source.position(local),
-                max_ts: i.max_ts,
+                progress: i.progress,
                 state: i.state,
             })
             .collect();
@@ -250,6 +332,7 @@ pub fn render_source<'scope>(
         let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(budget);
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
         let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
+        let mut last_read = usize::MAX;
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
             if ctx.shutdown.load(Relaxed) {
@@ -268,42 +351,61 @@ pub fn render_source<'scope>(
                     return;
                 }
             }
-            // Pick the unfinished input furthest behind in event time that may have data.
-            let derived = ctx.metrics.derived_watermark.load(Relaxed);
-            let horizon = ctx.max_ahead.filter(|_| derived != fleetflow_types::metrics::NO_WATERMARK).map(|ahead| derived.saturating_add(ahead));
-            let pick = inputs
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.state != InputState::Finished)
-                .filter(|(_, i)| !matches!((horizon, i.max_ts), (Some(h), Some(m)) if m > h))
-                .filter(|(_, i)| i.empty_since.is_none_or(|t| now_instant.duration_since(t) >= Duration::from_millis(5)))
-                .min_by_key(|(_, i)| (i.max_ts.unwrap_or(i64::MIN), i.id))
-                .map(|(n, _)| n);
+            // Aligned inputs (files): the one furthest behind in event time first, none past
+            // the slowest other input of the job plus the slack. Others: in turn.
+            let (slowest, first, second) = if aligned {
+                ctx.metrics.slowest_inputs()
+            } else {
+                (None, Millis::MAX, Millis::MAX)
+            };
+            let horizon_of = |id: u32| {
+                let other = if slowest == Some(id) { second } else { first };
+                other.saturating_add(ctx.align_slack)
+            };
+            let pick = if aligned {
+                furthest_behind(&inputs, horizon_of, now_instant)
+            } else {
+                next_input(&inputs, last_read.min(inputs.len().saturating_sub(1)), now_instant)
+                    .filter(|_| !inputs.is_empty())
+            };
+            let horizon = pick.filter(|_| aligned).map(|p| horizon_of(inputs[p].id));
+            if let Some(p) = pick {
+                last_read = p;
+            }
             if let Some(local) = pick {
                 let input = &mut inputs[local];
                 let names = &ctx.input_names;
                 let metrics = &ctx.metrics;
                 let registry = &ctx.registry;
                 let id = input.id;
-                let mut max_ts = input.max_ts;
+                let mut max_ts: Option<Millis> = None;
                 let (mut events, mut bytes) = (0u64, 0u64);
                 let first = fixes_buf.len();
                 arena.clear();
                 let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
                 let polled = source.poll(local, budget, &mut |payload, position, key| {
+                    let mut go_on = true;
                     events += 1;
                     bytes += payload.len() as u64 + 1;
-                    let decoded = intake::decode(payload, now, Some(registry)).and_then(|fix| match key {
+                    let decoded = intake::decode_counted(payload, now, Some(registry)).and_then(|(fix, dropped)| match key {
                         Some(k) if k != fix.vehicle_id.as_bytes() => Err(intake::Rejection::invalid(format!(
                             "message key {:?} differs from vehicle_id {:?}",
                             String::from_utf8_lossy(k),
                             fix.vehicle_id
                         ))),
-                        _ => Ok(fix),
+                        _ => {
+                            if dropped != 0 {
+                                metrics.dropped(dropped);
+                            }
+                            Ok(fix)
+                        }
                     });
                     match decoded {
                         Ok(fix) => {
                             max_ts = Some(max_ts.map_or(fix.ts, |m| m.max(fix.ts)));
+                            input.saw(fix.ts);
+                            // An aligned input stops at the first fix past the horizon.
+                            go_on = horizon.is_none_or(|h| fix.ts <= h);
                             spans.push((arena.len(), arena.len() + payload.len()));
                             arena.extend_from_slice(payload);
                             fixes_buf.push(IncomingFix {
@@ -333,9 +435,10 @@ pub fn render_source<'scope>(
                             });
                         }
                     }
+                    go_on
                 });
-                // An exact-size copy: the fixes' payloads keep the chunk alive (in the sink's
-                // buffers, above the watermark), and a small poll must not pin a large arena.
+                // An exact-size copy: the fixes' payloads keep the chunk alive (until they are
+                // final), and a small poll must not pin a large arena.
                 let chunk = bytes::Bytes::copy_from_slice(&arena);
                 for (inc, (a, b)) in fixes_buf[first..].iter_mut().zip(spans) {
                     inc.payload = chunk.slice(a..b);
@@ -343,37 +446,42 @@ pub fn render_source<'scope>(
                 metrics.events_in.fetch_add(events, Relaxed);
                 metrics.bytes_in.fetch_add(bytes, Relaxed);
                 metrics.input_read(id, events, bytes, max_ts);
+                let progress = input.median();
+                input.dirty |= input.progress != progress;
+                input.progress = progress;
+                if let Some(m) = metrics.inputs.get(id as usize) {
+                    m.progress.store(progress.unwrap_or(Millis::MIN), Relaxed);
+                }
                 match polled {
                     Ok(Polled::Data(_)) => {
                         input.empty_since = None;
                         input.last_data = now_instant;
-                        input.dirty |= input.max_ts != max_ts;
-                        input.max_ts = max_ts;
-                        if max_ts.is_some() && input.state != InputState::Active {
+                        if progress.is_some() && input.state != InputState::Active {
                             input.state = InputState::Active;
                             input.dirty = true;
                         }
                     }
                     Ok(Polled::Empty) => input.empty_since = Some(now_instant),
                     Ok(Polled::Finished) => {
-                        input.max_ts = max_ts;
                         input.state = InputState::Finished;
                         input.dirty = true;
                     }
                     Err(e) => {
                         // A broken input ends; the error is logged and the job goes on.
                         tracing::error!(input = %names.get(id as usize).map(String::as_str).unwrap_or("?"), error = %e, "input failed; treating it as ended");
-                        input.max_ts = max_ts;
                         input.state = InputState::Finished;
                         input.dirty = true;
                     }
+                }
+                if let Some(m) = metrics.inputs.get(id as usize) {
+                    m.finished.store(input.state == InputState::Finished, Relaxed);
                 }
             }
             if can_idle {
                 for (local, input) in inputs.iter_mut().enumerate() {
                     // An input caught up and silent for `idle_timeout` (since its last data,
                     // or since the start for one that never had any, e.g. an empty Kafka
-                    // partition) stops holding the watermark back until it has data again.
+                    // partition) is idle until it has data again (for the metrics).
                     // Silence is counted from when it caught up.
                     if !source.caught_up(local) {
                         input.last_data = now_instant;
@@ -400,7 +508,7 @@ pub fn render_source<'scope>(
                 let mut session = out.session(&held[1]);
                 for input in inputs.iter_mut().filter(|i| i.dirty) {
                     input.dirty = false;
-                    session.give(InputReport { input: input.id, max_ts: input.max_ts, state: input.state });
+                    session.give(InputReport { input: input.id, progress: input.progress, state: input.state });
                 }
             }
             if inputs.iter().all(|i| i.state == InputState::Finished) {

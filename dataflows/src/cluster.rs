@@ -12,7 +12,7 @@
 //!
 //! A process's view keeps one shard per worker of the cluster; shard `w` is fed by exactly
 //! one local worker over one channel, so it sees `w`'s results in the order `w` made them,
-//! and the watermark `w` reached with them (the view's `as_of` is the least over all
+//! and the job clock `w` reached with them (the view's `as_of` is the least over all
 //! shards, one value for the whole cluster). A worker's own copy stays in its process and
 //! never touches the network.
 

@@ -4,53 +4,56 @@
 //!   fixes ──Exchange(hash vehicle_id)──┐
 //!                                      ├─► "VehicleTimeline" ─┬─► raw fixes       (final)
 //!   input reports ──Broadcast──────────┤                      ├─► tier rows       (final)
-//!   geofence changes (broadcast) ──────┘                      ├─► finals          (to geofencing)
-//!                                                             ├─► dead letters    (late, implausible_jump)
-//!                                                             ├─► vehicle state   (differential updates)
-//!                                                             └─► progress        (watermark per epoch)
+//!   geofence changes (broadcast) ──────┤                      ├─► finals          (to geofencing)
+//!   clock reports of every worker ─────┘                      ├─► dead letters    (late, implausible_jump)
+//!        ▲                                                    ├─► vehicle state   (differential updates)
+//!        │                                                    ├─► progress        (job clock per epoch)
+//!        └────────── feedback(+1) ◄── Broadcast ◄─────────────┴─► clock reports   (this worker's vehicles)
 //! ```
 //!
-//! Timely times are processing epochs. When both input frontiers pass an epoch, the
-//! operator takes that epoch's fixes (checking lateness against the watermark before the
-//! epoch) and then its input reports (which move the watermark). Because reports are
-//! broadcast and applied in epoch order, every worker derives the same watermark.
-//! Geofence changes of an epoch are applied at that epoch's watermark: fixes below it are
-//! made final first, then the changes follow them on the `finals` output, so every worker
-//! puts a change at the same place among its vehicles' fixes.
+//! Timely times are processing epochs. Fixes are judged against their own vehicle's clock
+//! as they arrive (see [`crate::timeline`]). The job clock comes from every worker's clock
+//! reports, broadcast and fed back (see [`crate::clock`]); a worker applies them as they
+//! arrive, so no epoch waits for the loop, and workers may briefly disagree on the clock.
+//! Nothing that must agree depends on that: a geofence change carries the job clock it
+//! takes effect at (stamped where the dataflow takes it in), and the end of a bounded
+//! input has an exact clock of its own.
 //!
-//! When the frontier empties, the job has either reached the end of every input (every
-//! input reported `Finished`: all fixes become final, every window completes) or was
-//! interrupted (open windows are left unwritten rather than written incomplete).
+//! When the inputs' frontier empties, the job has either reached the end of every input
+//! (every input reported `Finished`: every fix becomes final, every window completes, and
+//! the workers exchange every vehicle's clock once more for the exact final job clock) or
+//! was interrupted (open windows are left unwritten rather than written incomplete).
 
+use crate::clock::{ClockReport, JobClock};
 use crate::geofence::Finalized;
+use crate::inputs::InputTracker;
 use crate::timeline::{Outputs, TimelineConfig, Timelines, VehicleSnapshot};
-use crate::watermark::{Watermark, WatermarkTracker};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
 pub use fleetflow_types::records::Progress;
 use fleetflow_types::records::{
-    DeadLetter, GeofenceChange, IncomingFix, InputReport, TierRow, VehicleState,
+    DeadLetter, GeofenceChange, IncomingFix, InputReport, InputState, TierRow, VehicleState,
 };
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
+use timely::progress::Antichain;
 
 /// Everything the per-vehicle operator needs.
 #[derive(Clone)]
 pub struct CoreConfig {
-    /// Allowed lateness, ms.
-    pub lateness: Millis,
     /// The per-vehicle logic's settings.
     pub timeline: TimelineConfig,
     /// Vehicle registry (tank capacities).
@@ -61,7 +64,9 @@ pub struct CoreConfig {
     pub input_names: Arc<Vec<String>>,
     /// How often vehicle state and progress are published (processing time). State changes
     /// within an interval are coalesced into one update per vehicle.
-    pub publish_every: std::time::Duration,
+    pub publish_every: Duration,
+    /// How often a worker reports its vehicles' clocks (processing time).
+    pub clock_every: Duration,
     /// Checkpoints: the hub to offer snapshots to.
     pub checkpoints: Option<Arc<Hub>>,
     /// This worker's share of the restored state.
@@ -74,10 +79,14 @@ pub const SNAPSHOT_OP: &str = "timeline";
 /// The per-vehicle operator's state at a checkpoint boundary.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TimelineSnapshot {
-    /// The inputs' progress as this worker applied it (the same on every worker).
-    pub tracker: WatermarkTracker,
-    /// The watermark fixes were checked against.
-    pub watermark: Option<Millis>,
+    /// The inputs' reports as this worker applied them (the same on every worker).
+    pub tracker: InputTracker,
+    /// The job clock.
+    pub clock: Option<Millis>,
+    /// Geofence changes `(seq, at)` some of the worker's vehicles had not taken.
+    pub changes: Vec<(u64, Millis)>,
+    /// The newest geofence change registered.
+    pub latest_change: u64,
     /// The worker's vehicles, by id.
     pub vehicles: Vec<VehicleSnapshot>,
 }
@@ -85,7 +94,8 @@ pub struct TimelineSnapshot {
 impl TimelineSnapshot {
     /// Splits the snapshots of every worker (of the run that took them) into `parts`
     /// shares, each vehicle going to `owner(id)`, each share sorted by id. The tracker and
-    /// watermark, the same on every worker, go to every share.
+    /// clock (the same on every worker, up to the epoch each was taken at) and the
+    /// geofence changes go to every share.
     pub fn split(
         all: Vec<TimelineSnapshot>,
         parts: usize,
@@ -94,17 +104,22 @@ impl TimelineSnapshot {
         let mut out = vec![TimelineSnapshot::default(); parts];
         let newest = all
             .iter()
-            .max_by_key(|s| s.watermark)
-            .map(|s| (s.tracker.clone(), s.watermark));
+            .max_by_key(|s| s.clock)
+            .map(|s| (s.tracker.clone(), s.clock));
+        let mut changes: BTreeMap<u64, Millis> = BTreeMap::new();
+        let latest_change = all.iter().map(|s| s.latest_change).max().unwrap_or(0);
         for s in all {
+            changes.extend(s.changes);
             for v in s.vehicles {
                 out[owner(&v.id) % parts].vehicles.push(v);
             }
         }
         for share in &mut out {
-            if let Some((tracker, watermark)) = &newest {
-                (share.tracker, share.watermark) = (tracker.clone(), *watermark);
+            if let Some((tracker, clock)) = &newest {
+                (share.tracker, share.clock) = (tracker.clone(), *clock);
             }
+            share.changes = changes.iter().map(|(s, a)| (*s, *a)).collect();
+            share.latest_change = latest_change;
             share.vehicles.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         }
         out
@@ -121,7 +136,7 @@ pub struct CoreStreams<'scope> {
     pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
     /// Vehicle state, keyed by vehicle id.
     pub state: VecCollection<'scope, u64, (CompactString, VehicleState), isize>,
-    /// The watermark each worker reached, per epoch.
+    /// The job clock each worker reached, per epoch.
     pub progress: Stream<'scope, u64, Vec<Progress>>,
     /// Final fixes with geofence changes interleaved, for geofencing.
     pub finals: Stream<'scope, u64, Vec<Finalized>>,
@@ -132,18 +147,18 @@ type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 /// How long one invocation of the operator spends writing a snapshot, at most (about):
 /// the rest waits for the next invocation, so a checkpoint of many vehicles does not hold
 /// up the fixes behind it. A fix waits for several invocations on its way (its epoch's
-/// frontier, the exchange, the output's progress), each of which may carry a slice: with
-/// 5 ms slices the read -> visible p99 at 20,000 events/s was 27-39 ms, with 1 ms 9-19 ms
-/// (checkpoints of 230 MB every 10 s; 7-9 ms without checkpoints).
-const SNAPSHOT_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
+/// frontier, the exchange, the output's progress), each of which may carry a slice, so
+/// the slice is short (`benches/kafka.rs` measures what it costs the read -> visible
+/// latency).
+const SNAPSHOT_SLICE: Duration = Duration::from_millis(1);
 
 /// The least time from the end of one slice to the start of the next: a snapshot takes at
-/// most a fifth of its worker while fixes flow. Written flat out, the 230 MB of 100,000
-/// vehicles took both workers of a 2-core machine for about 300 ms, starving the broker
-/// and the API next to them (per-second p99 at 20,000 events/s: 90-270 ms in the seconds of
-/// a checkpoint, 60-66 ms in the others); paced, it takes about 1.5 s of the 10 s between
-/// checkpoints.
-const SNAPSHOT_PAUSE: std::time::Duration = std::time::Duration::from_millis(4);
+/// most a fifth of its worker while fixes flow, so that a large checkpoint does not starve
+/// the broker and the API next to the job.
+const SNAPSHOT_PAUSE: Duration = Duration::from_millis(4);
+
+/// How often a worker counts the vehicles far ahead of and behind the job clock.
+const OUTLIERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes the operator's snapshots a slice at a time and offers each to the hub once
 /// complete.
@@ -153,7 +168,7 @@ struct SnapshotWriter {
     /// The range of the snapshot being written.
     writing: Option<(u64, u64)>,
     /// When the next slice may be written ([`SNAPSHOT_PAUSE`] after the last one ended).
-    next_slice: std::time::Instant,
+    next_slice: Instant,
 }
 
 impl SnapshotWriter {
@@ -162,16 +177,16 @@ impl SnapshotWriter {
     fn begin(
         &mut self,
         timelines: &mut Timelines,
-        tracker: &WatermarkTracker,
-        watermark: Option<Millis>,
+        tracker: &InputTracker,
+        clock: Option<Millis>,
         range: (u64, u64),
     ) {
         if self.hub.is_none() {
             return;
         }
-        self.step(timelines, None, std::time::Instant::now());
-        // Encoded as the head of a `TimelineSnapshot`; the vehicles follow.
-        let head = postcard::to_stdvec(&(tracker, watermark)).expect("tracker encodes");
+        self.step(timelines, None, Instant::now());
+        // Encoded as the head of a `TimelineSnapshot`; the changes and vehicles follow.
+        let head = postcard::to_stdvec(&(tracker, clock)).expect("tracker encodes");
         timelines.begin_snapshot(head);
         self.writing = Some(range);
     }
@@ -183,9 +198,9 @@ impl SnapshotWriter {
     fn step(
         &mut self,
         timelines: &mut Timelines,
-        budget: Option<std::time::Duration>,
-        now: std::time::Instant,
-    ) -> Option<std::time::Duration> {
+        budget: Option<Duration>,
+        now: Instant,
+    ) -> Option<Duration> {
         let (Some(hub), Some(_)) = (&self.hub, &self.writing) else {
             return None;
         };
@@ -193,7 +208,7 @@ impl SnapshotWriter {
             return Some(self.next_slice - now);
         }
         let Some(blob) = timelines.continue_snapshot(budget) else {
-            self.next_slice = std::time::Instant::now() + SNAPSHOT_PAUSE;
+            self.next_slice = Instant::now() + SNAPSHOT_PAUSE;
             return Some(SNAPSHOT_PAUSE);
         };
         let (lo, hi) = self.writing.take().expect("checked");
@@ -202,7 +217,8 @@ impl SnapshotWriter {
     }
 }
 
-/// Renders the per-vehicle operator over decoded fixes and input reports.
+/// Renders the per-vehicle operator over decoded fixes, input reports and geofence
+/// changes, with the loop that carries the workers' clock reports.
 pub fn render_timeline<'scope>(
     fixes: Stream<'scope, u64, Vec<IncomingFix>>,
     reports: Stream<'scope, u64, Vec<InputReport>>,
@@ -211,7 +227,9 @@ pub fn render_timeline<'scope>(
 ) -> CoreStreams<'scope> {
     let scope = fixes.scope();
     let worker = scope.index();
+    let peers = scope.peers();
     let reports = reports.broadcast();
+    let (clock_loop, clock_reports) = scope.feedback::<Vec<ClockReport>>(1);
     let mut builder = OperatorBuilder::new("VehicleTimeline".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     let mut fix_in = builder.new_input(
@@ -227,6 +245,14 @@ pub fn render_timeline<'scope>(
         builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
     let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
     let (finals_out, finals) = builder.new_output::<Vec<Finalized>>();
+    let (clock_out, clock) = builder.new_output::<Vec<ClockReport>>();
+    // The reports come back on an input connected to no output: the operator emits from
+    // the capabilities it holds, which the inputs above bound.
+    let mut clock_in = builder.new_input_connection(
+        clock_reports,
+        Pipeline,
+        std::iter::empty::<(usize, Antichain<u64>)>(),
+    );
     let mut raw_out: Out<Fix> = OutputBuilder::from(raw_out);
     let mut row_out: Out<TierRow> = OutputBuilder::from(row_out);
     let mut dead_out: Out<DeadLetter> = OutputBuilder::from(dead_out);
@@ -234,6 +260,7 @@ pub fn render_timeline<'scope>(
         OutputBuilder::from(state_out);
     let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
     let mut finals_out: Out<Finalized> = OutputBuilder::from(finals_out);
+    let mut clock_out: Out<ClockReport> = OutputBuilder::from(clock_out);
 
     let mut cfg = cfg;
     builder.build(move |caps| {
@@ -244,31 +271,39 @@ pub fn render_timeline<'scope>(
             cfg.input_names.clone(),
             cfg.metrics.clone(),
         );
-        let mut tracker = WatermarkTracker::new(cfg.lateness);
-        let mut watermark: Option<Millis> = None;
+        let mut tracker = InputTracker::default();
+        let mut job_clock = JobClock::new(peers, None);
         let mut cuts = cfg.checkpoints.as_ref().map(|h| h.cuts());
         if let Some(r) = cfg.restore.take() {
-            (tracker, watermark) = (r.tracker, r.watermark);
-            if let Some(w) = watermark {
-                cfg.metrics
-                    .derived_watermark
-                    .fetch_max(w, std::sync::atomic::Ordering::Relaxed);
+            tracker = r.tracker;
+            job_clock = JobClock::new(peers, r.clock);
+            if let Some(c) = r.clock {
+                cfg.metrics.advance_clock(c);
             }
-            timelines.restore(r.vehicles);
+            timelines.restore(r.vehicles, r.changes, r.latest_change, r.clock);
         }
         let mut snapshots = SnapshotWriter {
             hub: cfg.checkpoints.clone(),
             worker,
             writing: None,
-            next_slice: std::time::Instant::now(),
+            next_slice: Instant::now(),
         };
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
         let mut change_stash: BTreeMap<u64, Vec<GeofenceChange>> = BTreeMap::new();
         let mut out = Outputs::default();
-        let mut last_publish = std::time::Instant::now();
-        let mut last_stats = std::time::Instant::now();
+        let mut last_publish = Instant::now();
+        let mut last_stats = Instant::now();
+        let mut last_sample: Option<Instant> = None;
+        let mut last_outliers = Instant::now();
+        // What the worker's rows are complete before, counted at most once a second.
+        let mut complete = (Millis::MIN, None::<Instant>);
+        let mut last_sent: Option<crate::clock::ClockSample> = None;
+        let mut outliers = (0, 0);
+        let mut last_emit = 0u64;
+        // Whether the end of input was reached and this worker's clocks sent.
+        let mut ending = false;
         // Sends what `out` holds (but progress) at `at`.
         let mut flush = move |out: &mut Outputs, caps_at: &[Capability<u64>], at: u64| {
             if !out.raw.is_empty() {
@@ -306,12 +341,19 @@ pub fn render_timeline<'scope>(
             }
         };
         move |frontiers| {
+            timelines.tick();
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
                     fix_stash.entry(*t).or_default().push(std::mem::take(data));
                 }
             });
             report_in.for_each(|cap, data| {
+                // Where other processes' inputs are, for the sources that read in step:
+                // as soon as it arrives (flow control, no result depends on it).
+                for r in data.iter() {
+                    cfg.metrics
+                        .remote_input(r.input, r.progress, r.state == InputState::Finished);
+                }
                 if let Some(t) = cap.least() {
                     report_stash.entry(*t).or_default().append(data);
                 }
@@ -321,13 +363,20 @@ pub fn render_timeline<'scope>(
                     change_stash.entry(*t).or_default().append(data);
                 }
             });
+            // The workers' clock reports, applied as they come.
+            clock_in.for_each(|_, data| {
+                for r in data.drain(..) {
+                    job_clock.apply(r);
+                }
+            });
             let Some(held) = caps.as_mut() else { return };
-            // Epochs below both frontiers are complete.
-            let frontier: Option<u64> = frontiers
+            // Epochs below every input's frontier are complete (once the inputs ended,
+            // whatever is stashed is).
+            let inputs_frontier: Option<u64> = frontiers[..3]
                 .iter()
                 .filter_map(|f| f.frontier().first().copied())
                 .min();
-            let ready = |t: &u64| frontier.is_none_or(|f| *t < f);
+            let ready = |t: &u64| inputs_frontier.is_none_or(|f| *t < f);
             let mut last_epoch = None;
             loop {
                 let next = [
@@ -349,46 +398,47 @@ pub fn render_timeline<'scope>(
                         let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&at)).collect();
                         flush(&mut out, &caps_at, at);
                     }
-                    snapshots.begin(&mut timelines, &tracker, watermark, range);
+                    snapshots.begin(&mut timelines, &tracker, job_clock.now(), range);
                 }
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
                     for inc in batch {
-                        timelines.offer(inc, watermark, &mut out);
+                        timelines.offer(inc, &mut out);
                     }
                 }
                 for r in report_stash.remove(&epoch).unwrap_or_default() {
                     tracker.apply(&r);
                 }
-                if let Watermark::At(w) = tracker.watermark() {
-                    watermark = Some(watermark.map_or(w, |old| old.max(w)));
-                    cfg.metrics
-                        .derived_watermark
-                        .fetch_max(w, std::sync::atomic::Ordering::Relaxed);
-                }
-                if let Some(changes) = change_stash.remove(&epoch) {
-                    // A change takes effect at this epoch's watermark: what is final before it
-                    // saw the old geofences, every later fix sees the new ones.
-                    if let Some(w) = watermark {
-                        timelines.advance(w, &mut out);
-                    }
-                    out.finals
-                        .extend(changes.into_iter().map(|c| Finalized::Change(c, watermark)));
+                for change in change_stash.remove(&epoch).unwrap_or_default() {
+                    timelines.register_change(change, &mut out);
                 }
                 last_epoch = Some(epoch);
             }
-            let finished = frontier.is_none();
-            let at_end = finished && tracker.watermark() == Watermark::End;
-            let state_watermark = if at_end {
-                // End of input: the watermark moves to the end of the data.
-                tracker.max_ts().map(|m| m.saturating_add(1)).or(watermark)
-            } else {
-                watermark
-            };
-            if at_end {
-                timelines.finish(&mut out);
-            } else if let Some(w) = watermark {
-                timelines.advance(w, &mut out);
+            if let Some(c) = job_clock.now().filter(|_| !ending) {
+                timelines.set_clock(c, &mut out);
+                cfg.metrics.advance_clock(c);
             }
+            let finished = inputs_frontier.is_none();
+            let at_end = finished && tracker.ended();
+            if at_end && !ending {
+                // End of input: everything becomes final; then every worker's clocks, once.
+                ending = true;
+                timelines.finish(&mut out);
+                clock_out
+                    .activate()
+                    .session(&held[6])
+                    .give(ClockReport::End {
+                        worker: worker as u32,
+                        clocks: timelines.clocks(),
+                    });
+            }
+            let end_clock = if ending { job_clock.end() } else { None };
+            if let Some(Some(c)) = end_clock {
+                timelines.end_clock(c, &mut out);
+                cfg.metrics
+                    .clock
+                    .store(c, std::sync::atomic::Ordering::Relaxed);
+            }
+            let done = finished && (!at_end || end_clock.is_some());
             if finished && !at_end {
                 let (pending, windows) = timelines.open_state();
                 if pending + windows > 0 {
@@ -396,43 +446,75 @@ pub fn render_timeline<'scope>(
                         worker,
                         pending,
                         windows,
-                        "interrupted: fixes above the watermark and open windows are not written"
+                        "interrupted: fixes not yet final and open windows are not written"
                     );
                 }
             }
             if tracing::enabled!(tracing::Level::DEBUG)
-                && last_stats.elapsed() >= std::time::Duration::from_secs(1)
+                && last_stats.elapsed() >= Duration::from_secs(1)
             {
-                last_stats = std::time::Instant::now();
+                last_stats = Instant::now();
                 let (pending, windows) = timelines.open_state();
-                let (due, closing, offline) = timelines.queue_lengths();
+                let (offline, silence, changes) = timelines.queue_lengths();
                 let stashed: usize = fix_stash.values().flatten().map(Vec::len).sum();
                 tracing::debug!(
                     worker,
                     vehicles = timelines.vehicles(),
                     pending,
                     windows,
-                    due,
-                    closing,
                     offline,
+                    silence,
+                    changes,
                     stashed,
+                    clock = ?job_clock.now(),
                     "timeline state"
                 );
             }
+            // The workers' clocks, for the job clock (not once the input ended).
+            if !finished && last_sample.is_none_or(|t| t.elapsed() >= cfg.clock_every) {
+                last_sample = Some(Instant::now());
+                if last_outliers.elapsed() >= OUTLIERS_EVERY {
+                    last_outliers = Instant::now();
+                    outliers = timelines.outliers();
+                    let (ahead, behind) = job_clock.outliers();
+                    cfg.metrics
+                        .set_clock_outliers(ahead, behind, job_clock.voters());
+                }
+                let mut sample = timelines.clock_sample(worker as u32);
+                (sample.ahead, sample.behind) = outliers;
+                if last_sent.as_ref() != Some(&sample) {
+                    last_sent = Some(sample.clone());
+                    clock_out
+                        .activate()
+                        .session(&held[6])
+                        .give(ClockReport::Sample(sample));
+                }
+            }
+            if !finished {
+                activator.activate_after(cfg.clock_every);
+            }
             // Publish state and progress together, at most once per interval (always at the
             // end), so that `as_of` never runs ahead of the published state.
-            let publish_now = finished || last_publish.elapsed() >= cfg.publish_every;
+            let publish_now = done || last_publish.elapsed() >= cfg.publish_every;
             if publish_now {
-                timelines.publish(state_watermark, &mut out);
-                last_publish = std::time::Instant::now();
-            } else {
+                timelines.publish(&mut out);
+                last_publish = Instant::now();
+            } else if !finished {
                 activator.activate_after(cfg.publish_every.saturating_sub(last_publish.elapsed()));
             }
-            let emit_at = last_epoch.unwrap_or(*held[0].time()).max(*held[0].time());
-            let advanced = publish_now && (state_watermark != published || at_end);
-            if let Some(w) = state_watermark.filter(|_| advanced) {
-                // Everything final below `w` precedes this mark on the finals output.
-                out.finals.push(Finalized::Watermark(w));
+            let clock = timelines.clock();
+            // Outputs leave at the latest epoch processed, never before what left already
+            // (once the inputs ended, epochs past the held capabilities are processed).
+            let emit_at = last_epoch
+                .unwrap_or(*held[0].time())
+                .max(*held[0].time())
+                .max(last_emit);
+            last_emit = emit_at;
+            let at_end_now = done && at_end;
+            let advanced = publish_now && (clock != published || at_end_now);
+            if let Some(c) = clock.filter(|_| advanced) {
+                // Every fix final so far precedes this mark on the finals output.
+                out.finals.push(Finalized::Clock(c));
             }
             if !out.raw.is_empty()
                 || !out.finals.is_empty()
@@ -444,28 +526,34 @@ pub fn render_timeline<'scope>(
                 let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&emit_at)).collect();
                 flush(&mut out, &caps_at, emit_at);
                 if advanced {
-                    if let Some(w) = state_watermark {
-                        cfg.metrics.advance_watermark(w);
+                    if at_end_now {
+                        complete.0 = Millis::MAX;
+                    } else if complete.1.is_none_or(|t| t.elapsed() >= OUTLIERS_EVERY) {
+                        complete = (timelines.unfinished_from(), Some(Instant::now()));
+                    }
+                    if let Some(c) = clock {
                         progress_out.activate().session(&caps_at[4]).give(Progress {
                             worker,
-                            watermark: w,
-                            end: at_end,
+                            clock: c,
+                            complete: complete.0,
+                            end: at_end_now,
                         });
                     }
-                    published = state_watermark;
+                    published = clock;
                 }
             }
-            if let Some(range) = cuts.as_mut().and_then(|c| c.frontier(frontier)) {
-                snapshots.begin(&mut timelines, &tracker, watermark, range);
+            if let Some(range) = cuts.as_mut().and_then(|c| c.frontier(inputs_frontier)) {
+                snapshots.begin(&mut timelines, &tracker, job_clock.now(), range);
             }
             // The snapshot is written a slice at a time, paced (all of it once the input
             // ended).
-            let budget = frontier.map(|_| SNAPSHOT_SLICE);
-            if let Some(wait) = snapshots.step(&mut timelines, budget, std::time::Instant::now()) {
+            let budget = inputs_frontier.map(|_| SNAPSHOT_SLICE);
+            if let Some(wait) = snapshots.step(&mut timelines, budget, Instant::now()) {
                 activator.activate_after(wait);
             }
-            match frontier {
-                None => caps = None,
+            match inputs_frontier {
+                None if done => caps = None,
+                None => {}
                 Some(f) => {
                     for c in held.iter_mut() {
                         if *c.time() < f {
@@ -476,6 +564,7 @@ pub fn render_timeline<'scope>(
             }
         }
     });
+    clock.broadcast().connect_loop(clock_loop);
     CoreStreams {
         raw,
         rows,
@@ -497,10 +586,13 @@ mod tests {
     fn a_snapshot_is_written_in_paced_slices_and_offered_once_complete() {
         let metrics = Arc::new(Metrics::new(vec![]));
         let cfg = TimelineConfig {
+            lateness: 30_000,
             offline_after: 600_000,
             tiers: vec![60_000],
             raw: false,
             finals: false,
+            silence: None,
+            vote_for: None,
         };
         let names = Arc::new(vec!["in".to_string()]);
         let mut t = Timelines::new(cfg, Arc::default(), names, metrics);
@@ -515,7 +607,7 @@ mod tests {
                 position: i as u64,
                 received_at: 0,
             };
-            t.offer(inc, None, &mut out);
+            t.offer(inc, &mut out);
         }
         let hub = Arc::new(Hub::new(10, vec![(SNAPSHOT_OP.into(), 0)], 0));
         let mut w = SnapshotWriter {
@@ -524,7 +616,7 @@ mod tests {
             writing: None,
             next_slice: Instant::now(),
         };
-        w.begin(&mut t, &WatermarkTracker::default(), None, (10, 10));
+        w.begin(&mut t, &InputTracker::default(), None, (10, 10));
         let before = Instant::now();
         assert_eq!(
             w.step(&mut t, Some(SNAPSHOT_SLICE), before),

@@ -9,7 +9,7 @@
 //! The sink runs on the worker thread; it must only apply updates to a shared structure
 //! (e.g. a lock-protected map) and never block on I/O. Updates are handed over only for
 //! epochs the frontier has passed, in time order with retractions first, together with the
-//! watermark each producing worker had reached, so that a reader sees a consistent `as_of`.
+//! job clock each producing worker had reached, so that a reader sees a consistent `as_of`.
 //! (On one process a worker publishes its own results; in a cluster it publishes the
 //! results [`crate::cluster::mirror`] brings it from one worker of every process.)
 //!
@@ -45,7 +45,7 @@ pub fn publish<'scope, D, F>(
     let mut prog_in = builder.new_input(progress, Pipeline);
     builder.build(move |_caps| {
         let mut updates: BTreeMap<u64, Vec<(D, isize)>> = BTreeMap::new();
-        // By epoch, then by worker: that worker's greatest watermark in the epoch.
+        // By epoch, then by worker: that worker's greatest job clock in the epoch.
         let mut progress: BTreeMap<u64, BTreeMap<usize, Progress>> = BTreeMap::new();
         move |frontiers| {
             upd_in.for_each(|_cap, data| {
@@ -58,7 +58,7 @@ pub fn publish<'scope, D, F>(
                     let epoch = progress.entry(*t).or_default();
                     for p in data.drain(..) {
                         let e = epoch.entry(p.worker).or_insert(p);
-                        if p.watermark >= e.watermark {
+                        if p.end || (!e.end && p.clock >= e.clock) {
                             *e = p;
                         }
                     }

@@ -39,7 +39,7 @@ pub enum ChangeBody {
 pub struct Change {
     /// Sequence number: 1, 2, ... in the order changes were applied.
     pub seq: u64,
-    /// The watermark the view was complete through once the change was applied.
+    /// The job clock the view reflected once the change was applied.
     pub as_of: Option<Millis>,
     /// What changed.
     pub body: ChangeBody,

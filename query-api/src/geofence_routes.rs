@@ -81,7 +81,7 @@ pub(crate) struct GeofenceChangeAnswer {
     id: String,
     /// The change's sequence number.
     seq: u64,
-    /// The watermark it took effect at; null while pending.
+    /// The job clock it took effect at; null while pending.
     effective_at: Option<Millis>,
     /// `pending` when it has not taken effect yet (202).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,7 +206,7 @@ fn change_error(e: ChangeError) -> ApiError {
     }
 }
 
-/// Waits for the change to take effect and answers with the watermark it took effect at
+/// Waits for the change to take effect and answers with the job clock it took effect at
 /// (202 when the dataflow has not applied it within [`APPLY_TIMEOUT`]).
 async fn applied(s: &ApiState, id: &str, seq: u64, ok: StatusCode) -> Response {
     let answer = |effective_at, status: Option<&str>| {

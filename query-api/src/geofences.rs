@@ -86,7 +86,7 @@ struct Shard {
     events: VecDeque<GeofenceEvent>,
     /// The last change applied.
     applied: u64,
-    /// Change -> the watermark it took effect at (recent ones).
+    /// Change -> the job clock it took effect at (recent ones).
     effective: BTreeMap<u64, Option<Millis>>,
     as_of: Option<Millis>,
 }
@@ -113,6 +113,16 @@ impl GeofenceView {
             closed: AtomicBool::new(false),
             changes: None,
         }
+    }
+
+    /// Numbers the changes after `seq` (a job resumed from a checkpoint whose fences are
+    /// the version of change `seq`).
+    pub fn continuing_after(self, seq: u64) -> Self {
+        {
+            let mut c = self.catalog.lock().expect("catalog lock");
+            c.next_seq = c.next_seq.max(seq + 1);
+        }
+        self
     }
 
     /// Also appends every geofence event to `log` (for the live streams).
@@ -166,6 +176,7 @@ impl GeofenceView {
             seq,
             id: id.into(),
             geofence: geofence.clone(),
+            at: None,
         };
         match &c.sender {
             Some(tx) if tx.send(change).is_ok() => {}
@@ -179,8 +190,8 @@ impl GeofenceView {
         Ok(Submitted { seq, existed })
     }
 
-    /// Waits until every worker applied change `seq` and returns the watermark it took
-    /// effect at (`None` when it took effect before the first watermark).
+    /// Waits until every worker registered change `seq` and returns the job clock it took
+    /// effect at (`None` when it took effect before the job clock began).
     pub async fn wait_applied(
         &self,
         seq: u64,
@@ -243,14 +254,14 @@ impl GeofenceView {
     }
 
     /// Applies a worker's changes in the order they happened: occupancy updates (+1 enters,
-    /// -1 leaves), events and applied changes, and the watermark they are complete through.
+    /// -1 leaves), events and applied changes, and the job clock they reflect.
     pub fn apply(
         &self,
         worker: usize,
         occupants: Vec<OccupancyChange>,
         events: &[GeofenceEvent],
         applied: Vec<(u64, Option<Millis>)>,
-        watermark: Option<Millis>,
+        clock: Option<Millis>,
     ) {
         let Some(shard) = self.shards.get(worker) else {
             return;
@@ -264,8 +275,8 @@ impl GeofenceView {
             .map(|c| c.write());
         {
             let mut shard = shard.write().expect("view lock");
-            if let Some(w) = watermark {
-                shard.as_of = Some(shard.as_of.map_or(w, |old| old.max(w)));
+            if let Some(w) = clock {
+                shard.as_of = Some(w);
             }
             let shard = &mut *shard;
             for o in occupants {
@@ -325,15 +336,15 @@ impl GeofenceView {
         }
     }
 
-    /// Records the watermark through which `worker`'s geofence results are complete.
-    pub fn advance(&self, worker: usize, watermark: Option<Millis>) {
-        if let (Some(w), Some(shard)) = (watermark, self.shards.get(worker)) {
+    /// Records the job clock `worker`'s geofence results reflect.
+    pub fn advance(&self, worker: usize, clock: Option<Millis>) {
+        if let (Some(w), Some(shard)) = (clock, self.shards.get(worker)) {
             let mut shard = shard.write().expect("view lock");
-            shard.as_of = Some(shard.as_of.map_or(w, |old| old.max(w)));
+            shard.as_of = Some(w);
         }
     }
 
-    /// The watermark through which every worker's geofence results are complete.
+    /// The job clock every worker's geofence results reflect (the least over workers).
     pub fn as_of(&self) -> Option<Millis> {
         self.shards
             .iter()

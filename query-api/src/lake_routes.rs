@@ -180,7 +180,7 @@ pub(crate) async fn history(
         Some(v) if access.sees(&v.fix.tenant) => {}
         _ => return Err(ApiError::NotFound(format!("no vehicle {id:?}"))),
     }
-    let as_of = s.metrics.lake_watermark();
+    let as_of = s.metrics.lake_clock();
     let q = Query {
         vehicle: Some(id.clone()),
         from,
@@ -289,7 +289,7 @@ pub(crate) async fn fuel_efficiency(
         (None, Some(t)) => t,
         (None, None) => {
             return Err(ApiError::Unavailable(
-                "no watermark yet: give a date".into(),
+                "no job clock yet: give a date".into(),
             ))
         }
     };
@@ -329,7 +329,7 @@ pub(crate) async fn fuel_efficiency(
                     "past days come from the 1d tier, which this job does not keep".into(),
                 )
             })?;
-        let as_of = s.metrics.lake_watermark();
+        let as_of = s.metrics.lake_clock();
         let q = Query {
             vehicle: None,
             from: day,
@@ -357,7 +357,11 @@ pub(crate) async fn fuel_efficiency(
                 })
             })
             .collect::<Vec<_>>();
-        let complete = as_of.is_some_and(|w| w >= day + DAY_MS);
+        // Every vehicle's day closed (not only the job clock's): complete.
+        let complete = s
+            .metrics
+            .lake_complete_of(&tier.name)
+            .is_some_and(|c| c >= day + DAY_MS);
         (items, tier.name.clone(), complete, as_of)
     };
     items.retain(|i| access.sees(&i.tenant));

@@ -5,7 +5,7 @@
 //! - [`error`]: the JSON error body.
 //! - [`router`]: every route; [`serve`] binds it.
 //!
-//! Every answer that reflects results carries `as_of`: the watermark (epoch ms) through
+//! Every answer that reflects results carries `as_of`: the job clock (epoch ms) through
 //! which the view is complete. Handlers only read the view: they never block a worker.
 #![deny(missing_docs)]
 
@@ -143,7 +143,7 @@ pub async fn serve(
         .await
 }
 
-/// A vehicle's state and the watermark it is complete through.
+/// A vehicle's state and the job clock it reflects.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct VehicleAnswer {
     #[serde(flatten)]
@@ -431,7 +431,7 @@ pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     )
 }
 
-/// Readiness: ready once the first watermark exists.
+/// Readiness: ready once the job clock exists (a vehicle has reported).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, body = Object, description = "`{\"status\": \"ready\", \"as_of\": ...}`"),
@@ -440,7 +440,8 @@ pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 pub(crate) async fn readyz(State(s): State<ApiState>) -> Response {
     match s.vehicles.as_of() {
         Some(w) => Json(serde_json::json!({"status": "ready", "as_of": w})).into_response(),
-        None => ApiError::Unavailable("no watermark yet".into()).into_response(),
+        None => ApiError::Unavailable("no job clock yet: no vehicle has reported".into())
+            .into_response(),
     }
 }
 
@@ -501,9 +502,27 @@ pub(crate) async fn metrics(State(s): State<ApiState>) -> Response {
     if !m.inputs.is_empty() {
         type Read = fn(&fleetflow_types::metrics::InputMetrics) -> Option<i64>;
         let per_input: [(&str, &str, &str, Read); 3] = [
-            ("fleetflow_input_messages_total", "counter", "Messages (lines) read per input (Kafka partition, file, generator partition).", |i| Some(i.messages.load(std::sync::atomic::Ordering::Relaxed) as i64)),
-            ("fleetflow_input_bytes_total", "counter", "Payload bytes read per input.", |i| Some(i.bytes.load(std::sync::atomic::Ordering::Relaxed) as i64)),
-            ("fleetflow_input_event_time_ms", "gauge", "Greatest event time seen per input (its own watermark before the allowed lateness), epoch ms.", |i| Some(i.max_ts.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t != fleetflow_types::metrics::NO_WATERMARK)),
+            (
+                "fleetflow_input_messages_total",
+                "counter",
+                "Messages (lines) read per input (Kafka partition, file, generator partition).",
+                |i| Some(i.messages.load(std::sync::atomic::Ordering::Relaxed) as i64),
+            ),
+            (
+                "fleetflow_input_bytes_total",
+                "counter",
+                "Payload bytes read per input.",
+                |i| Some(i.bytes.load(std::sync::atomic::Ordering::Relaxed) as i64),
+            ),
+            (
+                "fleetflow_input_event_time_ms",
+                "gauge",
+                "Greatest event time seen per input, epoch ms.",
+                |i| {
+                    Some(i.max_ts.load(std::sync::atomic::Ordering::Relaxed))
+                        .filter(|t| *t != fleetflow_types::metrics::NO_TIME)
+                },
+            ),
         ];
         for (name, kind, help, read) in per_input {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -525,11 +544,30 @@ pub(crate) async fn metrics(State(s): State<ApiState>) -> Response {
             }
         }
     }
-    if let Some(w) = m.watermark() {
+    if let Some(c) = m.clock() {
         let _ = writeln!(
             out,
-            "# HELP fleetflow_watermark_delay_ms Wall clock minus the job watermark.\n# TYPE fleetflow_watermark_delay_ms gauge\nfleetflow_watermark_delay_ms {}",
-            fleetflow_types::time::now_ms().saturating_sub(w)
+            "# HELP fleetflow_job_clock_delay_ms Wall clock minus the job clock.\n# TYPE fleetflow_job_clock_delay_ms gauge\nfleetflow_job_clock_delay_ms {}",
+            fleetflow_types::time::now_ms().saturating_sub(c)
+        );
+    }
+    let gauges: [(&str, &str, u64); 3] = [
+        ("fleetflow_clock_voters", "Vehicles that vote for the job clock (heard from within idle_timeout on live inputs, all on bounded ones).", m.clock_voters.load(r)),
+        ("fleetflow_clock_ahead_vehicles", "Vehicles whose clock is more than offline_after ahead of the job clock (a tracker reporting local time as UTC, a wrong clock).", m.clock_ahead.load(r)),
+        ("fleetflow_clock_behind_vehicles", "Vehicles still reporting whose clock is more than offline_after behind the job clock (a slow or wrong clock, a store-and-forward backlog).", m.clock_behind.load(r)),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let _ = writeln!(out, "# HELP fleetflow_dropped_fields_total Optional fields of accepted events dropped as of the wrong type or out of range (the fix was kept).\n# TYPE fleetflow_dropped_fields_total counter");
+    for (i, field) in fleetflow_types::metrics::OPTIONAL_FIELDS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "fleetflow_dropped_fields_total{{field=\"{field}\"}} {}",
+            m.dropped_fields[i].load(r)
         );
     }
     let _ = writeln!(out, "# HELP fleetflow_lake_rows_total Rows committed per dataset.\n# TYPE fleetflow_lake_rows_total counter");
@@ -540,9 +578,9 @@ pub(crate) async fn metrics(State(s): State<ApiState>) -> Response {
             m.rows_written[i].load(r)
         );
     }
-    let _ = writeln!(out, "# HELP fleetflow_watermark_ms The job watermark, epoch ms.\n# TYPE fleetflow_watermark_ms gauge");
-    if let Some(w) = m.watermark() {
-        let _ = writeln!(out, "fleetflow_watermark_ms {w}");
+    let _ = writeln!(out, "# HELP fleetflow_job_clock_ms The job clock: the median of the vehicles' clocks, epoch ms.\n# TYPE fleetflow_job_clock_ms gauge");
+    if let Some(c) = m.clock() {
+        let _ = writeln!(out, "fleetflow_job_clock_ms {c}");
     }
     let _ = writeln!(out, "# HELP fleetflow_vehicles Vehicles in the state view.\n# TYPE fleetflow_vehicles gauge\nfleetflow_vehicles {}", s.vehicles.len());
     let _ = writeln!(out, "# HELP fleetflow_api_streams Live streams (SSE and WebSocket) open.\n# TYPE fleetflow_api_streams gauge\nfleetflow_api_streams {}", s.open_streams());

@@ -162,7 +162,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "fleetflow query API",
-        description = "Vehicle state, geofences, history and live streams of a fleetflow job. Every answer that reflects results carries `as_of`, the watermark (epoch ms) it is complete through. With `[api].tokens`, every /v1 route needs `Authorization: Bearer TOKEN`."
+        description = "Vehicle state, geofences, history and live streams of a fleetflow job. Every answer that reflects results carries `as_of`, the job clock (epoch ms): the median of the vehicles' clocks, the engine's \"now\" in event time (see docs/time.md). With `[api].tokens`, every /v1 route needs `Authorization: Bearer TOKEN`."
     ),
     paths(
         crate::list_vehicles,

@@ -208,13 +208,21 @@ async fn health_readiness_and_metrics() {
         .events_in
         .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
     metrics.dead_letter(Reason::Late);
-    metrics.advance_watermark(1234);
+    metrics.advance_clock(1234);
+    metrics.set_clock_outliers(2, 1, 100);
+    metrics.dropped(0b11);
     metrics.add_rows("1m", 10);
     let (_, _, text) = call(&app, "/metrics").await;
     assert!(text.contains("fleetflow_events_in_total 3"), "{text}");
     assert!(text.contains("fleetflow_dead_letters_total{reason=\"late\"} 1"));
     assert!(text.contains("fleetflow_dead_letters_total{reason=\"implausible_jump\"} 0"));
-    assert!(text.contains("fleetflow_watermark_ms 1234"));
+    assert!(text.contains("fleetflow_job_clock_ms 1234"));
+    assert!(text.contains("fleetflow_clock_ahead_vehicles 2"), "{text}");
+    assert!(text.contains("fleetflow_clock_behind_vehicles 1"));
+    assert!(text.contains("fleetflow_clock_voters 100"));
+    assert!(text.contains("fleetflow_dropped_fields_total{field=\"speed_kmh\"} 1"));
+    assert!(text.contains("fleetflow_dropped_fields_total{field=\"heading_deg\"} 1"));
+    assert!(text.contains("fleetflow_dropped_fields_total{field=\"tenant\"} 0"));
     assert!(text.contains("fleetflow_lake_rows_total{dataset=\"1m\"} 10"));
 }
 

@@ -31,7 +31,7 @@ fn on_sphere(lat: f64, lon: f64) -> [f64; 3] {
     [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
-/// Vehicle id -> state, with the watermark each worker has published through, and a
+/// Vehicle id -> state, with the job clock each worker has published through, and a
 /// spatial index (R-tree) over the positions for nearest-first queries.
 ///
 /// Workers only update the map. The index is bulk-loaded by a query that finds it older
@@ -53,7 +53,7 @@ struct Inner {
 }
 
 impl Inner {
-    /// The smallest worker watermark, once every worker has published one.
+    /// The smallest worker job clock, once every worker has published one.
     fn as_of(&self) -> Option<Millis> {
         self.as_of
             .iter()
@@ -83,12 +83,12 @@ impl VehicleView {
         self
     }
 
-    /// Applies a worker's changes (retractions before insertions) and its watermark.
+    /// Applies a worker's changes (retractions before insertions) and its job clock.
     pub fn apply(
         &self,
         worker: usize,
         updates: Vec<((CompactString, VehicleState), isize)>,
-        watermark: Option<Millis>,
+        clock: Option<Millis>,
     ) {
         // A vehicle has one state at a time: an insertion replaces it, and a retraction
         // only matters when no insertion of the same vehicle follows in the batch.
@@ -103,8 +103,10 @@ impl VehicleView {
         if !updates.is_empty() {
             inner.version += 1;
         }
-        if let (Some(w), Some(slot)) = (watermark, inner.as_of.get_mut(worker)) {
-            *slot = Some(slot.map_or(w, |old| old.max(w)));
+        // The worker's latest (it only goes back once, to the exact clock at the end of a
+        // bounded input).
+        if let (Some(w), Some(slot)) = (clock, inner.as_of.get_mut(worker)) {
+            *slot = Some(w);
         }
         let as_of = inner.as_of();
         for ((id, state), diff) in updates {
@@ -143,7 +145,7 @@ impl VehicleView {
         }
     }
 
-    /// The watermark through which every worker's results are published.
+    /// The job clock through which every worker's results are published.
     pub fn as_of(&self) -> Option<Millis> {
         self.inner.read().expect("view lock").as_of()
     }

@@ -48,8 +48,9 @@ pub struct Commit {
     pub seq: u64,
     /// The checkpoint boundary (processing-time epoch, ms) the state was taken at.
     pub boundary: u64,
-    /// The job's watermark at that boundary: the `as_of` of its results.
-    pub watermark: Option<Millis>,
+    /// The job clock at that boundary: the `as_of` of its results.
+    #[serde(alias = "watermark")]
+    pub clock: Option<Millis>,
     /// Wall-clock time of the commit, ms.
     pub committed_at: Millis,
     /// The job's name.
@@ -82,7 +83,7 @@ pub struct DatasetInfo {
     pub name: String,
     /// Its partitioning.
     pub partitioning: Partitioning,
-    /// Its retention, ms of event time behind the watermark.
+    /// Its retention, ms of event time behind the job clock.
     pub retention: Option<Millis>,
 }
 
@@ -434,15 +435,17 @@ impl Coordinator {
         let state_path = format!("{STATE}/{:020}.bin", ready.boundary);
         let mut staged = BTreeSet::new();
         let mut publish = BTreeSet::new();
-        let mut watermark: Option<Millis> = None;
+        let mut clock: Option<Millis> = None;
         let mut open_from: BTreeMap<String, Millis> = BTreeMap::new();
+        // Rows still to come from vehicles not final yet (`None`: a sink not told yet).
+        let mut unfinished: Option<Millis> = Some(Millis::MAX);
         for ((op, _), blob) in &ready.pieces {
             if op != SNAPSHOT_OP {
                 continue;
             }
             let s: SinkSnapshot =
                 postcard::from_bytes(&blob.contiguous()).map_err(|e| store_err(&state_path, e))?;
-            watermark = match (watermark, s.watermark) {
+            clock = match (clock, s.clock) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -450,6 +453,7 @@ impl Coordinator {
                 staged.extend(chunks.into_iter().map(|c| c.path));
             }
             publish.extend(s.pending);
+            unfinished = unfinished.zip(s.complete).map(|(a, b)| a.min(b));
             for (d, t) in s.open_from {
                 let e = open_from.entry(d).or_insert(t);
                 *e = (*e).min(t);
@@ -460,7 +464,7 @@ impl Coordinator {
             version: 1,
             seq: previous.seq + 1,
             boundary: ready.boundary,
-            watermark: watermark.or(previous.watermark),
+            clock: clock.or(previous.clock),
             committed_at: now_ms(),
             job: self.job.0.clone(),
             inputs: self.job.1.clone(),
@@ -473,14 +477,21 @@ impl Coordinator {
             retention: previous.retention.clone(),
             last: ready.last,
         };
-        // Retention: cut-offs move with the watermark; files rolled into an expired
+        // Retention: cut-offs move with the job clock; files rolled into an expired
         // partition are dropped instead of published.
-        if let Some(w) = c.watermark {
+        if let Some(w) = c.clock {
             for d in &self.datasets {
                 if let Some(r) = d.retention {
                     c.retention.insert(d.name.clone(), w.saturating_sub(r));
                 }
-                let complete = open_from.get(&d.name).copied().unwrap_or(w).min(w);
+                // Complete before the oldest open partition, the rows the vehicles will
+                // still produce, and the job clock.
+                let complete = open_from
+                    .get(&d.name)
+                    .copied()
+                    .unwrap_or(w)
+                    .min(w)
+                    .min(unfinished.unwrap_or(Millis::MIN));
                 c.complete.insert(d.name.clone(), complete);
             }
         }
@@ -538,8 +549,11 @@ impl Coordinator {
                 Ok::<_, object_store::Error>(())
             })
             .map_err(|e| store_err(&log_path(c.seq), e))?;
-        if let Some(w) = c.watermark {
-            self.metrics.lake_watermark.fetch_max(w, Relaxed);
+        for (d, t) in &c.complete {
+            self.metrics.set_lake_complete(d, *t);
+        }
+        if let Some(w) = c.clock {
+            self.metrics.lake_clock.fetch_max(w, Relaxed);
         }
         self.sweep(&c)?;
         self.retention(&c)?;
@@ -611,11 +625,11 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Merges the small files of partitions the watermark closed into one staged file
+    /// Merges the small files of partitions the job clock closed into one staged file
     /// each; returns what the next commit publishes and deletes.
     fn compact(&mut self, c: &Commit) -> Result<(Vec<Pending>, Vec<String>), LakeError> {
         let (mut publish, mut delete) = (Vec::new(), Vec::new());
-        let Some(w) = c.watermark else {
+        let Some(w) = c.clock else {
             return Ok((publish, delete));
         };
         let mut done: Vec<(String, i64)> = Vec::new();

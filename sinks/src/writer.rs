@@ -5,7 +5,7 @@
 //!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
 //!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
 //!   geofence ev. ┤
-//!   progress ────┘                                       │ roll: partition closed by the watermark,
+//!   progress ────┘                                       │ roll: partition closed by the job clock,
 //!                                                        │       target size, max age, end of input
 //!                                                        ▼
 //!                                                Uploader: one atomic put per file
@@ -194,8 +194,9 @@ pub struct Pending {
 /// waiting to be published (`pending`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SinkSnapshot {
-    /// The watermark the sink had seen.
-    pub watermark: Option<Millis>,
+    /// The job clock the sink had seen.
+    #[serde(alias = "watermark")]
+    pub clock: Option<Millis>,
     /// Per dataset and partition key, the staged parts of its next file.
     pub chunks: Vec<PartitionChunks>,
     /// Files to publish.
@@ -203,6 +204,10 @@ pub struct SinkSnapshot {
     /// Per dataset, the start of the oldest partition that still has rows in `chunks`
     /// (every row of an earlier partition is published or pending).
     pub open_from: Vec<(String, Millis)>,
+    /// Every row the worker's vehicles will still produce is at or after this (see
+    /// [`Progress::complete`]).
+    #[serde(default)]
+    pub complete: Option<Millis>,
 }
 
 struct Tail {
@@ -449,11 +454,11 @@ impl<R: LakeRecord> DatasetWriter<R> {
     }
 
     /// Second half, once the chunks are uploaded: partitions that are due (closed by the
-    /// watermark, at the target size or age, or every one when `force`) roll their chunks
+    /// job clock, at the target size or age, or every one when `force`) roll their chunks
     /// into one file for `out`; partitions with many chunks merge them.
     pub fn cut_roll(
         &mut self,
-        watermark: Option<Millis>,
+        clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
         out: &mut Vec<Pending>,
@@ -469,7 +474,7 @@ impl<R: LakeRecord> DatasetWriter<R> {
                 continue;
             }
             let closed =
-                matches!((watermark, partitioning.closes_at(key)), (Some(w), Some(c)) if w >= c);
+                matches!((clock, partitioning.closes_at(key)), (Some(w), Some(c)) if w >= c);
             let bytes: u64 = part.chunks.iter().map(|c| c.bytes).sum();
             let due = force
                 || closed
@@ -558,7 +563,10 @@ struct Writers {
     dead: DatasetWriter<DeadLetter>,
     events: DatasetWriter<GeofenceEvent>,
     policy: RollPolicy,
-    watermark: Option<Millis>,
+    /// The job clock: partitions that end at or before it are closed.
+    clock: Option<Millis>,
+    /// What its vehicles' rows are complete before.
+    complete: Option<Millis>,
     end: bool,
     /// Files rolled and not known to be published: (first boundary listing it, file).
     pending: Vec<(u64, Pending)>,
@@ -595,8 +603,12 @@ impl Writers {
             }
             Item::Progress(data) => {
                 for p in data {
-                    self.watermark =
-                        Some(self.watermark.map_or(p.watermark, |w| w.max(p.watermark)));
+                    // The end of a bounded input sets the exact clock (it may be lower).
+                    self.clock = Some(match self.clock {
+                        Some(c) if !p.end => c.max(p.clock),
+                        _ => p.clock,
+                    });
+                    self.complete = Some(p.complete);
                     self.end |= p.end;
                 }
             }
@@ -631,17 +643,18 @@ impl Writers {
             w.cut_tails()?;
         }
         uploader.finish().map_err(io_error)?;
-        let (watermark, policy) = (self.watermark, self.policy.clone());
+        let (clock, policy) = (self.clock, self.policy.clone());
         let mut rolled = std::mem::take(&mut self.rolled);
         for w in self.all() {
-            w.cut_roll(watermark, &policy, force, &mut rolled)?;
+            w.cut_roll(clock, &policy, force, &mut rolled)?;
         }
         uploader.finish().map_err(io_error)?;
         let committed = hub.committed();
         self.pending.retain(|(first, _)| *first > committed);
         self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
         let mut snap = SinkSnapshot {
-            watermark,
+            clock,
+            complete: self.complete,
             pending: self.pending.iter().map(|(_, p)| p.clone()).collect(),
             ..Default::default()
         };
@@ -664,7 +677,7 @@ trait Cut {
     fn cut_tails(&mut self) -> ParquetResult;
     fn cut_roll(
         &mut self,
-        watermark: Option<Millis>,
+        clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
         out: &mut Vec<Pending>,
@@ -680,12 +693,12 @@ impl<R: LakeRecord> Cut for DatasetWriter<R> {
     }
     fn cut_roll(
         &mut self,
-        watermark: Option<Millis>,
+        clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
         out: &mut Vec<Pending>,
     ) -> ParquetResult {
-        DatasetWriter::cut_roll(self, watermark, policy, force, out)
+        DatasetWriter::cut_roll(self, clock, policy, force, out)
     }
     fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
         self.snapshot()
@@ -756,14 +769,15 @@ pub fn render_lake_sink<'scope>(
                 up.clone(),
             ),
             policy: cfg.roll.clone(),
-            watermark: None,
+            clock: None,
+            complete: None,
             end: false,
             pending: Vec::new(),
             rolled: Vec::new(),
             dead_letter_out: cfg.dead_letter_out.clone(),
         };
         if let Some(r) = restore {
-            w.watermark = r.watermark;
+            w.clock = r.clock;
             for (dataset, key, chunks) in r.chunks {
                 if let Some(d) = w.all().into_iter().find(|d| d.name_dyn() == dataset) {
                     d.restore_dyn(key, chunks);
@@ -931,7 +945,7 @@ mod tests {
         }
         assert!(out.is_empty(), "nothing closed yet: no file");
         assert_eq!(w.snapshot().0[0].2.len(), 1, "one staged chunk");
-        // The watermark passes the hour: the chunks and the tail roll into one file.
+        // The job clock passes the hour: the chunks and the tail roll into one file.
         w.cut_tails().unwrap();
         uploader.finish().unwrap();
         w.cut_roll(Some(T + HOUR_MS), &policy, false, &mut out)

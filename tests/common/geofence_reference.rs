@@ -9,10 +9,10 @@ use fleetflow_types::records::{GeofenceCause, GeofenceEvent, GeofenceEventKind};
 use geo::{Coord, Intersects};
 use std::collections::BTreeMap;
 
-/// A runtime change that took effect at watermark `at`.
+/// A runtime change that took effect at job clock `at`.
 #[derive(Clone, Debug)]
 pub struct Change {
-    /// The watermark it took effect at.
+    /// The job clock it took effect at.
     pub at: i64,
     /// The geofence id.
     pub id: String,

@@ -2,8 +2,11 @@
 //! data converters and DuckDB.
 #![allow(dead_code)]
 
+pub mod data;
 pub mod geofence_reference;
 pub mod reference;
+
+pub use data::*;
 
 use fleetflow::job::{run_job, Captured, RunOptions, RunResult};
 use fleetflow_types::config::JobSpec;
@@ -42,48 +45,6 @@ pub fn run_file_job(
     let result = run_job(&spec, &text, opts).unwrap_or_else(|e| panic!("job failed: {e}"));
     let captured = std::mem::take(&mut *capture.lock().unwrap());
     (result, captured)
-}
-
-/// Writes lines to a file.
-pub fn write_lines(path: &Path, lines: &[String]) {
-    let mut body = lines.join("\n");
-    body.push('\n');
-    std::fs::write(path, body).unwrap();
-}
-
-/// Generated lines (the generator's output in its own arrival order).
-pub fn generated_lines(
-    vehicles: u32,
-    minutes: u64,
-    disorder_s: u64,
-    duplicates: f64,
-    bad_lines: f64,
-    seed: u64,
-) -> Vec<String> {
-    use fleetflow_connectors::generator::Generator;
-    use fleetflow_connectors::source::{Polled, Source};
-    use fleetflow_types::config::GeneratorSpec;
-    use fleetflow_types::time::HumanDuration;
-    let spec = GeneratorSpec {
-        vehicles,
-        seed,
-        duration: Some(HumanDuration::from_millis(minutes * 60_000)),
-        disorder: (disorder_s > 0).then(|| HumanDuration::from_millis(disorder_s * 1000)),
-        duplicates,
-        bad_lines,
-        // Start just before midnight so that runs cross a day (and a month) boundary.
-        start: "2025-01-31T23:40:00Z".into(),
-        ..GeneratorSpec::default()
-    };
-    let mut g = Generator::new(&spec, 0, 1);
-    let mut out = Vec::new();
-    while let Polled::Data(_) = g
-        .poll(0, 4096, &mut |l, _, _| {
-            out.push(String::from_utf8(l.to_vec()).unwrap())
-        })
-        .unwrap()
-    {}
-    out
 }
 
 /// The three input layouts the reference tests run: `(one, shuffled, split)` = the lines in
@@ -185,6 +146,26 @@ pub fn spawn_with_api(
     (KillOnDrop(child), addr, rest)
 }
 
+/// Waits until the lake's newest commit is the last of its run (the job finished).
+pub fn wait_for_last_commit(lake: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = files_under(&lake.join("_fleetflow/log"))
+            .into_iter()
+            .max()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if last.is_some_and(|c| c["last"] == true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Interrupts a job started by [`spawn_with_api`] (SIGINT), asserts it exited 0 and
 /// returns the rest of its log.
 pub fn interrupt(mut child: KillOnDrop, rest: std::thread::JoinHandle<String>) -> String {
@@ -221,48 +202,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Shuffles lines so that no fix moves more than `max_ms` of event time behind a fix
-/// already delivered (junk lines keep a random place): sort by `ts + U[0, max_ms)`.
-pub fn shuffle_within(lines: &[String], max_ms: i64, seed: u64) -> Vec<String> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let mut keyed: Vec<(i64, usize, &String)> = Vec::with_capacity(lines.len());
-    let mut last_ts = 0i64;
-    for (i, l) in lines.iter().enumerate() {
-        let ts = serde_json::from_str::<serde_json::Value>(l)
-            .ok()
-            .and_then(|v| v["ts"].as_i64())
-            .unwrap_or(last_ts);
-        last_ts = ts;
-        keyed.push((ts + rng.random_range(0..max_ms), i, l));
-    }
-    keyed.sort();
-    keyed.into_iter().map(|(_, _, l)| l.clone()).collect()
-}
-
-/// Porto taxi trips (ECML/PKDD 2015 sample) as NDJSON lines in event-time order: one fix
-/// every 15 s from the trip's TIMESTAMP, vehicle = TAXI_ID.
-pub fn porto_lines(file: &str) -> Vec<String> {
-    let path = shared_data(&format!("porto_taxi_ecml2015/{file}"));
-    let mut reader = csv::Reader::from_path(&path).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
-    let (taxi, ts, poly) = (col("TAXI_ID"), col("TIMESTAMP"), col("POLYLINE"));
-    let mut fixes: Vec<(i64, String, String)> = Vec::new();
-    for rec in reader.records() {
-        let rec = rec.unwrap();
-        let start: i64 = rec[ts].parse().unwrap();
-        let points: Vec<[f64; 2]> = serde_json::from_str(&rec[poly]).unwrap();
-        for (i, [lon, lat]) in points.into_iter().enumerate() {
-            let t = (start + 15 * i as i64) * 1000;
-            let line = format!("{{\"vehicle_id\":\"{}\",\"ts\":{t},\"lat\":{lat},\"lon\":{lon},\"tenant\":\"porto\"}}", &rec[taxi]);
-            fixes.push((t, rec[taxi].to_string(), line));
-        }
-    }
-    fixes.sort();
-    fixes.into_iter().map(|(_, _, l)| l).collect()
 }
 
 /// Runs a DuckDB query (Python `duckdb` package) and returns its rows as JSON arrays.

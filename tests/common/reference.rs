@@ -1,9 +1,16 @@
 //! A plain, sequential reference of semantics §1-§4, written from the text and sharing no
 //! logic with the dataflow (only decoding, the haversine formula and record types).
 //!
-//! It assumes no fix is late (inputs disordered within the allowed lateness), and that the
-//! whole input is read (end of input closes every window).
+//! Every vehicle is its own clock: the lines are taken in the order given, and a fix whose
+//! `ts` is below its vehicle's watermark (the greatest `ts` of its valid fixes so far minus
+//! the allowed lateness) is late. So the order within each vehicle must be the order the
+//! job reads them in (one file, or each vehicle's lines in one file); the order across
+//! vehicles does not matter. The whole input is read: the end of input makes every fix
+//! final and closes every window, and the job clock is the lower median of the vehicles'
+//! clocks.
 
+use super::assert_close;
+use fleetflow::job::{Captured, RunResult};
 use fleetflow_connectors::intake::decode;
 use fleetflow_types::fix::{haversine_km, Fix};
 use fleetflow_types::records::{Reason, Status, TierRow, VehicleState};
@@ -19,14 +26,16 @@ pub struct Expected {
     pub implausible: Vec<Fix>,
     /// Lines rejected while decoding, by reason.
     pub rejected: BTreeMap<Reason, usize>,
+    /// Fixes late for their own vehicle's watermark, by (vehicle, ts).
+    pub late: Vec<(String, i64)>,
     /// Duplicates dropped.
     pub duplicates: usize,
     /// Tier rows by (tier, vehicle, window_start).
     pub rows: Vec<TierRow>,
     /// Final vehicle state.
     pub states: BTreeMap<String, VehicleState>,
-    /// The watermark at the end of input.
-    pub end_watermark: i64,
+    /// The job clock at the end of input.
+    pub end_clock: i64,
 }
 
 struct Seg {
@@ -70,7 +79,10 @@ fn seg(a: &Fix, b: &Fix, capacity: Option<f64>) -> Seg {
     }
 }
 
-/// Computes the expected results of `lines` (all read, nothing late).
+/// The allowed lateness of the reference runs.
+pub const LATENESS: i64 = 30_000;
+
+/// Computes the expected results of `lines`, read in this order (see the module docs).
 pub fn expected(
     lines: &[String],
     tiers: &[i64],
@@ -80,13 +92,20 @@ pub fn expected(
     let now = fleetflow_types::time::now_ms();
     let mut e = Expected::default();
     let mut by_vehicle: BTreeMap<String, BTreeMap<i64, Fix>> = BTreeMap::new();
-    let mut max_ts = i64::MIN;
+    // Each vehicle's clock: the greatest ts of its valid fixes.
+    let mut clocks: BTreeMap<String, i64> = BTreeMap::new();
     for line in lines {
         match decode(line.as_bytes(), now, Some(registry)) {
             Err(r) => *e.rejected.entry(r.reason).or_default() += 1,
             Ok(fix) => {
-                max_ts = max_ts.max(fix.ts);
-                let slot = by_vehicle.entry(fix.vehicle_id.to_string()).or_default();
+                let vid = fix.vehicle_id.to_string();
+                let clock = clocks.entry(vid.clone()).or_insert(i64::MIN);
+                if fix.ts < clock.saturating_sub(LATENESS) {
+                    e.late.push((vid, fix.ts));
+                    continue;
+                }
+                *clock = (*clock).max(fix.ts);
+                let slot = by_vehicle.entry(vid).or_default();
                 match slot.get_mut(&fix.ts) {
                     Some(existing) => {
                         e.duplicates += 1;
@@ -101,8 +120,11 @@ pub fn expected(
             }
         }
     }
-    e.end_watermark = max_ts + 1;
-    let end_day = e.end_watermark.div_euclid(86_400_000);
+    e.late.sort();
+    let mut all: Vec<i64> = clocks.values().copied().collect();
+    all.sort();
+    e.end_clock = all[(all.len() - 1) / 2];
+    let end_day = e.end_clock.div_euclid(86_400_000);
     for (vid, fixes) in by_vehicle {
         let capacity = registry.get(&vid).and_then(|i| i.tank_capacity_l);
         let mut accepted: Vec<Fix> = Vec::new();
@@ -166,7 +188,7 @@ pub fn expected(
             .last()
             .filter(|s| s.end_ts == last.ts)
             .map(|s| s.km / ((s.end_ts - accepted[accepted.len() - 2].ts) as f64 / 3_600_000.0));
-        let status = if e.end_watermark - last.ts > offline_after {
+        let status = if e.end_clock - last.ts > offline_after {
             Status::Offline
         } else if last.ignition == Some(false) {
             Status::Parked
@@ -195,4 +217,190 @@ pub fn expected(
         (a.tier, &a.vehicle_id, a.window_start).cmp(&(b.tier, &b.vehicle_id, b.window_start))
     });
     e
+}
+
+/// The vehicle registry of a generated fleet.
+pub fn generated_registry(vehicles: u32) -> VehicleRegistry {
+    let spec = fleetflow_types::config::GeneratorSpec {
+        vehicles,
+        ..Default::default()
+    };
+    let mut r = VehicleRegistry::default();
+    for row in fleetflow_connectors::generator::registry_rows(&spec) {
+        r.insert(row);
+    }
+    r
+}
+
+/// The registry as CSV rows.
+pub fn registry_csv(r: &VehicleRegistry, vehicles: u32) -> String {
+    let mut csv = String::from("vehicle_id,tenant,tank_capacity_l,class\n");
+    for i in 0..vehicles {
+        let id = format!("V{i:05}");
+        if let Some(info) = r.get(&id) {
+            csv.push_str(&format!(
+                "{id},{},{},van\n",
+                info.tenant.as_deref().unwrap_or(""),
+                info.tank_capacity_l.unwrap_or(50.0)
+            ));
+        }
+    }
+    csv
+}
+
+/// Compares tier rows exactly (floats to 1e-9 relative).
+pub fn compare_rows(got: &[TierRow], want: &[TierRow]) {
+    assert_eq!(got.len(), want.len(), "number of tier rows");
+    for (g, w) in got.iter().zip(want) {
+        let key = format!("tier {} {} {}", w.tier, w.vehicle_id, w.window_start);
+        assert_eq!(
+            (
+                g.tier,
+                &g.vehicle_id,
+                &g.tenant,
+                g.window_start,
+                g.window_end,
+                g.fixes,
+                g.first_ts,
+                g.last_ts
+            ),
+            (
+                w.tier,
+                &w.vehicle_id,
+                &w.tenant,
+                w.window_start,
+                w.window_end,
+                w.fixes,
+                w.first_ts,
+                w.last_ts
+            ),
+            "{key}"
+        );
+        assert_eq!(
+            (g.lat, g.lon),
+            (w.lat, w.lon),
+            "{key}: position of the last fix"
+        );
+        assert_eq!(g.max_speed_kmh, w.max_speed_kmh, "{key}");
+        assert_eq!(
+            g.avg_speed_kmh.is_some(),
+            w.avg_speed_kmh.is_some(),
+            "{key}"
+        );
+        if let (Some(a), Some(b)) = (g.avg_speed_kmh, w.avg_speed_kmh) {
+            assert_close(a, b, &format!("{key} avg_speed"));
+        }
+        for (a, b, what) in [
+            (g.distance_km, w.distance_km, "distance"),
+            (g.fuel_used_l, w.fuel_used_l, "fuel"),
+            (g.moving_s, w.moving_s, "moving"),
+            (g.idle_s, w.idle_s, "idle"),
+        ] {
+            assert_close(a, b, &format!("{key} {what}"));
+        }
+    }
+}
+
+/// Compares one run with the reference: accepted fixes exactly, dead letters and
+/// duplicates by count (and implausible jumps by fix), tier rows, final vehicle state.
+pub fn compare(exp: &Expected, result: &RunResult, mut cap: Captured) {
+    cap.raw
+        .sort_by(|a, b| (&a.vehicle_id, a.ts).cmp(&(&b.vehicle_id, b.ts)));
+    assert_eq!(cap.raw.len(), exp.accepted.len(), "accepted fixes");
+    assert!(cap.raw == exp.accepted, "accepted fixes differ");
+    let s = &result.summary;
+    assert_eq!(s.accepted as usize, exp.accepted.len());
+    assert_eq!(s.duplicates as usize, exp.duplicates, "duplicates");
+    let dl = |r: Reason| {
+        s.dead_letters
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map(|(_, n)| *n as usize)
+            .unwrap_or(0)
+    };
+    for r in [Reason::Malformed, Reason::Invalid] {
+        assert_eq!(dl(r), exp.rejected.get(&r).copied().unwrap_or(0), "{r:?}");
+    }
+    let mut late: Vec<(String, i64)> = cap
+        .dead
+        .iter()
+        .filter(|d| d.reason == Reason::Late)
+        .map(|d| {
+            let f = fleetflow_connectors::intake::decode(d.payload.as_bytes(), i64::MAX / 2, None)
+                .unwrap();
+            (f.vehicle_id.to_string(), f.ts)
+        })
+        .collect();
+    late.sort();
+    assert_eq!(
+        late, exp.late,
+        "late fixes, each against its own vehicle's clock"
+    );
+    assert_eq!(dl(Reason::Late), exp.late.len());
+    assert_eq!(
+        dl(Reason::ImplausibleJump),
+        exp.implausible.len(),
+        "implausible jumps"
+    );
+    let mut jumps: Vec<(String, i64)> = cap
+        .dead
+        .iter()
+        .filter(|d| d.reason == Reason::ImplausibleJump)
+        .map(|d| {
+            let f = fleetflow_connectors::intake::decode(d.payload.as_bytes(), i64::MAX / 2, None)
+                .unwrap();
+            (f.vehicle_id.to_string(), f.ts)
+        })
+        .collect();
+    jumps.sort();
+    let want: Vec<(String, i64)> = exp
+        .implausible
+        .iter()
+        .map(|f| (f.vehicle_id.to_string(), f.ts))
+        .collect();
+    assert_eq!(jumps, want, "implausible jumps carry their payload");
+    assert_eq!(
+        cap.dead.len(),
+        exp.rejected.values().sum::<usize>() + exp.implausible.len() + exp.late.len(),
+        "every rejection is a dead letter"
+    );
+    cap.rows.sort_by(|a, b| {
+        (a.tier, &a.vehicle_id, a.window_start).cmp(&(b.tier, &b.vehicle_id, b.window_start))
+    });
+    compare_rows(&cap.rows, &exp.rows);
+    assert_eq!(s.clock, Some(exp.end_clock), "end-of-input job clock");
+    assert_eq!(result.vehicles.as_of(), Some(exp.end_clock));
+    assert_eq!(
+        result.vehicles.len(),
+        exp.states.len(),
+        "vehicles in the view"
+    );
+    for (vid, want) in &exp.states {
+        let got = result
+            .vehicles
+            .get(vid)
+            .unwrap_or_else(|| panic!("vehicle {vid} missing"));
+        assert!(
+            got.fix == want.fix,
+            "{vid}: latest fix {:?} vs {:?}",
+            got.fix,
+            want.fix
+        );
+        assert_eq!(got.status, want.status, "{vid}: status");
+        assert_close(
+            got.today_distance_km,
+            want.today_distance_km,
+            &format!("{vid} today distance"),
+        );
+        assert_close(
+            got.today_fuel_used_l,
+            want.today_fuel_used_l,
+            &format!("{vid} today fuel"),
+        );
+        assert_close(
+            got.today_idle_s,
+            want.today_idle_s,
+            &format!("{vid} today idle"),
+        );
+    }
 }

@@ -7,8 +7,20 @@ use crate::records::Reason;
 use crate::time::Millis;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-/// Sentinel for "no watermark yet".
-pub const NO_WATERMARK: Millis = i64::MIN;
+/// Sentinel for "no time yet" (no job clock, no event on an input).
+pub const NO_TIME: Millis = i64::MIN;
+
+/// The optional fields of a location event, in metric order (`event-schema.md`): one whose
+/// value has the wrong type or is out of range is dropped, the fix kept, the drop counted.
+pub const OPTIONAL_FIELDS: [&str; 7] = [
+    "speed_kmh",
+    "heading_deg",
+    "fuel_level_pct",
+    "fuel_used_l",
+    "odometer_km",
+    "ignition",
+    "tenant",
+];
 
 /// The job's counters.
 #[derive(Debug)]
@@ -23,13 +35,25 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     /// Dead letters by [`Reason::index`].
     pub dead_letters: [AtomicU64; 4],
-    /// The job watermark (epoch ms), [`NO_WATERMARK`] before the first one.
-    pub watermark: AtomicI64,
-    /// The watermark of the newest commit whose files are published: lake readers' `as_of`
-    /// ([`NO_WATERMARK`] before the first).
-    pub lake_watermark: AtomicI64,
+    /// Optional fields dropped from accepted events, by index into [`OPTIONAL_FIELDS`].
+    pub dropped_fields: [AtomicU64; 7],
+    /// The job clock (epoch ms), [`NO_TIME`] before the first vehicle reported.
+    pub clock: AtomicI64,
+    /// The job clock of the newest commit whose files are published: lake readers' `as_of`
+    /// ([`NO_TIME`] before the first).
+    pub lake_clock: AtomicI64,
+    /// Vehicles whose clock is more than `offline_after` ahead of the job clock.
+    pub clock_ahead: AtomicU64,
+    /// Vehicles still reporting whose clock is more than `offline_after` behind it.
+    pub clock_behind: AtomicU64,
+    /// Vehicles that vote for the job clock (heard from within `idle_timeout` on live
+    /// inputs; every vehicle on bounded ones).
+    pub clock_voters: AtomicU64,
     /// Rows written per lake dataset, in the order of [`Metrics::datasets`].
     pub rows_written: Vec<AtomicU64>,
+    /// Per dataset (same order): every row of a partition ending at or before this is in
+    /// the lake's newest published commit ([`NO_TIME`] before the first).
+    pub lake_complete: Vec<AtomicI64>,
     /// Names of the lake datasets.
     pub datasets: Vec<String>,
     /// Parquet files committed to the lake.
@@ -44,9 +68,6 @@ pub struct Metrics {
     /// `LogAppendTime`) to the source reading it, ms: the delivery part of end-to-end
     /// latency, before `visibility_latency`.
     pub delivery_latency: LatencyHistogram,
-    /// The newest watermark any worker has derived, published or not: what sources align
-    /// their inputs to (flow control only; `watermark` is what results are complete through).
-    pub derived_watermark: AtomicI64,
     /// Per input (file, generator partition, Kafka partition), by global input id.
     pub inputs: Vec<InputMetrics>,
 }
@@ -60,10 +81,18 @@ pub struct InputMetrics {
     pub messages: AtomicU64,
     /// Payload bytes read.
     pub bytes: AtomicU64,
-    /// Greatest event time seen, [`NO_WATERMARK`] before the first.
+    /// Greatest event time seen, [`NO_TIME`] before the first.
     pub max_ts: AtomicI64,
     /// Kafka consumer lag (high watermark minus next offset), -1 when unknown.
     pub lag: AtomicI64,
+    /// Where it is in event time (the median `ts` of its last fixes), `Millis::MIN` before
+    /// the first: set by the source reading it, and for inputs of other processes from
+    /// their reports.
+    pub progress: AtomicI64,
+    /// Whether it ended.
+    pub finished: std::sync::atomic::AtomicBool,
+    /// Whether a source of this process reads it.
+    pub local: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -75,16 +104,20 @@ impl Metrics {
             accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             dead_letters: Default::default(),
-            watermark: AtomicI64::new(NO_WATERMARK),
-            lake_watermark: AtomicI64::new(NO_WATERMARK),
+            dropped_fields: Default::default(),
+            clock: AtomicI64::new(NO_TIME),
+            lake_clock: AtomicI64::new(NO_TIME),
+            clock_ahead: AtomicU64::new(0),
+            clock_behind: AtomicU64::new(0),
+            clock_voters: AtomicU64::new(0),
             rows_written: datasets.iter().map(|_| AtomicU64::new(0)).collect(),
+            lake_complete: datasets.iter().map(|_| AtomicI64::new(NO_TIME)).collect(),
             datasets,
             files_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
             visibility_latency: LatencyHistogram::default(),
             delivery_latency: LatencyHistogram::default(),
-            derived_watermark: AtomicI64::new(NO_WATERMARK),
             inputs: Vec::new(),
         }
     }
@@ -97,8 +130,11 @@ impl Metrics {
                 name: name.clone(),
                 messages: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
-                max_ts: AtomicI64::new(NO_WATERMARK),
+                max_ts: AtomicI64::new(NO_TIME),
                 lag: AtomicI64::new(-1),
+                progress: AtomicI64::new(NO_TIME),
+                finished: std::sync::atomic::AtomicBool::new(false),
+                local: std::sync::atomic::AtomicBool::new(false),
             })
             .collect();
         self
@@ -125,21 +161,92 @@ impl Metrics {
         self.dead_letters[reason.index()].load(Relaxed)
     }
 
-    /// The watermark, if one exists yet.
-    pub fn watermark(&self) -> Option<Millis> {
-        let w = self.watermark.load(Relaxed);
-        (w != NO_WATERMARK).then_some(w)
+    /// Counts the optional fields dropped from one event (bit `i`: [`OPTIONAL_FIELDS`]`[i]`).
+    pub fn dropped(&self, mask: u8) {
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            self.dropped_fields[i].fetch_add(1, Relaxed);
+            m &= m - 1;
+        }
     }
 
-    /// The watermark the lake's published files are complete through.
-    pub fn lake_watermark(&self) -> Option<Millis> {
-        let w = self.lake_watermark.load(Relaxed);
-        (w != NO_WATERMARK).then_some(w)
+    /// Optional field `name` dropped so far.
+    pub fn dropped_of(&self, name: &str) -> u64 {
+        OPTIONAL_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .map_or(0, |i| self.dropped_fields[i].load(Relaxed))
     }
 
-    /// Raises the watermark to `w` (it never goes back).
-    pub fn advance_watermark(&self, w: Millis) {
-        self.watermark.fetch_max(w, Relaxed);
+    /// The job clock, once any vehicle has reported.
+    pub fn clock(&self) -> Option<Millis> {
+        let w = self.clock.load(Relaxed);
+        (w != NO_TIME).then_some(w)
+    }
+
+    /// The job clock of the lake's newest published commit.
+    pub fn lake_clock(&self) -> Option<Millis> {
+        let w = self.lake_clock.load(Relaxed);
+        (w != NO_TIME).then_some(w)
+    }
+
+    /// Raises the job clock to `c` (it never goes back).
+    pub fn advance_clock(&self, c: Millis) {
+        self.clock.fetch_max(c, Relaxed);
+    }
+
+    /// Records the vehicles far ahead of and behind the job clock, and its voters.
+    pub fn set_clock_outliers(&self, ahead: u64, behind: u64, voters: u64) {
+        self.clock_ahead.store(ahead, Relaxed);
+        self.clock_behind.store(behind, Relaxed);
+        self.clock_voters.store(voters, Relaxed);
+    }
+
+    /// Records the progress of an input another process reads (ignored for this process's
+    /// own inputs, whose sources record it first hand).
+    pub fn remote_input(&self, input: u32, progress: Option<Millis>, finished: bool) {
+        if let Some(m) = self.inputs.get(input as usize) {
+            if !m.local.load(Relaxed) {
+                m.progress.store(progress.unwrap_or(Millis::MIN), Relaxed);
+                m.finished.store(finished, Relaxed);
+            }
+        }
+    }
+
+    /// The two slowest inputs that have not ended, by their progress (see
+    /// [`InputMetrics::progress`]): `(slowest's id, its progress, the next one's)`, with
+    /// `Millis::MIN` for one never read and `Millis::MAX` for none. What aligned sources
+    /// read in step with.
+    pub fn slowest_inputs(&self) -> (Option<u32>, Millis, Millis) {
+        let (mut first, mut second) = ((None, Millis::MAX), Millis::MAX);
+        for (id, i) in self.inputs.iter().enumerate() {
+            if i.finished.load(Relaxed) {
+                continue;
+            }
+            let p = i.progress.load(Relaxed);
+            if p < first.1 {
+                second = first.1;
+                first = (Some(id as u32), p);
+            } else if p < second {
+                second = p;
+            }
+        }
+        (first.0, first.1, second)
+    }
+
+    /// Records what a dataset is complete through in the newest commit.
+    pub fn set_lake_complete(&self, dataset: &str, t: Millis) {
+        if let Some(i) = self.datasets.iter().position(|d| d == dataset) {
+            self.lake_complete[i].fetch_max(t, Relaxed);
+        }
+    }
+
+    /// What a dataset is complete through in the newest commit.
+    pub fn lake_complete_of(&self, dataset: &str) -> Option<Millis> {
+        let i = self.datasets.iter().position(|d| d == dataset)?;
+        let t = self.lake_complete[i].load(Relaxed);
+        (t != NO_TIME).then_some(t)
     }
 
     /// Adds written rows to a dataset's counter.

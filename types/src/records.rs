@@ -14,7 +14,7 @@ pub enum Reason {
     Malformed,
     /// JSON, but a field is missing or out of range.
     Invalid,
-    /// `ts` below the watermark when it arrived.
+    /// `ts` below its vehicle's watermark when it arrived.
     Late,
     /// Farther than 1 km from the previous accepted fix at more than 300 km/h.
     ImplausibleJump,
@@ -121,7 +121,7 @@ pub enum Status {
     Idle,
     /// Last fix has ignition off.
     Parked,
-    /// No fix for longer than `offline_after` behind the watermark.
+    /// No fix for longer than `offline_after` behind the job clock.
     Offline,
 }
 
@@ -158,7 +158,7 @@ pub struct VehicleState {
     /// The latest accepted fix (greatest `ts`).
     #[serde(flatten)]
     pub fix: Fix,
-    /// Derived status at the watermark.
+    /// Derived status at the job clock.
     pub status: Status,
     /// Distance of the current UTC day's segments, km.
     pub today_distance_km: f64,
@@ -271,17 +271,16 @@ impl TierRow {
     }
 }
 
-/// Lifecycle of one input (a file, a generator partition, a Kafka partition) as seen by
-/// the watermark.
+/// Lifecycle of one input (a file, a generator partition, a Kafka partition).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum InputState {
-    /// Has not produced data yet: holds the watermark at its minimum.
+    /// Has not produced data yet.
     Pending,
-    /// Producing data: its greatest `ts` bounds the watermark.
+    /// Producing data.
     Active,
-    /// No data for `idle_timeout`: does not hold the watermark back.
+    /// Caught up and without data for `idle_timeout` (a Kafka partition).
     Idle,
-    /// Ended (end of file): does not hold the watermark back.
+    /// Ended (end of file, the end offsets of a bounded Kafka read).
     Finished,
 }
 
@@ -290,8 +289,9 @@ pub enum InputState {
 pub struct InputReport {
     /// Globally unique input id.
     pub input: u32,
-    /// Greatest event time seen on the input, if any.
-    pub max_ts: Option<Millis>,
+    /// Where the input is in event time: the median `ts` of its last fixes (robust to a
+    /// tracker with a wrong clock), if any.
+    pub progress: Option<Millis>,
     /// Its state.
     pub state: InputState,
 }
@@ -325,13 +325,17 @@ pub fn source_name(names: &[String], input: u32, position: u64) -> String {
     )
 }
 
-/// The watermark a worker of the core dataflow reached at an epoch.
+/// The job clock a worker of the core dataflow reached at an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Progress {
     /// Worker index.
     pub worker: usize,
-    /// The state watermark: results are complete through it (`as_of`).
-    pub watermark: Millis,
+    /// The job clock its published results reflect (`as_of`).
+    pub clock: Millis,
+    /// Every row its vehicles will still produce has an event time at or after this
+    /// (their fixes not yet final, their open windows): the lake is complete before it for
+    /// every vehicle the worker has seen.
+    pub complete: Millis,
     /// Whether every input has ended and every window is complete.
     pub end: bool,
 }
@@ -422,7 +426,7 @@ pub struct GeofenceEvent {
     pub tenant: CompactString,
     /// Enter, exit or dwell.
     pub kind: GeofenceEventKind,
-    /// Event time: the fix's `ts`, or the watermark a geofence change took effect at.
+    /// Event time: the fix's `ts`, or the job clock a geofence change took effect at.
     pub ts: Millis,
     /// What caused it.
     pub cause: GeofenceCause,
@@ -438,6 +442,10 @@ pub struct GeofenceChange {
     pub id: CompactString,
     /// The new definition, or `None` to remove it.
     pub geofence: Option<std::sync::Arc<crate::geofence::Geofence>>,
+    /// The job clock it takes effect at, stamped by the dataflow when it takes the change
+    /// in (`None` before the job clock began, or not yet stamped).
+    #[serde(default)]
+    pub at: Option<Millis>,
 }
 
 /// A change to the occupancy of a geofence: `vehicle` entered it at `entered_at`

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Milliseconds since the Unix epoch, UTC. Event time and watermarks use this unit.
+/// Milliseconds since the Unix epoch, UTC. Event time and the clocks use this unit.
 pub type Millis = i64;
 
 /// One minute in milliseconds.
@@ -113,6 +113,47 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A signed duration in human text (`"1h"`, `"-30m"`, `"+2h"`): an offset in event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SignedDuration(pub Millis);
+
+impl std::str::FromStr for SignedDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let (sign, rest) = match t.strip_prefix('-') {
+            Some(r) => (-1, r),
+            None => (1, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let d: HumanDuration = rest.parse()?;
+        Ok(SignedDuration(sign * d.millis()))
+    }
+}
+
+impl std::fmt::Display for SignedDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        write!(
+            f,
+            "{sign}{}",
+            HumanDuration::from_millis(self.0.unsigned_abs())
+        )
+    }
+}
+
+impl Serialize for SignedDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +180,11 @@ mod tests {
         assert_eq!("30s".parse::<HumanDuration>().unwrap().millis(), 30_000);
         assert_eq!("7d".parse::<HumanDuration>().unwrap().millis(), 7 * DAY_MS);
         assert!("thirty".parse::<HumanDuration>().is_err());
+        for (text, ms) in [("1h", HOUR_MS), ("-30m", -30 * MINUTE_MS), ("+2s", 2_000)] {
+            let d: SignedDuration = text.parse().unwrap();
+            assert_eq!(d.0, ms);
+            assert_eq!(d.to_string().parse::<SignedDuration>().unwrap(), d);
+        }
+        assert!("--1h".parse::<SignedDuration>().is_err());
     }
 }

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+mod source;
+pub use source::{
+    default_start, FileSourceSpec, GeneratorOrder, GeneratorSpec, KafkaSourceSpec, KafkaStart,
+};
+
 /// A job spec that could not be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default(), if field.is_empty() { "job spec" } else { field.as_str() })]
@@ -67,141 +72,26 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
 }
 
-/// `[source] kind = "file"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceSpec {
-    /// A file, or a directory whose `*.ndjson` / `*.json` / `*.jsonl` files are read.
-    pub path: String,
-}
-
-/// Where a Kafka consumer starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaStart {
-    /// The earliest retained offset.
-    #[default]
-    Earliest,
-    /// Only new messages.
-    Latest,
-    /// The consumer group's committed offsets.
-    Committed,
-}
-
-/// `[source] kind = "kafka"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSourceSpec {
-    /// Bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
-    /// Topic of location events.
-    pub topic: String,
-    /// Consumer group id.
-    #[serde(default)]
-    pub group_id: Option<String>,
-    /// Where to start without a checkpoint.
-    #[serde(default)]
-    pub start: KafkaStart,
-    /// Stop at the partitions' end offsets as of start-up and finish like a file job
-    /// (close every window, flush, exit) instead of running until interrupted.
-    #[serde(default)]
-    pub bounded: bool,
-    /// Extra librdkafka properties for every client (e.g. `security.protocol`,
-    /// `sasl.mechanisms`); they override fleetflow's defaults.
-    #[serde(default)]
-    pub options: std::collections::BTreeMap<String, String>,
-}
-
-/// `[source] kind = "generator"`: deterministic synthetic fleet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GeneratorSpec {
-    /// Number of vehicles.
-    #[serde(default = "default_vehicles")]
-    pub vehicles: u32,
-    /// Event-time interval between two fixes of one vehicle.
-    #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
-    /// Events per second of wall-clock time; absent means as fast as possible.
-    #[serde(default)]
-    pub rate: Option<u64>,
-    /// Seed of the pseudo-random drives.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    /// Event-time span to generate; absent means endless.
-    #[serde(default)]
-    pub duration: Option<HumanDuration>,
-    /// Event time of the first fix (RFC 3339).
-    #[serde(default = "default_start")]
-    pub start: String,
-    /// Center of the simulated area `[lat, lon]`.
-    #[serde(default = "default_center")]
-    pub center: [f64; 2],
-    /// Greatest displacement of a fix's arrival from its event-time order.
-    #[serde(default)]
-    pub disorder: Option<HumanDuration>,
-    /// Fraction of fixes sent twice.
-    #[serde(default)]
-    pub duplicates: f64,
-    /// Fraction of extra junk lines (malformed or invalid).
-    #[serde(default)]
-    pub bad_lines: f64,
-    /// Fraction of vehicles that report only `fuel_level_pct` (no fuel counter).
-    #[serde(default = "default_level_only")]
-    pub level_only: f64,
-}
-
-fn default_vehicles() -> u32 {
-    100
-}
-fn default_interval() -> HumanDuration {
-    HumanDuration::from_millis(5_000)
-}
-fn default_seed() -> u64 {
-    7
-}
-/// The generator's default start: a fixed instant, so that output is reproducible.
-pub fn default_start() -> String {
-    "2025-01-06T06:00:00Z".to_string()
-}
-fn default_center() -> [f64; 2] {
-    [52.52, 13.405]
-}
-fn default_level_only() -> f64 {
-    0.2
-}
-
-impl Default for GeneratorSpec {
-    fn default() -> Self {
-        GeneratorSpec {
-            vehicles: default_vehicles(),
-            interval: default_interval(),
-            rate: None,
-            seed: default_seed(),
-            duration: None,
-            start: default_start(),
-            center: default_center(),
-            disorder: None,
-            duplicates: 0.0,
-            bad_lines: 0.0,
-            level_only: default_level_only(),
-        }
-    }
-}
-
 /// `[time]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeSpec {
-    /// How far behind the newest event the watermark trails.
+    /// How far behind its own newest fix a vehicle's fixes may arrive: its watermark
+    /// trails its newest `ts` by this.
     #[serde(default = "default_lateness")]
     pub allowed_lateness: HumanDuration,
-    /// Processing time after which a silent input stops holding the watermark back.
+    /// Processing time without a fix after which a vehicle of a live input (Kafka, an
+    /// endless generator) stops voting for the job clock; also when a caught-up input is
+    /// reported idle.
     #[serde(default = "default_idle")]
     pub idle_timeout: HumanDuration,
-    /// Silence after which a vehicle is `offline`.
+    /// Silence after which a vehicle is `offline` (job clock minus its newest fix).
     #[serde(default = "default_offline")]
     pub offline_after: HumanDuration,
+    /// On live inputs, how long (in job-clock time) a vehicle may stay silent before its
+    /// windows close; a fix it sends later from before the job clock minus this is late.
+    #[serde(default = "default_close_silent")]
+    pub close_silent_after: HumanDuration,
 }
 
 fn default_lateness() -> HumanDuration {
@@ -213,6 +103,9 @@ fn default_idle() -> HumanDuration {
 fn default_offline() -> HumanDuration {
     HumanDuration::from_millis(600_000)
 }
+fn default_close_silent() -> HumanDuration {
+    HumanDuration::from_millis(3_600_000)
+}
 
 impl Default for TimeSpec {
     fn default() -> Self {
@@ -220,6 +113,7 @@ impl Default for TimeSpec {
             allowed_lateness: default_lateness(),
             idle_timeout: default_idle(),
             offline_after: default_offline(),
+            close_silent_after: default_close_silent(),
         }
     }
 }
@@ -539,6 +433,16 @@ impl JobSpec {
                         );
                     }
                 }
+                if g.order == GeneratorOrder::Vehicle && g.duration.is_none() {
+                    return err(
+                        "source",
+                        "order",
+                        "\"vehicle\" needs a duration (an endless fleet has no last fix)".into(),
+                    );
+                }
+                if g.outage.is_some_and(|o| o.millis() == 0) {
+                    return err("source", "outage", "must be longer than 0s".into());
+                }
             }
             SourceSpec::Kafka(k) => {
                 if k.brokers.trim().is_empty() {
@@ -566,6 +470,16 @@ impl JobSpec {
         }
         if self.time.allowed_lateness.millis() > crate::time::DAY_MS {
             return err("time", "allowed_lateness", "must be at most 1d".into());
+        }
+        if self.time.close_silent_after < self.time.allowed_lateness {
+            return err(
+                "time",
+                "close_silent_after",
+                format!(
+                    "must be at least allowed_lateness ({})",
+                    self.time.allowed_lateness
+                ),
+            );
         }
         if !(self.lake.url.starts_with("file://") || self.lake.url.starts_with("s3://")) {
             return err(

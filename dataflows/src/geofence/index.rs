@@ -1,0 +1,397 @@
+//! The geofence index: a cell covering for small geofences, an R-tree for large ones.
+//!
+//! A fix costs one cell scan plus an exact test of the few geofences whose box holds it,
+//! however many geofences exist elsewhere.
+
+use fleetflow_types::geofence::{circle_contains_near, polygons_contain, Geofence, Shape};
+use fleetflow_types::CompactString;
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::RTree;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
+
+/// Grid cell size in degrees (about 220 m of latitude).
+const CELL_DEG: f64 = 0.002;
+/// Geofences whose box spans more grid cells than this live in the R-tree instead.
+const MAX_CELLS: i64 = 256;
+
+/// The geofences listed in one grid cell, as two parallel arrays: the boxes alone (16
+/// bytes each, scanned in order for every lookup) and what a lookup needs for the few
+/// whose box holds the point (tenant, a circle's parameters, id), so that a scan touches
+/// little memory and only polygons that pass the box test are followed to their rings.
+#[derive(Clone, Debug, Default)]
+struct CellList {
+    /// Boxes relative to the cell's corner, in single precision, widened by [`BOX_SLACK`]
+    /// so that rounding never excludes a point (a pre-test only: the exact test follows).
+    boxes: Vec<[f32; 4]>,
+    entries: Vec<CellEntry>,
+}
+
+/// The exact test of a cell entry, with what it needs at hand.
+#[derive(Clone, Debug)]
+enum Exact {
+    /// `[lat, lon, radius_m]`.
+    Circle([f64; 3]),
+    /// One polygon without holes (the usual case): its ring, one pointer away.
+    Ring(Arc<[geo::Coord<f64>]>),
+    /// Several polygons or holes: the slot's entry in `FenceIndex::polygons`.
+    Polygons,
+}
+
+/// Whether the closed, simple `ring` (first position = last) holds `c`, its boundary
+/// included: an even-odd crossing count along the ray to the east, with every orientation
+/// decided by `geo`'s robust kernel, so that points on an edge are found exactly. For a
+/// valid (simple) ring this is the same answer as `geo`'s coordinate position, which the
+/// tests check; it exists so that the ring can live in a flat slice next to the index
+/// entry instead of behind a `Polygon`.
+pub(crate) fn ring_holds(ring: &[geo::Coord<f64>], c: geo::Coord<f64>) -> bool {
+    use geo::{GeoNum, Kernel, Orientation};
+    let orient = <f64 as GeoNum>::Ker::orient2d;
+    let mut inside = false;
+    for w in ring.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (lo_y, hi_y) = if a.y <= b.y { (a.y, b.y) } else { (b.y, a.y) };
+        if c.y < lo_y || c.y > hi_y {
+            continue;
+        }
+        let (lo_x, hi_x) = if a.x <= b.x { (a.x, b.x) } else { (b.x, a.x) };
+        if c.x > hi_x {
+            // Entirely west of the point: no crossing to the east, not on the edge.
+            continue;
+        }
+        let o = orient(a, b, c);
+        if o == Orientation::Collinear && c.x >= lo_x && c.x <= hi_x {
+            return true;
+        }
+        // The edge crosses the ray when it straddles the point's latitude (half-open, so a
+        // vertex on the ray counts once) and the point is on its west side.
+        if (a.y > c.y) != (b.y > c.y) {
+            let west = if b.y > a.y {
+                o == Orientation::CounterClockwise
+            } else {
+                o == Orientation::Clockwise
+            };
+            if west {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}
+
+/// One geofence of a [`CellList`].
+#[derive(Clone, Debug)]
+struct CellEntry {
+    /// How to test a point whose box test passed.
+    exact: Exact,
+    /// Interned tenant, 0 for geofences of every tenant.
+    tenant: u32,
+    slot: u32,
+    /// The id, at hand when a vehicle enters (72 bytes in all).
+    id: CompactString,
+}
+
+type Cell = (i32, i32);
+
+/// A geofence's polygons, the usual single one held inline (one pointer less to follow).
+#[derive(Clone, Debug)]
+enum Rings {
+    None,
+    One(geo::Polygon<f64>),
+    Many(Vec<geo::Polygon<f64>>),
+}
+
+impl Rings {
+    fn of(polygons: &[geo::Polygon<f64>]) -> Rings {
+        match polygons {
+            [] => Rings::None,
+            [one] => Rings::One(one.clone()),
+            many => Rings::Many(many.to_vec()),
+        }
+    }
+
+    fn as_slice(&self) -> &[geo::Polygon<f64>] {
+        match self {
+            Rings::None => &[],
+            Rings::One(p) => std::slice::from_ref(p),
+            Rings::Many(v) => v,
+        }
+    }
+}
+
+/// Widening of the single-precision cell boxes, degrees (about 1 cm; far above the rounding
+/// error of offsets below a degree).
+const BOX_SLACK: f32 = 1e-7;
+
+/// The south-west corner of a cell.
+fn cell_origin((x, y): Cell) -> (f64, f64) {
+    (x as f64 * CELL_DEG, y as f64 * CELL_DEG)
+}
+
+/// `b` relative to the corner of `cell`, widened.
+fn relative_box(b: &fleetflow_types::geofence::BBox, cell: Cell) -> [f32; 4] {
+    let (ox, oy) = cell_origin(cell);
+    [
+        (b[0] - ox) as f32 - BOX_SLACK,
+        (b[1] - oy) as f32 - BOX_SLACK,
+        (b[2] - ox) as f32 + BOX_SLACK,
+        (b[3] - oy) as f32 + BOX_SLACK,
+    ]
+}
+
+fn cell_of(lon: f64, lat: f64) -> Cell {
+    (
+        (lon / CELL_DEG).floor() as i32,
+        (lat / CELL_DEG).floor() as i32,
+    )
+}
+
+/// Where a geofence is indexed.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// In every grid cell its box touches (`min` to `max` inclusive).
+    Grid { min: Cell, max: Cell },
+    /// In the R-tree of large geofences.
+    Tree(Entry),
+}
+
+#[derive(Clone)]
+struct Slot {
+    fence: Arc<Geofence>,
+    bbox: fleetflow_types::geofence::BBox,
+    placement: Placement,
+}
+
+/// Every geofence of the job, indexed by a cell covering and an R-tree.
+///
+/// Cloning copies the whole index (a runtime change on a shared index does that once per
+/// worker).
+///
+/// Small geofences (the usual case: depots, stops, sites) are listed in each cell of a
+/// fixed lon/lat grid that their bounding box touches, so a lookup is one hash probe and a
+/// scan of the few geofences near the point. Geofences whose box spans more than
+/// `MAX_CELLS` cells (districts, regions) go into an R-tree of bounding boxes instead, so
+/// that no geofence costs more than a bounded number of cells. Either way, a fix costs
+/// nothing for geofences that are not near it.
+#[derive(Default, Clone)]
+pub struct FenceIndex {
+    slots: Vec<Option<Slot>>,
+    by_id: HashMap<CompactString, u32>,
+    /// The slot of every id ever placed: an id keeps its slot when it is replaced, removed
+    /// and added again, so that versions of the index made from one another agree on the
+    /// slot of every geofence (a slot is never given to another id).
+    slot_of_id: HashMap<CompactString, u32>,
+    grid: HashMap<Cell, CellList, ahash::RandomState>,
+    pub(crate) tree: RTree<Entry>,
+    /// Ids by slot, apart from the geofences for locality.
+    ids: Vec<CompactString>,
+    /// Polygons by slot (empty for circles), apart from the geofences for locality.
+    polygons: Vec<Rings>,
+    /// Tenant -> code (from 1).
+    tenants: HashMap<CompactString, u32, ahash::RandomState>,
+}
+
+impl FenceIndex {
+    /// The geofences in force, by slot.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Geofence>> {
+        self.slots.iter().flatten().map(|s| &s.fence)
+    }
+
+    /// An index over `fences` (the R-tree bulk loaded).
+    pub fn new(fences: impl IntoIterator<Item = Arc<Geofence>>) -> FenceIndex {
+        let mut idx = FenceIndex::default();
+        let mut large = Vec::new();
+        for g in fences {
+            if idx.by_id.contains_key(&g.id) {
+                continue; // ids are unique once loaded; keep the first
+            }
+            if let (_, Placement::Tree(e)) = idx.place(g) {
+                large.push(e);
+            }
+        }
+        idx.tree = RTree::bulk_load(large);
+        idx
+    }
+
+    /// Puts `g` in a slot and in the grid (not in the tree: the caller does).
+    fn place(&mut self, g: Arc<Geofence>) -> (u32, Placement) {
+        let next = self.slots.len().max(self.ids.len()) as u32;
+        let slot = *self.slot_of_id.entry(g.id.clone()).or_insert(next);
+        let b = g.bbox();
+        let next_code = self.tenants.len() as u32 + 1;
+        let tenant = match &g.tenant {
+            None => 0,
+            Some(t) => *self.tenants.entry(t.clone()).or_insert(next_code),
+        };
+        let (exact, polygons) = match &g.shape {
+            Shape::Circle { lat, lon, radius_m } => {
+                (Exact::Circle([*lat, *lon, *radius_m]), Rings::None)
+            }
+            Shape::Polygons(mp) => match mp.0.as_slice() {
+                [one] if one.interiors().is_empty() => {
+                    (Exact::Ring(one.exterior().0.as_slice().into()), Rings::None)
+                }
+                many => (Exact::Polygons, Rings::of(many)),
+            },
+        };
+        if self.polygons.len() <= slot as usize {
+            self.polygons.resize_with(slot as usize + 1, || Rings::None);
+            self.ids
+                .resize_with(slot as usize + 1, CompactString::default);
+        }
+        self.polygons[slot as usize] = polygons;
+        self.ids[slot as usize] = g.id.clone();
+        let (min, max) = (cell_of(b[0], b[1]), cell_of(b[2], b[3]));
+        let cells = (max.0 as i64 - min.0 as i64 + 1) * (max.1 as i64 - min.1 as i64 + 1);
+        let placement = if cells <= MAX_CELLS {
+            for x in min.0..=max.0 {
+                for y in min.1..=max.1 {
+                    let list = self.grid.entry((x, y)).or_default();
+                    list.boxes.push(relative_box(&b, (x, y)));
+                    list.entries.push(CellEntry {
+                        exact: exact.clone(),
+                        tenant,
+                        slot,
+                        id: g.id.clone(),
+                    });
+                }
+            }
+            Placement::Grid { min, max }
+        } else {
+            Placement::Tree(GeomWithData::new(
+                Rectangle::from_corners([b[0], b[1]], [b[2], b[3]]),
+                slot,
+            ))
+        };
+        self.by_id.insert(g.id.clone(), slot);
+        let s = Some(Slot {
+            fence: g,
+            bbox: b,
+            placement,
+        });
+        if self.slots.len() <= slot as usize {
+            self.slots.resize_with(slot as usize + 1, || None);
+        }
+        self.slots[slot as usize] = s;
+        (slot, placement)
+    }
+
+    /// Number of geofences.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The geofence in `slot`.
+    pub fn get(&self, slot: u32) -> Option<&Arc<Geofence>> {
+        self.slots
+            .get(slot as usize)
+            .and_then(|s| s.as_ref().map(|s| &s.fence))
+    }
+
+    /// The slot of geofence `id`.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Adds a geofence (its id must not be present) and returns its slot.
+    pub fn insert(&mut self, g: Arc<Geofence>) -> u32 {
+        debug_assert!(!self.by_id.contains_key(&g.id));
+        let (slot, placement) = self.place(g);
+        if let Placement::Tree(e) = placement {
+            self.tree.insert(e);
+        }
+        slot
+    }
+
+    /// Removes geofence `id`, returning its former slot.
+    pub fn remove(&mut self, id: &str) -> Option<u32> {
+        let slot = self.by_id.remove(id)?;
+        if let Some(s) = self.slots[slot as usize].take() {
+            match s.placement {
+                Placement::Tree(e) => {
+                    self.tree.remove(&e);
+                }
+                Placement::Grid { min, max } => {
+                    for x in min.0..=max.0 {
+                        for y in min.1..=max.1 {
+                            if let Some(list) = self.grid.get_mut(&(x, y)) {
+                                if let Some(k) = list.entries.iter().position(|e| e.slot == slot) {
+                                    list.entries.swap_remove(k);
+                                    list.boxes.swap_remove(k);
+                                }
+                                if list.entries.is_empty() {
+                                    self.grid.remove(&(x, y));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.polygons[slot as usize] = Rings::None;
+        Some(slot)
+    }
+
+    /// The slots and ids of the geofences containing the point that apply to `tenant`, by
+    /// slot.
+    pub fn containing(
+        &self,
+        lat: f64,
+        lon: f64,
+        tenant: &str,
+        out: &mut Vec<(u32, CompactString)>,
+    ) {
+        out.clear();
+        let in_box = |b: &fleetflow_types::geofence::BBox| {
+            lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
+        };
+        let test = |slot: u32, out: &mut Vec<(u32, CompactString)>| {
+            let s = self.slots[slot as usize].as_ref().expect("indexed");
+            if in_box(&s.bbox) && s.fence.applies_to(tenant) && s.fence.contains(lat, lon) {
+                out.push((slot, self.ids[slot as usize].clone()));
+            }
+        };
+        let cell = cell_of(lon, lat);
+        if let Some(cands) = self.grid.get(&cell) {
+            // Tenants no geofence names match only geofences of every tenant.
+            let code = self.tenants.get(tenant).copied().unwrap_or(u32::MAX);
+            let cos_lat = lat.to_radians().cos();
+            let (ox, oy) = cell_origin(cell);
+            let (x, y) = ((lon - ox) as f32, (lat - oy) as f32);
+            for (k, b) in cands.boxes.iter().enumerate() {
+                if x < b[0] || x > b[2] || y < b[1] || y > b[3] {
+                    continue;
+                }
+                let e = &cands.entries[k];
+                if e.tenant != 0 && e.tenant != code {
+                    continue;
+                }
+                let inside = match &e.exact {
+                    Exact::Circle([clat, clon, r]) => {
+                        circle_contains_near(*clat, *clon, *r, lat, lon, cos_lat)
+                    }
+                    Exact::Ring(ring) => ring_holds(ring, geo::Coord { x: lon, y: lat }),
+                    Exact::Polygons => {
+                        polygons_contain(self.polygons[e.slot as usize].as_slice(), lat, lon)
+                    }
+                };
+                if inside {
+                    out.push((e.slot, e.id.clone()));
+                }
+            }
+        }
+        if self.tree.size() > 0 {
+            for e in self.tree.locate_all_at_point(&[lon, lat]) {
+                test(e.data, out);
+            }
+        }
+        out.sort_unstable_by_key(|m| m.0);
+    }
+}

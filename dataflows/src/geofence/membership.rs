@@ -1,0 +1,584 @@
+//! Membership of the vehicles of one worker in the geofences, over their final fixes in
+//! `ts` order (independent of timely).
+//!
+//! A runtime change makes a new *version* of the fence set. Each vehicle takes a change
+//! at the change's time in its own time (the timeline says when, with
+//! [`Finalized::Apply`](super::Finalized::Apply)), so for a while vehicles can be on
+//! different versions: every version some vehicle may still need is kept, and a fix is
+//! checked against its vehicle's version. A geofence keeps its slot in every version.
+
+use super::index::FenceIndex;
+use super::{FixPoint, ViewUpdate};
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::records::{
+    GeofenceCause, GeofenceChange, GeofenceEvent, GeofenceEventKind, OccupancyChange,
+};
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+struct Visit {
+    slot: u32,
+    /// The geofence's id, kept here so that exits and dwells need not look it up.
+    id: CompactString,
+    entered_at: Millis,
+    dwelled: bool,
+}
+
+struct VehicleFences {
+    id: CompactString,
+    tenant: CompactString,
+    lat: f64,
+    lon: f64,
+    /// The version of the fence set it is on (the last change it took; 0: none).
+    version: u64,
+    /// Visits in progress, sorted by slot: exactly the applicable fences of its version
+    /// containing `(lat, lon)`.
+    inside: Vec<Visit>,
+}
+
+/// What geofencing produced; drained by the caller.
+#[derive(Default, Debug)]
+pub struct GeoOutputs {
+    /// Events, for the lake and the API's recent events.
+    pub events: Vec<GeofenceEvent>,
+    /// Occupancy and applied changes for the API view.
+    pub view: Vec<(ViewUpdate, isize)>,
+}
+
+/// One version of the fence set: the set after change `seq`.
+struct Version {
+    seq: u64,
+    index: Arc<FenceIndex>,
+    /// The change that made it from the version before, with the job clock it took effect
+    /// at and the geofence it replaced or removed (`None` for the first version kept).
+    made_by: Option<(GeofenceChange, Option<Millis>, Option<Arc<Geofence>>)>,
+}
+
+/// Membership of the vehicles of one worker (independent of timely).
+pub struct Geofencing {
+    /// The versions some vehicle may still be on, oldest first; the last is in force.
+    /// The first version is shared by the workers until a change (each then has its own).
+    versions: VecDeque<Version>,
+    /// By the timeline's vehicle slot.
+    vehicles: Vec<Option<VehicleFences>>,
+    dwell_after: Millis,
+    buf: Vec<(u32, CompactString)>,
+    spare: Vec<Visit>,
+    /// The geofences in force as checkpoints record them, kept until a change (encoding
+    /// many geofences at every checkpoint would repeat the same work).
+    fences_json: Option<Vec<String>>,
+}
+
+/// One vehicle's geofencing state in a checkpoint.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GeoVehicleSnapshot {
+    /// The vehicle.
+    pub id: CompactString,
+    tenant: CompactString,
+    lat: f64,
+    lon: f64,
+    version: u64,
+    /// Visits in progress: geofence id, `entered_at`, whether dwell fired.
+    inside: Vec<(CompactString, Millis, bool)>,
+}
+
+/// A change a version was made by, in a checkpoint: `(seq, at, id, old, new)` with the
+/// geofences as JSON (their properties are free-form).
+pub type LoggedChange = (
+    u64,
+    Option<Millis>,
+    CompactString,
+    Option<String>,
+    Option<String>,
+);
+
+/// The geofencing operator's state at a checkpoint boundary.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct GeoSnapshot {
+    /// The geofences in force, as JSON (on worker 0 only: every worker has the same).
+    pub fences: Vec<String>,
+    /// The change the fences in force are the version of (0: none).
+    pub latest: u64,
+    /// The changes that made the versions after the oldest one the worker kept.
+    pub log: Vec<LoggedChange>,
+    /// The worker's vehicles.
+    pub vehicles: Vec<GeoVehicleSnapshot>,
+}
+
+impl GeoSnapshot {
+    /// The geofences in force.
+    pub fn geofences(&self) -> Result<Vec<Arc<Geofence>>, serde_json::Error> {
+        self.fences
+            .iter()
+            .map(|f| serde_json::from_str(f).map(Arc::new))
+            .collect()
+    }
+}
+
+/// What a checkpoint restores into [`Geofencing`] besides the fences in force: the change
+/// they are the version of, the logged changes of every worker, and this worker's vehicles
+/// at their timeline slots.
+#[derive(Default)]
+pub struct GeoRestore {
+    /// The change the fences in force are the version of.
+    pub latest: u64,
+    /// Changes some vehicle may not have taken, by seq.
+    pub log: BTreeMap<u64, LoggedChange>,
+    /// Vehicles at their timeline slots.
+    pub vehicles: Vec<(u32, GeoVehicleSnapshot)>,
+}
+
+impl Geofencing {
+    /// Starts with `index` in force (the version after change `latest`) and no vehicles.
+    pub fn new(index: Arc<FenceIndex>, latest: u64, dwell_after: Millis) -> Geofencing {
+        Geofencing {
+            versions: VecDeque::from([Version {
+                seq: latest,
+                index,
+                made_by: None,
+            }]),
+            vehicles: Vec::new(),
+            dwell_after,
+            buf: Vec::new(),
+            spare: Vec::new(),
+            fences_json: None,
+        }
+    }
+
+    fn latest(&self) -> &Version {
+        self.versions.back().expect("a version is in force")
+    }
+
+    fn version(&self, seq: u64) -> &Version {
+        let k = self.versions.partition_point(|v| v.seq < seq);
+        // A vehicle is never on a version older than the oldest kept; one that is (a
+        // vehicle first seen on a version dropped already) takes the oldest kept.
+        self.versions
+            .get(k)
+            .filter(|v| v.seq == seq)
+            .or(self.versions.get(k.saturating_sub(1)))
+            .expect("a version is kept")
+    }
+
+    /// Number of geofences in force.
+    pub fn geofences(&self) -> usize {
+        self.latest().index.len()
+    }
+
+    /// Number of vehicles seen.
+    pub fn vehicles(&self) -> usize {
+        self.vehicles.iter().flatten().count()
+    }
+
+    /// Number of versions of the fence set kept.
+    pub fn versions(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// The state for a checkpoint; `fences` includes the geofences in force.
+    pub fn snapshot(&mut self, fences: bool) -> GeoSnapshot {
+        let index = self.latest().index.clone();
+        let json = |g: &Geofence| serde_json::to_string(g).expect("geofences serialize");
+        GeoSnapshot {
+            fences: if fences {
+                self.fences_json
+                    .get_or_insert_with(|| index.iter().map(|g| json(g)).collect())
+                    .clone()
+            } else {
+                Vec::new()
+            },
+            latest: self.latest().seq,
+            log: self
+                .versions
+                .iter()
+                .filter_map(|v| v.made_by.as_ref())
+                .map(|(c, at, old)| {
+                    (
+                        c.seq,
+                        *at,
+                        c.id.clone(),
+                        old.as_deref().map(json),
+                        c.geofence.as_deref().map(json),
+                    )
+                })
+                .collect(),
+            vehicles: self
+                .vehicles
+                .iter()
+                .flatten()
+                .map(|v| GeoVehicleSnapshot {
+                    id: v.id.clone(),
+                    tenant: v.tenant.clone(),
+                    lat: v.lat,
+                    lon: v.lon,
+                    version: v.version,
+                    inside: v
+                        .inside
+                        .iter()
+                        .map(|i| (i.id.clone(), i.entered_at, i.dwelled))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A fresh instance from a checkpoint: the versions its vehicles may be on, rebuilt
+    /// backwards from the fences in force by undoing the logged changes, and every visit
+    /// reported to the view as an occupant.
+    /// `index` holds the fences in force (shared by the workers while no older version is
+    /// needed). A logged geofence that cannot be read is skipped with a warning (the
+    /// checkpoint wrote it, so this does not happen).
+    pub fn restore(
+        index: Arc<FenceIndex>,
+        r: GeoRestore,
+        dwell_after: Millis,
+        out: &mut GeoOutputs,
+    ) -> Geofencing {
+        let parse = |j: &Option<String>| -> Option<Arc<Geofence>> {
+            let text = j.as_deref()?;
+            match serde_json::from_str(text) {
+                Ok(g) => Some(Arc::new(g)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a logged geofence of the checkpoint cannot be read");
+                    None
+                }
+            }
+        };
+        let mut index = index;
+        let mut versions: VecDeque<Version> = VecDeque::new();
+        let mut seq = r.latest;
+        for (_, (cseq, at, id, old, new)) in r.log.into_iter().rev().filter(|(s, _)| *s <= r.latest)
+        {
+            if cseq != seq {
+                continue;
+            }
+            let (old, new) = (parse(&old), parse(&new));
+            let change = GeofenceChange {
+                seq: cseq,
+                id: id.clone(),
+                geofence: new.clone(),
+                at,
+            };
+            let before = {
+                let mut b = (*index).clone();
+                if new.is_some() {
+                    b.remove(&id);
+                }
+                if let Some(o) = &old {
+                    b.insert(o.clone());
+                }
+                b
+            };
+            versions.push_front(Version {
+                seq: cseq,
+                index,
+                made_by: Some((change, at, old)),
+            });
+            index = Arc::new(before);
+            seq = cseq - 1;
+        }
+        versions.push_front(Version {
+            seq,
+            index,
+            made_by: None,
+        });
+        let mut g = Geofencing {
+            versions,
+            vehicles: Vec::new(),
+            dwell_after,
+            buf: Vec::new(),
+            spare: Vec::new(),
+            fences_json: None,
+        };
+        for (slot, snap) in r.vehicles {
+            let s = slot as usize;
+            if g.vehicles.len() <= s {
+                g.vehicles.resize_with(s + 1, || None);
+            }
+            let index = g.version(snap.version).index.clone();
+            let mut inside: Vec<Visit> = snap
+                .inside
+                .into_iter()
+                .filter_map(|(id, entered_at, dwelled)| {
+                    let fence = index.slot_of(&id)?;
+                    Some(Visit {
+                        slot: fence,
+                        id,
+                        entered_at,
+                        dwelled,
+                    })
+                })
+                .collect();
+            inside.sort_unstable_by_key(|v| v.slot);
+            for v in &inside {
+                occupant((v.slot, &v.id), (slot, &snap.id), v.entered_at, 1, out);
+            }
+            g.vehicles[s] = Some(VehicleFences {
+                id: snap.id,
+                tenant: snap.tenant,
+                lat: snap.lat,
+                lon: snap.lon,
+                version: snap.version,
+                inside,
+            });
+        }
+        g
+    }
+
+    /// A final fix, in `ts` order for its vehicle, checked against its vehicle's version.
+    pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
+        // The states are taken out for the call so that one of them and `self` can be
+        // borrowed together.
+        let mut vehicles = std::mem::take(&mut self.vehicles);
+        let slot = p.slot as usize;
+        if vehicles.len() <= slot {
+            vehicles.resize_with(slot + 1, || None);
+        }
+        let state = vehicles[slot].get_or_insert_with(|| VehicleFences {
+            id: p.vehicle_id.clone(),
+            tenant: p.tenant.clone(),
+            lat: f64::NAN,
+            lon: f64::NAN,
+            version: p.version,
+            inside: Vec::new(),
+        });
+        debug_assert_eq!(state.id, p.vehicle_id, "slots are stable");
+        debug_assert_eq!(state.version, p.version, "changes are taken in order");
+        state.version = p.version;
+        let index = self.version(p.version).index.clone();
+        if index.is_empty() && state.inside.is_empty() {
+            // No geofence anywhere: only the position matters (for later additions).
+            state.lat = p.lat;
+            state.lon = p.lon;
+            state.tenant = p.tenant;
+            self.vehicles = vehicles;
+            return;
+        }
+        // `inside` is exactly the fences containing the last position, so an unmoved
+        // vehicle needs no lookup.
+        let moved = state.lat != p.lat || state.lon != p.lon || state.tenant != p.tenant;
+        if moved {
+            let mut now = std::mem::take(&mut self.buf);
+            index.containing(p.lat, p.lon, &p.tenant, &mut now);
+            // The visits are rebuilt into a spare buffer that swaps with the old one, so a
+            // moving vehicle costs no allocation.
+            let mut next = std::mem::take(&mut self.spare);
+            next.clear();
+            let old = std::mem::take(&mut state.inside);
+            let (mut i, mut j) = (0, 0);
+            while i < old.len() || j < now.len() {
+                let o = old.get(i).map(|v| v.slot);
+                let n = now.get(j).map(|m| m.0);
+                match (o, n) {
+                    (Some(a), Some(b)) if a == b => {
+                        next.push(old[i].clone());
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(a), b) if b.is_none_or(|b| a < b) => {
+                        let visit = &old[i];
+                        occupant(
+                            (visit.slot, &visit.id),
+                            (p.slot, &p.vehicle_id),
+                            visit.entered_at,
+                            -1,
+                            out,
+                        );
+                        event(
+                            &visit.id,
+                            &p.vehicle_id,
+                            &p.tenant,
+                            (GeofenceEventKind::Exit, GeofenceCause::Fix),
+                            p.ts,
+                            out,
+                        );
+                        i += 1;
+                    }
+                    (_, Some(b)) => {
+                        let id = now[j].1.clone();
+                        occupant((b, &id), (p.slot, &p.vehicle_id), p.ts, 1, out);
+                        event(
+                            &id,
+                            &p.vehicle_id,
+                            &p.tenant,
+                            (GeofenceEventKind::Enter, GeofenceCause::Fix),
+                            p.ts,
+                            out,
+                        );
+                        next.push(Visit {
+                            slot: b,
+                            id,
+                            entered_at: p.ts,
+                            dwelled: false,
+                        });
+                        j += 1;
+                    }
+                    (_, None) => unreachable!("loop condition"),
+                }
+            }
+            state.inside = next;
+            self.spare = old;
+            self.buf = now;
+            state.lat = p.lat;
+            state.lon = p.lon;
+            state.tenant = p.tenant.clone();
+        }
+        for visit in state.inside.iter_mut() {
+            if !visit.dwelled && p.ts.saturating_sub(visit.entered_at) >= self.dwell_after {
+                visit.dwelled = true;
+                event(
+                    &visit.id,
+                    &p.vehicle_id,
+                    &p.tenant,
+                    (GeofenceEventKind::Dwell, GeofenceCause::Fix),
+                    p.ts,
+                    out,
+                );
+            }
+        }
+        self.vehicles = vehicles;
+    }
+
+    /// A change reaches this worker, taking effect at job clock `at`: a new version of the
+    /// fence set, in force for the vehicles as they take it.
+    pub fn register(&mut self, change: GeofenceChange, at: Option<Millis>, out: &mut GeoOutputs) {
+        let latest = self.latest();
+        let old = latest
+            .index
+            .slot_of(&change.id)
+            .and_then(|s| latest.index.get(s).cloned());
+        let mut index = (*latest.index).clone();
+        if old.is_some() {
+            index.remove(&change.id);
+        }
+        if let Some(g) = &change.geofence {
+            index.insert(g.clone());
+        }
+        out.view.push((
+            ViewUpdate::Applied {
+                seq: change.seq,
+                at,
+            },
+            1,
+        ));
+        self.versions.push_back(Version {
+            seq: change.seq,
+            index: Arc::new(index),
+            made_by: Some((change, at, old)),
+        });
+        self.fences_json = None;
+    }
+
+    /// Every vehicle of this worker took every change up to `seq`: older versions go.
+    pub fn taken(&mut self, seq: u64) {
+        while self.versions.len() > 1 && self.versions[1].seq <= seq {
+            self.versions.pop_front();
+        }
+    }
+
+    /// The vehicle in `slot` takes change `seq` (the next one after its version): it leaves
+    /// a removed or replaced geofence it was in (`exit`, cause `geofence_removed`) and
+    /// enters an added one that holds its latest final position (`enter`, cause
+    /// `geofence_added`), both at the change's time.
+    pub fn apply(&mut self, slot: u32, seq: u64, out: &mut GeoOutputs) {
+        let Some(Some(state)) = self.vehicles.get_mut(slot as usize) else {
+            // No final fix yet: its first one says its version.
+            return;
+        };
+        state.version = seq;
+        let k = self.versions.partition_point(|v| v.seq < seq);
+        let Some(version) = self.versions.get(k).filter(|v| v.seq == seq) else {
+            return;
+        };
+        let Some((change, at, _)) = &version.made_by else {
+            return;
+        };
+        let ts = at.unwrap_or(0);
+        if let Some(k) = state.inside.iter().position(|v| v.id == change.id) {
+            let visit = state.inside.remove(k);
+            occupant(
+                (visit.slot, &change.id),
+                (slot, &state.id),
+                visit.entered_at,
+                -1,
+                out,
+            );
+            event(
+                &change.id,
+                &state.id,
+                &state.tenant,
+                (GeofenceEventKind::Exit, GeofenceCause::GeofenceRemoved),
+                ts,
+                out,
+            );
+        }
+        if let Some(g) = &change.geofence {
+            if state.lat.is_finite()
+                && g.applies_to(&state.tenant)
+                && g.contains(state.lat, state.lon)
+            {
+                let fence = version.index.slot_of(&g.id).expect("the version holds it");
+                let k = state.inside.partition_point(|v| v.slot < fence);
+                state.inside.insert(
+                    k,
+                    Visit {
+                        slot: fence,
+                        id: g.id.clone(),
+                        entered_at: ts,
+                        dwelled: false,
+                    },
+                );
+                occupant((fence, &g.id), (slot, &state.id), ts, 1, out);
+                event(
+                    &g.id,
+                    &state.id,
+                    &state.tenant,
+                    (GeofenceEventKind::Enter, GeofenceCause::GeofenceAdded),
+                    ts,
+                    out,
+                );
+            }
+        }
+    }
+}
+
+fn event(
+    id: &CompactString,
+    v: &CompactString,
+    tenant: &CompactString,
+    (kind, cause): (GeofenceEventKind, GeofenceCause),
+    ts: Millis,
+    out: &mut GeoOutputs,
+) {
+    out.events.push(GeofenceEvent {
+        geofence_id: id.clone(),
+        vehicle_id: v.clone(),
+        tenant: tenant.clone(),
+        kind,
+        ts,
+        cause,
+    });
+}
+
+fn occupant(
+    (fence_slot, id): (u32, &CompactString),
+    (vehicle_slot, v): (u32, &CompactString),
+    entered_at: Millis,
+    diff: i8,
+    out: &mut GeoOutputs,
+) {
+    out.view.push((
+        ViewUpdate::Occupant(OccupancyChange {
+            fence_slot,
+            geofence: id.clone(),
+            vehicle_slot,
+            vehicle: v.clone(),
+            entered_at,
+            diff,
+        }),
+        diff as isize,
+    ));
+}

@@ -1,0 +1,332 @@
+//! Geofence membership in event time (semantics §5).
+//!
+//! ```text
+//!   API changes ──► "GeofenceInput" (worker 0) ──Broadcast──► "VehicleTimeline"
+//!                                                               │ final fixes in ts order per vehicle,
+//!                                                               │ each vehicle taking changes at their time
+//!                                                               ▼
+//!                                                         "Geofences" ─┬─► events (lake, final)
+//!                                                                      └─► view: occupancy ±1, events,
+//!                                                                          applied changes, as_of (API)
+//! ```
+//!
+//! - [`index`]: the geofences indexed by a cell covering (small ones) and an R-tree (large
+//!   ones), so a fix costs one cell scan plus an exact test of the few geofences whose box
+//!   holds it, however many geofences exist elsewhere.
+//! - [`membership`]: per vehicle, the position of its latest final fix and the visits in
+//!   progress (geofence, `entered_at`, dwell emitted): state grows with vehicles times the
+//!   geofences they are in, never with events.
+//!
+//! Occupancy is maintained incrementally: each enter is a +1 and each exit a -1 of
+//! `(geofence, vehicle, entered_at)`, handed in order to the worker's shard of the API's
+//! shared view after every batch (so no consolidation is needed), together with the job
+//! clock of the results (`as_of`).
+//!
+//! Events are computed from final fixes only (their vehicle's clock passed them), so they
+//! are never revised, and each transition is an event record of its own: an enter and an
+//! exit in one input batch are two events (a collection of memberships would consolidate
+//! them away).
+//!
+//! A runtime change takes effect at the job clock `T` of the epoch it reaches the workers
+//! in (the same on every worker). Each vehicle takes it at `T` in its own time: its fixes
+//! before `T` are checked against the old geofences, later ones against the new, and the
+//! change's own events (`exit`, cause `geofence_removed`, for occupants of a removed
+//! geofence; `enter`, cause `geofence_added`, for vehicles whose latest final fix is inside
+//! an added one; both for a replacement) carry `T`. A vehicle whose own clock is already
+//! past `T` (a tracker ahead of the fleet), or that is silent on a live input, takes it at
+//! once. Results therefore do not depend on timing or worker count.
+
+pub mod index;
+pub mod membership;
+
+pub use index::FenceIndex;
+pub use membership::{
+    GeoOutputs, GeoRestore, GeoSnapshot, GeoVehicleSnapshot, Geofencing, LoggedChange,
+};
+
+use fleetflow_types::checkpoint::Hub;
+use fleetflow_types::fix::Fix;
+use fleetflow_types::records::{GeofenceChange, GeofenceEvent, InputReport, OccupancyChange};
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::Stream;
+
+/// The part of a final fix that geofencing needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FixPoint {
+    /// The vehicle's slot on this worker (dense, stable for the run; assigned by the
+    /// timeline), so that per-vehicle state is an index rather than a hash lookup.
+    pub slot: u32,
+    /// Vehicle.
+    pub vehicle_id: CompactString,
+    /// Its tenant.
+    pub tenant: CompactString,
+    /// Event time.
+    pub ts: Millis,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// The version of the fence set the fix is checked against: the last geofence change
+    /// its vehicle took (0: none).
+    pub version: u64,
+}
+
+impl FixPoint {
+    /// The position of a fix of the vehicle in `slot`, on fence-set `version`.
+    pub fn of(f: &Fix, slot: u32, version: u64) -> FixPoint {
+        FixPoint {
+            slot,
+            vehicle_id: f.vehicle_id.clone(),
+            tenant: f.tenant.clone(),
+            ts: f.ts,
+            lat: f.lat,
+            lon: f.lon,
+            version,
+        }
+    }
+}
+
+/// What the timeline hands to geofencing, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Finalized {
+    /// A fix became final.
+    Fix(FixPoint),
+    /// A geofence change reached the worker, taking effect at this job clock (`None`:
+    /// before the clock began).
+    Change(GeofenceChange, Option<Millis>),
+    /// The vehicle in `slot` takes change `seq` (changes are taken in order).
+    Apply {
+        /// The vehicle's slot.
+        slot: u32,
+        /// The change.
+        seq: u64,
+    },
+    /// Every vehicle of the worker has taken every change up to this one.
+    Taken(u64),
+    /// The job clock the results so far reflect (their `as_of`).
+    Clock(Millis),
+}
+
+/// One change to the API's geofence view, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ViewUpdate {
+    /// A vehicle entered or left a geofence.
+    Occupant(OccupancyChange),
+    /// Results reflect the job clock through this time.
+    AsOf(Millis),
+    /// This worker registered change `seq`, taking effect at job clock `at`.
+    Applied {
+        /// Change sequence number.
+        seq: u64,
+        /// The job clock it took effect at.
+        at: Option<Millis>,
+    },
+}
+
+type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
+
+/// Checkpoint participant name of the geofencing operator.
+pub const SNAPSHOT_OP: &str = "geofences";
+
+/// One batch of a worker's geofence view changes: its occupancy updates and applied
+/// changes in the order they happened, and the events of the batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewBatch {
+    /// Occupancy, applied changes and watermarks.
+    pub updates: Vec<(ViewUpdate, isize)>,
+    /// The batch's events.
+    pub events: Vec<GeofenceEvent>,
+}
+
+/// Where a worker's geofence view changes go.
+pub enum ViewSink<F> {
+    /// Applied on the worker thread by `F(updates, events)`, which must only update a
+    /// shared structure.
+    Local(F),
+    /// Emitted as a stream of [`ViewBatch`]es (to be mirrored to other processes).
+    Stream,
+}
+
+/// Renders geofencing over the timeline's final fixes and changes (same worker, in order)
+/// and returns the events, for the lake, and the view batches (empty unless `view` is
+/// [`ViewSink::Stream`]).
+///
+/// The view receives this worker's occupancy and applied changes after each batch, in the
+/// order they happened (an enter followed by an exit of the same visit arrives in that
+/// order, so applying them in turn needs no consolidation), and the batch's events.
+pub fn render_geofences<'scope, F>(
+    finals: Stream<'scope, u64, Vec<Finalized>>,
+    (index, latest): (Arc<FenceIndex>, u64),
+    dwell_after: Millis,
+    checkpoints: Option<(Arc<Hub>, Option<GeoRestore>)>,
+    view: ViewSink<F>,
+) -> (
+    Stream<'scope, u64, Vec<GeofenceEvent>>,
+    Stream<'scope, u64, Vec<ViewBatch>>,
+)
+where
+    F: FnMut(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent]) + 'static,
+{
+    let scope = finals.scope();
+    let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
+    let mut input = builder.new_input(finals, Pipeline);
+    let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
+    let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
+    let (batches_out, batches) = builder.new_output::<Vec<ViewBatch>>();
+    let mut batches_out: Out<ViewBatch> = OutputBuilder::from(batches_out);
+    let worker = scope.index();
+    builder.build(move |caps| {
+        let mut out = GeoOutputs::default();
+        let (hub, restored) = checkpoints.unzip();
+        let restored = restored.flatten();
+        let mut cuts = hub.as_ref().map(|h| h.cuts());
+        let mut view = match view {
+            ViewSink::Local(f) => Some(f),
+            ViewSink::Stream => None,
+        };
+        // The restored occupancy, emitted at the first activation (at the initial time).
+        let mut initial: Option<(timely::dataflow::operators::Capability<u64>, ViewBatch)> = None;
+        let mut geo = match restored {
+            Some(r) => Geofencing::restore(index, r, dwell_after, &mut out),
+            None => Geofencing::new(index, latest, dwell_after),
+        };
+        if !out.view.is_empty() {
+            match view.as_mut() {
+                Some(f) => f(&mut out.view, &[]),
+                None => {
+                    let batch = ViewBatch {
+                        updates: std::mem::take(&mut out.view),
+                        events: Vec::new(),
+                    };
+                    initial = caps.into_iter().nth(1).map(|c| (c, batch));
+                }
+            }
+            out.view.clear();
+        }
+        let snapshot = move |geo: &mut Geofencing, range: Option<(u64, u64)>| {
+            if let (Some(hub), Some((lo, hi))) = (&hub, range) {
+                let blob = postcard::to_stdvec(&geo.snapshot(worker == 0))
+                    .expect("geofencing state serializes");
+                hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+            }
+        };
+        move |frontiers| {
+            if let Some((cap, batch)) = initial.take() {
+                batches_out.activate().session(&cap).give(batch);
+            }
+            // A pipeline channel delivers one producer's batches in the order they were sent,
+            // which is the order the timeline made fixes final and applied changes (and
+            // their times never decrease), so checkpoint cuts fall between batches.
+            input.for_each(|cap, data| {
+                if let Some(t) = cap.least() {
+                    snapshot(&mut geo, cuts.as_mut().and_then(|c| c.before(*t)));
+                }
+                for item in data.drain(..) {
+                    match item {
+                        Finalized::Fix(p) => geo.on_fix(p, &mut out),
+                        Finalized::Change(c, at) => geo.register(c, at, &mut out),
+                        Finalized::Apply { slot, seq } => geo.apply(slot, seq, &mut out),
+                        Finalized::Taken(seq) => geo.taken(seq),
+                        Finalized::Clock(c) => out.view.push((ViewUpdate::AsOf(c), 1)),
+                    }
+                }
+                let Some(t) = cap.least().copied() else {
+                    return;
+                };
+                if !out.view.is_empty() || !out.events.is_empty() {
+                    match view.as_mut() {
+                        Some(f) => {
+                            f(&mut out.view, &out.events);
+                            out.view.clear();
+                        }
+                        None => {
+                            let batch = ViewBatch {
+                                updates: std::mem::take(&mut out.view),
+                                events: out.events.clone(),
+                            };
+                            batches_out
+                                .activate()
+                                .session(&cap.delayed(&t, 1))
+                                .give(batch);
+                        }
+                    }
+                }
+                if !out.events.is_empty() {
+                    events_out
+                        .activate()
+                        .session(&cap.delayed(&t, 0))
+                        .give_container(&mut out.events);
+                    // The container was handed over; start the next one at a useful size
+                    // rather than regrowing it from nothing.
+                    out.events.reserve(1024);
+                }
+            });
+            let f = frontiers[0].frontier().first().copied();
+            snapshot(&mut geo, cuts.as_mut().and_then(|c| c.frontier(f)));
+        }
+    });
+    (events, batches)
+}
+
+/// Where runtime geofence changes come from: the API sends, the dataflow receives.
+pub type ChangeReceiver = Arc<Mutex<std::sync::mpsc::Receiver<GeofenceChange>>>;
+
+/// Renders the runtime geofence input: worker 0 reads `changes`, stamps each with the job
+/// clock it takes effect at (`clock`, this process's), and emits them at the frontier of
+/// `watch` (the sources' reports), broadcast to every worker; it closes when that frontier
+/// closes (the sources ended or were interrupted).
+pub fn render_geofence_input<'scope>(
+    watch: Stream<'scope, u64, Vec<InputReport>>,
+    changes: Option<ChangeReceiver>,
+    clock: impl Fn() -> Option<Millis> + 'static,
+) -> Stream<'scope, u64, Vec<GeofenceChange>> {
+    let scope = watch.scope();
+    let worker = scope.index();
+    let mut builder = OperatorBuilder::new("GeofenceInput".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let mut input = builder.new_input(watch, Pipeline);
+    let (out, stream) = builder.new_output::<Vec<GeofenceChange>>();
+    let mut out: Out<GeofenceChange> = OutputBuilder::from(out);
+    let changes = if worker == 0 { changes } else { None };
+    builder.build(move |caps| {
+        let mut cap = changes.as_ref().and(caps.into_iter().next());
+        move |frontiers| {
+            input.for_each(|_, data| data.clear());
+            let Some(held) = cap.as_mut() else { return };
+            let frontier = frontiers[0].frontier().first().copied();
+            if let Some(rx) = &changes {
+                let at = clock();
+                let received: Vec<GeofenceChange> = match rx.lock() {
+                    Ok(rx) => rx.try_iter().map(|c| GeofenceChange { at, ..c }).collect(),
+                    Err(_) => Vec::new(),
+                };
+                if !received.is_empty() {
+                    out.activate()
+                        .session(&*held)
+                        .give_iterator(received.into_iter());
+                }
+            }
+            match frontier {
+                None => cap = None,
+                Some(f) => {
+                    if *held.time() < f {
+                        held.downgrade(&f);
+                    }
+                    activator.activate_after(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+    });
+    stream.broadcast()
+}
+
+#[cfg(test)]
+mod tests;

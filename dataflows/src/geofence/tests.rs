@@ -1,0 +1,317 @@
+use super::index::ring_holds;
+use super::*;
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::records::GeofenceChange;
+use serde_json::json;
+use std::collections::HashMap;
+
+fn circle(id: &str, lat: f64, lon: f64, r: f64, tenant: Option<&str>) -> Arc<Geofence> {
+    let mut props = json!({"radius_m": r});
+    if let Some(t) = tenant {
+        props["tenant"] = json!(t);
+    }
+    Arc::new(
+        Geofence::from_feature(
+            &json!({"type": "Feature", "id": id, "properties": props,
+                "geometry": {"type": "Point", "coordinates": [lon, lat]}}),
+            None,
+            None,
+            "#0",
+        )
+        .unwrap(),
+    )
+}
+
+fn fix(v: &str, ts: Millis, lat: f64, lon: f64) -> FixPoint {
+    FixPoint {
+        slot: 0,
+        vehicle_id: v.into(),
+        tenant: "acme".into(),
+        ts,
+        lat,
+        lon,
+        version: 0,
+    }
+}
+
+fn kinds(out: &GeoOutputs) -> Vec<(String, &'static str, Millis, &'static str)> {
+    out.events
+        .iter()
+        .map(|e| {
+            (
+                e.geofence_id.to_string(),
+                e.kind.as_str(),
+                e.ts,
+                e.cause.as_str(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_flat_ring_test_agrees_with_geo() {
+    use geo::coordinate_position::{CoordPos, CoordinatePosition};
+    use geo::{Coord, LineString, Polygon};
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(20_000));
+    runner
+        .run(
+            &(
+                3usize..12,
+                proptest::collection::vec((0.2f64..1.0, 0.0f64..1.0), 12),
+                (-1.2f64..1.2, -1.2f64..1.2),
+                0usize..12,
+                0u8..3,
+            ),
+            |(n, radii, (px, py), k, which)| {
+                // A star polygon around the origin: simple by construction.
+                let mut ring: Vec<Coord<f64>> = (0..n)
+                    .map(|i| {
+                        let a = std::f64::consts::TAU * (i as f64 + radii[i].1 * 0.9) / n as f64;
+                        // Rounded so that some edges are axis-aligned or share coordinates.
+                        let r = (radii[i].0 * 8.0).round() / 8.0;
+                        Coord {
+                            x: (r * a.cos() * 8.0).round() / 8.0,
+                            y: (r * a.sin() * 8.0).round() / 8.0,
+                        }
+                    })
+                    .collect();
+                ring.dedup();
+                ring.push(ring[0]);
+                let poly = Polygon::new(LineString(ring.clone()), vec![]);
+                prop_assume!(ring.len() >= 4 && geo::Validation::is_valid(&poly));
+                // Random points, vertices, and edge midpoints (exact on axis-aligned
+                // edges with these coordinates).
+                let c = match which {
+                    0 => Coord { x: px, y: py },
+                    1 => ring[k % (ring.len() - 1)],
+                    _ => {
+                        let (a, b) = (ring[k % (ring.len() - 1)], ring[k % (ring.len() - 1) + 1]);
+                        Coord {
+                            x: (a.x + b.x) / 2.0,
+                            y: (a.y + b.y) / 2.0,
+                        }
+                    }
+                };
+                prop_assert_eq!(
+                    ring_holds(&ring, c),
+                    poly.coordinate_position(&c) != CoordPos::Outside,
+                    "point {:?} ring {:?}",
+                    c,
+                    ring
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn the_index_finds_only_containing_fences() {
+    let fences: Vec<_> = (0..1000)
+        .map(|i| circle(&format!("c{i}"), 41.0 + i as f64 * 0.01, -8.6, 100.0, None))
+        .collect();
+    let mut idx = FenceIndex::new(fences);
+    let mut out = Vec::new();
+    idx.containing(41.5, -8.6, "acme", &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(idx.get(out[0].0).unwrap().id, "c50");
+    assert_eq!(out[0].1, "c50");
+    idx.remove("c50");
+    idx.containing(41.5, -8.6, "acme", &mut out);
+    assert!(out.is_empty());
+    idx.insert(circle("again", 41.5, -8.6, 10.0, Some("globex")));
+    // A large geofence goes to the R-tree and is found like the small ones.
+    idx.insert(circle("region", 41.4, -8.6, 30_000.0, None));
+    idx.containing(41.5, -8.6, "acme", &mut out);
+    assert_eq!(
+        out.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+        ["region"]
+    );
+    assert_eq!(idx.tree.size(), 1);
+    idx.remove("region");
+    idx.containing(41.5, -8.6, "acme", &mut out);
+    assert!(out.is_empty(), "tenant fence");
+    idx.containing(41.5, -8.6, "globex", &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(idx.len(), 1000);
+}
+
+#[test]
+fn polygons_sharing_cells_survive_each_others_removal() {
+    let square = |id: &str, d: f64| {
+        let ring = json!([
+            [-8.6 - d, 41.5 - d],
+            [-8.6 + d, 41.5 - d],
+            [-8.6 + d, 41.5 + d],
+            [-8.6 - d, 41.5 + d],
+            [-8.6 - d, 41.5 - d]
+        ]);
+        Arc::new(
+            Geofence::from_feature(
+                &json!({"type": "Feature", "id": id, "properties": {},
+                    "geometry": {"type": "Polygon", "coordinates": [ring]}}),
+                None,
+                None,
+                "#0",
+            )
+            .unwrap(),
+        )
+    };
+    let mut idx = FenceIndex::new([square("a", 0.001), square("b", 0.002)]);
+    let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
+        let mut out = Vec::new();
+        idx.containing(lat, lon, "acme", &mut out);
+        out.into_iter().map(|m| m.1.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&idx, 41.5, -8.6), ["a", "b"]);
+    assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
+    idx.remove("a");
+    assert_eq!(ids(&idx, 41.5, -8.6), ["b"]);
+    assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
+    assert_eq!(ids(&idx, 41.503, -8.6), Vec::<String>::new());
+    idx.insert(square("c", 0.0005));
+    assert_eq!(ids(&idx, 41.5, -8.6).len(), 2);
+    idx.remove("b");
+    assert_eq!(ids(&idx, 41.5, -8.6), ["c"]);
+}
+
+#[test]
+fn transitions_dwell_and_changes() {
+    let a = circle("a", 0.0, 0.0, 1000.0, None);
+    let mut g = Geofencing::new(Arc::new(FenceIndex::new([a])), 0, 60_000);
+    let mut out = GeoOutputs::default();
+    g.on_fix(fix("v", 0, 0.0, 0.0), &mut out);
+    g.on_fix(fix("v", 30_000, 0.0, 0.001), &mut out);
+    g.on_fix(fix("v", 60_000, 0.0, 0.002), &mut out);
+    g.on_fix(fix("v", 70_000, 0.0, 0.002), &mut out); // unmoved: no second dwell
+    g.on_fix(fix("v", 80_000, 1.0, 0.0), &mut out);
+    g.on_fix(fix("v", 90_000, 0.0, 0.0), &mut out);
+    assert_eq!(
+        kinds(&out),
+        [
+            ("a".into(), "enter", 0, "fix"),
+            ("a".into(), "dwell", 60_000, "fix"),
+            ("a".into(), "exit", 80_000, "fix"),
+            ("a".into(), "enter", 90_000, "fix"),
+        ]
+    );
+    out.events.clear();
+    // Replace `a` by a fence that still holds the vehicle, add `b` elsewhere, remove `a`.
+    let change = |seq, id: &str, g: Option<Arc<Geofence>>| GeofenceChange {
+        seq,
+        id: id.into(),
+        geofence: g,
+        at: None,
+    };
+    g.register(
+        change(1, "a", Some(circle("a", 0.0, 0.0, 500.0, None))),
+        Some(100_000),
+        &mut out,
+    );
+    g.register(
+        change(2, "b", Some(circle("b", 5.0, 5.0, 10.0, None))),
+        Some(100_000),
+        &mut out,
+    );
+    g.register(change(3, "a", None), Some(110_000), &mut out);
+    assert!(
+        out.events.is_empty(),
+        "a vehicle takes a change when its clock reaches it"
+    );
+    assert_eq!(g.versions(), 4);
+    for seq in 1..=3 {
+        g.apply(0, seq, &mut out);
+    }
+    g.taken(3);
+    assert_eq!(g.versions(), 1, "versions every vehicle passed go");
+    assert_eq!(
+        kinds(&out),
+        [
+            ("a".into(), "exit", 100_000, "geofence_removed"),
+            ("a".into(), "enter", 100_000, "geofence_added"),
+            ("a".into(), "exit", 110_000, "geofence_removed"),
+        ]
+    );
+    // Occupancy nets out to nothing; every change is acknowledged.
+    let mut occ: HashMap<(CompactString, Millis), isize> = HashMap::new();
+    let mut applied = Vec::new();
+    for (u, r) in &out.view {
+        match u {
+            ViewUpdate::Occupant(o) => {
+                *occ.entry((o.geofence.clone(), o.entered_at)).or_default() += r
+            }
+            ViewUpdate::Applied { seq, .. } => applied.push(*seq),
+            ViewUpdate::AsOf(_) => {}
+        }
+    }
+    assert!(occ.values().all(|r| *r == 0), "{occ:?}");
+    assert_eq!(applied, [1, 2, 3]);
+    assert_eq!(g.geofences(), 1);
+}
+
+#[test]
+fn a_fix_is_checked_against_its_vehicles_version() {
+    let mut g = Geofencing::new(Arc::new(FenceIndex::new([])), 0, 600_000);
+    let mut out = GeoOutputs::default();
+    let add = GeofenceChange {
+        seq: 1,
+        id: "depot".into(),
+        geofence: Some(circle("depot", 0.0, 0.0, 1000.0, None)),
+        at: None,
+    };
+    g.register(add, Some(50_000), &mut out);
+    // Before the change in its own time: the depot does not exist for it yet.
+    g.on_fix(fix("v", 40_000, 0.0, 0.0), &mut out);
+    assert!(out.events.is_empty());
+    // It takes the change: it is inside, so it enters at the change's time.
+    g.apply(0, 1, &mut out);
+    let mut later = fix("v", 60_000, 0.0, 0.0);
+    later.version = 1;
+    g.on_fix(later, &mut out);
+    assert_eq!(
+        kinds(&out),
+        [("depot".into(), "enter", 50_000, "geofence_added")]
+    );
+}
+
+#[test]
+fn restored_versions_are_rebuilt_by_undoing_the_logged_changes() {
+    let c = |id: &str, r: f64| circle(id, 0.0, 0.0, r, None);
+    let mut g = Geofencing::new(Arc::new(FenceIndex::new([c("a", 1000.0)])), 0, 600_000);
+    let mut out = GeoOutputs::default();
+    g.on_fix(fix("v", 1_000, 0.0, 0.005), &mut out); // 556 m east: inside a
+    let change = |seq, id: &str, g: Option<Arc<Geofence>>| GeofenceChange {
+        seq,
+        id: id.into(),
+        geofence: g,
+        at: None,
+    };
+    g.register(change(1, "a", Some(c("a", 100.0))), Some(2_000), &mut out);
+    g.register(change(2, "b", Some(c("b", 1000.0))), Some(3_000), &mut out);
+    let snap = g.snapshot(true);
+    assert_eq!((snap.latest, snap.log.len()), (2, 2));
+    let fences = snap.geofences().unwrap();
+    let r = GeoRestore {
+        latest: snap.latest,
+        log: snap.log.iter().map(|l| (l.0, l.clone())).collect(),
+        vehicles: vec![(0, snap.vehicles[0].clone())],
+    };
+    let mut back = GeoOutputs::default();
+    let mut h = Geofencing::restore(Arc::new(FenceIndex::new(fences)), r, 600_000, &mut back);
+    assert_eq!(h.versions(), 3);
+    // The restored vehicle is still on version 0 and takes both changes as before.
+    for (x, out) in [(&mut g, &mut out), (&mut h, &mut back)] {
+        out.events.clear();
+        x.apply(0, 1, out);
+        x.apply(0, 2, out);
+    }
+    assert_eq!(kinds(&back), kinds(&out));
+    assert_eq!(
+        kinds(&out),
+        [
+            ("a".into(), "exit", 2_000, "geofence_removed"),
+            ("b".into(), "enter", 3_000, "geofence_added"),
+        ]
+    );
+}

@@ -1,0 +1,59 @@
+//! What the inputs report about themselves: whether every one has ended (the end of a
+//! bounded input).
+//!
+//! Event time is not tracked per input: every vehicle is its own clock (see
+//! [`crate::timeline`]) and the job clock comes from the vehicles (see [`crate::clock`]).
+//! Every worker applies the same broadcast reports in epoch order, so every worker agrees
+//! on when the input ended.
+
+use fleetflow_types::records::{InputReport, InputState};
+use fleetflow_types::time::Millis;
+use std::collections::BTreeMap;
+
+/// Every input's last report.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct InputTracker {
+    inputs: BTreeMap<u32, (Option<Millis>, InputState)>,
+}
+
+impl InputTracker {
+    /// Applies one report.
+    pub fn apply(&mut self, r: &InputReport) {
+        self.inputs.insert(r.input, (r.progress, r.state));
+    }
+
+    /// Whether every input reported and has ended.
+    pub fn ended(&self) -> bool {
+        !self.inputs.is_empty()
+            && self
+                .inputs
+                .values()
+                .all(|(_, s)| *s == InputState::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(input: u32, progress: Option<Millis>, state: InputState) -> InputReport {
+        InputReport {
+            input,
+            progress,
+            state,
+        }
+    }
+
+    #[test]
+    fn the_input_ends_when_every_input_has_ended() {
+        let mut t = InputTracker::default();
+        assert!(!t.ended(), "nothing reported");
+        t.apply(&r(0, None, InputState::Pending));
+        t.apply(&r(1, Some(1000), InputState::Active));
+        t.apply(&r(0, Some(500), InputState::Idle));
+        t.apply(&r(1, Some(1000), InputState::Finished));
+        assert!(!t.ended());
+        t.apply(&r(0, Some(500), InputState::Finished));
+        assert!(t.ended());
+    }
+}

@@ -1,0 +1,242 @@
+//! Asynchronous snapshots of the timelines, and restoring from one.
+//!
+//! A snapshot of every vehicle is written a share at a time while the vehicles go on
+//! changing. A vehicle about to change is written first (copy on write), so what is written
+//! is the state when the snapshot began, however its writing interleaves with later fixes.
+//! Encoded with `postcard` as the caller's head, the worker's geofence changes, the vehicle
+//! count and every [`VehicleSnapshot`], in no particular order.
+
+use super::{Change, Timelines};
+use crate::tiers::WindowAcc;
+use fleetflow_types::checkpoint::Blob;
+use fleetflow_types::fix::Fix;
+use fleetflow_types::records::IncomingFix;
+use fleetflow_types::time::Millis;
+use fleetflow_types::CompactString;
+use std::collections::VecDeque;
+
+/// Size at which a snapshot's chunk is complete and the next one begins: a snapshot of
+/// hundreds of MB is never one buffer that grows (each growth copies it, stalling the
+/// worker for tens of ms).
+#[cfg(not(test))]
+pub(crate) const SNAPSHOT_CHUNK: usize = 1 << 20;
+#[cfg(test)]
+pub(crate) const SNAPSHOT_CHUNK: usize = 512;
+
+/// A vehicle's own time: what decides lateness and finality of its fixes (semantics §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VehicleClock {
+    /// Its clock: the greatest `ts` of its valid fixes (`Millis::MIN` before the first).
+    pub newest: Millis,
+    /// Its watermark: fixes below it are final (and late when they arrive); windows that
+    /// end at or before it are closed.
+    pub watermark: Millis,
+    /// The job clock when it was last heard from (`Millis::MIN`: before the clock began).
+    pub heard_at: Millis,
+    /// The last geofence change it has taken (its `seq`; 0 for none).
+    pub version: u64,
+}
+
+/// The snapshot being written.
+pub(crate) struct Snapshotting {
+    /// The vehicles that existed when it began: the slots below this.
+    upto: u32,
+    /// The next slot the background pass looks at.
+    cursor: u32,
+    /// The chunks complete so far, in order.
+    done: Vec<bytes::Bytes>,
+    /// The chunk being written.
+    body: Vec<u8>,
+}
+
+impl Snapshotting {
+    /// An empty chunk, with room for the vehicle that fills it past [`SNAPSHOT_CHUNK`].
+    fn chunk() -> Vec<u8> {
+        Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8)
+    }
+
+    /// Completes the chunk being written once it is full.
+    fn roll(&mut self) {
+        if self.body.len() >= SNAPSHOT_CHUNK {
+            let full = std::mem::replace(&mut self.body, Snapshotting::chunk());
+            self.done.push(full.into());
+        }
+    }
+}
+
+/// A vehicle, encoded exactly as its [`VehicleSnapshot`] but without copying it.
+#[derive(serde::Serialize)]
+struct VehicleSnapshotRef<'a> {
+    id: &'a CompactString,
+    anchor: &'a Option<(Fix, Option<f64>)>,
+    pending: &'a VecDeque<IncomingFix>,
+    windows: &'a [Option<WindowAcc>],
+    today_day: i64,
+    today_km: f64,
+    today_l: f64,
+    today_idle_s: f64,
+    clock: &'a VehicleClock,
+}
+
+/// One vehicle's part of a [`Timelines`] snapshot: everything that is not derived.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct VehicleSnapshot {
+    /// The vehicle.
+    pub id: CompactString,
+    pub(crate) anchor: Option<(Fix, Option<f64>)>,
+    pub(crate) pending: Vec<IncomingFix>,
+    pub(crate) windows: Vec<Option<WindowAcc>>,
+    pub(crate) today_day: i64,
+    pub(crate) today_km: f64,
+    pub(crate) today_l: f64,
+    pub(crate) today_idle_s: f64,
+    /// Its clock, watermark and geofence version.
+    pub clock: VehicleClock,
+}
+
+impl Timelines {
+    /// Restores vehicles from snapshots (into empty timelines), in the given order (the
+    /// `i`-th becomes slot `i`), with the geofence changes `(seq, at)` some of them had not
+    /// taken, the newest change and the job clock. Every restored vehicle publishes its
+    /// state again.
+    pub fn restore(
+        &mut self,
+        vehicles: Vec<VehicleSnapshot>,
+        changes: Vec<(u64, Millis)>,
+        latest_change: u64,
+        clock: Option<Millis>,
+    ) {
+        assert!(self.vehicles.is_empty(), "restore into empty timelines");
+        self.clock = clock;
+        self.latest_change = latest_change;
+        self.changes = changes
+            .into_iter()
+            .map(|(seq, at)| Change {
+                seq,
+                at,
+                remaining: 0,
+            })
+            .collect();
+        for snap in vehicles {
+            let slot = self.slot(&snap.id);
+            let v = &mut self.vehicles[slot as usize];
+            v.anchor = snap.anchor;
+            v.pending = snap.pending.into();
+            v.windows = snap.windows;
+            v.windows.resize(self.cfg.tiers.len(), None);
+            (v.today_day, v.today_km, v.today_l) = (snap.today_day, snap.today_km, snap.today_l);
+            v.today_idle_s = snap.today_idle_s;
+            v.clock = snap.clock;
+            v.recompute_latest();
+            let version = v.clock.version;
+            for c in self.changes.iter_mut().filter(|c| c.seq > version) {
+                c.remaining += 1;
+            }
+            self.touch(slot);
+            self.arm_silence(slot);
+        }
+        while self.changes.front().is_some_and(|c| c.remaining == 0) {
+            self.taken_on_restore = self.changes.pop_front().map(|c| c.seq);
+        }
+    }
+
+    /// Begins a snapshot of every vehicle as it is now, to follow `head`; write it with
+    /// [`Timelines::continue_snapshot`] while the timelines go on.
+    pub fn begin_snapshot(&mut self, head: Vec<u8>) {
+        assert!(self.snapshotting.is_none(), "one snapshot at a time");
+        self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
+        let upto = self.vehicles.len() as u32;
+        let mut body = Snapshotting::chunk();
+        body.extend_from_slice(&head);
+        let changes: Vec<(u64, Millis)> = self.changes.iter().map(|c| (c.seq, c.at)).collect();
+        body = postcard::to_extend(&(changes, self.latest_change), body).expect("changes encode");
+        // Every vehicle of now is written, once: the count is known.
+        body = postcard::to_extend(&(upto as u64), body).expect("a count encodes");
+        self.snapshotting = Some(Snapshotting {
+            upto,
+            cursor: 0,
+            done: Vec::new(),
+            body,
+        });
+    }
+
+    /// Writes vehicles of the snapshot begun last, for about `budget` (`None`: all of
+    /// them). Once every vehicle is written: the snapshot (see the module docs).
+    pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
+        let started = std::time::Instant::now();
+        loop {
+            let s = self.snapshotting.as_mut()?;
+            if s.cursor >= s.upto {
+                break;
+            }
+            let slot = s.cursor;
+            s.cursor += 1;
+            self.save(slot);
+            if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
+                return None;
+            }
+        }
+        let mut s = self.snapshotting.take()?;
+        s.done.push(s.body.into());
+        Some(Blob::from_chunks(s.done))
+    }
+
+    /// How many vehicles the pass of the snapshot being written has looked at.
+    #[cfg(test)]
+    pub(crate) fn snapshot_cursor(&self) -> Option<u32> {
+        self.snapshotting.as_ref().map(|s| s.cursor)
+    }
+
+    /// Whether a snapshot is being written.
+    #[cfg(test)]
+    pub(crate) fn snapshotting(&self) -> bool {
+        self.snapshotting.is_some()
+    }
+
+    /// Writes vehicle `slot` into the snapshot being written, unless it is written already
+    /// or is newer than the snapshot. Called before anything the snapshot holds changes.
+    pub(crate) fn save(&mut self, slot: u32) {
+        let Some(s) = self.snapshotting.as_mut() else {
+            return;
+        };
+        let v = &mut self.vehicles[slot as usize];
+        if slot >= s.upto || v.snapshot_gen == self.snapshot_gen {
+            return;
+        }
+        v.snapshot_gen = self.snapshot_gen;
+        let r = VehicleSnapshotRef {
+            id: &v.id,
+            anchor: &v.anchor,
+            pending: &v.pending,
+            windows: &v.windows,
+            today_day: v.today_day,
+            today_km: v.today_km,
+            today_l: v.today_l,
+            today_idle_s: v.today_idle_s,
+            clock: &v.clock,
+        };
+        s.body =
+            postcard::to_extend(&r, std::mem::take(&mut s.body)).expect("vehicle state encodes");
+        s.roll();
+    }
+
+    /// Every vehicle's state as it is, copied at once (tests: the reference for snapshots
+    /// written a slice at a time).
+    #[cfg(test)]
+    pub(crate) fn state_now(&self) -> Vec<VehicleSnapshot> {
+        self.vehicles
+            .iter()
+            .map(|v| VehicleSnapshot {
+                id: v.id.clone(),
+                anchor: v.anchor.clone(),
+                pending: v.pending.iter().cloned().collect(),
+                windows: v.windows.clone(),
+                today_day: v.today_day,
+                today_km: v.today_km,
+                today_l: v.today_l,
+                today_idle_s: v.today_idle_s,
+                clock: v.clock,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,423 @@
+use super::*;
+use fleetflow_types::time::{DAY_MS, MINUTE_MS};
+
+const T0: Millis = 1_736_121_600_000; // 2025-01-06T00:00:00Z
+
+fn inc(vid: &str, ts: Millis, lat: f64, speed: Option<f64>) -> IncomingFix {
+    let fix = Fix {
+        vehicle_id: vid.into(),
+        tenant: "t".into(),
+        ts,
+        lat,
+        lon: 13.0,
+        speed_kmh: speed,
+        heading_deg: None,
+        fuel_level_pct: None,
+        fuel_used_l: None,
+        odometer_km: None,
+        ignition: Some(true),
+    };
+    IncomingFix {
+        payload: format!("payload@{ts}").into_bytes().into(),
+        fix,
+        input: 0,
+        position: ts as u64,
+        received_at: 0,
+    }
+}
+
+fn config(silence: Option<Silence>) -> TimelineConfig {
+    TimelineConfig {
+        lateness: 30_000,
+        offline_after: 10 * MINUTE_MS,
+        tiers: vec![MINUTE_MS, DAY_MS],
+        raw: true,
+        finals: true,
+        silence,
+        vote_for: None,
+    }
+}
+
+fn timelines_with(cfg: TimelineConfig) -> (Timelines, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new(vec![]));
+    (
+        Timelines::new(
+            cfg,
+            Arc::new(VehicleRegistry::default()),
+            Arc::new(vec!["in".into()]),
+            metrics.clone(),
+        ),
+        metrics,
+    )
+}
+
+fn timelines() -> (Timelines, Arc<Metrics>) {
+    timelines_with(config(None))
+}
+
+fn latest(out: &Outputs, vid: &str) -> Option<VehicleState> {
+    out.state
+        .iter()
+        .rev()
+        .find(|((v, _), r)| v == vid && *r > 0)
+        .map(|((_, s), _)| s.clone())
+}
+
+fn raw_ts(out: &Outputs, vid: &str) -> Vec<Millis> {
+    out.raw
+        .iter()
+        .filter(|f| f.vehicle_id == vid)
+        .map(|f| f.ts)
+        .collect()
+}
+
+#[test]
+fn a_fix_below_its_own_vehicles_watermark_is_late_and_changes_nothing() {
+    let (mut t, m) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0 + 60_000, 52.0, Some(10.0)), &mut out);
+    // 29 s behind its newest fix: within the lateness.
+    t.offer(inc("a", T0 + 31_000, 52.0, Some(10.0)), &mut out);
+    assert!(out.dead.is_empty());
+    // 31 s behind: late.
+    t.offer(inc("a", T0 + 29_000, 52.0, Some(10.0)), &mut out);
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(out.dead[0].reason, Reason::Late);
+    assert_eq!(out.dead[0].payload, format!("payload@{}", T0 + 29_000));
+    assert_eq!(out.dead[0].source, format!("in:{}", T0 + 29_000));
+    assert!(
+        out.dead[0].detail.contains("watermark"),
+        "{}",
+        out.dead[0].detail
+    );
+    assert_eq!(m.dead_letters_of(Reason::Late), 1);
+    // Another vehicle far behind is not late: its clock is its own.
+    t.offer(inc("b", T0 - DAY_MS, 52.0, Some(10.0)), &mut out);
+    assert_eq!(m.dead_letters_of(Reason::Late), 1);
+    t.finish(&mut out);
+    assert_eq!(raw_ts(&out, "a"), vec![T0 + 31_000, T0 + 60_000]);
+    assert_eq!(raw_ts(&out, "b"), vec![T0 - DAY_MS]);
+}
+
+#[test]
+fn a_clock_an_hour_ahead_costs_no_other_vehicle_a_fix() {
+    let (mut t, m) = timelines();
+    let mut out = Outputs::default();
+    for i in 0..100 {
+        let ts = T0 + i * 5_000;
+        t.offer(inc("ahead", ts + 3_600_000, 52.0, Some(10.0)), &mut out);
+        t.offer(inc("a", ts, 52.0, Some(10.0)), &mut out);
+        t.offer(inc("b", ts, 52.1, Some(10.0)), &mut out);
+    }
+    t.set_clock(T0 + 500_000, &mut out);
+    t.finish(&mut out);
+    assert_eq!(m.dead_letters_of(Reason::Late), 0);
+    assert_eq!(out.raw.len(), 300);
+}
+
+#[test]
+fn fixes_become_final_as_the_vehicles_own_clock_passes_them() {
+    let (mut t, _) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0 + 5_000, 52.0, Some(0.0)), &mut out);
+    t.offer(inc("a", T0 + 20_000, 52.0, Some(0.0)), &mut out);
+    assert!(out.raw.is_empty(), "within the lateness of its newest fix");
+    t.offer(inc("a", T0 + 36_000, 52.0, Some(0.0)), &mut out);
+    assert_eq!(
+        raw_ts(&out, "a"),
+        vec![T0 + 5_000],
+        "watermark 6_000 passed 5_000"
+    );
+    // The first minute closes once the vehicle's watermark reaches its end.
+    t.offer(inc("a", T0 + 89_000, 52.0, Some(0.0)), &mut out);
+    assert!(out.rows.is_empty(), "watermark 59 s: the minute is open");
+    t.offer(inc("a", T0 + 91_000, 52.001, Some(20.0)), &mut out);
+    assert_eq!(out.rows.len(), 1, "watermark 61 s: the minute closed");
+    assert_eq!((out.rows[0].window_start, out.rows[0].fixes), (T0, 3));
+    // The job clock neither finalizes nor closes anything on a bounded input.
+    t.set_clock(T0 + DAY_MS * 3, &mut out);
+    assert_eq!(out.rows.len(), 1);
+    t.finish(&mut out);
+    assert_eq!(out.rows.iter().filter(|r| r.tier == 1).count(), 1);
+}
+
+#[test]
+fn duplicates_are_dropped_and_the_least_copy_wins_in_any_order() {
+    for order in [[0, 1], [1, 0]] {
+        let (mut t, m) = timelines();
+        let mut out = Outputs::default();
+        let copies = [
+            inc("a", T0, 52.0, Some(10.0)),
+            inc("a", T0, 52.0, Some(11.0)),
+        ];
+        for i in order {
+            t.offer(copies[i].clone(), &mut out);
+        }
+        t.finish(&mut out);
+        assert_eq!(m.duplicates.load(Relaxed), 1);
+        assert_eq!(out.raw.len(), 1);
+        assert_eq!(out.raw[0].speed_kmh, Some(10.0), "order {order:?}");
+        assert!(out.dead.is_empty());
+    }
+}
+
+#[test]
+fn an_implausible_jump_is_rejected_and_the_next_fix_compared_with_the_last_good_one() {
+    let (mut t, m) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0, 52.0, Some(10.0)), &mut out);
+    t.offer(inc("a", T0 + 10_000, 52.1, Some(10.0)), &mut out); // 11 km in 10 s
+    t.offer(inc("a", T0 + 20_000, 52.0005, Some(10.0)), &mut out);
+    t.publish(&mut out);
+    assert_eq!(
+        latest(&out, "a").unwrap().fix.ts,
+        T0 + 20_000,
+        "eager state skips the jump"
+    );
+    t.finish(&mut out);
+    assert_eq!(raw_ts(&out, "a"), vec![T0, T0 + 20_000]);
+    assert_eq!(m.dead_letters_of(Reason::ImplausibleJump), 1);
+    assert_eq!(out.dead[0].payload, format!("payload@{}", T0 + 10_000));
+    assert!(
+        out.dead[0].detail.contains("km in 10.000 s"),
+        "{}",
+        out.dead[0].detail
+    );
+    let minute = out
+        .rows
+        .iter()
+        .find(|r| r.tier == 0 && r.window_start == T0)
+        .unwrap();
+    assert_eq!(minute.fixes, 2);
+    assert!(
+        (minute.distance_km - 0.0556).abs() < 0.001,
+        "{}",
+        minute.distance_km
+    );
+}
+
+#[test]
+fn state_is_eager_and_revised_when_an_earlier_fix_arrives() {
+    let (mut t, _) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0, 52.0, Some(10.0)), &mut out);
+    t.offer(inc("a", T0 + 20_000, 52.018, Some(10.0)), &mut out); // 2 km in 20 s: a jump
+    t.publish(&mut out);
+    assert_eq!(latest(&out, "a").unwrap().fix.ts, T0);
+    // Fixes in between (each hop under 1 km) make the later one plausible.
+    t.offer(inc("a", T0 + 14_000, 52.0132, Some(10.0)), &mut out);
+    t.offer(inc("a", T0 + 7_000, 52.0066, Some(10.0)), &mut out);
+    t.publish(&mut out);
+    assert_eq!(latest(&out, "a").unwrap().fix.ts, T0 + 20_000);
+    let net: isize = out.state.iter().map(|(_, r)| r).sum();
+    assert_eq!(net, 1, "one live state per vehicle");
+    t.finish(&mut out);
+    assert_eq!(out.raw.len(), 4);
+    assert!(out.dead.is_empty());
+}
+
+#[test]
+fn the_job_clock_sets_offline_and_today() {
+    let (mut t, _) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0 + 5_000, 52.0, Some(0.0)), &mut out);
+    t.offer(inc("a", T0 + 65_000, 52.001, Some(20.0)), &mut out);
+    t.offer(inc("a", T0 + 125_000, 52.002, Some(20.0)), &mut out);
+    t.set_clock(T0 + 125_000, &mut out);
+    t.publish(&mut out);
+    let s = latest(&out, "a").unwrap();
+    assert_eq!(s.status, Status::Moving);
+    assert!(s.today_distance_km > 0.1, "final segments count today");
+    t.set_clock(T0 + 125_000 + 10 * MINUTE_MS + 1, &mut out);
+    t.publish(&mut out);
+    assert_eq!(latest(&out, "a").unwrap().status, Status::Offline);
+    // Next day: today's sums reset.
+    t.set_clock(T0 + DAY_MS, &mut out);
+    t.publish(&mut out);
+    assert_eq!(latest(&out, "a").unwrap().today_distance_km, 0.0);
+}
+
+const SILENCE: Silence = Silence {
+    quiet_after: 30_000,
+    close_after: 3_600_000,
+};
+
+#[test]
+fn on_unbounded_inputs_a_silent_vehicles_fixes_become_final_and_its_windows_close() {
+    let (mut t, m) = timelines_with(config(Some(SILENCE)));
+    let mut out = Outputs::default();
+    t.set_clock(T0, &mut out);
+    t.offer(inc("a", T0 + 1_000, 52.0, Some(0.0)), &mut out);
+    t.offer(inc("a", T0 + 2_000, 52.0, Some(0.0)), &mut out);
+    t.set_clock(T0 + 30_000, &mut out);
+    assert!(out.raw.is_empty(), "heard 30 s ago: not silent yet");
+    t.set_clock(T0 + 30_001, &mut out);
+    assert_eq!(
+        raw_ts(&out, "a"),
+        vec![T0 + 1_000, T0 + 2_000],
+        "silent: all final"
+    );
+    assert!(out.rows.is_empty(), "its windows stay open");
+    // A store-and-forward upload of what it recorded meanwhile is not late.
+    t.set_clock(T0 + 40 * MINUTE_MS, &mut out);
+    for k in 1..=10 {
+        t.offer(inc("a", T0 + 2_000 + k * 60_000, 52.0, Some(0.0)), &mut out);
+    }
+    assert_eq!(m.dead_letters_of(Reason::Late), 0);
+    // Silent for an hour: its windows close with the job clock.
+    t.set_clock(T0 + 40 * MINUTE_MS + 3_600_001, &mut out);
+    assert_eq!(raw_ts(&out, "a").len(), 12);
+    assert_eq!(out.rows.iter().filter(|r| r.tier == 0).count(), 11);
+    // ... and a fix from before that is late.
+    t.offer(inc("a", T0 + 20 * MINUTE_MS, 52.0, Some(0.0)), &mut out);
+    assert_eq!(m.dead_letters_of(Reason::Late), 1);
+}
+
+#[test]
+fn a_vehicle_that_keeps_reporting_is_never_silent_however_far_behind() {
+    let (mut t, m) = timelines_with(config(Some(SILENCE)));
+    let mut out = Outputs::default();
+    for i in 0..1_000 {
+        let now = T0 + i * 5_000;
+        t.set_clock(now, &mut out);
+        // A day behind the fleet, still reporting every 5 s.
+        t.offer(inc("lagging", now - DAY_MS, 52.0, Some(0.0)), &mut out);
+    }
+    t.finish(&mut out);
+    assert_eq!(m.dead_letters_of(Reason::Late), 0);
+    assert_eq!(out.raw.len(), 1_000);
+}
+
+#[test]
+fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
+    let (mut t, _) = timelines();
+    let mut out = Outputs::default();
+    let change = |seq| GeofenceChange {
+        seq,
+        id: "g".into(),
+        geofence: None,
+        at: Some(T0 + 100_000),
+    };
+    t.set_clock(T0 + 100_000, &mut out);
+    for k in 0..10 {
+        t.offer(inc("a", T0 + 80_000 + k * 5_000, 52.0, Some(0.0)), &mut out);
+    }
+    // Ahead of the fleet: its watermark is past the change already.
+    t.offer(inc("ahead", T0 + 3_600_000, 52.0, Some(0.0)), &mut out);
+    let before = out.finals.len();
+    t.register_change(change(1), &mut out);
+    assert_eq!(
+        out.finals[before..],
+        [
+            Finalized::Change(change(1), Some(T0 + 100_000)),
+            Finalized::Apply { slot: 1, seq: 1 }
+        ],
+        "the vehicle ahead takes it at once"
+    );
+    t.finish(&mut out);
+    let order: Vec<String> = out
+        .finals
+        .iter()
+        .filter_map(|f| match f {
+            Finalized::Fix(p) if p.vehicle_id == "a" => {
+                Some(format!("{}@{}", p.ts - T0, p.version))
+            }
+            Finalized::Apply { slot: 0, seq } => Some(format!("apply {seq}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "80000@0", "85000@0", "90000@0", "95000@0", "apply 1", "100000@1", "105000@1",
+            "110000@1", "115000@1", "120000@1", "125000@1"
+        ]
+    );
+    assert_eq!(t.queue_lengths().2, 0, "every vehicle took it");
+}
+
+/// A snapshot written a slice at a time while fixes keep arriving, windows close and new
+/// vehicles appear holds exactly the state of when it began, and its encoding continues
+/// the caller's head.
+#[test]
+fn an_interleaved_snapshot_holds_the_state_when_it_began() {
+    use proptest::prelude::*;
+    use snapshot::SNAPSHOT_CHUNK;
+    #[derive(serde::Deserialize)]
+    struct Whole {
+        head: (u32, Option<Millis>),
+        changes: (Vec<(u64, Millis)>, u64),
+        vehicles: Vec<VehicleSnapshot>,
+    }
+    let encoded = |mut v: Vec<VehicleSnapshot>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.iter()
+            .map(|v| postcard::to_stdvec(v).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+    runner
+        .run(&(any::<u64>(), 0usize..400), |(seed, before)| {
+            let mut rng = seed | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let (mut t, _) = timelines_with(config(Some(SILENCE)));
+            let mut out = Outputs::default();
+            let mut clock = T0;
+            let mut step =
+                |t: &mut Timelines, out: &mut Outputs, next: &mut dyn FnMut(u64) -> u64| {
+                    clock += next(3_000) as Millis;
+                    let v = format!("v{}", next(300));
+                    let ts = clock - next(20_000) as Millis;
+                    t.offer(inc(&v, ts, 52.0 + next(100) as f64 * 1e-4, Some(30.0)), out);
+                    if next(10) == 0 {
+                        t.set_clock(clock - 30_000, out);
+                    }
+                };
+            for _ in 0..before {
+                step(&mut t, &mut out, &mut next);
+            }
+            let reference = encoded(t.state_now());
+            t.begin_snapshot(postcard::to_stdvec(&(7u32, Some(T0))).unwrap());
+            let blob = loop {
+                if let Some(v) = t.continue_snapshot(Some(std::time::Duration::ZERO)) {
+                    break v;
+                }
+                for _ in 0..next(40) {
+                    step(&mut t, &mut out, &mut next);
+                }
+            };
+            prop_assert!(!t.snapshotting(), "written once, then done");
+            prop_assert!(
+                blob.chunks().len() > 1 || blob.len() < SNAPSHOT_CHUNK,
+                "written in chunks"
+            );
+            let whole: Whole = postcard::from_bytes(&blob.contiguous()).unwrap();
+            prop_assert_eq!(whole.head, (7, Some(T0)));
+            prop_assert_eq!(whole.changes, (vec![], 0));
+            prop_assert_eq!(encoded(whole.vehicles), reference);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_restored_vehicle_keeps_its_own_clock() {
+    let (mut t, m) = timelines();
+    let mut out = Outputs::default();
+    t.offer(inc("a", T0 + 100_000, 52.0, Some(0.0)), &mut out);
+    let snap = t.state_now();
+    let (mut r, m2) = timelines();
+    r.restore(snap, vec![], 0, Some(T0));
+    r.offer(inc("a", T0 + 60_000, 52.0, Some(0.0)), &mut out);
+    assert_eq!(
+        m2.dead_letters_of(Reason::Late),
+        1,
+        "below its restored watermark"
+    );
+    assert_eq!(m.dead_letters_of(Reason::Late), 0);
+}
