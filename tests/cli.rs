@@ -213,6 +213,84 @@ fn generate_is_deterministic() {
 }
 
 #[test]
+fn generate_makes_the_trouble_real_fleets_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "generate",
+            "--vehicles",
+            "4",
+            "--duration",
+            "10m",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = fleetflow(&args, dir.path());
+        assert_eq!(code, 0, "{err}");
+        std::fs::read_to_string(dir.path().join(out))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let plain = run(&[], "plain.ndjson");
+    let key = |v: &serde_json::Value| {
+        (
+            v["vehicle_id"].as_str().unwrap().to_string(),
+            v["ts"].as_i64().unwrap(),
+        )
+    };
+    // A tracker a day behind: V00000's fixes, a day earlier.
+    let behind = run(&["--clock-skew", "-1d"], "behind.ndjson");
+    for (a, b) in plain.iter().zip(&behind) {
+        let off = if a["vehicle_id"] == "V00000" {
+            86_400_000
+        } else {
+            0
+        };
+        assert_eq!(b["ts"].as_i64().unwrap(), a["ts"].as_i64().unwrap() - off);
+    }
+    // An export ordered vehicle by vehicle: the same fixes, sorted by vehicle and time.
+    let by_vehicle = run(&["--order", "vehicle"], "by-vehicle.ndjson");
+    let mut sorted: Vec<_> = plain.iter().map(key).collect();
+    sorted.sort();
+    assert_eq!(by_vehicle.iter().map(key).collect::<Vec<_>>(), sorted);
+    // Store and forward: V00003 loses coverage from minute 2 for 5 minutes.
+    let outage = run(&["--outage", "5m", "--outage-start", "2m"], "outage.ndjson");
+    let first_buffered = outage
+        .iter()
+        .position(|v| {
+            v["vehicle_id"] == "V00003"
+                && v["ts"].as_i64().unwrap() >= plain[0]["ts"].as_i64().unwrap() + 120_000
+        })
+        .unwrap();
+    let before: Vec<i64> = outage[..first_buffered]
+        .iter()
+        .map(|v| v["ts"].as_i64().unwrap() - plain[0]["ts"].as_i64().unwrap())
+        .collect();
+    assert!(
+        before.iter().any(|t| *t >= 415_000),
+        "the buffer comes after the outage"
+    );
+    let (code, _, err) = fleetflow(
+        &[
+            "generate",
+            "--vehicles",
+            "4",
+            "--duration",
+            "10m",
+            "--out",
+            "x",
+            "--order",
+            "sideways",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
