@@ -209,7 +209,7 @@ fn generated_fleet_geofence_events_match_the_reference() {
 /// 150 m circles, as one GeoJSON file.
 fn porto_fences() -> String {
     let all: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared_data("geofences_porto/freguesias.geojson")).unwrap(),
+        &std::fs::read_to_string(test_data("porto/parishes.geojson")).unwrap(),
     )
     .unwrap();
     let mut features: Vec<Value> = all["features"]
@@ -226,9 +226,7 @@ fn porto_fences() -> String {
     assert_eq!(features.len(), 7);
     let mut stands = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_path(shared_data(
-            "porto_taxi_ecml2015/metaData_taxistandsID_name_GPSlocation.csv",
-        ))
+        .from_path(test_data("porto/taxi-stands.csv"))
         .unwrap();
     for rec in stands.records() {
         let rec = rec.unwrap();

@@ -1,7 +1,7 @@
 //! Test data: generated fleets (with the trouble real fleets make), reordered and split
 //! over files; the real Porto taxi sample as input lines.
 
-use super::shared_data;
+use super::test_data;
 use std::path::{Path, PathBuf};
 
 /// Writes lines to a file.
@@ -122,7 +122,7 @@ pub fn shuffle_within(lines: &[String], max_ms: i64, seed: u64) -> Vec<String> {
 /// Porto taxi trips (ECML/PKDD 2015 sample) as NDJSON lines in event-time order: one fix
 /// every 15 s from the trip's TIMESTAMP, vehicle = TAXI_ID.
 pub fn porto_lines(file: &str) -> Vec<String> {
-    let path = shared_data(&format!("porto_taxi_ecml2015/{file}"));
+    let path = test_data(&format!("porto/{file}"));
     let mut reader = csv::Reader::from_path(&path).unwrap();
     let headers = reader.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();

@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Path of a file under `../shared/data`.
-pub fn shared_data(rel: &str) -> PathBuf {
+/// Path of a file under `testdata/` (see its README for sources and licences).
+pub fn test_data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
+        .join("testdata")
         .join(rel)
 }
 
