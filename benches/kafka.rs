@@ -3,18 +3,15 @@
 //!
 //! (a) the maximum sustained rate: the topic (4 partitions) is filled first, then a bounded
 //!     job (2 workers, every tier, local lake) reads it to the end; events/s over the
-//!     job's whole run (3M events by default: about 7 s, of which the consumers' start —
-//!     joining, metadata, first fetches — takes most of a second; over 1M events that
-//!     start made the rate vary from 262k to 367k events/s);
+//!     job's whole run (3M events by default; the consumers' start — joining, metadata,
+//!     first fetches — takes most of a second of it);
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
 //!     produces, into a topic of `FLEETFLOW_BENCH_LIVE_PARTITIONS` partitions (default 1:
 //!     tansu's memory storage lists every batch a partition holds on every fetch of it, and
 //!     a producer lingering 5 ms adds a batch per partition every 5 ms whatever the rate,
-//!     so the broker's work grows with the partitions and the run's length: with 4
-//!     partitions it takes both cores after about 30 s at 20,000 events/s, with 2 its
-//!     delivery p99 is 2-3 times that with 1; one partition carries 20,000 events/s
-//!     easily, and the job's other worker gets its share of the vehicles through the
-//!     exchange), at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
+//!     so the broker's work grows with the partitions and the run's length; one partition
+//!     carries the default rate, and the job's other worker gets its share of the
+//!     vehicles through the exchange; figures in docs/benchmarks.md), at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
 //!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
 //!     (event time keeps pace with the wall clock), after producing the first 30 s of event
 //!     time at once (the allowed lateness: so the job measured is in its steady state,

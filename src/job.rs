@@ -575,10 +575,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         raw: spec.lake.has_raw(),
         finals: true,
     };
-    let target_bytes = spec
-        .lake
-        .target_file_bytes()
-        .map_err(|m| spec_error(text, "lake", "target_file_size", m))?;
+    let target_bytes = spec.lake.target_file_bytes();
     let sink_cfg = SinkConfig {
         raw: spec.lake.has_raw(),
         tiers: tiers.clone(),

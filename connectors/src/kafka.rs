@@ -294,7 +294,7 @@ impl KafkaSource {
             // one fetch with far more than the limit (tansu ignores the per-partition
             // limit and fills the whole response); with the default, the workers then sat
             // idle with an empty queue for up to a second each time, while a backlog waited
-            // on the broker (bench (a): 280k -> 360k events/s on tansu).
+            // on the broker (docs/benchmarks.md, Kafka).
             ("fetch.queue.backoff.ms", "5"),
         ] {
             if !spec.options.contains_key(k) {

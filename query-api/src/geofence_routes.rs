@@ -4,15 +4,18 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::geofences::{ChangeError, NotApplied};
 use crate::openapi::ErrorBody;
-use crate::{decode_cursor, encode_cursor, params, parse_limit, parse_time, ApiState};
+use crate::params::{
+    self, decode_cursor, encode_cursor, parse_time, EventParams, GeofenceListParams, Params,
+};
+use crate::ApiState;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use fleetflow_types::geofence::Geofence;
-use fleetflow_types::records::{GeofenceEvent, GeofenceEventKind};
+use fleetflow_types::records::GeofenceEvent;
 use fleetflow_types::time::Millis;
 use serde::Serialize;
 use serde_json::Value;
@@ -110,7 +113,7 @@ pub(crate) struct GeofenceEventsAnswer {
 }
 
 /// The geofences in force (a tenant sees its own and those for every tenant).
-#[utoipa::path(get, path = "/v1/geofences", tag = "geofences", params(crate::openapi::GeofenceListParams),
+#[utoipa::path(get, path = "/v1/geofences", tag = "geofences", params(GeofenceListParams),
     responses(
         (status = 200, body = GeofenceListAnswer),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -119,22 +122,11 @@ pub(crate) struct GeofenceEventsAnswer {
 pub(crate) async fn list(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<GeofenceListParams>,
 ) -> Result<Json<GeofenceListAnswer>, ApiError> {
-    let (mut limit, mut cursor, mut tenant) = (100, None, None);
-    for (k, v) in params(raw)? {
-        match k.as_str() {
-            "limit" => limit = parse_limit(&v, 1000)?,
-            "cursor" => cursor = Some(decode_cursor(&v)?),
-            "tenant" => tenant = Some(v),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?} (tenant, limit, cursor)"
-                )))
-            }
-        }
-    }
-    let tenant = access.narrow(tenant)?;
+    let limit = params::limit(q.limit, 1000)?;
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let tenant = access.narrow(q.tenant)?;
     // A tenant sees its own geofences and those that apply to every tenant.
     let (items, more) = s.geofences.page(cursor.as_deref(), limit, |g| {
         tenant.as_deref().is_none_or(|t| g.applies_to(t))
@@ -351,7 +343,7 @@ pub(crate) async fn occupants(
 }
 
 /// Recent geofence events, newest first (the lake's `geofence_events` has all of them).
-#[utoipa::path(get, path = "/v1/geofence-events", tag = "geofences", params(crate::openapi::EventParams),
+#[utoipa::path(get, path = "/v1/geofence-events", tag = "geofences", params(EventParams),
     responses(
         (status = 200, body = GeofenceEventsAnswer),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -360,34 +352,15 @@ pub(crate) async fn occupants(
 pub(crate) async fn events(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<EventParams>,
 ) -> Result<Json<GeofenceEventsAnswer>, ApiError> {
-    let (mut limit, mut geofence, mut vehicle, mut since, mut kind) = (100, None, None, None, None);
-    for (k, v) in params(raw)? {
-        match k.as_str() {
-            "limit" => limit = parse_limit(&v, 1000)?,
-            "geofence" => geofence = Some(v),
-            "vehicle" => vehicle = Some(v),
-            "since" => since = Some(parse_time("since", &v)?),
-            "kind" => {
-                kind = Some(match v.as_str() {
-                    "enter" => GeofenceEventKind::Enter,
-                    "exit" => GeofenceEventKind::Exit,
-                    "dwell" => GeofenceEventKind::Dwell,
-                    _ => {
-                        return Err(ApiError::BadRequest(format!(
-                            "kind must be enter, exit or dwell, got {v:?}"
-                        )))
-                    }
-                })
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?} (geofence, vehicle, since, kind, limit)"
-                )))
-            }
-        }
-    }
+    let limit = params::limit(q.limit, 1000)?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|v| parse_time("since", v))
+        .transpose()?;
+    let (geofence, vehicle, kind) = (q.geofence, q.vehicle, q.kind);
     let as_of = s.geofences.as_of();
     let items: Vec<GeofenceEvent> = s.geofences.recent_events(limit, |e| {
         geofence.as_deref().is_none_or(|g| e.geofence_id == g)

@@ -4,8 +4,11 @@
 use crate::auth::Access;
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
-use crate::{decode_cursor, encode_cursor, params, parse_limit, parse_time, ApiState};
-use axum::extract::{Path, RawQuery, State};
+use crate::params::{
+    self, decode_cursor, encode_cursor, parse_time, FuelParams, HistoryParams, Params,
+};
+use crate::ApiState;
+use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use fleetflow_sinks::lake::Lake;
 use fleetflow_sinks::read::{read, Dataset, Query};
@@ -105,7 +108,7 @@ pub(crate) struct HistoryAnswer {
 /// A vehicle's rows from the lake tiers; `tier=auto` picks the finest tier whose rows
 /// stay under 10,000, and a range too long for the tier asked for is a 400.
 #[utoipa::path(get, path = "/v1/vehicles/{id}/history", tag = "vehicles",
-    params(("id" = String, Path, description = "Vehicle id"), crate::openapi::HistoryParams),
+    params(("id" = String, Path, description = "Vehicle id"), HistoryParams),
     responses(
         (status = 200, body = HistoryAnswer),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -116,26 +119,10 @@ pub(crate) async fn history(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<HistoryParams>,
 ) -> Result<Json<HistoryAnswer>, ApiError> {
-    let (mut from, mut to, mut tier) = (None, None, "auto".to_string());
-    for (k, v) in params(raw)? {
-        match k.as_str() {
-            "from" => from = Some(parse_time("from", &v)?),
-            "to" => to = Some(parse_time("to", &v)?),
-            "tier" => tier = v,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?} (from, to, tier)"
-                )))
-            }
-        }
-    }
-    let missing = |k: &str| ApiError::BadRequest(format!("{k} is required"));
-    let (from, to) = (
-        from.ok_or_else(|| missing("from"))?,
-        to.ok_or_else(|| missing("to"))?,
-    );
+    let (from, to) = (parse_time("from", &q.from)?, parse_time("to", &q.to)?);
+    let tier = q.tier.unwrap_or_else(|| "auto".to_string());
     if from >= to {
         return Err(ApiError::BadRequest(format!(
             "from ({from}) must be before to ({to})"
@@ -251,7 +238,7 @@ pub(crate) struct FuelAnswer {
 
 /// Per vehicle day: distance, fuel, km/L, L/100 km and idle time; today's running values
 /// for the current day, the `1d` tier before it.
-#[utoipa::path(get, path = "/v1/fuel-efficiency", tag = "vehicles", params(crate::openapi::FuelParams),
+#[utoipa::path(get, path = "/v1/fuel-efficiency", tag = "vehicles", params(FuelParams),
     responses(
         (status = 200, body = FuelAnswer),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -261,27 +248,19 @@ pub(crate) struct FuelAnswer {
 pub(crate) async fn fuel_efficiency(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<FuelParams>,
 ) -> Result<Json<FuelAnswer>, ApiError> {
-    let (mut date, mut tenant, mut limit, mut cursor) = (None, None, 100, None);
-    for (k, v) in params(raw)? {
-        match k.as_str() {
-            "date" => {
-                date = Some(parse_date(&v).filter(|_| v.len() == 10).ok_or_else(|| {
-                    ApiError::BadRequest(format!("date must be YYYY-MM-DD, got {v:?}"))
-                })?)
-            }
-            "tenant" => tenant = Some(v),
-            "limit" => limit = parse_limit(&v, 1000)?,
-            "cursor" => cursor = Some(decode_cursor(&v)?),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {other:?} (date, tenant, limit, cursor)"
-                )))
-            }
-        }
-    }
-    let tenant = access.narrow(tenant)?;
+    let date = q
+        .date
+        .map(|v| {
+            parse_date(&v)
+                .filter(|_| v.len() == 10)
+                .ok_or_else(|| ApiError::BadRequest(format!("date must be YYYY-MM-DD, got {v:?}")))
+        })
+        .transpose()?;
+    let limit = params::limit(q.limit, 1000)?;
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let tenant = access.narrow(q.tenant)?;
     let now = s.vehicles.as_of();
     let today = now.map(|w| day_of(w) * DAY_MS);
     let day = match (date, today) {

@@ -31,11 +31,12 @@ use crate::auth::Access;
 use crate::changes::{event_id, parse_event_id, Change, Topic};
 use crate::conn::{Conn, ConnControl};
 use crate::error::ApiError;
-use crate::{params, ApiState};
+use crate::params::{Params, StreamParams};
+use crate::ApiState;
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -145,27 +146,21 @@ impl Filter {
     /// The filter of a stream's query parameters, the `last_event_id` they give, and
     /// whether they name anything besides the token.
     fn from_query(
-        raw: Option<String>,
+        q: StreamParams,
         access: &Access,
     ) -> Result<(Filter, Option<String>, bool), ApiError> {
-        let (mut sub, mut resume, mut any) = (Subscription::default(), None, false);
-        for (k, v) in params(raw)? {
-            any |= k != "access_token";
-            match k.as_str() {
-                "topics" => sub.topics.get_or_insert_with(Vec::new).push(v),
-                "vehicle" => sub.vehicle.get_or_insert_with(Vec::new).push(v),
-                "geofence" => sub.geofence = Some(v),
-                "tenant" => sub.tenant = Some(v),
-                "last_event_id" => resume = Some(v),
-                "access_token" => {}
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "unknown parameter {other:?} (topics, vehicle, geofence, tenant, last_event_id, access_token)"
-                    )))
-                }
-            }
-        }
-        Ok((Filter::new(sub, access)?, resume, any))
+        let any = q.topics.is_some()
+            || q.vehicle.is_some()
+            || q.geofence.is_some()
+            || q.tenant.is_some()
+            || q.last_event_id.is_some();
+        let sub = Subscription {
+            topics: q.topics.map(|t| vec![t]),
+            vehicle: q.vehicle.map(|v| vec![v]),
+            geofence: q.geofence,
+            tenant: q.tenant,
+        };
+        Ok((Filter::new(sub, access)?, q.last_event_id, any))
     }
 
     fn keeps_vehicle(&self, id: &str, tenant: &str) -> bool {
@@ -450,7 +445,7 @@ async fn open(
 
 /// Server-Sent Events: a snapshot, then every change, each with `id` and `as_of`;
 /// `Last-Event-ID` resumes from the replay buffer (or a `reset` and a new snapshot).
-#[utoipa::path(get, path = "/v1/stream", tag = "streams", params(crate::openapi::StreamParams,
+#[utoipa::path(get, path = "/v1/stream", tag = "streams", params(StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
     responses(
         (status = 200, content_type = "text/event-stream", body = String),
@@ -463,9 +458,9 @@ pub(crate) async fn sse(
     Extension(access): Extension<Access>,
     conn: Option<Extension<ConnectInfo<Conn>>>,
     headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<StreamParams>,
 ) -> Result<Response, ApiError> {
-    let (filter, from_query, _) = Filter::from_query(raw, &access)?;
+    let (filter, from_query, _) = Filter::from_query(q, &access)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -513,7 +508,7 @@ pub(crate) async fn sse(
 
 /// The same stream over WebSocket; subscriptions are JSON messages
 /// (`{"subscribe": {...}, "resume": "ID"}`), or the query parameters.
-#[utoipa::path(get, path = "/v1/ws", tag = "streams", params(crate::openapi::StreamParams),
+#[utoipa::path(get, path = "/v1/ws", tag = "streams", params(StreamParams),
     responses(
         (status = 101, description = "Switching to WebSocket"),
         (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
@@ -524,11 +519,11 @@ pub(crate) async fn ws(
     State(s): State<ApiState>,
     Extension(access): Extension<Access>,
     conn: Option<Extension<ConnectInfo<Conn>>>,
-    RawQuery(raw): RawQuery,
+    Params(q): Params<StreamParams>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // Parameters are checked before the upgrade, so a bad one is a plain 400.
-    let (filter, resume, subscribes) = Filter::from_query(raw, &access)?;
+    let (filter, resume, subscribes) = Filter::from_query(q, &access)?;
     let initial = subscribes.then_some((filter, resume));
     let upgrade = upgrade.map_err(|e| {
         ApiError::BadRequest(format!(

@@ -4,6 +4,7 @@ use super::*;
 use axum::body::Body;
 use axum::http::Request;
 use fleetflow_types::fix::Fix;
+use fleetflow_types::records::{Reason, Status};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -224,6 +225,86 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("fleetflow_dropped_fields_total{field=\"heading_deg\"} 1"));
     assert!(text.contains("fleetflow_dropped_fields_total{field=\"tenant\"} 0"));
     assert!(text.contains("fleetflow_lake_rows_total{dataset=\"1m\"} 10"));
+}
+
+/// Every metric the engine collects is exposed: the closed list below is what `/metrics`
+/// has, name for name, once the job has a clock and a commit.
+#[tokio::test]
+async fn every_metric_collected_is_exposed() {
+    let view = Arc::new(VehicleView::new(1));
+    let metrics =
+        Arc::new(Metrics::new(vec!["raw".into()]).with_inputs(&["kafka:locations/0".to_string()]));
+    let app = router(api_state(
+        view,
+        Arc::new(crate::geofences::GeofenceView::new(1, &[], None)),
+        metrics.clone(),
+    ));
+    metrics.advance_clock(1_000);
+    metrics
+        .lake_clock
+        .store(900, std::sync::atomic::Ordering::Relaxed);
+    metrics.set_lake_complete("raw", 800);
+    metrics.input_read(0, 5, 500, Some(950));
+    metrics.inputs[0]
+        .progress
+        .store(940, std::sync::atomic::Ordering::Relaxed);
+    metrics.inputs[0]
+        .lag
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    metrics.visibility_latency.record(12, 4);
+    metrics.delivery_latency.record(2, 4);
+    let (status, _, text) = call(&app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        "fleetflow_api_streams",
+        "fleetflow_bytes_in_total",
+        "fleetflow_clock_ahead_vehicles",
+        "fleetflow_clock_behind_vehicles",
+        "fleetflow_clock_voters",
+        "fleetflow_dead_letters_total",
+        "fleetflow_delivery_latency_seconds",
+        "fleetflow_dropped_fields_total",
+        "fleetflow_duplicates_total",
+        "fleetflow_events_accepted_total",
+        "fleetflow_events_in_total",
+        "fleetflow_geofences",
+        "fleetflow_input_bytes_total",
+        "fleetflow_input_event_time_ms",
+        "fleetflow_input_finished",
+        "fleetflow_input_messages_total",
+        "fleetflow_input_progress_ms",
+        "fleetflow_job_clock_delay_ms",
+        "fleetflow_job_clock_ms",
+        "fleetflow_kafka_consumer_lag",
+        "fleetflow_lake_bytes_total",
+        "fleetflow_lake_clock_ms",
+        "fleetflow_lake_complete_ms",
+        "fleetflow_lake_files_total",
+        "fleetflow_lake_rows_total",
+        "fleetflow_lake_write_retries_total",
+        "fleetflow_vehicles",
+        "fleetflow_visibility_latency_seconds",
+    ];
+    want.sort();
+    assert_eq!(names, want, "{text}");
+    for line in [
+        "fleetflow_input_messages_total{input=\"kafka:locations/0\"} 5",
+        "fleetflow_input_event_time_ms{input=\"kafka:locations/0\"} 950",
+        "fleetflow_input_progress_ms{input=\"kafka:locations/0\"} 940",
+        "fleetflow_kafka_consumer_lag{input=\"kafka:locations/0\"} 3",
+        "fleetflow_lake_clock_ms 900",
+        "fleetflow_lake_complete_ms{dataset=\"raw\"} 800",
+        "fleetflow_visibility_latency_seconds_count 4",
+        "fleetflow_delivery_latency_seconds_bucket{le=\"0.002\"} 4",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
 
 mod geofence_routes {
@@ -678,8 +759,8 @@ async fn history_and_stream_parameters_are_checked_without_a_socket() {
         Some(1),
     );
     for (uri, want) in [
-        ("/v1/vehicles/a/history?to=5", "from is required"),
-        ("/v1/vehicles/a/history?from=5", "to is required"),
+        ("/v1/vehicles/a/history?to=5", "missing field `from`"),
+        ("/v1/vehicles/a/history?from=5", "missing field `to`"),
         ("/v1/vehicles/a/history?from=9&to=5", "must be before"),
         (
             "/v1/vehicles/a/history?from=x&to=5",
@@ -687,10 +768,10 @@ async fn history_and_stream_parameters_are_checked_without_a_socket() {
         ),
         (
             "/v1/vehicles/a/history?from=1&to=5&color=red",
-            "unknown parameter",
+            "unknown field",
         ),
         ("/v1/stream?topics=weather", "unknown topic"),
-        ("/v1/stream?vehicle=a&bogus=1", "unknown parameter"),
+        ("/v1/stream?vehicle=a&bogus=1", "unknown field"),
         ("/v1/ws?topics=", "unknown topic"),
         ("/v1/ws", "not a WebSocket upgrade request"),
     ] {

@@ -269,6 +269,22 @@ pub fn clean_staging(
     })
 }
 
+/// S3's answer to `ListMultipartUploads` (the fields read of it).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListMultipartUploadsResult {
+    #[serde(default, rename = "Upload")]
+    uploads: Vec<UploadEntry>,
+}
+
+/// One unfinished upload of a [`ListMultipartUploadsResult`].
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UploadEntry {
+    key: String,
+    upload_id: String,
+}
+
 /// Aborts every unfinished multipart upload under `{prefix}/_fleetflow/` (S3's
 /// `ListMultipartUploads` through a signed request: the store has no call for it).
 async fn abort_uploads(
@@ -293,19 +309,12 @@ async fn abort_uploads(
         )
         .await?;
     let body = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let listed: ListMultipartUploadsResult = quick_xml::de::from_str(&body)?;
     let mut n = 0;
-    for upload in body.split("<Upload>").skip(1) {
-        let field = |name: &str| {
-            let open = format!("<{name}>");
-            let close = format!("</{name}>");
-            let start = upload.find(&open)? + open.len();
-            let end = upload[start..].find(&close)? + start;
-            Some(upload[start..end].replace("&amp;", "&"))
-        };
-        if let (Some(key), Some(id)) = (field("Key"), field("UploadId")) {
-            s3.abort_multipart(&Path::from(key), &id).await?;
-            n += 1;
-        }
+    for upload in listed.uploads {
+        s3.abort_multipart(&Path::from(upload.key), &upload.upload_id)
+            .await?;
+        n += 1;
     }
     Ok(n)
 }
@@ -708,6 +717,36 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
+    }
+
+    #[test]
+    fn a_multipart_upload_listing_is_read_with_its_keys_and_ids() {
+        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>lake</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <Prefix>jobs/_fleetflow/</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated>
+  <Upload><Key>jobs/_fleetflow/staging/a&amp;b.parquet</Key><UploadId>id-1</UploadId>
+    <Initiator><ID>x</ID></Initiator><StorageClass>STANDARD</StorageClass></Upload>
+  <Upload><Key>jobs/_fleetflow/staging/c.parquet</Key><UploadId>id-2</UploadId></Upload>
+</ListMultipartUploadsResult>"#;
+        let listed: ListMultipartUploadsResult = quick_xml::de::from_str(body).unwrap();
+        let got: Vec<(String, String)> = listed
+            .uploads
+            .into_iter()
+            .map(|u| (u.key, u.upload_id))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("jobs/_fleetflow/staging/a&b.parquet".into(), "id-1".into()),
+                ("jobs/_fleetflow/staging/c.parquet".into(), "id-2".into())
+            ]
+        );
+        let none: ListMultipartUploadsResult = quick_xml::de::from_str(
+            "<ListMultipartUploadsResult><Bucket>l</Bucket></ListMultipartUploadsResult>",
+        )
+        .unwrap();
+        assert!(none.uploads.is_empty());
     }
 
     #[test]

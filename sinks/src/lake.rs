@@ -13,7 +13,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -220,41 +220,21 @@ impl Uploader {
         });
     }
 
-    /// Completes a multipart upload in the background once its parts are written.
-    fn submit_multipart(
-        &self,
-        path: String,
-        mut upload: Box<dyn MultipartUpload>,
-        parts: Vec<PartHandle>,
-        bytes: u64,
-        dataset: String,
-        rows: u64,
-    ) {
+    /// Completes a multipart upload in the background: its last part, then the upload
+    /// (aborted if a part failed).
+    fn submit_multipart(&self, path: String, upload: WriteMultipart, bytes: u64) {
         self.reserve();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
         self.runtime.spawn(async move {
-            let mut result = Ok(());
-            for part in parts {
-                match part.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => result = Err(format!("{path}: part: {e}")),
-                    Err(e) => result = Err(format!("{path}: part task: {e}")),
-                }
-            }
+            let result = upload
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{path}: {e}"));
             if result.is_ok() {
-                result = upload
-                    .complete()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{path}: complete: {e}"));
-            }
-            if result.is_err() {
-                let _ = upload.abort().await;
-            } else {
                 metrics.bytes_written.fetch_add(bytes, Relaxed);
             }
-            let _ = (dataset, rows);
             Self::release(&state, result);
         });
     }
@@ -308,19 +288,22 @@ impl Uploader {
     }
 }
 
-type PartHandle = tokio::task::JoinHandle<object_store::Result<()>>;
-
 /// Bytes shipped per multipart part (S3 needs at least 5 MiB for all but the last).
 pub const PART_BYTES: usize = 6 * 1024 * 1024;
 
-/// A file being encoded: a `Write` sink that keeps at most about one part in memory and
-/// streams the rest to the lake as a multipart upload. [`StreamingFile::finish`] commits it.
+/// Parts of one file in flight at most, before writing waits.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// A file being encoded: a `Write` sink that keeps a small file in memory (one `put` when
+/// it is committed) and streams a large one as a multipart upload (`object_store`'s
+/// [`WriteMultipart`]: a part in memory, at most [`PARTS_IN_FLIGHT`] uploading).
+/// [`StreamingFile::finish`] commits it.
 pub struct StreamingFile {
     uploader: Uploader,
     path: String,
     buf: Vec<u8>,
-    shipped: u64,
-    upload: Option<(Box<dyn MultipartUpload>, Vec<PartHandle>)>,
+    written: u64,
+    upload: Option<WriteMultipart>,
 }
 
 impl StreamingFile {
@@ -330,14 +313,14 @@ impl StreamingFile {
             uploader,
             path,
             buf: Vec::new(),
-            shipped: 0,
+            written: 0,
             upload: None,
         }
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.shipped + self.buf.len() as u64
+        self.written
     }
 
     /// Whether nothing was written.
@@ -345,68 +328,47 @@ impl StreamingFile {
         self.len() == 0
     }
 
-    fn ship_part(&mut self) -> std::io::Result<()> {
-        let handle = self.uploader.runtime.clone();
-        if self.upload.is_none() {
-            let store = self.uploader.lake.store.clone();
-            let location = Path::from(self.path.as_str());
-            let upload = handle
-                .block_on(async move { store.put_multipart(&location).await })
-                .map_err(std::io::Error::other)?;
-            self.upload = Some((upload, Vec::new()));
-        }
-        let (upload, parts) = self.upload.as_mut().expect("started above");
-        // Bound the parts in flight per file.
-        if parts.len() >= 2 {
-            let first = parts.remove(0);
-            handle
-                .block_on(first)
-                .map_err(std::io::Error::other)?
-                .map_err(std::io::Error::other)?;
-        }
-        let data = std::mem::take(&mut self.buf);
-        self.shipped += data.len() as u64;
-        let part = upload.put_part(PutPayload::from(Bytes::from(data)));
-        parts.push(handle.spawn(part));
-        Ok(())
-    }
-
     /// Commits the file: one `put` when it stayed small, else the last part and the
     /// completion of the multipart upload. `dataset` and `rows` feed the metrics.
-    pub fn finish(mut self, dataset: String, rows: u64) -> std::io::Result<()> {
-        match self.upload.take() {
-            None => {
-                self.uploader.submit(self.path, self.buf, dataset, rows);
-                Ok(())
-            }
-            Some((upload, parts)) => {
-                self.upload = Some((upload, parts));
-                if !self.buf.is_empty() {
-                    self.ship_part()?;
-                }
-                let (upload, parts) = self.upload.take().expect("started");
-                self.uploader.submit_multipart(
-                    self.path,
-                    upload,
-                    parts,
-                    self.shipped,
-                    dataset,
-                    rows,
-                );
-                Ok(())
-            }
+    pub fn finish(self, dataset: String, rows: u64) -> std::io::Result<()> {
+        match self.upload {
+            None => self.uploader.submit(self.path, self.buf, dataset, rows),
+            Some(upload) => self
+                .uploader
+                .submit_multipart(self.path, upload, self.written),
         }
+        Ok(())
     }
 }
 
 impl std::io::Write for StreamingFile {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(PART_BYTES + 1024 * 1024);
-        }
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= PART_BYTES {
-            self.ship_part()?;
+        self.written += data.len() as u64;
+        let handle = self.uploader.runtime.clone();
+        match self.upload.as_mut() {
+            Some(upload) => {
+                handle
+                    .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
+                    .map_err(std::io::Error::other)?;
+                // Parts are uploaded by tasks of the I/O runtime.
+                let _runtime = handle.enter();
+                upload.write(data);
+            }
+            None => {
+                self.buf.extend_from_slice(data);
+                if self.buf.len() >= PART_BYTES {
+                    // Too large for one put: a multipart upload from here on.
+                    let store = self.uploader.lake.store.clone();
+                    let location = Path::from(self.path.as_str());
+                    let started = handle
+                        .block_on(async move { store.put_multipart(&location).await })
+                        .map_err(std::io::Error::other)?;
+                    let mut upload = WriteMultipart::new_with_chunk_size(started, PART_BYTES);
+                    let _runtime = handle.enter();
+                    upload.put(Bytes::from(std::mem::take(&mut self.buf)));
+                    self.upload = Some(upload);
+                }
+            }
         }
         Ok(data.len())
     }

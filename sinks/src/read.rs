@@ -9,10 +9,9 @@
 
 use crate::lake::{Lake, LakeError};
 use crate::writer::Partitioning;
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-};
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use fleetflow_types::time::Millis;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -215,59 +214,46 @@ fn parquet_err(e: parquet::errors::ParquetError) -> object_store::Error {
     }
 }
 
-/// A batch's rows as JSON objects: strings, numbers, booleans, timestamps as epoch ms,
-/// nulls as null.
+/// A batch's rows as JSON objects (`arrow-json`): strings, numbers, booleans, timestamps
+/// as epoch ms, nulls as null.
 pub fn to_json(batch: &RecordBatch) -> Vec<Map<String, Value>> {
-    let schema = batch.schema();
-    let columns: Vec<(String, ArrayRef)> = schema
+    // Timestamps become epoch milliseconds and dictionaries plain strings first.
+    let columns: Vec<(Field, ArrayRef)> = batch
+        .schema()
         .fields()
         .iter()
         .zip(batch.columns())
         .map(|(f, c)| {
-            let c = match c.data_type() {
+            let to = match c.data_type() {
+                DataType::Timestamp(..) => Some(DataType::Int64),
                 DataType::Dictionary(..) | DataType::LargeUtf8 | DataType::Utf8View => {
-                    arrow::compute::cast(c, &DataType::Utf8).unwrap_or_else(|_| c.clone())
+                    Some(DataType::Utf8)
                 }
-                _ => c.clone(),
+                _ => None,
             };
-            (f.name().clone(), c)
+            match to {
+                Some(DataType::Int64) => {
+                    let ms = cast(c, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                        .and_then(|m| cast(&m, &DataType::Int64));
+                    (f.as_ref().clone().with_data_type(DataType::Int64), ms)
+                }
+                Some(t) => (f.as_ref().clone().with_data_type(t.clone()), cast(c, &t)),
+                None => (f.as_ref().clone(), Ok(c.clone())),
+            }
         })
+        .filter_map(|(f, c)| c.ok().map(|c| (f, c)))
         .collect();
-    (0..batch.num_rows())
-        .map(|i| {
-            columns
-                .iter()
-                .map(|(name, c)| (name.clone(), value(c, i)))
-                .collect()
-        })
-        .collect()
-}
-
-fn value(c: &ArrayRef, i: usize) -> Value {
-    if c.is_null(i) {
-        return Value::Null;
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    let Ok(plain) = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays) else {
+        return Vec::new();
+    };
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::JsonArray>(Vec::new());
+    if writer.write(&plain).and_then(|_| writer.finish()).is_err() {
+        return Vec::new();
     }
-    match c.data_type() {
-        DataType::Utf8 => Value::from(c.as_any().downcast_ref::<StringArray>().map(|a| a.value(i))),
-        DataType::Int64 => Value::from(c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(i))),
-        DataType::Int32 => Value::from(c.as_primitive::<arrow::datatypes::Int32Type>().value(i)),
-        DataType::Float64 => c
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .map(|a| Value::from(a.value(i)))
-            .unwrap_or(Value::Null),
-        DataType::Boolean => Value::from(c.as_boolean().value(i)),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => Value::from(
-            c.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
-                .value(i),
-        ),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(
-            c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .value(i)
-                / 1000,
-        ),
-        _ => Value::Null,
-    }
+    serde_json::from_slice(&writer.into_inner()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -290,6 +276,44 @@ mod tests {
         assert_eq!(
             partitions(Partitioning::Month, 30 * 24 * h, 59 * 24 * h),
             vec!["month=1970-01", "month=1970-02"]
+        );
+    }
+
+    #[test]
+    fn rows_become_json_with_timestamps_as_epoch_ms_and_nulls_kept() {
+        use arrow::array::{
+            DictionaryArray, Float64Array, StringArray, TimestampMicrosecondArray,
+            TimestampMillisecondArray,
+        };
+        use arrow::datatypes::Int32Type;
+        let ts = TimestampMillisecondArray::from(vec![1_700_000_000_123, 5]).with_timezone("UTC");
+        let us = TimestampMicrosecondArray::from(vec![1_000_000, 2_000]);
+        let tenant: DictionaryArray<Int32Type> = vec!["acme", "globex"].into_iter().collect();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("ts", Arc::new(ts) as ArrayRef),
+            ("at", Arc::new(us) as ArrayRef),
+            ("tenant", Arc::new(tenant) as ArrayRef),
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+            (
+                "speed",
+                Arc::new(Float64Array::from(vec![Some(1.5), None])) as ArrayRef,
+            ),
+            (
+                "on",
+                Arc::new(BooleanArray::from(vec![true, false])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let rows = to_json(&batch);
+        assert_eq!(
+            serde_json::Value::from(rows),
+            serde_json::json!([
+                {"ts": 1_700_000_000_123i64, "at": 1000, "tenant": "acme", "id": "a", "speed": 1.5, "on": true},
+                {"ts": 5, "at": 2, "tenant": "globex", "id": "b", "speed": null, "on": false},
+            ])
         );
     }
 }

@@ -160,7 +160,7 @@ pub struct LakeSpec {
     pub retention: BTreeMap<String, HumanDuration>,
     /// Roll a file at this size (e.g. `"128MB"`).
     #[serde(default = "default_file_size")]
-    pub target_file_size: String,
+    pub target_file_size: bytesize::ByteSize,
     /// Roll a file at this age (processing time).
     #[serde(default = "default_file_age")]
     pub max_file_age: HumanDuration,
@@ -179,8 +179,8 @@ fn default_checkpoint_interval() -> HumanDuration {
 fn default_tiers() -> Vec<String> {
     vec!["raw".into(), "1m".into(), "1h".into(), "1d".into()]
 }
-fn default_file_size() -> String {
-    "128MB".into()
+fn default_file_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mb(128)
 }
 fn default_file_age() -> HumanDuration {
     HumanDuration::from_millis(300_000)
@@ -278,8 +278,8 @@ impl LakeSpec {
     }
 
     /// `target_file_size` in bytes.
-    pub fn target_file_bytes(&self) -> Result<u64, String> {
-        parse_size(&self.target_file_size)
+    pub fn target_file_bytes(&self) -> u64 {
+        self.target_file_size.as_u64()
     }
 }
 
@@ -288,33 +288,6 @@ pub fn parse_tier_name(name: &str) -> Option<i64> {
     let ms = humantime::parse_duration(name).ok()?.as_millis() as i64;
     (ms >= 1_000 && crate::time::DAY_MS % ms == 0 || ms % crate::time::DAY_MS == 0 && ms > 0)
         .then_some(ms)
-}
-
-/// Parses `"128MB"`, `"64 KiB"`, `"1000"` into bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?} (write e.g. \"128MB\")"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {s:?} (B, KB, MB, GB, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    Ok((n * mult) as u64)
 }
 
 /// Finds the 1-based line of `key` inside `[section]` of a TOML text (top level when
@@ -520,8 +493,12 @@ impl JobSpec {
             );
         }
 
-        if let Err(m) = self.lake.target_file_bytes() {
-            return err("lake", "target_file_size", m);
+        if self.lake.target_file_bytes() < 1024 {
+            return err(
+                "lake",
+                "target_file_size",
+                format!("must be at least 1KiB, got {}", self.lake.target_file_size),
+            );
         }
         if self.api.listen.parse::<SocketAddr>().is_err() {
             return err(
@@ -686,10 +663,21 @@ retention = { raw = "7d", "1m" = "90d" }
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("128MB").unwrap(), 128_000_000);
-        assert_eq!(parse_size("64 KiB").unwrap(), 65_536);
-        assert!(parse_size("lots").is_err());
+    fn sizes_are_typed_and_human() {
+        let with = |size: &str| {
+            JobSpec::parse(&format!(
+                "name = \"j\"\n[source]\nkind = \"file\"\npath = \"x\"\n[lake]\nurl = \"file://l\"\ntarget_file_size = \"{size}\"\n"
+            ))
+        };
+        assert_eq!(with("128MB").unwrap().lake.target_file_bytes(), 128_000_000);
+        assert_eq!(with("64 KiB").unwrap().lake.target_file_bytes(), 65_536);
+        let e = with("lots").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("lake.target_file_size", Some(7)),
+            "{e}"
+        );
+        assert!(with("12B").unwrap_err().message.contains("at least"));
     }
 
     #[test]

@@ -1,7 +1,15 @@
 //! Counters shared by sources, the dataflow, sinks and the query API.
 //!
-//! Plain atomics: every stage bumps them without locks, `/metrics` and the closing summary
-//! read them.
+//! - [`Metrics`]: plain atomics every stage bumps without locks; the closing summary reads
+//!   them.
+//! - [`latency`]: latency histograms (`hdrhistogram`).
+//! - [`export`]: all of it as a `prometheus` collector, which `/metrics` encodes in the
+//!   Prometheus text format.
+
+pub mod export;
+pub mod latency;
+
+pub use latency::LatencyHistogram;
 
 use crate::records::Reason;
 use crate::time::Millis;
@@ -263,88 +271,5 @@ impl Metrics {
             .position(|d| d == dataset)
             .map(|i| self.rows_written[i].load(Relaxed))
             .unwrap_or(0)
-    }
-}
-
-/// A lock-free latency histogram in milliseconds (log buckets, 4 per power of two, so a
-/// percentile is exact to within 19%).
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; 96],
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl LatencyHistogram {
-    fn bucket(ms: u64) -> usize {
-        if ms < 4 {
-            return ms as usize;
-        }
-        let log = 63 - ms.leading_zeros() as usize; // >= 2
-        let sub = ((ms >> (log - 2)) & 3) as usize;
-        (4 * (log - 1) + sub).min(95)
-    }
-
-    fn upper(bucket: usize) -> u64 {
-        if bucket < 4 {
-            return bucket as u64;
-        }
-        let log = bucket / 4 + 1;
-        let sub = (bucket % 4) as u64;
-        ((4 + sub + 1) << (log - 2)) - 1
-    }
-
-    /// Records `count` observations of `ms`.
-    pub fn record(&self, ms: u64, count: u64) {
-        self.buckets[Self::bucket(ms)].fetch_add(count, Relaxed);
-    }
-
-    /// The `q` quantile (0..=1) in ms, if anything was recorded.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(Self::upper(i));
-            }
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_quantiles_are_within_a_bucket() {
-        let h = LatencyHistogram::default();
-        assert_eq!(h.quantile(0.5), None);
-        for ms in 1..=1000u64 {
-            h.record(ms, 1);
-        }
-        let p50 = h.quantile(0.5).unwrap();
-        let p99 = h.quantile(0.99).unwrap();
-        assert!((500..=600).contains(&p50), "{p50}");
-        assert!((990..=1200).contains(&p99), "{p99}");
-        for ms in [0u64, 3, 4, 7, 8, 100, 12345] {
-            let b = LatencyHistogram::bucket(ms);
-            assert!(
-                LatencyHistogram::upper(b) >= ms && (b == 0 || LatencyHistogram::upper(b - 1) < ms),
-                "{ms}"
-            );
-        }
     }
 }
