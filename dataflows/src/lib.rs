@@ -17,6 +17,8 @@ pub mod cluster;
 pub mod geofence;
 pub mod inputs;
 pub mod operator;
+#[cfg(test)]
+mod operator_tests;
 pub mod publish;
 pub mod segments;
 pub mod tiers;
