@@ -13,4 +13,5 @@ pub mod ddl;
 pub mod lake;
 pub mod read;
 pub mod schema;
+mod staging;
 pub mod writer;
