@@ -178,3 +178,28 @@ pub fn fences(n: usize) -> String {
         .collect();
     json!({"type": "FeatureCollection", "features": features}).to_string()
 }
+
+/// `n` random circular geofences (id, lat, lon, radius in m), 200 m to 2 km in radius,
+/// spread uniformly over the generator's area: a GeoJSON collection for the job and the
+/// same circles as CSV (`id,lat,lon,radius_m`) for a SQL reference.
+pub fn circles(n: usize) -> (String, String) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut csv = String::from("id,lat,lon,radius_m\n");
+    let features: Vec<_> = (0..n)
+        .map(|i| {
+            let (r, a) = (
+                AREA_M * rng.random::<f64>().sqrt(),
+                rng.random_range(0.0..std::f64::consts::TAU),
+            );
+            let [lon, lat] = offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin());
+            let radius: f64 = rng.random_range(200.0..2000.0);
+            csv.push_str(&format!("c{i},{lat},{lon},{radius}\n"));
+            json!({"type": "Feature", "id": format!("c{i}"), "properties": {"radius_m": radius},
+                "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+        })
+        .collect();
+    (
+        json!({"type": "FeatureCollection", "features": features}).to_string(),
+        csv,
+    )
+}
