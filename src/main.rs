@@ -156,7 +156,8 @@ fn has_parquet(dir: &std::path::Path) -> bool {
 }
 
 fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
-    use fleetflow_sinks::ddl::{datasets, statement, Dialect};
+    use fleetflow_sinks::catalogue::Catalogue;
+    use fleetflow_sinks::ddl::{statement, Dialect};
     let url = spec.lake.url.trim_end_matches('/');
     let local = url.strip_prefix("file://").map(|dir| {
         std::path::absolute(dir)
@@ -175,7 +176,7 @@ fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
         DdlDialect::Duckdb => Dialect::DuckDb,
     };
     let mut out = String::new();
-    for d in datasets(spec.lake.has_raw(), &spec.lake.window_tiers()) {
+    for d in Catalogue::for_lake(&spec.lake).iter() {
         let empty = dialect == Dialect::DuckDb
             && local
                 .as_ref()
@@ -187,7 +188,7 @@ fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
                 d.name
             ));
         } else {
-            out.push_str(&statement(dialect, &spec.name, &location, &d));
+            out.push_str(&statement(dialect, &spec.name, &location, d));
         }
     }
     Ok(out)

@@ -10,9 +10,9 @@ use crate::params::{
 use crate::ApiState;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use fleetflow_sinks::catalogue::{Catalogue, DatasetKind, Partitioning};
 use fleetflow_sinks::lake::Lake;
 use fleetflow_sinks::read::{read, Dataset, Query};
-use fleetflow_sinks::writer::Partitioning;
 use fleetflow_types::time::{day_of, parse_date, Millis, DAY_MS};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -44,18 +44,21 @@ pub struct LakeAccess {
 }
 
 impl LakeAccess {
-    /// Access to `lake` with `raw` (when kept) and the window tiers `(name, size)`.
-    pub fn new(lake: Lake, raw: bool, windows: impl IntoIterator<Item = (String, Millis)>) -> Self {
-        let mut tiers: Vec<TierInfo> = raw
-            .then(|| TierInfo {
-                name: "raw".into(),
-                size_ms: None,
+    /// Access to `lake`'s history datasets: `raw` (when kept) and the window tiers.
+    pub fn new(lake: Lake, catalogue: &Catalogue) -> Self {
+        let mut tiers: Vec<TierInfo> = catalogue
+            .iter()
+            .filter_map(|d| match &d.kind {
+                DatasetKind::Raw => Some(TierInfo {
+                    name: d.name.clone(),
+                    size_ms: None,
+                }),
+                DatasetKind::Tier(t) => Some(TierInfo {
+                    name: d.name.clone(),
+                    size_ms: Some(t.size_ms),
+                }),
+                DatasetKind::GeofenceEvents | DatasetKind::DeadLetter => None,
             })
-            .into_iter()
-            .chain(windows.into_iter().map(|(name, size)| TierInfo {
-                name,
-                size_ms: Some(size),
-            }))
             .collect();
         tiers.sort_by_key(|t| t.size_ms.unwrap_or(0));
         LakeAccess { lake, tiers }

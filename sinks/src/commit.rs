@@ -17,9 +17,10 @@
 //! publishes it is durable, and it is published under a name no other commit uses, so a
 //! crash at any instant leaves each row in the datasets exactly once.
 
+use crate::catalogue::{Catalogue, Dataset};
 use crate::lake::{Lake, LakeError, Uploader};
 pub use crate::staging::clean_staging;
-use crate::writer::{merge_files, Partitioning, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
+use crate::writer::{merge_files, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
 use bytes::Bytes;
 use fleetflow_types::checkpoint::{failpoint, Blob, Hub, Participant, Ready};
 use fleetflow_types::metrics::Metrics;
@@ -75,17 +76,6 @@ pub struct Commit {
     pub retention: BTreeMap<String, Millis>,
     /// Whether the job stopped after this commit (end of input or interrupt).
     pub last: bool,
-}
-
-/// A dataset as the coordinator sees it.
-#[derive(Clone, Debug)]
-pub struct DatasetInfo {
-    /// Its directory.
-    pub name: String,
-    /// Its partitioning.
-    pub partitioning: Partitioning,
-    /// Its retention, ms of event time behind the job clock.
-    pub retention: Option<Millis>,
 }
 
 /// What recovery found.
@@ -222,7 +212,7 @@ pub struct Coordinator {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The datasets.
-    pub datasets: Vec<DatasetInfo>,
+    pub datasets: Catalogue,
     /// The job's name and inputs (recorded in every commit).
     pub job: (String, Vec<String>),
     /// Files smaller than half of this are compacted in closed partitions.
@@ -317,8 +307,8 @@ impl Coordinator {
         Ok(())
     }
 
-    fn dataset(&self, name: &str) -> Option<&DatasetInfo> {
-        self.datasets.iter().find(|d| d.name == name)
+    fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.get(name)
     }
 
     fn key_of(&self, dataset: &str, file: &str) -> Option<i64> {
@@ -381,7 +371,7 @@ impl Coordinator {
         // Retention: cut-offs move with the job clock; files rolled into an expired
         // partition are dropped instead of published.
         if let Some(w) = c.clock {
-            for d in &self.datasets {
+            for d in self.datasets.iter() {
                 if let Some(r) = d.retention {
                     c.retention.insert(d.name.clone(), w.saturating_sub(r));
                 }

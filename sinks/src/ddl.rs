@@ -4,10 +4,8 @@
 //! The columns come from the same Arrow schemas the writers use, so the statements follow
 //! the lake as it changes.
 
-use crate::schema::{dead_letter_schema, geofence_event_schema, raw_schema, tier_schema};
-use crate::writer::Partitioning;
-use arrow::datatypes::{DataType, SchemaRef};
-use fleetflow_types::config::WindowTier;
+use crate::catalogue::{Dataset, Partitioning};
+use arrow::datatypes::DataType;
 
 /// Which engine the statements are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,47 +14,6 @@ pub enum Dialect {
     Athena,
     /// DuckDB views over `read_parquet`.
     DuckDb,
-}
-
-/// One dataset of the lake.
-pub struct Dataset {
-    /// Directory under the lake root, and view name.
-    pub name: String,
-    /// How it is partitioned.
-    pub partitioning: Partitioning,
-    /// Its columns.
-    pub schema: SchemaRef,
-}
-
-/// The datasets a job writes: `raw` (when listed), its window tiers, `geofence_events`,
-/// `dead_letter`.
-pub fn datasets(raw: bool, tiers: &[WindowTier]) -> Vec<Dataset> {
-    let mut out = Vec::new();
-    if raw {
-        out.push(Dataset {
-            name: "raw".into(),
-            partitioning: Partitioning::Hour,
-            schema: raw_schema(),
-        });
-    }
-    for t in tiers {
-        out.push(Dataset {
-            name: t.name.clone(),
-            partitioning: Partitioning::for_window(t.size_ms),
-            schema: tier_schema(),
-        });
-    }
-    out.push(Dataset {
-        name: "geofence_events".into(),
-        partitioning: Partitioning::Day,
-        schema: geofence_event_schema(),
-    });
-    out.push(Dataset {
-        name: "dead_letter".into(),
-        partitioning: Partitioning::Day,
-        schema: dead_letter_schema(),
-    });
-    out
 }
 
 fn hive_type(t: &DataType) -> &'static str {
@@ -138,6 +95,8 @@ pub fn statement(dialect: Dialect, job: &str, location: &str, d: &Dataset) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalogue::Catalogue;
+    use fleetflow_types::config::WindowTier;
 
     #[test]
     fn athena_tables_project_their_partitions() {
@@ -151,7 +110,7 @@ mod tests {
                 size_ms: 86_400_000,
             },
         ];
-        let ds = datasets(true, &tiers);
+        let ds: Vec<Dataset> = Catalogue::new(true, &tiers).iter().cloned().collect();
         assert_eq!(
             ds.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
             ["raw", "1m", "1d", "geofence_events", "dead_letter"]

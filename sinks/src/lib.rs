@@ -1,17 +1,21 @@
 //! The lake: Hive-partitioned Parquet datasets on an object store.
 //!
+//! - [`catalogue`]: the datasets of a job's lake, declared once.
 //! - [`commit`]: the exactly-once checkpoint log, recovery, compaction and retention.
 //! - [`ddl`]: DuckDB views and Athena tables over a job's lake.
 //! - [`schema`]: Arrow schemas of `raw`, the window tiers and `dead_letter`.
 //! - [`lake`]: opening the object store and committing files to it.
 //! - [`read`]: a vehicle's rows back from a dataset (the API's history).
-//! - [`writer`]: per-partition Parquet writers and the timely sink operator.
+//! - [`sink`]: the timely sink operator, cut at checkpoint boundaries.
+//! - [`writer`]: per-partition Parquet writers.
 #![deny(missing_docs)]
 
+pub mod catalogue;
 pub mod commit;
 pub mod ddl;
 pub mod lake;
 pub mod read;
 pub mod schema;
+pub mod sink;
 mod staging;
 pub mod writer;

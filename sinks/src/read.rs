@@ -7,8 +7,8 @@
 //! vehicle are skipped. A file deleted by compaction between listing and reading is
 //! retried with a fresh listing: a reader sees every committed row exactly once.
 
+use crate::catalogue::Partitioning;
 use crate::lake::{Lake, LakeError};
-use crate::writer::Partitioning;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};

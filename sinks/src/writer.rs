@@ -1,26 +1,12 @@
-//! Partitioned Parquet writers and the timely sink operator that feeds them.
-//!
-//! ```text
-//!   raw fixes ───┐
-//!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
-//!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
-//!   geofence ev. ┤
-//!   progress ────┘                                       │ roll: partition closed by the job clock,
-//!                                                        │       target size, max age, end of input
-//!                                                        ▼
-//!                                                Uploader: one atomic put per file
-//! ```
-//!
-//! Every row reaching this operator is final (closed windows, final fixes), so each is
-//! written exactly once in a run. Files are named `part-{run}-w{worker}-{seq}.parquet`.
-
+//! Partitioned Parquet writers: one [`DatasetWriter`] per dataset and worker keeps an
+//! in-memory Arrow writer per open partition, stages chunks at checkpoint cuts and rolls
+//! files when a partition closes (by the job clock), reaches the target size or age, or the
+//! input ends. Files are named `part-{run}-w{worker}-{seq}.parquet`. The operator that
+//! feeds them is [`crate::sink`].
+use crate::catalogue::Partitioning;
 use crate::lake::{StreamingFile, Uploader};
 use crate::schema::LakeRecord;
-use fleetflow_types::checkpoint::Hub;
-use fleetflow_types::config::WindowTier;
-use fleetflow_types::fix::Fix;
-use fleetflow_types::records::{DeadLetter, DeadLetterOut, GeofenceEvent, Progress, TierRow};
-use fleetflow_types::time::{utc_parts, window_start, Millis, DAY_MS, HOUR_MS};
+use fleetflow_types::time::Millis;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -29,123 +15,10 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::Stream;
 
 /// Rows encoded into Arrow at a time.
 const BATCH_ROWS: usize = 8192;
-
-/// How a dataset is partitioned by event time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Partitioning {
-    /// `date=YYYY-MM-DD/hour=HH`
-    Hour,
-    /// `date=YYYY-MM-DD`
-    Day,
-    /// `month=YYYY-MM`
-    Month,
-}
-
-impl Partitioning {
-    /// The partitioning `interface.md` gives a window tier of `size_ms`.
-    pub fn for_window(size_ms: Millis) -> Self {
-        if size_ms < HOUR_MS {
-            Partitioning::Hour
-        } else if size_ms < DAY_MS {
-            Partitioning::Day
-        } else {
-            Partitioning::Month
-        }
-    }
-
-    /// The partition key (its start, for hours and days; `year*100+month` for months).
-    pub fn key(self, ts: Millis) -> i64 {
-        match self {
-            Partitioning::Hour => window_start(ts, HOUR_MS),
-            Partitioning::Day => window_start(ts, DAY_MS),
-            Partitioning::Month => {
-                let (y, m, _, _) = utc_parts(ts);
-                y as i64 * 100 + m as i64
-            }
-        }
-    }
-
-    /// The partition directory of a key.
-    pub fn dir(self, key: i64) -> String {
-        match self {
-            Partitioning::Hour => {
-                let (y, m, d, h) = utc_parts(key);
-                format!("date={y:04}-{m:02}-{d:02}/hour={h:02}")
-            }
-            Partitioning::Day => {
-                let (y, m, d, _) = utc_parts(key);
-                format!("date={y:04}-{m:02}-{d:02}")
-            }
-            Partitioning::Month => format!("month={:04}-{:02}", key / 100, key % 100),
-        }
-    }
-
-    /// Event time at which the partition of `key` is complete (its end).
-    pub fn closes_at(self, key: i64) -> Option<Millis> {
-        Some(self.start(key) + self.len(key))
-    }
-
-    /// Event time at which the partition of `key` starts.
-    pub fn start(self, key: i64) -> Millis {
-        match self {
-            Partitioning::Hour | Partitioning::Day => key,
-            Partitioning::Month => month_start((key / 100) as i32, (key % 100) as u32),
-        }
-    }
-
-    fn len(self, key: i64) -> Millis {
-        match self {
-            Partitioning::Hour => HOUR_MS,
-            Partitioning::Day => DAY_MS,
-            Partitioning::Month => {
-                let (y, m) = ((key / 100) as i32, (key % 100) as u32);
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                month_start(ny, nm) - month_start(y, m)
-            }
-        }
-    }
-
-    /// The key of a partition directory (`date=…/hour=…`, `date=…`, `month=…`).
-    pub fn parse_dir(self, dir: &str) -> Option<i64> {
-        let date = |s: &str| {
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .ok()
-                .map(|d| {
-                    d.and_hms_opt(0, 0, 0)
-                        .expect("midnight")
-                        .and_utc()
-                        .timestamp_millis()
-                })
-        };
-        match self {
-            Partitioning::Hour => {
-                let (d, h) = dir.split_once("/hour=")?;
-                let h: i64 = h.parse().ok().filter(|h| (0..24).contains(h))?;
-                Some(date(d.strip_prefix("date=")?)? + h * HOUR_MS)
-            }
-            Partitioning::Day => date(dir.strip_prefix("date=")?),
-            Partitioning::Month => {
-                let (y, m) = dir.strip_prefix("month=")?.split_once('-')?;
-                let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
-                (1..=12).contains(&m).then_some(y * 100 + m)
-            }
-        }
-    }
-}
-
-fn month_start(y: i32, m: u32) -> Millis {
-    chrono::NaiveDate::from_ymd_opt(y, m, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map_or(0, |d| d.and_utc().timestamp_millis())
-}
 
 /// Where staged files live: outside every dataset's glob, so readers never see them.
 pub const STAGING: &str = "_fleetflow/staging";
@@ -264,9 +137,9 @@ fn props(dictionary: &[&str]) -> WriterProperties {
     b.build()
 }
 
-type ParquetResult<T = ()> = Result<T, parquet::errors::ParquetError>;
+pub(crate) type ParquetResult<T = ()> = Result<T, parquet::errors::ParquetError>;
 
-fn io_error(e: impl std::fmt::Display) -> parquet::errors::ParquetError {
+pub(crate) fn io_error(e: impl std::fmt::Display) -> parquet::errors::ParquetError {
     parquet::errors::ParquetError::External(e.to_string().into())
 }
 
@@ -528,379 +401,13 @@ impl<R: LakeRecord> DatasetWriter<R> {
     }
 }
 
-/// What the lake sink writes.
-#[derive(Clone, Debug)]
-pub struct SinkConfig {
-    /// Write the raw tier.
-    pub raw: bool,
-    /// The window tiers, in the order of `TierRow::tier`.
-    pub tiers: Vec<WindowTier>,
-    /// File naming prefix, unique per run (`part-{run}`).
-    pub prefix: String,
-    /// File rolling.
-    pub roll: RollPolicy,
-    /// Where dead letters also go (a Kafka dead-letter topic); flushed before every
-    /// checkpoint.
-    pub dead_letter_out: Option<std::sync::Arc<dyn DeadLetterOut>>,
-}
-
-enum Item {
-    Raw(Vec<Fix>),
-    Rows(Vec<TierRow>),
-    Dead(Vec<DeadLetter>),
-    Events(Vec<GeofenceEvent>),
-    Progress(Vec<Progress>),
-}
-
-/// Keeps input that arrived at `time` until the sink processes that time.
-fn stash_at(stash: &mut BTreeMap<u64, Vec<Item>>, time: Option<u64>, item: Item) {
-    stash.entry(time.unwrap_or(0)).or_default().push(item);
-}
-
-struct Writers {
-    raw: DatasetWriter<Fix>,
-    tiers: Vec<DatasetWriter<TierRow>>,
-    dead: DatasetWriter<DeadLetter>,
-    events: DatasetWriter<GeofenceEvent>,
-    policy: RollPolicy,
-    /// The job clock: partitions that end at or before it are closed.
-    clock: Option<Millis>,
-    /// What its vehicles' rows are complete before.
-    complete: Option<Millis>,
-    end: bool,
-    /// Files rolled and not known to be published: (first boundary listing it, file).
-    pending: Vec<(u64, Pending)>,
-    rolled: Vec<Pending>,
-    dead_letter_out: Option<Arc<dyn DeadLetterOut>>,
-}
-
-impl Writers {
-    fn apply(&mut self, item: Item) -> ParquetResult {
-        let (policy, out) = (&self.policy, &mut self.rolled);
-        match item {
-            Item::Raw(data) => {
-                for f in data {
-                    self.raw.push(f.ts, f, policy, out)?;
-                }
-            }
-            Item::Rows(data) => {
-                for r in data {
-                    self.tiers[r.tier as usize].push(r.window_start, r, policy, out)?;
-                }
-            }
-            Item::Dead(data) => {
-                for d in data {
-                    if let Some(o) = &self.dead_letter_out {
-                        o.send(&d);
-                    }
-                    self.dead.push(d.event_ts, d, policy, out)?;
-                }
-            }
-            Item::Events(data) => {
-                for e in data {
-                    self.events.push(e.ts, e, policy, out)?;
-                }
-            }
-            Item::Progress(data) => {
-                for p in data {
-                    // The end of a bounded input sets the exact clock (it may be lower).
-                    self.clock = Some(match self.clock {
-                        Some(c) if !p.end => c.max(p.clock),
-                        _ => p.clock,
-                    });
-                    self.complete = Some(p.complete);
-                    self.end |= p.end;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn all(&mut self) -> Vec<&mut dyn Cut> {
-        let mut v: Vec<&mut dyn Cut> = vec![&mut self.raw, &mut self.dead, &mut self.events];
-        for t in self.tiers.iter_mut() {
-            v.push(t);
-        }
-        v
-    }
-
-    /// A checkpoint cut for boundaries `lo..=hi`: stage every tail, roll what is due,
-    /// wait until every staged file is uploaded, and offer the snapshot.
-    fn cut(
-        &mut self,
-        (lo, hi): (u64, u64),
-        force: bool,
-        uploader: &Uploader,
-        hub: &Hub,
-        worker: usize,
-    ) -> ParquetResult {
-        // Everything below the boundary reaches the dead-letter topic before the
-        // checkpoint can commit (at least once).
-        if let Some(o) = &self.dead_letter_out {
-            o.flush().map_err(io_error)?;
-        }
-        for w in self.all() {
-            w.cut_tails()?;
-        }
-        uploader.finish().map_err(io_error)?;
-        let (clock, policy) = (self.clock, self.policy.clone());
-        let mut rolled = std::mem::take(&mut self.rolled);
-        for w in self.all() {
-            w.cut_roll(clock, &policy, force, &mut rolled)?;
-        }
-        uploader.finish().map_err(io_error)?;
-        let committed = hub.committed();
-        self.pending.retain(|(first, _)| *first > committed);
-        self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
-        let mut snap = SinkSnapshot {
-            clock,
-            complete: self.complete,
-            pending: self.pending.iter().map(|(_, p)| p.clone()).collect(),
-            ..Default::default()
-        };
-        for w in self.all() {
-            let (chunks, oldest) = w.snapshot_dyn();
-            snap.chunks.extend(chunks);
-            if let Some(o) = oldest {
-                snap.open_from.push((w.name_dyn().to_string(), o));
-            }
-        }
-        let blob = postcard::to_stdvec(&snap).map_err(io_error)?;
-        fleetflow_types::checkpoint::failpoint("sink-cut");
-        hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
-        Ok(())
-    }
-}
-
-/// The writer calls a cut needs, over every dataset's record type.
-trait Cut {
-    fn cut_tails(&mut self) -> ParquetResult;
-    fn cut_roll(
-        &mut self,
-        clock: Option<Millis>,
-        policy: &RollPolicy,
-        force: bool,
-        out: &mut Vec<Pending>,
-    ) -> ParquetResult;
-    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>);
-    fn name_dyn(&self) -> &str;
-    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>);
-}
-
-impl<R: LakeRecord> Cut for DatasetWriter<R> {
-    fn cut_tails(&mut self) -> ParquetResult {
-        DatasetWriter::cut_tails(self)
-    }
-    fn cut_roll(
-        &mut self,
-        clock: Option<Millis>,
-        policy: &RollPolicy,
-        force: bool,
-        out: &mut Vec<Pending>,
-    ) -> ParquetResult {
-        DatasetWriter::cut_roll(self, clock, policy, force, out)
-    }
-    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
-        self.snapshot()
-    }
-    fn name_dyn(&self) -> &str {
-        self.name()
-    }
-    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>) {
-        self.restore(key, chunks)
-    }
-}
-
-/// Renders the lake sink for one worker's share of the results.
-///
-/// Inputs are stashed by time and applied in time order, so that a checkpoint cut falls
-/// exactly at a boundary: rows below it are in the snapshot, rows at or above it wait.
-/// `restore` holds the chunks this worker adopts from a restored checkpoint.
-#[allow(clippy::too_many_arguments)]
-pub fn render_lake_sink<'scope>(
-    raw: Stream<'scope, u64, Vec<Fix>>,
-    rows: Stream<'scope, u64, Vec<TierRow>>,
-    dead: Stream<'scope, u64, Vec<DeadLetter>>,
-    geofence_events: Stream<'scope, u64, Vec<GeofenceEvent>>,
-    progress: Stream<'scope, u64, Vec<Progress>>,
-    cfg: SinkConfig,
-    uploader: Uploader,
-    hub: Arc<Hub>,
-    restore: Option<SinkSnapshot>,
-) {
-    let scope = raw.scope();
-    let worker = scope.index();
-    let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
-    let mut raw_in = builder.new_input(raw, Pipeline);
-    let mut rows_in = builder.new_input(rows, Pipeline);
-    let mut dead_in = builder.new_input(dead, Pipeline);
-    let mut events_in = builder.new_input(geofence_events, Pipeline);
-    let mut progress_in = builder.new_input(progress, Pipeline);
-    builder.build(move |_caps| {
-        let (prefix, up) = (&cfg.prefix, &uploader);
-        let mut w = Writers {
-            raw: DatasetWriter::new(
-                "raw",
-                Partitioning::Hour,
-                prefix.clone(),
-                worker,
-                up.clone(),
-            ),
-            tiers: cfg
-                .tiers
-                .iter()
-                .map(|t| {
-                    let p = Partitioning::for_window(t.size_ms);
-                    DatasetWriter::new(&t.name, p, prefix.clone(), worker, up.clone())
-                })
-                .collect(),
-            dead: DatasetWriter::new(
-                "dead_letter",
-                Partitioning::Day,
-                prefix.clone(),
-                worker,
-                up.clone(),
-            ),
-            events: DatasetWriter::new(
-                "geofence_events",
-                Partitioning::Day,
-                prefix.clone(),
-                worker,
-                up.clone(),
-            ),
-            policy: cfg.roll.clone(),
-            clock: None,
-            complete: None,
-            end: false,
-            pending: Vec::new(),
-            rolled: Vec::new(),
-            dead_letter_out: cfg.dead_letter_out.clone(),
-        };
-        if let Some(r) = restore {
-            w.clock = r.clock;
-            for (dataset, key, chunks) in r.chunks {
-                if let Some(d) = w.all().into_iter().find(|d| d.name_dyn() == dataset) {
-                    d.restore_dyn(key, chunks);
-                }
-            }
-        }
-        let mut cuts = hub.cuts();
-        let mut stash: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
-        let mut failed = false;
-        move |frontiers| {
-            raw_in.for_each(|cap, data| {
-                stash_at(
-                    &mut stash,
-                    cap.least().copied(),
-                    Item::Raw(std::mem::take(data)),
-                )
-            });
-            rows_in.for_each(|cap, data| {
-                stash_at(
-                    &mut stash,
-                    cap.least().copied(),
-                    Item::Rows(std::mem::take(data)),
-                )
-            });
-            dead_in.for_each(|cap, data| {
-                stash_at(
-                    &mut stash,
-                    cap.least().copied(),
-                    Item::Dead(std::mem::take(data)),
-                )
-            });
-            events_in.for_each(|cap, data| {
-                stash_at(
-                    &mut stash,
-                    cap.least().copied(),
-                    Item::Events(std::mem::take(data)),
-                )
-            });
-            progress_in.for_each(|cap, data| {
-                stash_at(
-                    &mut stash,
-                    cap.least().copied(),
-                    Item::Progress(std::mem::take(data)),
-                )
-            });
-            if failed {
-                stash.clear();
-                return;
-            }
-            let frontier: Option<u64> = frontiers
-                .iter()
-                .filter_map(|f| f.frontier().first().copied())
-                .min();
-            // The first failure is recorded with the uploader (the job then ends with a
-            // one-line error and exit 1); nothing after it is written or checkpointed.
-            let mut result: ParquetResult = Ok(());
-            while let Some(entry) = stash.first_entry() {
-                let t = *entry.key();
-                if frontier.is_some_and(|f| t >= f) {
-                    break;
-                }
-                if let Some(range) = cuts.before(t) {
-                    result = w.cut(range, false, &uploader, &hub, worker);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                for item in entry.remove() {
-                    if result.is_ok() {
-                        result = w.apply(item);
-                    }
-                }
-                if result.is_err() {
-                    break;
-                }
-            }
-            if result.is_ok() {
-                if let Some(range) = cuts.frontier(frontier) {
-                    // The last cut (end of input or interrupt) flushes every partition:
-                    // what is final is published; what is not stays in the state.
-                    let force = frontier.is_none();
-                    result = w.cut(range, force, &uploader, &hub, worker);
-                }
-            }
-            if let Err(e) = result {
-                failed = true;
-                let message = format!("worker {worker}: writing Parquet: {e}");
-                uploader.fail(message.clone());
-                hub.fail(message);
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lake::test_uploader;
+    use fleetflow_types::fix::Fix;
 
     const T: Millis = 1_736_125_200_000; // 2025-01-06T01:00:00Z
-
-    #[test]
-    fn partition_directories_follow_the_layout() {
-        assert_eq!(
-            Partitioning::Hour.dir(Partitioning::Hour.key(T + 59 * 60_000)),
-            "date=2025-01-06/hour=01"
-        );
-        assert_eq!(
-            Partitioning::Day.dir(Partitioning::Day.key(T)),
-            "date=2025-01-06"
-        );
-        assert_eq!(
-            Partitioning::Month.dir(Partitioning::Month.key(T)),
-            "month=2025-01"
-        );
-        assert_eq!(Partitioning::for_window(60_000), Partitioning::Hour);
-        assert_eq!(Partitioning::for_window(3_600_000), Partitioning::Day);
-        assert_eq!(Partitioning::for_window(86_400_000), Partitioning::Month);
-        assert_eq!(
-            Partitioning::Hour.closes_at(Partitioning::Hour.key(T + 1)),
-            Some(T + HOUR_MS)
-        );
-    }
 
     fn fix(i: i64) -> Fix {
         Fix {
@@ -948,8 +455,13 @@ mod tests {
         // The job clock passes the hour: the chunks and the tail roll into one file.
         w.cut_tails().unwrap();
         uploader.finish().unwrap();
-        w.cut_roll(Some(T + HOUR_MS), &policy, false, &mut out)
-            .unwrap();
+        w.cut_roll(
+            Some(T + fleetflow_types::time::HOUR_MS),
+            &policy,
+            false,
+            &mut out,
+        )
+        .unwrap();
         uploader.finish().unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rows, 20_000);
@@ -1009,19 +521,5 @@ mod tests {
             let size = std::fs::metadata(dir.path().join(&p.from)).unwrap().len();
             assert!(size < 4 * 64 * 1024, "{size} bytes");
         }
-    }
-
-    #[test]
-    fn month_partitions_close_at_the_end_of_the_month_and_dirs_parse_back() {
-        let feb = Partitioning::Month.key(1_738_368_000_000); // 2025-02-01
-        assert_eq!(Partitioning::Month.closes_at(feb), Some(1_740_787_200_000)); // 2025-03-01
-        for p in [Partitioning::Hour, Partitioning::Day, Partitioning::Month] {
-            let k = p.key(T + 7 * HOUR_MS);
-            assert_eq!(p.parse_dir(&p.dir(k)), Some(k), "{p:?}");
-        }
-        assert_eq!(
-            Partitioning::Hour.parse_dir("date=2025-01-06/hour=25"),
-            None
-        );
     }
 }

@@ -1,0 +1,384 @@
+//! The timely sink operator: every worker's final rows, geofence events and dead letters
+//! into per-partition Parquet writers ([`crate::writer`]), cut at checkpoint boundaries.
+//!
+//! ```text
+//!   raw fixes ───┐
+//!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
+//!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
+//!   geofence ev. ┤
+//!   progress ────┘                                       │ roll: partition closed by the job clock,
+//!                                                        │       target size, max age, end of input
+//!                                                        ▼
+//!                                                Uploader: one atomic put per file
+//! ```
+//!
+//! Every row reaching this operator is final (closed windows, final fixes), so each is
+//! written exactly once in a run.
+
+use crate::catalogue::{Catalogue, DatasetKind, Partitioning};
+use crate::lake::Uploader;
+use crate::schema::LakeRecord;
+use crate::writer::{
+    io_error, DatasetWriter, ParquetResult, PartitionChunks, Pending, RollPolicy, SinkSnapshot,
+    Staged, SNAPSHOT_OP,
+};
+use fleetflow_types::checkpoint::Hub;
+use fleetflow_types::fix::Fix;
+use fleetflow_types::records::{DeadLetter, DeadLetterOut, GeofenceEvent, Progress, TierRow};
+use fleetflow_types::time::Millis;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::Stream;
+
+/// What the lake sink writes.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    /// The datasets (their window tiers in the order of `TierRow::tier`).
+    pub datasets: Catalogue,
+    /// File naming prefix, unique per run (`part-{run}`).
+    pub prefix: String,
+    /// File rolling.
+    pub roll: RollPolicy,
+    /// Where dead letters also go (a Kafka dead-letter topic); flushed before every
+    /// checkpoint.
+    pub dead_letter_out: Option<std::sync::Arc<dyn DeadLetterOut>>,
+}
+
+enum Item {
+    Raw(Vec<Fix>),
+    Rows(Vec<TierRow>),
+    Dead(Vec<DeadLetter>),
+    Events(Vec<GeofenceEvent>),
+    Progress(Vec<Progress>),
+}
+
+/// Keeps input that arrived at `time` until the sink processes that time.
+fn stash_at(stash: &mut BTreeMap<u64, Vec<Item>>, time: Option<u64>, item: Item) {
+    stash.entry(time.unwrap_or(0)).or_default().push(item);
+}
+
+/// A writer of dataset `name` for this worker.
+fn dataset_writer<R: LakeRecord>(
+    name: &str,
+    p: Partitioning,
+    prefix: &str,
+    worker: usize,
+    uploader: &Uploader,
+) -> DatasetWriter<R> {
+    DatasetWriter::new(name, p, prefix.to_owned(), worker, uploader.clone())
+}
+
+struct Writers {
+    /// Absent when the job does not keep `raw` (then no raw fixes arrive).
+    raw: Option<DatasetWriter<Fix>>,
+    tiers: Vec<DatasetWriter<TierRow>>,
+    dead: DatasetWriter<DeadLetter>,
+    events: DatasetWriter<GeofenceEvent>,
+    policy: RollPolicy,
+    /// The job clock: partitions that end at or before it are closed.
+    clock: Option<Millis>,
+    /// What its vehicles' rows are complete before.
+    complete: Option<Millis>,
+    end: bool,
+    /// Files rolled and not known to be published: (first boundary listing it, file).
+    pending: Vec<(u64, Pending)>,
+    rolled: Vec<Pending>,
+    dead_letter_out: Option<Arc<dyn DeadLetterOut>>,
+}
+
+impl Writers {
+    fn apply(&mut self, item: Item) -> ParquetResult {
+        let (policy, out) = (&self.policy, &mut self.rolled);
+        match item {
+            Item::Raw(data) => {
+                if let Some(raw) = &mut self.raw {
+                    for f in data {
+                        raw.push(f.ts, f, policy, out)?;
+                    }
+                }
+            }
+            Item::Rows(data) => {
+                for r in data {
+                    self.tiers[r.tier as usize].push(r.window_start, r, policy, out)?;
+                }
+            }
+            Item::Dead(data) => {
+                for d in data {
+                    if let Some(o) = &self.dead_letter_out {
+                        o.send(&d);
+                    }
+                    self.dead.push(d.event_ts, d, policy, out)?;
+                }
+            }
+            Item::Events(data) => {
+                for e in data {
+                    self.events.push(e.ts, e, policy, out)?;
+                }
+            }
+            Item::Progress(data) => {
+                for p in data {
+                    // The end of a bounded input sets the exact clock (it may be lower).
+                    self.clock = Some(match self.clock {
+                        Some(c) if !p.end => c.max(p.clock),
+                        _ => p.clock,
+                    });
+                    self.complete = Some(p.complete);
+                    self.end |= p.end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all(&mut self) -> Vec<&mut dyn Cut> {
+        let mut v: Vec<&mut dyn Cut> = vec![&mut self.dead, &mut self.events];
+        if let Some(raw) = &mut self.raw {
+            v.push(raw);
+        }
+        for t in self.tiers.iter_mut() {
+            v.push(t);
+        }
+        v
+    }
+
+    /// A checkpoint cut for boundaries `lo..=hi`: stage every tail, roll what is due,
+    /// wait until every staged file is uploaded, and offer the snapshot.
+    fn cut(
+        &mut self,
+        (lo, hi): (u64, u64),
+        force: bool,
+        uploader: &Uploader,
+        hub: &Hub,
+        worker: usize,
+    ) -> ParquetResult {
+        // Everything below the boundary reaches the dead-letter topic before the
+        // checkpoint can commit (at least once).
+        if let Some(o) = &self.dead_letter_out {
+            o.flush().map_err(io_error)?;
+        }
+        for w in self.all() {
+            w.cut_tails()?;
+        }
+        uploader.finish().map_err(io_error)?;
+        let (clock, policy) = (self.clock, self.policy.clone());
+        let mut rolled = std::mem::take(&mut self.rolled);
+        for w in self.all() {
+            w.cut_roll(clock, &policy, force, &mut rolled)?;
+        }
+        uploader.finish().map_err(io_error)?;
+        let committed = hub.committed();
+        self.pending.retain(|(first, _)| *first > committed);
+        self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
+        let mut snap = SinkSnapshot {
+            clock,
+            complete: self.complete,
+            pending: self.pending.iter().map(|(_, p)| p.clone()).collect(),
+            ..Default::default()
+        };
+        for w in self.all() {
+            let (chunks, oldest) = w.snapshot_dyn();
+            snap.chunks.extend(chunks);
+            if let Some(o) = oldest {
+                snap.open_from.push((w.name_dyn().to_string(), o));
+            }
+        }
+        let blob = postcard::to_stdvec(&snap).map_err(io_error)?;
+        fleetflow_types::checkpoint::failpoint("sink-cut");
+        hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+        Ok(())
+    }
+}
+
+/// The writer calls a cut needs, over every dataset's record type.
+trait Cut {
+    fn cut_tails(&mut self) -> ParquetResult;
+    fn cut_roll(
+        &mut self,
+        clock: Option<Millis>,
+        policy: &RollPolicy,
+        force: bool,
+        out: &mut Vec<Pending>,
+    ) -> ParquetResult;
+    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>);
+    fn name_dyn(&self) -> &str;
+    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>);
+}
+
+impl<R: LakeRecord> Cut for DatasetWriter<R> {
+    fn cut_tails(&mut self) -> ParquetResult {
+        DatasetWriter::cut_tails(self)
+    }
+    fn cut_roll(
+        &mut self,
+        clock: Option<Millis>,
+        policy: &RollPolicy,
+        force: bool,
+        out: &mut Vec<Pending>,
+    ) -> ParquetResult {
+        DatasetWriter::cut_roll(self, clock, policy, force, out)
+    }
+    fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
+        self.snapshot()
+    }
+    fn name_dyn(&self) -> &str {
+        self.name()
+    }
+    fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>) {
+        self.restore(key, chunks)
+    }
+}
+
+/// Renders the lake sink for one worker's share of the results.
+///
+/// Inputs are stashed by time and applied in time order, so that a checkpoint cut falls
+/// exactly at a boundary: rows below it are in the snapshot, rows at or above it wait.
+/// `restore` holds the chunks this worker adopts from a restored checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn render_lake_sink<'scope>(
+    raw: Stream<'scope, u64, Vec<Fix>>,
+    rows: Stream<'scope, u64, Vec<TierRow>>,
+    dead: Stream<'scope, u64, Vec<DeadLetter>>,
+    geofence_events: Stream<'scope, u64, Vec<GeofenceEvent>>,
+    progress: Stream<'scope, u64, Vec<Progress>>,
+    cfg: SinkConfig,
+    uploader: Uploader,
+    hub: Arc<Hub>,
+    restore: Option<SinkSnapshot>,
+) {
+    let scope = raw.scope();
+    let worker = scope.index();
+    let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
+    let mut raw_in = builder.new_input(raw, Pipeline);
+    let mut rows_in = builder.new_input(rows, Pipeline);
+    let mut dead_in = builder.new_input(dead, Pipeline);
+    let mut events_in = builder.new_input(geofence_events, Pipeline);
+    let mut progress_in = builder.new_input(progress, Pipeline);
+    builder.build(move |_caps| {
+        let (mut raw, mut tiers, mut dead, mut events) = (None, Vec::new(), None, None);
+        for d in cfg.datasets.iter() {
+            let (name, p) = (d.name.as_str(), d.partitioning);
+            match d.kind {
+                DatasetKind::Raw => {
+                    raw = Some(dataset_writer(name, p, &cfg.prefix, worker, &uploader))
+                }
+                DatasetKind::Tier(_) => {
+                    tiers.push(dataset_writer(name, p, &cfg.prefix, worker, &uploader))
+                }
+                DatasetKind::DeadLetter => {
+                    dead = Some(dataset_writer(name, p, &cfg.prefix, worker, &uploader))
+                }
+                DatasetKind::GeofenceEvents => {
+                    events = Some(dataset_writer(name, p, &cfg.prefix, worker, &uploader))
+                }
+            }
+        }
+        let mut w = Writers {
+            raw,
+            tiers,
+            dead: dead.expect("the catalogue lists dead_letter"),
+            events: events.expect("the catalogue lists geofence_events"),
+            policy: cfg.roll.clone(),
+            clock: None,
+            complete: None,
+            end: false,
+            pending: Vec::new(),
+            rolled: Vec::new(),
+            dead_letter_out: cfg.dead_letter_out.clone(),
+        };
+        if let Some(r) = restore {
+            w.clock = r.clock;
+            for (dataset, key, chunks) in r.chunks {
+                if let Some(d) = w.all().into_iter().find(|d| d.name_dyn() == dataset) {
+                    d.restore_dyn(key, chunks);
+                }
+            }
+        }
+        let mut cuts = hub.cuts();
+        let mut stash: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+        let mut failed = false;
+        move |frontiers| {
+            raw_in.for_each(|cap, data| {
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Raw(std::mem::take(data)),
+                )
+            });
+            rows_in.for_each(|cap, data| {
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Rows(std::mem::take(data)),
+                )
+            });
+            dead_in.for_each(|cap, data| {
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Dead(std::mem::take(data)),
+                )
+            });
+            events_in.for_each(|cap, data| {
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Events(std::mem::take(data)),
+                )
+            });
+            progress_in.for_each(|cap, data| {
+                stash_at(
+                    &mut stash,
+                    cap.least().copied(),
+                    Item::Progress(std::mem::take(data)),
+                )
+            });
+            if failed {
+                stash.clear();
+                return;
+            }
+            let frontier: Option<u64> = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
+            // The first failure is recorded with the uploader (the job then ends with a
+            // one-line error and exit 1); nothing after it is written or checkpointed.
+            let mut result: ParquetResult = Ok(());
+            while let Some(entry) = stash.first_entry() {
+                let t = *entry.key();
+                if frontier.is_some_and(|f| t >= f) {
+                    break;
+                }
+                if let Some(range) = cuts.before(t) {
+                    result = w.cut(range, false, &uploader, &hub, worker);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                for item in entry.remove() {
+                    if result.is_ok() {
+                        result = w.apply(item);
+                    }
+                }
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                if let Some(range) = cuts.frontier(frontier) {
+                    // The last cut (end of input or interrupt) flushes every partition:
+                    // what is final is published; what is not stays in the state.
+                    let force = frontier.is_none();
+                    result = w.cut(range, force, &uploader, &hub, worker);
+                }
+            }
+            if let Err(e) = result {
+                failed = true;
+                let message = format!("worker {worker}: writing Parquet: {e}");
+                uploader.fail(message.clone());
+                hub.fail(message);
+            }
+        }
+    });
+}

@@ -1,0 +1,297 @@
+//! One worker's dataflow: the source, the per-vehicle timeline, geofencing, publishing
+//! to the API's views and the lake sink, wired for one process or a cluster.
+
+use super::{Capture, Inputs};
+use differential_dataflow::AsCollection;
+use fleetflow_connectors::file::FileSource;
+use fleetflow_connectors::generator::Generator;
+use fleetflow_connectors::kafka::KafkaSource;
+use fleetflow_connectors::source::{render_source, InputSnapshot, IntakeContext, Source};
+use fleetflow_dataflows::cluster::{drop_replaced, mirror, Layout};
+use fleetflow_dataflows::geofence::{
+    render_geofence_input, render_geofences, ChangeReceiver, FenceIndex, ViewBatch, ViewSink,
+    ViewUpdate,
+};
+use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
+use fleetflow_dataflows::publish::publish;
+use fleetflow_dataflows::timeline::TimelineConfig;
+use fleetflow_query_api::geofences::GeofenceView;
+use fleetflow_query_api::view::VehicleView;
+use fleetflow_sinks::lake::Uploader;
+use fleetflow_sinks::sink::{render_lake_sink, SinkConfig};
+use fleetflow_types::checkpoint::Hub;
+use fleetflow_types::metrics::Metrics;
+use fleetflow_types::records::{GeofenceEvent, VehicleState, VehicleStateWire};
+use fleetflow_types::registry::VehicleRegistry;
+use fleetflow_types::time::Millis;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concat, Inspect, Probe};
+
+/// What every worker of this process builds its dataflow from.
+pub(super) struct WorkerPlan {
+    /// The global index of this process's first worker.
+    pub first: usize,
+    /// Whether this is process 0 (it takes geofence changes).
+    pub leader: bool,
+    /// Whether the job runs on more than one process.
+    pub clustered: bool,
+    /// Where the workers are.
+    pub layout: Layout,
+    /// The job's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The vehicle registry.
+    pub registry: Arc<VehicleRegistry>,
+    /// Set to stop the sources.
+    pub shutdown: Arc<AtomicBool>,
+    /// Every input's name.
+    pub input_names: Arc<Vec<String>>,
+    /// Where the events come from.
+    pub inputs: Arc<Inputs>,
+    /// One Kafka consumer per local worker, taken by it.
+    pub kafka_sources: Mutex<Vec<Option<KafkaSource>>>,
+    /// Each local worker's share of the restored state, taken by it.
+    pub restores: Mutex<Vec<Option<crate::restore::WorkerRestore>>>,
+    /// The inputs' restored positions.
+    pub inputs_restored: Arc<Vec<InputSnapshot>>,
+    /// The checkpoint hub.
+    pub hub: Arc<Hub>,
+    /// When a quiet input counts as idle.
+    pub idle_timeout: Duration,
+    /// Records read per source poll.
+    pub batch: usize,
+    /// Allowed lateness, ms.
+    pub lateness: Millis,
+    /// The per-vehicle timeline's settings.
+    pub timeline: TimelineConfig,
+    /// The API's vehicle view.
+    pub vehicles: Arc<VehicleView>,
+    /// The API's geofence view.
+    pub geofences: Arc<GeofenceView>,
+    /// The geofences at the start.
+    pub fence_index: Arc<FenceIndex>,
+    /// The number of the last runtime geofence change restored.
+    pub latest_change: u64,
+    /// When a stay becomes a dwell, ms.
+    pub dwell_after: Millis,
+    /// Runtime geofence changes from the API.
+    pub change_rx: ChangeReceiver,
+    /// Uploads to the lake.
+    pub uploader: Uploader,
+    /// What the lake sink writes.
+    pub sink: SinkConfig,
+    /// Outputs captured for tests.
+    pub capture: Option<Capture>,
+    /// Checkpoint participants per worker.
+    pub ops_per_worker: usize,
+    /// The checkpoint this run resumed from.
+    pub resumed: u64,
+}
+
+/// Builds one worker's dataflow.
+pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
+    let (first, leader, clustered, layout) = (plan.first, plan.leader, plan.clustered, plan.layout);
+    let (idle_timeout, batch, lateness) = (plan.idle_timeout, plan.batch, plan.lateness);
+    let (dwell_after, latest_change) = (plan.dwell_after, plan.latest_change);
+    let (ops_per_worker, resumed) = (plan.ops_per_worker, plan.resumed);
+    crate::slow::log_slow_operators(worker);
+    let index = worker.index();
+    let peers = worker.peers();
+    let local = index - first;
+    let (metrics, registry, shutdown, input_names) = (
+        plan.metrics.clone(),
+        plan.registry.clone(),
+        plan.shutdown.clone(),
+        plan.input_names.clone(),
+    );
+    let metrics_w = metrics.clone();
+    let probe = timely::dataflow::ProbeHandle::new();
+    let source: Box<dyn Source> = match &*plan.inputs {
+        Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
+        Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
+        Inputs::Kafka(..) => Box::new(
+            plan.kafka_sources.lock().expect("sources lock")[local]
+                .take()
+                .expect("one kafka source per worker"),
+        ),
+    };
+    // This worker's share of the restored state.
+    let share = plan.restores.lock().expect("restore lock")[local]
+        .take()
+        .unwrap_or_default();
+    let hub = plan.hub.clone();
+    let ctx = IntakeContext {
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        idle_timeout,
+        shutdown,
+        input_names: input_names.clone(),
+        budget: batch,
+        backpressure: Some((probe.clone(), 20)),
+        checkpoints: Some((hub.clone(), plan.inputs_restored.clone())),
+        align_slack: lateness / 4,
+    };
+    let core_cfg = CoreConfig {
+        timeline: plan.timeline.clone(),
+        registry,
+        metrics,
+        input_names,
+        publish_every: Duration::from_millis(10),
+        clock_every: Duration::from_millis(10),
+        checkpoints: Some(hub.clone()),
+        restore: share.timeline,
+    };
+    let view = plan.vehicles.clone();
+    let geo_view = plan.geofences.clone();
+    let fence_index = plan.fence_index.clone();
+    let change_rx = plan.change_rx.clone();
+    let uploader = plan.uploader.clone();
+    let sink_cfg = plan.sink.clone();
+    let capture = plan.capture.clone();
+    if clustered {
+        crate::cluster::render_checkpoint_transport(worker, hub.clone(), ops_per_worker, resumed);
+    }
+    worker.dataflow::<u64, _, _>(move |scope| {
+        let source = render_source(scope, "locations", source, ctx);
+        let clock_now = metrics_w.clone();
+        let mut changes =
+            render_geofence_input(source.reports.clone(), Some(change_rx), move || {
+                clock_now.clock()
+            });
+        if clustered {
+            // A follower's catalogue follows the changes process 0 took. (Every worker
+            // builds the same operators: timely matches them across workers by position.)
+            let catalog = (!leader && local == 0).then(|| geo_view.clone());
+            changes = changes.inspect(move |c| {
+                if let Some(catalog) = &catalog {
+                    catalog.follow_change(c)
+                }
+            });
+        }
+        let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
+        let geo_sink = geo_view.clone();
+        let apply_geo = move |worker: usize,
+                              updates: &mut Vec<(ViewUpdate, isize)>,
+                              events: &[GeofenceEvent]| {
+            let (mut occ, mut applied) = (Vec::new(), Vec::new());
+            let mut as_of = None;
+            for (u, _) in updates.drain(..) {
+                match u {
+                    ViewUpdate::Occupant(o) => occ.push(o),
+                    ViewUpdate::Applied { seq, at } => applied.push((seq, at)),
+                    ViewUpdate::AsOf(w) => as_of = Some(w),
+                }
+            }
+            geo_sink.apply(worker, occ, events, applied, as_of);
+        };
+        let (events, batches) = if clustered {
+            render_geofences(
+                core.finals,
+                (fence_index, latest_change),
+                dwell_after,
+                Some((hub.clone(), share.geo)),
+                ViewSink::<fn(&mut Vec<(ViewUpdate, isize)>, &[GeofenceEvent])>::Stream,
+            )
+        } else {
+            let apply_geo = apply_geo.clone();
+            render_geofences(
+                core.finals,
+                (fence_index, latest_change),
+                dwell_after,
+                Some((hub.clone(), share.geo)),
+                ViewSink::Local(
+                    move |updates: &mut Vec<(ViewUpdate, isize)>, events: &[GeofenceEvent]| {
+                        apply_geo(index, updates, events)
+                    },
+                ),
+            )
+        };
+        if clustered {
+            // Every worker's geofence results, to one worker of every process.
+            let apply_geo = apply_geo;
+            mirror(batches, layout).inspect(move |(w, batch): &(u32, ViewBatch)| {
+                let mut updates = batch.updates.clone();
+                apply_geo(*w as usize, &mut updates, &batch.events);
+            });
+        }
+        let dead = source.dead_letters.concat(core.dead_letters);
+        let (mut raw, mut rows, mut dead, mut events) = (core.raw, core.rows, dead, events);
+        if let Some(cap) = capture {
+            let (c1, c2, c3, c4) = (cap.clone(), cap.clone(), cap.clone(), cap);
+            raw = raw.inspect(move |f| c1.lock().expect("capture").raw.push(f.clone()));
+            rows = rows.inspect(move |r| c2.lock().expect("capture").rows.push(r.clone()));
+            dead = dead.inspect(move |d| c3.lock().expect("capture").dead.push(d.clone()));
+            events = events
+                .inspect(move |e| c4.lock().expect("capture").geofence_events.push(e.clone()));
+        }
+        // The API view applies the timeline's exact retract/insert pairs; the arranged
+        // form (`publish::arrange_state`) is for dataflow consumers that join with it.
+        let progress = core.progress.probe_with(&probe);
+        let latency_metrics = metrics_w.clone();
+        let record_latency = move |fresh: usize, epoch: Option<u64>| {
+            // Epoch 0 is the sources' first read, before their clocks started: no
+            // processing time to measure from.
+            if let Some(e) = epoch.filter(|e| fresh > 0 && *e > 0) {
+                let lag = (fleetflow_types::time::now_ms() as u64).saturating_sub(e);
+                latency_metrics.visibility_latency.record(lag, fresh as u64);
+            }
+        };
+        if clustered {
+            // Every worker's state changes and progress, to one worker of every process;
+            // this worker applies the shards of the workers with its local index.
+            let wire = drop_replaced(core.state.inner)
+                .map(|((id, s), t, r)| ((id, VehicleStateWire::from(s)), t, r));
+            let state = mirror(wire, layout)
+                .map(|(w, ((id, s), t, r))| ((w, (id, VehicleState::from(s))), t, r))
+                .as_collection();
+            let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
+            let (view, geo_view) = (view.clone(), geo_view.clone());
+            publish(
+                "VehicleState",
+                state,
+                mirrored_progress,
+                move |updates, ps, epoch| {
+                    record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
+                    let mut by_worker: std::collections::BTreeMap<u32, Vec<_>> =
+                        std::collections::BTreeMap::new();
+                    for ((w, d), r) in updates {
+                        by_worker.entry(w).or_default().push((d, r));
+                    }
+                    for w in layout.siblings(index) {
+                        let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
+                        let clock = ps.iter().find(|p| p.worker == w).map(|p| p.clock);
+                        if !ups.is_empty() || clock.is_some() {
+                            view.apply(w, ups, clock);
+                            geo_view.advance(w, clock);
+                        }
+                    }
+                },
+            );
+        } else {
+            publish(
+                "VehicleState",
+                core.state,
+                progress.clone(),
+                move |updates, ps, epoch| {
+                    record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
+                    let clock = ps.iter().map(|p| p.clock).max();
+                    view.apply(index, updates, clock);
+                    geo_view.advance(index, clock);
+                },
+            );
+        }
+        render_lake_sink(
+            raw,
+            rows,
+            dead,
+            events,
+            progress,
+            sink_cfg,
+            uploader.fork(),
+            hub,
+            share.sink,
+        );
+    });
+}
