@@ -28,8 +28,9 @@ use timely::dataflow::Stream;
 /// Hands a collection's changes and progress to `sink`, in time order, once complete,
 /// with the latest epoch (processing-time ms the inputs were read at) they cover. The
 /// progress handed over is the latest of each worker it came from.
-/// Within an epoch, retractions come before insertions (the collection must consist of
-/// exact retract/insert pairs).
+/// Within an epoch, updates keep the order they were produced in (the vehicle state
+/// collection is exact retract/insert pairs, each retraction followed by the insertion that
+/// replaces it); they are moved, never sorted or copied.
 pub fn publish<'scope, D, F>(
     name: &str,
     updates: VecCollection<'scope, u64, D, isize>,
@@ -75,10 +76,13 @@ pub fn publish<'scope, D, F>(
                 if !ready(t) {
                     break;
                 }
-                let (t, mut ups) = updates.pop_first().expect("checked");
+                let (t, ups) = updates.pop_first().expect("checked");
                 epoch = Some(t);
-                ups.sort_by_key(|(_, r)| *r);
-                batch.extend(ups);
+                if batch.is_empty() {
+                    batch = ups;
+                } else {
+                    batch.extend(ups);
+                }
             }
             let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
             while let Some((t, _)) = progress.first_key_value() {

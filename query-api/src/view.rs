@@ -83,20 +83,18 @@ impl VehicleView {
         self
     }
 
-    /// Applies a worker's changes (retractions before insertions) and its job clock.
+    /// Applies a worker's changes, in the order the worker produced them, and its job clock.
+    ///
+    /// The changes are exact retract/insert pairs: a vehicle's new state comes as the
+    /// retraction of the old one immediately followed by the insertion of the new one, which
+    /// replaces it. A retraction not followed by an insertion of the same vehicle removes
+    /// the vehicle (when its state is still the retracted one).
     pub fn apply(
         &self,
         worker: usize,
         updates: Vec<((CompactString, VehicleState), isize)>,
         clock: Option<Millis>,
     ) {
-        // A vehicle has one state at a time: an insertion replaces it, and a retraction
-        // only matters when no insertion of the same vehicle follows in the batch.
-        let inserted: std::collections::HashSet<CompactString> = updates
-            .iter()
-            .filter(|(_, d)| *d > 0)
-            .map(|((id, _), _)| id.clone())
-            .collect();
         // The log's lock first (see `changes`): streams see the view and the log agree.
         let mut log = self.changes.as_ref().map(|c| c.write());
         let mut inner = self.inner.write().expect("view lock");
@@ -109,24 +107,13 @@ impl VehicleView {
             *slot = Some(w);
         }
         let as_of = inner.as_of();
-        for ((id, state), diff) in updates {
-            if diff > 0 {
-                if let Some(log) = log.as_mut() {
-                    log.push(
-                        ChangeBody::Vehicle {
-                            state: state.clone(),
-                            removed: false,
-                        },
-                        as_of,
-                    );
-                }
-                match inner.vehicles.get_mut(&id) {
-                    Some(slot) => *slot = state,
-                    None => {
-                        inner.vehicles.insert(id, state);
-                    }
-                }
-            } else if !inserted.contains(&id) && inner.vehicles.get(&id) == Some(&state) {
+        // A retraction waits for the next change: an insertion of the same vehicle
+        // replaces the state, anything else makes it a removal.
+        let mut retracted: Option<(CompactString, VehicleState)> = None;
+        let remove = |inner: &mut Inner,
+                      log: &mut Option<std::sync::RwLockWriteGuard<'_, crate::changes::Log>>,
+                      (id, state): (CompactString, VehicleState)| {
+            if inner.vehicles.get(&id) == Some(&state) {
                 inner.vehicles.remove(&id);
                 if let Some(log) = log.as_mut() {
                     log.push(
@@ -138,6 +125,35 @@ impl VehicleView {
                     );
                 }
             }
+        };
+        for ((id, state), diff) in updates {
+            if diff < 0 {
+                if let Some(r) = retracted.replace((id, state)) {
+                    remove(&mut inner, &mut log, r);
+                }
+                continue;
+            }
+            if let Some(r) = retracted.take().filter(|(rid, _)| *rid != id) {
+                remove(&mut inner, &mut log, r);
+            }
+            if let Some(log) = log.as_mut() {
+                log.push(
+                    ChangeBody::Vehicle {
+                        state: state.clone(),
+                        removed: false,
+                    },
+                    as_of,
+                );
+            }
+            match inner.vehicles.get_mut(&id) {
+                Some(slot) => *slot = state,
+                None => {
+                    inner.vehicles.insert(id, state);
+                }
+            }
+        }
+        if let Some(r) = retracted {
+            remove(&mut inner, &mut log, r);
         }
         drop(inner);
         if let (Some(log), Some(c)) = (log, &self.changes) {
