@@ -301,9 +301,9 @@ fn history_and_fuel_efficiency_are_served_from_the_lake() {
     let (_, page, _) = get("/v1/fuel-efficiency?date=2025-01-31&limit=2");
     assert_eq!(page["items"].as_array().unwrap().len(), 2.min(want.len()));
 
-    // History, once the job read its whole input: an hour fits the raw tier, which auto
-    // picks.
-    wait_for_last_commit(&dir.path().join("lake"), Duration::from_secs(60));
+    // History, once a commit holds the whole input (the job goes on serving): an hour fits
+    // the raw tier, which auto picks.
+    wait_for_input_ended(&dir.path().join("lake"), Duration::from_secs(60));
     let vid = want[0].vehicle_id.as_str();
     let midnight = day + 86_400_000;
     let (from, to) = (midnight - 20 * 60_000, midnight + 40 * 60_000);

@@ -435,7 +435,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
         })
         .collect();
     let lake = dir.path().join("lake");
-    let events_in_lake = lake_events_match_the_reference(&lake, &changes);
+    let events_in_lake = lake_events_match_the_reference(&lake, &[], &changes);
 
     // The changes are part of the lake's checkpoint: the job resumed on the same lake
     // has them (not the spec's geofences, which are none) with their occupants, and goes
@@ -458,16 +458,16 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     );
     std::thread::sleep(Duration::from_secs(3));
     interrupt(child, rest);
-    let after = lake_events_match_the_reference(&lake, &changes);
+    let after = lake_events_match_the_reference(&lake, &[], &changes);
     assert!(
         after > events_in_lake,
         "the resumed job produced more events"
     );
 }
 
-/// Compares the lake's geofence events with the reference over the lake's raw fixes and
-/// `changes`; returns how many there are.
-fn lake_events_match_the_reference(lake: &Path, changes: &[Change]) -> usize {
+/// Compares the lake's geofence events with the reference over the lake's raw fixes, the
+/// `initial` geofences and `changes`; returns how many there are.
+fn lake_events_match_the_reference(lake: &Path, initial: &[Geofence], changes: &[Change]) -> usize {
     let raw = duckdb(&format!(
         "select vehicle_id, tenant, epoch_ms(ts), lat, lon from {}",
         lake_glob(lake, "raw")
@@ -484,7 +484,7 @@ fn lake_events_match_the_reference(lake: &Path, changes: &[Change]) -> usize {
             )
         })
         .collect();
-    let geo = expected_geofences(&accepted, &[], changes, 60_000);
+    let geo = expected_geofences(&accepted, initial, changes, 60_000);
     let mut got = lake_events(lake);
     got.sort();
     let caused = |c: GeofenceCause| got.iter().filter(|e| e.cause == c).count();
@@ -497,4 +497,114 @@ fn lake_events_match_the_reference(lake: &Path, changes: &[Change]) -> usize {
     );
     assert_eq!(got, geo.events);
     got.len()
+}
+
+/// `--serve` after a file job keeps the dataflow alive: geofence changes through the API
+/// are taken (not refused), yield their events and occupancy, reach the lake and its
+/// checkpoint, and equal the reference; the job ends on SIGINT with exit 0.
+#[test]
+fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleetflow_ok(
+        d,
+        &[
+            "generate",
+            "--vehicles",
+            "60",
+            "--duration",
+            "20m",
+            "--seed",
+            "3",
+            "--out",
+            "fleet.ndjson",
+        ],
+    );
+    let depot = format!(
+        "{{\"type\":\"FeatureCollection\",\"features\":[{}]}}",
+        json!({"type": "Feature", "id": "depot", "properties": {"radius_m": 3000.0},
+            "geometry": {"type": "Point", "coordinates": [CENTER[1], CENTER[0]]}})
+    );
+    std::fs::write(d.join("depot.geojson"), &depot).unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"served\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[geofences]\npath = \"depot.geojson\"\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    let lake = d.join("lake");
+    wait_for_input_ended(&lake, Duration::from_secs(120));
+    let (_, body) = http_get(&addr, "/v1/vehicles?limit=1000");
+    let vehicles = serde_json::from_str::<Value>(&body).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(vehicles, 60, "{body}");
+
+    let mut changes = Vec::new();
+    let mut change = |method: &str, id: &str, body: Option<String>, want: u16| {
+        let (status, resp) = http(
+            &addr,
+            method,
+            &format!("/v1/geofences/{id}"),
+            body.as_deref(),
+        );
+        assert_eq!(status, want, "{method} {id} after the input: {resp}");
+        let at = serde_json::from_str::<Value>(&resp).unwrap()["effective_at"]
+            .as_i64()
+            .expect("taken at a job clock");
+        changes.push(Change {
+            at,
+            fence: body.map(|b| {
+                Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(id), None, id)
+                    .unwrap()
+            }),
+            id: id.to_string(),
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        at
+    };
+    // A circle around the whole area: every vehicle is inside.
+    let all = change("PUT", "all", Some(circle_feature(60_000.0)), 201);
+    let (status, body) = http_get(&addr, "/v1/geofences/all/occupants?limit=1000");
+    assert_eq!(status, 200, "{body}");
+    let occ: Value = serde_json::from_str(&body).unwrap();
+    let items = occ["items"].as_array().unwrap();
+    assert_eq!(items.len(), vehicles, "every vehicle entered: {body}");
+    assert!(items.iter().all(|i| i["entered_at"].as_i64() == Some(all)));
+    change("PUT", "depot", Some(circle_feature(1500.0)), 200);
+    change("DELETE", "all", None, 200);
+    let (_, body) = http_get(&addr, "/v1/geofence-events?geofence=all&limit=1000");
+    let events: Value = serde_json::from_str(&body).unwrap();
+    let kinds = |cause: &str| {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["cause"] == cause)
+            .count()
+    };
+    assert_eq!(kinds("geofence_added"), vehicles, "{body}");
+    assert_eq!(kinds("geofence_removed"), vehicles, "{body}");
+
+    let log = interrupt(child, rest);
+    assert!(
+        log.contains("input done; serving the API until interrupted"),
+        "{log}"
+    );
+    let initial = load(&depot, None).unwrap().geofences;
+    lake_events_match_the_reference(&lake, &initial, &changes);
+
+    // The changes are in the checkpoint: served again, the job has them.
+    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(&addr, "/v1/geofences/depot");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("1500"), "the replaced depot: {body}");
+    assert_eq!(http_get(&addr, "/v1/geofences/all").0, 404, "removed");
+    interrupt(child, rest);
 }

@@ -304,6 +304,8 @@ pub fn render_timeline<'scope>(
         let mut last_emit = 0u64;
         // Whether the end of input was reached and this worker's clocks sent.
         let mut ending = false;
+        // Whether the end of input left on the progress output.
+        let mut end_published = false;
         // Sends what `out` holds (but progress) at `at`.
         let mut flush = move |out: &mut Outputs, caps_at: &[Capability<u64>], at: u64| {
             if !out.raw.is_empty() {
@@ -417,7 +419,12 @@ pub fn render_timeline<'scope>(
                 timelines.set_clock(c, &mut out);
                 cfg.metrics.advance_clock(c);
             }
-            let finished = inputs_frontier.is_none();
+            // The fixes and reports ended and every one of them was processed (the geofence
+            // changes may go on: `--serve` keeps taking them after a bounded input; until
+            // their frontier passes the last epochs, those wait in the stashes).
+            let finished = frontiers[..2].iter().all(|f| f.frontier().is_empty())
+                && fix_stash.is_empty()
+                && report_stash.is_empty();
             let at_end = finished && tracker.ended();
             if at_end && !ending {
                 // End of input: everything becomes final; then every worker's clocks, once.
@@ -510,7 +517,8 @@ pub fn render_timeline<'scope>(
                 .max(*held[0].time())
                 .max(last_emit);
             last_emit = emit_at;
-            let at_end_now = done && at_end;
+            // The end is published once (the operator may run on while changes come).
+            let at_end_now = done && at_end && !end_published;
             let advanced = publish_now && (clock != published || at_end_now);
             if let Some(c) = clock.filter(|_| advanced) {
                 // Every fix final so far precedes this mark on the finals output.
@@ -540,6 +548,7 @@ pub fn render_timeline<'scope>(
                         });
                     }
                     published = clock;
+                    end_published |= at_end_now;
                 }
             }
             if let Some(range) = cuts.as_mut().and_then(|c| c.frontier(inputs_frontier)) {

@@ -76,6 +76,10 @@ pub struct Commit {
     pub retention: BTreeMap<String, Millis>,
     /// Whether the job stopped after this commit (end of input or interrupt).
     pub last: bool,
+    /// Whether the commit holds everything the (bounded) input produced: every sink had
+    /// seen its end.
+    #[serde(default)]
+    pub input_ended: bool,
 }
 
 /// What recovery found.
@@ -330,6 +334,8 @@ impl Coordinator {
         let mut open_from: BTreeMap<String, Millis> = BTreeMap::new();
         // Rows still to come from vehicles not final yet (`None`: a sink not told yet).
         let mut unfinished: Option<Millis> = Some(Millis::MAX);
+        // Whether every sink saw the end of the input.
+        let (mut sinks, mut ended) = (0, true);
         for ((op, _), blob) in &ready.pieces {
             if op != SNAPSHOT_OP {
                 continue;
@@ -345,6 +351,8 @@ impl Coordinator {
             }
             publish.extend(s.pending);
             unfinished = unfinished.zip(s.complete).map(|(a, b)| a.min(b));
+            sinks += 1;
+            ended &= s.end;
             for (d, t) in s.open_from {
                 let e = open_from.entry(d).or_insert(t);
                 *e = (*e).min(t);
@@ -367,6 +375,7 @@ impl Coordinator {
             uncompacted: previous.uncompacted.clone(),
             retention: previous.retention.clone(),
             last: ready.last,
+            input_ended: sinks > 0 && ended,
         };
         // Retention: cut-offs move with the job clock; files rolled into an expired
         // partition are dropped instead of published.
@@ -445,6 +454,9 @@ impl Coordinator {
         }
         if let Some(w) = c.clock {
             self.metrics.lake_clock.fetch_max(w, Relaxed);
+        }
+        if c.input_ended {
+            self.metrics.lake_input_ended.store(true, Relaxed);
         }
         self.sweep(&c)?;
         self.retention(&c)?;

@@ -174,6 +174,7 @@ impl Writers {
         let mut snap = SinkSnapshot {
             clock,
             complete: self.complete,
+            end: self.end,
             pending: self.pending.iter().map(|(_, p)| p.clone()).collect(),
             ..Default::default()
         };
@@ -368,8 +369,10 @@ pub fn render_lake_sink<'scope>(
             if result.is_ok() {
                 if let Some(range) = cuts.frontier(frontier) {
                     // The last cut (end of input or interrupt) flushes every partition:
-                    // what is final is published; what is not stays in the state.
-                    let force = frontier.is_none();
+                    // what is final is published; what is not stays in the state. So does
+                    // every cut after the end of a bounded input (every row is final then;
+                    // a job serving its API after the input goes on with geofence events).
+                    let force = frontier.is_none() || w.end;
                     result = w.cut(range, force, &uploader, &hub, worker);
                 }
             }

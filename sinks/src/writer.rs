@@ -81,6 +81,10 @@ pub struct SinkSnapshot {
     /// [`Progress::complete`]).
     #[serde(default)]
     pub complete: Option<Millis>,
+    /// Whether the sink had seen the end of a bounded input (every row it will get from
+    /// the input is in this snapshot or before it).
+    #[serde(default)]
+    pub end: bool,
 }
 
 struct Tail {

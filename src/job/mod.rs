@@ -209,6 +209,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     // The dataflow, on every worker.
     // Bounded inputs end, and their end makes everything final; on live ones, silence does.
     let bounded = inputs.bounded();
+    // `--serve` after a bounded input keeps the dataflow alive on its geofence input, so
+    // that changes and their events go on (one process; a cluster serves its views as the
+    // input left them).
+    let serve_until =
+        (opts.serve && bounded && !clustered && api_task.is_some()).then(|| shutdown.clone());
     let lateness = spec.time.allowed_lateness.millis();
     let timeline_cfg = TimelineConfig {
         lateness,
@@ -356,12 +361,16 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         capture: opts.capture.clone(),
         ops_per_worker,
         resumed,
+        serve_until: serve_until.clone(),
     };
     let guards = timely::execute(config, move |worker| worker::build(worker, &plan))
         .map_err(|e| anyhow!("starting workers: {e}"))?;
     // In a cluster, `execute` returns once every process is connected.
     let startup = started.elapsed();
-    let results = guards.join();
+    let results = match &serve_until {
+        None => guards.join(),
+        Some(_) => serve_until_interrupted(guards, &metrics, &datasets, &hub, &shutdown, started),
+    };
     geofences.close();
     done.store(true, Relaxed);
     if let Some(t) = progress_thread {
@@ -396,7 +405,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         startup,
         committed.map(|c| (c.seq, c.clock)),
     );
-    if opts.serve && api_task.is_some() && !shutdown.load(Relaxed) {
+    if opts.serve && serve_until.is_none() && api_task.is_some() && !shutdown.load(Relaxed) {
         eprintln!("{summary}input done; serving the API until interrupted");
         while !shutdown.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
@@ -414,4 +423,40 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         vehicles,
         geofences,
     })
+}
+
+/// Waits for the workers of a job that serves its API after a bounded input: once a commit
+/// holds everything the input produced, prints the summary and that it is serving; a failed
+/// lake write stops the job. Returns the workers' results once interrupted.
+fn serve_until_interrupted(
+    guards: timely::communication::WorkerGuards<()>,
+    metrics: &Metrics,
+    datasets: &[String],
+    hub: &Hub,
+    shutdown: &AtomicBool,
+    started: Instant,
+) -> Vec<Result<(), String>> {
+    let startup = started.elapsed();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(guards.join());
+    });
+    let mut announced = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(results) => return results,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return vec![Err("the workers' thread ended without a result".into())]
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if !announced && metrics.lake_input_ended.load(Relaxed) && !shutdown.load(Relaxed) {
+            announced = true;
+            let summary = Summary::collect(metrics, datasets, started, startup, None);
+            eprintln!("{summary}input done; serving the API until interrupted");
+        }
+        if hub.failure().is_some() {
+            shutdown.store(true, Relaxed);
+        }
+    }
 }

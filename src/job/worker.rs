@@ -88,6 +88,9 @@ pub(super) struct WorkerPlan {
     pub ops_per_worker: usize,
     /// The checkpoint this run resumed from.
     pub resumed: u64,
+    /// After a bounded input, the dataflow stays alive (taking geofence changes) until
+    /// this flag is set (`--serve`).
+    pub serve_until: Option<Arc<AtomicBool>>,
 }
 
 /// Builds one worker's dataflow.
@@ -150,16 +153,19 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
     let uploader = plan.uploader.clone();
     let sink_cfg = plan.sink.clone();
     let capture = plan.capture.clone();
+    let serve_until = plan.serve_until.clone();
     if clustered {
         crate::cluster::render_checkpoint_transport(worker, hub.clone(), ops_per_worker, resumed);
     }
     worker.dataflow::<u64, _, _>(move |scope| {
         let source = render_source(scope, "locations", source, ctx);
         let clock_now = metrics_w.clone();
-        let mut changes =
-            render_geofence_input(source.reports.clone(), Some(change_rx), move || {
-                clock_now.clock()
-            });
+        let mut changes = render_geofence_input(
+            source.reports.clone(),
+            Some(change_rx),
+            move || clock_now.clock(),
+            serve_until,
+        );
         if clustered {
             // A follower's catalogue follows the changes process 0 took. (Every worker
             // builds the same operators: timely matches them across workers by position.)

@@ -166,6 +166,23 @@ pub fn wait_for_last_commit(lake: &Path, timeout: Duration) {
     }
 }
 
+/// Waits until the lake holds a commit of everything a bounded input produced.
+pub fn wait_for_input_ended(lake: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ended = files_under(&lake.join("_fleetflow/log"))
+            .into_iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|c| c["input_ended"] == true);
+        if ended {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no commit of the whole input");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Interrupts a job started by [`spawn_with_api`] (SIGINT), asserts it exited 0 and
 /// returns the rest of its log.
 pub fn interrupt(mut child: KillOnDrop, rest: std::thread::JoinHandle<String>) -> String {

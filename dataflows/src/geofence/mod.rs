@@ -50,6 +50,7 @@ use fleetflow_types::records::{GeofenceChange, GeofenceEvent, InputReport, Occup
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -283,10 +284,15 @@ pub type ChangeReceiver = Arc<Mutex<std::sync::mpsc::Receiver<GeofenceChange>>>;
 /// clock it takes effect at (`clock`, this process's), and emits them at the frontier of
 /// `watch` (the sources' reports), broadcast to every worker; it closes when that frontier
 /// closes (the sources ended or were interrupted).
+///
+/// With `serve_until`, it outlives the sources: once they ended it goes on taking changes
+/// at processing time (so the dataflow, its checkpoints and the API stay alive) until the
+/// flag is set.
 pub fn render_geofence_input<'scope>(
     watch: Stream<'scope, u64, Vec<InputReport>>,
     changes: Option<ChangeReceiver>,
     clock: impl Fn() -> Option<Millis> + 'static,
+    serve_until: Option<Arc<AtomicBool>>,
 ) -> Stream<'scope, u64, Vec<GeofenceChange>> {
     let scope = watch.scope();
     let worker = scope.index();
@@ -314,7 +320,16 @@ pub fn render_geofence_input<'scope>(
                         .give_iterator(received.into_iter());
                 }
             }
-            match frontier {
+            // After the sources, processing time moves the frontier (serving the API).
+            let serving = serve_until
+                .as_ref()
+                .is_some_and(|stop| !stop.load(Ordering::Relaxed));
+            let next = match frontier {
+                Some(f) => Some(f),
+                None if serving => Some(fleetflow_types::time::now_ms().max(0) as u64),
+                None => None,
+            };
+            match next {
                 None => cap = None,
                 Some(f) => {
                     if *held.time() < f {

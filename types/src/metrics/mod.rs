@@ -50,6 +50,9 @@ pub struct Metrics {
     /// The job clock of the newest commit whose files are published: lake readers' `as_of`
     /// ([`NO_TIME`] before the first).
     pub lake_clock: AtomicI64,
+    /// Whether a commit holds everything a bounded input produced (its end reached every
+    /// sink); a job serving its API after the input announces it then.
+    pub lake_input_ended: std::sync::atomic::AtomicBool,
     /// Vehicles whose clock is more than `offline_after` ahead of the job clock.
     pub clock_ahead: AtomicU64,
     /// Vehicles still reporting whose clock is more than `offline_after` behind it.
@@ -115,6 +118,7 @@ impl Metrics {
             dropped_fields: Default::default(),
             clock: AtomicI64::new(NO_TIME),
             lake_clock: AtomicI64::new(NO_TIME),
+            lake_input_ended: std::sync::atomic::AtomicBool::new(false),
             clock_ahead: AtomicU64::new(0),
             clock_behind: AtomicU64::new(0),
             clock_voters: AtomicU64::new(0),
