@@ -6,10 +6,12 @@
 //! - [`file`]: NDJSON files and directories.
 //! - [`generator`]: the deterministic simulated fleet.
 //! - [`kafka`]: the Kafka source, dead-letter topic, offset commits and event producer.
+//! - [`registry`]: every kind of source a job spec can name, opened once per job.
 #![deny(missing_docs)]
 
 pub mod file;
 pub mod generator;
 pub mod intake;
 pub mod kafka;
+pub mod registry;
 pub mod source;

@@ -1,7 +1,6 @@
 //! Running one job: wiring sources, the core dataflow, the lake sink and the API.
 
 use anyhow::{anyhow, Context};
-use fleetflow_connectors::kafka::KafkaSource;
 use fleetflow_dataflows::cluster::Layout;
 use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::FenceIndex;
@@ -30,7 +29,7 @@ mod services;
 mod setup;
 mod summary;
 mod worker;
-use setup::{load_geofences, resolve_inputs, show_progress, Inputs};
+use setup::{load_geofences, open_error, open_source, show_progress};
 pub use summary::{peak_rss, Summary};
 
 /// Everything a finished run captured, for tests (off in production runs).
@@ -115,7 +114,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let peers = layout.peers();
     let first = layout.global(process, 0);
 
-    let (registry, inputs, input_names, dead_letter_out) = resolve_inputs(spec, text, peers)?;
+    let (source, registry, dead_letter_out) = open_source(spec, text, peers)?;
+    let input_names = source.input_names().to_vec();
     let initial_geofences = load_geofences(spec, text)?;
     let dwell_after = spec
         .geofences
@@ -204,11 +204,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let done = Arc::new(AtomicBool::new(false));
     let progress_thread = opts
         .progress
-        .then(|| show_progress(&inputs, metrics.clone(), done.clone()));
+        .then(|| show_progress(&*source, metrics.clone(), done.clone()));
 
     // The dataflow, on every worker.
     // Bounded inputs end, and their end makes everything final; on live ones, silence does.
-    let bounded = inputs.bounded();
+    let bounded = source.bounded();
     // `--serve` after a bounded input keeps the dataflow alive on its geofence input, so
     // that changes and their events go on (one process; a cluster serves its views as the
     // input left them).
@@ -239,16 +239,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     };
     // Kafka consumers are created here, one per worker, so that a bad client
     // configuration is one error before the workers start; each worker takes its own.
-    let kafka_sources: Mutex<Vec<Option<KafkaSource>>> = Mutex::new(match &inputs {
-        Inputs::Kafka(k, info) => (first..first + workers)
-            .map(|w| KafkaSource::new(k, &spec.name, info, w, peers, metrics.clone()).map(Some))
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow!(e))?,
-        _ => Vec::new(),
-    });
+    source
+        .prepare(first..first + workers, peers, &metrics)
+        .map_err(|e| open_error(text, e))?;
     // Built once, shared by the workers until a runtime change (copy on write).
     let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
-    let inputs = Arc::new(inputs);
     // Checkpoints: every stateful operator of every worker takes part.
     let participants: Vec<(String, usize)> = (0..peers)
         .flat_map(|w| {
@@ -282,10 +277,10 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             job: (spec.name.clone(), input_names.to_vec()),
             target_bytes,
             previous: recovered.as_ref().map(|r| r.commit.clone()),
-            on_commit: match &*inputs {
-                Inputs::Kafka(k, _) => Some(services::commit_offsets(k, &spec.name)?),
-                _ => None,
-            },
+            on_commit: source
+                .committer(&spec.name)
+                .map_err(|e| open_error(text, e))?
+                .map(services::commit_positions),
         };
         let stop = coordinator_stop.clone();
         Some(
@@ -341,8 +336,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         registry,
         shutdown: shutdown.clone(),
         input_names: input_names.clone(),
-        inputs: inputs.clone(),
-        kafka_sources,
+        source: source.clone(),
         restores: Mutex::new(worker_restores),
         inputs_restored: Arc::new(inputs_restored),
         hub: hub.clone(),

@@ -1,14 +1,15 @@
 //! The services around a job's dataflow: recovering the lake, signals, the API server and
-//! committing Kafka offsets after each checkpoint.
+//! committing the source's positions after each checkpoint.
 
 use super::{spec_error, JobError, RunOptions};
-use anyhow::{anyhow, Context};
-use fleetflow_connectors::{kafka, source};
+use anyhow::Context;
+use fleetflow_connectors::registry::PositionCommitter;
+use fleetflow_connectors::source;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::commit::{clean_staging, read_checkpoint, recover, OnCommit, Recovered};
 use fleetflow_sinks::lake::Lake;
 use fleetflow_types::checkpoint::{Blob, Participant};
-use fleetflow_types::config::{JobSpec, KafkaSourceSpec};
+use fleetflow_types::config::JobSpec;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -116,10 +117,10 @@ pub(super) fn start_api(
     })
 }
 
-/// After each checkpoint, commits the sources' positions to the consumer group.
-pub(super) fn commit_offsets(k: &KafkaSourceSpec, job: &str) -> Result<OnCommit, JobError> {
-    let committer = kafka::OffsetCommitter::new(k, job).map_err(|e| anyhow!(e))?;
-    Ok(Box::new(
+/// After each checkpoint, hands the sources' positions to `committer` (a Kafka consumer
+/// group's offsets).
+pub(super) fn commit_positions(mut committer: PositionCommitter) -> OnCommit {
+    Box::new(
         move |_: &fleetflow_sinks::commit::Commit, pieces: &[(Participant, Blob)]| {
             // The sources' pieces (small, one chunk each).
             let sources: Vec<(Participant, Vec<u8>)> = pieces
@@ -128,17 +129,15 @@ pub(super) fn commit_offsets(k: &KafkaSourceSpec, job: &str) -> Result<OnCommit,
                 .map(|(p, b)| (p.clone(), b.contiguous().into_owned()))
                 .collect();
             match crate::restore::input_snapshots(&sources) {
-                Ok(inputs) => committer.commit(
+                Ok(inputs) => committer(
                     &inputs
                         .iter()
                         .filter(|i| i.position.0 != u64::MAX)
-                        .map(|i| (i.input as i32, i.position.0 as i64))
+                        .map(|i| (i.input, i.position.0))
                         .collect::<Vec<_>>(),
                 ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "offsets not committed to the group")
-                }
+                Err(e) => tracing::warn!(error = %e, "positions not committed"),
             }
         },
-    ))
+    )
 }

@@ -1,12 +1,10 @@
 //! One worker's dataflow: the source, the per-vehicle timeline, geofencing, publishing
 //! to the API's views and the lake sink, wired for one process or a cluster.
 
-use super::{Capture, Inputs};
+use super::Capture;
 use differential_dataflow::AsCollection;
-use fleetflow_connectors::file::FileSource;
-use fleetflow_connectors::generator::Generator;
-use fleetflow_connectors::kafka::KafkaSource;
-use fleetflow_connectors::source::{render_source, InputSnapshot, IntakeContext, Source};
+use fleetflow_connectors::registry::JobSource;
+use fleetflow_connectors::source::{render_source, InputSnapshot, IntakeContext};
 use fleetflow_dataflows::cluster::{drop_replaced, mirror, Layout};
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, ChangeReceiver, FenceIndex, ViewBatch, ViewSink,
@@ -48,10 +46,8 @@ pub(super) struct WorkerPlan {
     pub shutdown: Arc<AtomicBool>,
     /// Every input's name.
     pub input_names: Arc<Vec<String>>,
-    /// Where the events come from.
-    pub inputs: Arc<Inputs>,
-    /// One Kafka consumer per local worker, taken by it.
-    pub kafka_sources: Mutex<Vec<Option<KafkaSource>>>,
+    /// Where the events come from (each worker takes its instance).
+    pub source: Arc<dyn JobSource>,
     /// Each local worker's share of the restored state, taken by it.
     pub restores: Mutex<Vec<Option<crate::restore::WorkerRestore>>>,
     /// The inputs' restored positions.
@@ -111,15 +107,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
     );
     let metrics_w = metrics.clone();
     let probe = timely::dataflow::ProbeHandle::new();
-    let source: Box<dyn Source> = match &*plan.inputs {
-        Inputs::Files(files) => Box::new(FileSource::new(files, index, peers)),
-        Inputs::Generator(g) => Box::new(Generator::new(g, index as u32, peers as u32)),
-        Inputs::Kafka(..) => Box::new(
-            plan.kafka_sources.lock().expect("sources lock")[local]
-                .take()
-                .expect("one kafka source per worker"),
-        ),
-    };
+    let source = plan.source.instance(index, peers);
     // This worker's share of the restored state.
     let share = plan.restores.lock().expect("restore lock")[local]
         .take()
