@@ -20,6 +20,7 @@
 use crate::catalogue::{Catalogue, Dataset};
 use crate::lake::{Lake, LakeError, Uploader};
 pub use crate::staging::clean_staging;
+use crate::table::TableCommitter;
 use crate::writer::{merge_files, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
 use bytes::Bytes;
 use fleetflow_types::checkpoint::{failpoint, Blob, Hub, Participant, Ready};
@@ -119,39 +120,15 @@ pub(crate) async fn delete_if_exists(
     }
 }
 
-/// Publishes staged files and deletes files, as a commit lists them. Idempotent: a file
-/// already published (its staged copy gone) is skipped.
-async fn apply(
-    store: &dyn ObjectStore,
-    commit: &Commit,
-    metrics: Option<&Metrics>,
-) -> object_store::Result<()> {
-    for p in &commit.publish {
-        match store
-            .rename(&Path::from(p.from.as_str()), &Path::from(p.to.as_str()))
-            .await
-        {
-            Ok(()) => {
-                if let Some(m) = metrics {
-                    m.files_written.fetch_add(1, Relaxed);
-                    m.add_rows(&p.dataset, p.rows);
-                }
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        failpoint("publish");
-    }
-    for d in &commit.delete {
-        delete_if_exists(store, d).await?;
-    }
-    Ok(())
-}
-
-/// Reads the newest commit, applies it again and returns the state to resume from (`None`
-/// for a lake without checkpoints). Removing uncommitted leftovers is [`clean_staging`].
-pub fn recover(lake: &Lake, rt: &tokio::runtime::Handle) -> Result<Option<Recovered>, LakeError> {
-    newest(lake, rt, true)
+/// Reads the newest commit, applies it again to the tables and returns the state to resume
+/// from (`None` for a lake without checkpoints). Removing uncommitted leftovers is
+/// [`clean_staging`].
+pub fn recover(
+    lake: &Lake,
+    rt: &tokio::runtime::Handle,
+    tables: &dyn TableCommitter,
+) -> Result<Option<Recovered>, LakeError> {
+    newest(lake, rt, Some(tables))
 }
 
 /// Like [`recover`] without applying the commit again: for the processes of a cluster
@@ -160,13 +137,13 @@ pub fn read_checkpoint(
     lake: &Lake,
     rt: &tokio::runtime::Handle,
 ) -> Result<Option<Recovered>, LakeError> {
-    newest(lake, rt, false)
+    newest(lake, rt, None)
 }
 
 fn newest(
     lake: &Lake,
     rt: &tokio::runtime::Handle,
-    apply_again: bool,
+    apply_again: Option<&dyn TableCommitter>,
 ) -> Result<Option<Recovered>, LakeError> {
     let store = lake.store.clone();
     rt.block_on(async move {
@@ -187,8 +164,9 @@ fn newest(
             .await
             .map_err(|e| store_err(&path, e))?;
         let commit: Commit = serde_json::from_slice(&body).map_err(|e| store_err(&path, e))?;
-        if apply_again {
-            apply(&*store, &commit, None)
+        if let Some(tables) = apply_again {
+            tables
+                .apply(&*store, &commit, None)
                 .await
                 .map_err(|e| store_err(&path, e))?;
         }
@@ -217,6 +195,8 @@ pub struct Coordinator {
     pub metrics: Arc<Metrics>,
     /// The datasets.
     pub datasets: Catalogue,
+    /// How a commit's files become part of the datasets.
+    pub tables: Arc<dyn TableCommitter>,
     /// The job's name and inputs (recorded in every commit).
     pub job: (String, Vec<String>),
     /// Files smaller than half of this are compacted in closed partitions.
@@ -286,7 +266,10 @@ impl Coordinator {
                     (c.publish, c.delete) = std::mem::take(&mut carry);
                     self.write(&c)?;
                     self.rt()
-                        .block_on(apply(&*self.lake.store, &c, Some(&self.metrics)))
+                        .block_on(
+                            self.tables
+                                .apply(&*self.lake.store, &c, Some(&self.metrics)),
+                        )
                         .map_err(|e| store_err(&log_path(c.seq), e))?;
                     self.previous = Some(c);
                 }
@@ -439,10 +422,10 @@ impl Coordinator {
             garbage.push(log_path(c.seq - KEEP_LOG));
         }
         let metrics = self.metrics.clone();
-        let cc = c.clone();
+        let (cc, tables) = (c.clone(), self.tables.clone());
         self.rt()
             .block_on(async move {
-                apply(&*store, &cc, Some(&metrics)).await?;
+                tables.apply(&*store, &cc, Some(&metrics)).await?;
                 for g in garbage {
                     delete_if_exists(&*store, &g).await?;
                 }
@@ -721,7 +704,9 @@ mod tests {
             );
         }
         for _ in 0..2 {
-            let recovered = recover(&lake, rt.handle()).unwrap().expect("a checkpoint");
+            let recovered = recover(&lake, rt.handle(), &crate::table::HiveDirectories)
+                .unwrap()
+                .expect("a checkpoint");
             assert_eq!(recovered.commit, commit, "the newest record");
             assert_eq!(recovered.pieces, pieces);
             assert_eq!(
@@ -748,6 +733,10 @@ mod tests {
     fn a_lake_without_a_log_has_nothing_to_recover() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, _, rt) = test_uploader(dir.path());
-        assert!(recover(uploader.lake(), rt.handle()).unwrap().is_none());
+        assert!(
+            recover(uploader.lake(), rt.handle(), &crate::table::HiveDirectories)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! - [`lake`]: opening the object store and committing files to it.
 //! - [`read`]: a vehicle's rows back from a dataset (the API's history).
 //! - [`sink`]: the timely sink operator, cut at checkpoint boundaries.
+//! - [`table`]: how a commit's files become part of the datasets (Hive directories).
 //! - [`writer`]: per-partition Parquet writers.
 #![deny(missing_docs)]
 
@@ -18,4 +19,5 @@ pub mod read;
 pub mod schema;
 pub mod sink;
 mod staging;
+pub mod table;
 pub mod writer;

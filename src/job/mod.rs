@@ -274,6 +274,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
             uploader: uploader.fork(),
             metrics: metrics.clone(),
             datasets: catalogue.clone(),
+            tables: Arc::new(fleetflow_sinks::table::HiveDirectories),
             job: (spec.name.clone(), input_names.to_vec()),
             target_bytes,
             previous: recovered.as_ref().map(|r| r.commit.clone()),

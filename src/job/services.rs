@@ -8,6 +8,7 @@ use fleetflow_connectors::source;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::commit::{clean_staging, read_checkpoint, recover, OnCommit, Recovered};
 use fleetflow_sinks::lake::Lake;
+use fleetflow_sinks::table::HiveDirectories;
 use fleetflow_types::checkpoint::{Blob, Participant};
 use fleetflow_types::config::JobSpec;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -27,7 +28,7 @@ pub(super) fn recover_lake(
     input_names: &[String],
 ) -> Result<Option<Recovered>, JobError> {
     let recovered = if leader {
-        recover(lake, runtime)
+        recover(lake, runtime, &HiveDirectories)
     } else {
         read_checkpoint(lake, runtime)
     }
