@@ -135,52 +135,6 @@ async fn retraction_then_insertion_replaces_state() {
     assert_eq!(body["status"], "parked");
 }
 
-#[test]
-fn a_batch_of_several_epochs_replaces_in_order_and_removes_only_bare_retractions() {
-    use crate::changes::{ChangeBody, ChangeLog};
-    let log = Arc::new(ChangeLog::new(100, 1));
-    let view = VehicleView::new(1).with_changes(log.clone());
-    let a = state("V1", "t", 52.0, Status::Moving);
-    let b = state("V1", "t", 52.0, Status::Parked);
-    let c = state("V2", "t", 53.0, Status::Idle);
-    view.apply(0, vec![(("V2".into(), c.clone()), 1)], None);
-    // V1 goes a -> b -> a within one batch (three epochs); V2 is retracted alone.
-    view.apply(
-        0,
-        vec![
-            (("V1".into(), a.clone()), 1),
-            (("V1".into(), a.clone()), -1),
-            (("V1".into(), b.clone()), 1),
-            (("V2".into(), c.clone()), -1),
-            (("V1".into(), b), -1),
-            (("V1".into(), a.clone()), 1),
-        ],
-        None,
-    );
-    assert_eq!(view.get("V1"), Some(a));
-    assert_eq!(view.get("V2"), None);
-    let changes = log.read().after(0, 100).unwrap();
-    let seen: Vec<(String, bool)> = changes
-        .iter()
-        .map(|ch| match &ch.body {
-            ChangeBody::Vehicle { state, removed } => (state.fix.vehicle_id.to_string(), *removed),
-            ChangeBody::GeofenceEvent(_) => unreachable!(),
-        })
-        .collect();
-    let expect = [
-        ("V2", false),
-        ("V1", false),
-        ("V1", false),
-        ("V2", true),
-        ("V1", false),
-    ];
-    assert_eq!(
-        seen,
-        expect.map(|(v, r)| (v.to_string(), r)).to_vec(),
-        "every new state once, one removal, no removal for a replaced state"
-    );
-}
-
 #[tokio::test]
 async fn list_pages_with_cursor_and_filters() {
     let (app, view, _) = app();
