@@ -127,6 +127,24 @@ impl ClusterSpec {
 }
 
 /// The `host:port` lines of a hosts file.
+/// The timely configuration of `workers` threads in this process: one process alone, or
+/// this process of `cluster`.
+pub fn timely_config(cluster: Option<&ClusterSpec>, workers: usize) -> timely::Config {
+    match cluster {
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: c.index,
+                addresses: c.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+        None => timely::Config::process(workers),
+    }
+}
+
 pub fn parse_hosts(text: &str, path: &str) -> Result<Vec<String>, ClusterError> {
     let mut hosts = Vec::new();
     for (i, raw) in text.lines().enumerate() {

@@ -71,6 +71,27 @@ fn owner(id: &CompactString, workers: usize) -> usize {
     (id.hashed() % workers as u64) as usize
 }
 
+/// This process's shares of a restored checkpoint: the inputs' positions, and the state of
+/// each of its `workers` workers (global indexes from `first`); nothing for a fresh start.
+pub fn local_shares(
+    restored: Option<Restored>,
+    first: usize,
+    workers: usize,
+) -> (Vec<InputSnapshot>, Vec<Option<WorkerRestore>>) {
+    match restored {
+        Some(r) => (
+            r.inputs,
+            r.workers
+                .into_iter()
+                .skip(first)
+                .take(workers)
+                .map(Some)
+                .collect(),
+        ),
+        None => (Vec::new(), (0..workers).map(|_| None).collect()),
+    }
+}
+
 /// Decodes `pieces` and splits them over `workers`.
 pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
     let inputs = input_snapshots(pieces)?;

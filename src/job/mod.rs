@@ -2,25 +2,22 @@
 
 use anyhow::{anyhow, Context};
 use fleetflow_dataflows::cluster::Layout;
-use fleetflow_dataflows::geofence as geofence_op;
 use fleetflow_dataflows::geofence::FenceIndex;
-use fleetflow_dataflows::timeline::{Silence, TimelineConfig};
-use fleetflow_query_api::changes::ChangeLog;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::lake_routes::LakeAccess;
 use fleetflow_query_api::stream::StreamConfig;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
 use fleetflow_sinks::catalogue::Catalogue;
-use fleetflow_sinks::commit::Coordinator;
-use fleetflow_sinks::lake::{Lake, Uploader};
+use fleetflow_sinks::commit::{Commit, Coordinator};
+use fleetflow_sinks::lake::{Lake, LakeError, Uploader};
 use fleetflow_sinks::sink::SinkConfig;
 use fleetflow_sinks::writer::RollPolicy;
 use fleetflow_types::checkpoint::Hub;
 use fleetflow_types::config::{JobSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::metrics::Metrics;
-use fleetflow_types::records::{DeadLetter, GeofenceChange, GeofenceEvent, TierRow};
+use fleetflow_types::records::{DeadLetter, GeofenceEvent, TierRow};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,26 +150,14 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     }
     let registry = Arc::new(registry);
     let input_names = Arc::new(input_names);
-    let changes = Arc::new(ChangeLog::new(
-        spec.api.replay_buffer,
-        fleetflow_types::time::now_ms().max(0) as u64,
-    ));
-    // One shard per worker of the cluster: in a cluster every process mirrors them all.
-    let vehicles = Arc::new(VehicleView::new(peers).with_changes(changes.clone()));
-    // Runtime geofence changes: the API sends, worker 0 receives (so in a cluster, only
-    // process 0 takes them; the others follow what the dataflow applies).
-    let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
-    let change_rx = Arc::new(Mutex::new(change_rx));
-    let mut geo_view = GeofenceView::new(peers, &initial_geofences, leader.then_some(change_tx))
-        .continuing_after(latest_change)
-        .with_changes(changes.clone());
-    if let Some(c) = opts.cluster.as_ref().filter(|_| !leader) {
-        geo_view = geo_view.follow(format!(
-            "geofence changes are taken by process 0 of the cluster ({}); this is process {}",
-            c.hosts[0], c.index
-        ));
-    }
-    let geofences = Arc::new(geo_view);
+    let (changes, vehicles, geofences, change_rx) = services::api_views(
+        spec,
+        &opts,
+        peers,
+        leader,
+        &initial_geofences,
+        latest_change,
+    );
     let shutdown = opts.shutdown.clone().unwrap_or_default();
 
     let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
@@ -215,18 +200,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let serve_until =
         (opts.serve && bounded && !clustered && api_task.is_some()).then(|| shutdown.clone());
     let lateness = spec.time.allowed_lateness.millis();
-    let timeline_cfg = TimelineConfig {
-        lateness,
-        silence: (!bounded).then_some(Silence {
-            quiet_after: lateness,
-            close_after: spec.time.close_silent_after.millis(),
-        }),
-        vote_for: (!bounded).then_some(spec.time.idle_timeout.millis() as u64),
-        offline_after: spec.time.offline_after.millis(),
-        tiers: tiers.iter().map(|t| t.size_ms).collect(),
-        raw: spec.lake.has_raw(),
-        finals: true,
-    };
+    let timeline_cfg = setup::timeline_config(spec, &tiers, bounded);
     let target_bytes = spec.lake.target_file_bytes();
     let sink_cfg = SinkConfig {
         datasets: catalogue.clone(),
@@ -244,81 +218,37 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         .map_err(|e| open_error(text, e))?;
     // Built once, shared by the workers until a runtime change (copy on write).
     let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
-    // Checkpoints: every stateful operator of every worker takes part.
-    let participants: Vec<(String, usize)> = (0..peers)
-        .flat_map(|w| {
-            [
-                fleetflow_connectors::source::SNAPSHOT_OP,
-                fleetflow_dataflows::operator::SNAPSHOT_OP,
-                geofence_op::SNAPSHOT_OP,
-                fleetflow_sinks::writer::SNAPSHOT_OP,
-            ]
-            .map(|op| (op.to_string(), w))
-        })
-        .collect();
-    let ops_per_worker = participants.len() / peers;
     let resumed = recovered.as_ref().map_or(0, |r| r.commit.seq);
     let boundary = recovered.as_ref().map_or(0, |r| r.commit.boundary);
-    let interval = spec.lake.checkpoint_interval.millis() as u64;
-    let hub = Arc::new(if leader {
-        Hub::new(interval, participants, boundary)
-    } else {
-        Hub::relay(interval, boundary)
-    });
+    let (hub, ops_per_worker) = services::checkpoint_hub(spec, peers, leader, boundary);
     let coordinator_stop = Arc::new(AtomicBool::new(false));
     // Only the leader commits; a follower's pieces reach it through the dataflow.
     let coordinator_thread = if leader {
-        let coordinator = Coordinator {
-            lake: lake.clone(),
-            hub: hub.clone(),
-            uploader: uploader.fork(),
-            metrics: metrics.clone(),
-            datasets: catalogue.clone(),
-            tables: Arc::new(fleetflow_sinks::table::HiveDirectories),
-            job: (spec.name.clone(), input_names.to_vec()),
-            target_bytes,
-            previous: recovered.as_ref().map(|r| r.commit.clone()),
-            on_commit: source
-                .committer(&spec.name)
-                .map_err(|e| open_error(text, e))?
-                .map(services::commit_positions),
-        };
-        let stop = coordinator_stop.clone();
-        Some(
-            std::thread::Builder::new()
-                .name("fleetflow-commit".into())
-                .spawn(move || coordinator.run(stop))
-                .context("starting the checkpoint coordinator")?,
-        )
+        let on_commit = source
+            .committer(&spec.name)
+            .map_err(|e| open_error(text, e))?;
+        Some(services::start_coordinator(
+            Coordinator {
+                lake: lake.clone(),
+                hub: hub.clone(),
+                uploader: uploader.fork(),
+                metrics: metrics.clone(),
+                datasets: catalogue.clone(),
+                tables: Arc::new(fleetflow_sinks::table::HiveDirectories),
+                job: (spec.name.clone(), input_names.to_vec()),
+                target_bytes,
+                previous: recovered.as_ref().map(|r| r.commit.clone()),
+                on_commit: on_commit.map(services::commit_positions),
+            },
+            coordinator_stop.clone(),
+        )?)
     } else {
         None
     };
     // This process's workers' shares of the restored state.
-    let (inputs_restored, worker_restores) = match restored {
-        Some(r) => (
-            r.inputs,
-            r.workers
-                .into_iter()
-                .skip(first)
-                .take(workers)
-                .map(Some)
-                .collect(),
-        ),
-        None => (Vec::new(), (0..workers).map(|_| None).collect()),
-    };
-    let config = match &opts.cluster {
-        Some(c) if clustered => timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads: workers,
-                process: c.index,
-                addresses: c.hosts.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        },
-        _ => timely::Config::process(workers),
-    };
+    let (inputs_restored, worker_restores) = crate::restore::local_shares(restored, first, workers);
+    let config =
+        crate::cluster::timely_config(opts.cluster.as_ref().filter(|_| clustered), workers);
     if clustered {
         crate::cluster::stop_when_a_process_is_lost(process);
         tracing::info!(
@@ -371,27 +301,13 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     if let Some(t) = progress_thread {
         let _ = t.join();
     }
-    let failed_worker = results.into_iter().find_map(|r| r.err());
-    // The workers offered their final pieces; the coordinator commits them and stops (or
-    // stops at once if a worker failed).
-    if failed_worker.is_some() {
-        coordinator_stop.store(true, Relaxed);
-    }
-    let committed = match coordinator_thread {
-        Some(t) => t
-            .join()
-            .map_err(|_| anyhow!("the checkpoint coordinator panicked"))?,
-        // A follower's checkpoints are committed by process 0.
-        None => Ok(None),
-    };
-    if let Some(e) = failed_worker {
-        return Err(anyhow!("a worker failed: {e}").into());
-    }
-    uploader.finish().context("writing the lake")?;
-    if let Some(e) = hub.failure() {
-        return Err(anyhow!("writing the lake: {e}").into());
-    }
-    let committed = committed.context("committing the lake's checkpoint")?;
+    let committed = settle(
+        results,
+        &coordinator_stop,
+        coordinator_thread,
+        &uploader,
+        &hub,
+    )?;
 
     let summary = Summary::collect(
         &metrics,
@@ -454,4 +370,34 @@ fn serve_until_interrupted(
             shutdown.store(true, Relaxed);
         }
     }
+}
+
+/// After the workers: the coordinator commits their final pieces and stops (or stops at
+/// once if a worker failed); then every upload is finished. Returns the last commit (a
+/// follower's checkpoints are committed by process 0: none).
+fn settle(
+    results: Vec<Result<(), String>>,
+    coordinator_stop: &AtomicBool,
+    coordinator: Option<std::thread::JoinHandle<Result<Option<Commit>, LakeError>>>,
+    uploader: &Uploader,
+    hub: &Hub,
+) -> Result<Option<Commit>, JobError> {
+    let failed_worker = results.into_iter().find_map(|r| r.err());
+    if failed_worker.is_some() {
+        coordinator_stop.store(true, Relaxed);
+    }
+    let committed = match coordinator {
+        Some(t) => t
+            .join()
+            .map_err(|_| anyhow!("the checkpoint coordinator panicked"))?,
+        None => Ok(None),
+    };
+    if let Some(e) = failed_worker {
+        return Err(anyhow!("a worker failed: {e}").into());
+    }
+    uploader.finish().context("writing the lake")?;
+    if let Some(e) = hub.failure() {
+        return Err(anyhow!("writing the lake: {e}").into());
+    }
+    Ok(committed.context("committing the lake's checkpoint")?)
 }

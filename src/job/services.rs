@@ -5,14 +5,23 @@ use super::{spec_error, JobError, RunOptions};
 use anyhow::Context;
 use fleetflow_connectors::registry::PositionCommitter;
 use fleetflow_connectors::source;
+use fleetflow_dataflows::geofence::ChangeReceiver;
+use fleetflow_query_api::changes::ChangeLog;
+use fleetflow_query_api::geofences::GeofenceView;
+use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
-use fleetflow_sinks::commit::{clean_staging, read_checkpoint, recover, OnCommit, Recovered};
+use fleetflow_sinks::commit::{
+    clean_staging, read_checkpoint, recover, Commit, Coordinator, OnCommit, Recovered,
+};
 use fleetflow_sinks::lake::Lake;
+use fleetflow_sinks::lake::LakeError;
 use fleetflow_sinks::table::HiveDirectories;
-use fleetflow_types::checkpoint::{Blob, Participant};
+use fleetflow_types::checkpoint::{Blob, Hub, Participant};
 use fleetflow_types::config::JobSpec;
+use fleetflow_types::geofence::Geofence;
+use fleetflow_types::records::GeofenceChange;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Exactly once: resumes from the lake's newest checkpoint, after finishing its commit and
 /// removing what later, uncommitted work left behind. In a cluster the leader does this for
@@ -141,4 +150,82 @@ pub(super) fn commit_positions(mut committer: PositionCommitter) -> OnCommit {
             }
         },
     )
+}
+
+/// The API's views and the change log they feed: one shard per worker of the cluster (in
+/// a cluster every process mirrors them all). Runtime geofence changes: the API sends,
+/// worker 0 receives (so in a cluster only process 0 takes them; the others follow what
+/// the dataflow applies).
+pub(super) fn api_views(
+    spec: &JobSpec,
+    opts: &RunOptions,
+    peers: usize,
+    leader: bool,
+    geofences: &[Arc<Geofence>],
+    latest_change: u64,
+) -> (
+    Arc<ChangeLog>,
+    Arc<VehicleView>,
+    Arc<GeofenceView>,
+    ChangeReceiver,
+) {
+    let changes = Arc::new(ChangeLog::new(
+        spec.api.replay_buffer,
+        fleetflow_types::time::now_ms().max(0) as u64,
+    ));
+    let vehicles = Arc::new(VehicleView::new(peers).with_changes(changes.clone()));
+    let (change_tx, change_rx) = std::sync::mpsc::channel::<GeofenceChange>();
+    let mut geo_view = GeofenceView::new(peers, geofences, leader.then_some(change_tx))
+        .continuing_after(latest_change)
+        .with_changes(changes.clone());
+    if let Some(c) = opts.cluster.as_ref().filter(|_| !leader) {
+        geo_view = geo_view.follow(format!(
+            "geofence changes are taken by process 0 of the cluster ({}); this is process {}",
+            c.hosts[0], c.index
+        ));
+    }
+    (
+        changes,
+        vehicles,
+        Arc::new(geo_view),
+        Arc::new(Mutex::new(change_rx)),
+    )
+}
+
+/// The checkpoint hub: every stateful operator of every worker takes part (the leader
+/// collects the pieces; a follower relays them). Returns it and the participants per worker.
+pub(super) fn checkpoint_hub(
+    spec: &JobSpec,
+    peers: usize,
+    leader: bool,
+    boundary: u64,
+) -> (Arc<Hub>, usize) {
+    let ops = [
+        fleetflow_connectors::source::SNAPSHOT_OP,
+        fleetflow_dataflows::operator::SNAPSHOT_OP,
+        fleetflow_dataflows::geofence::SNAPSHOT_OP,
+        fleetflow_sinks::writer::SNAPSHOT_OP,
+    ];
+    let participants: Vec<(String, usize)> = (0..peers)
+        .flat_map(|w| ops.map(|op| (op.to_string(), w)))
+        .collect();
+    let interval = spec.lake.checkpoint_interval.millis() as u64;
+    let hub = if leader {
+        Hub::new(interval, participants, boundary)
+    } else {
+        Hub::relay(interval, boundary)
+    };
+    (Arc::new(hub), ops.len())
+}
+
+/// Runs the checkpoint coordinator on a thread of its own until the final commit (or
+/// `stop`); the thread returns the last commit.
+pub(super) fn start_coordinator(
+    coordinator: Coordinator,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<Option<Commit>, LakeError>>, JobError> {
+    Ok(std::thread::Builder::new()
+        .name("fleetflow-commit".into())
+        .spawn(move || coordinator.run(stop))
+        .context("starting the checkpoint coordinator")?)
 }

@@ -4,6 +4,7 @@
 use super::{spec_error, JobError};
 use anyhow::{anyhow, Context};
 use fleetflow_connectors::registry::{self, JobSource, OpenError};
+use fleetflow_dataflows::timeline::{Silence, TimelineConfig};
 use fleetflow_types::config::JobSpec;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::DeadLetterOut;
@@ -122,4 +123,26 @@ pub(super) fn show_progress(
         }
         bar.finish_and_clear();
     })
+}
+
+/// The per-vehicle timeline's settings. Bounded inputs end, and their end makes everything
+/// final; on live ones, silence does.
+pub(super) fn timeline_config(
+    spec: &JobSpec,
+    tiers: &[fleetflow_types::config::WindowTier],
+    bounded: bool,
+) -> TimelineConfig {
+    let lateness = spec.time.allowed_lateness.millis();
+    TimelineConfig {
+        lateness,
+        silence: (!bounded).then_some(Silence {
+            quiet_after: lateness,
+            close_after: spec.time.close_silent_after.millis(),
+        }),
+        vote_for: (!bounded).then_some(spec.time.idle_timeout.millis() as u64),
+        offline_after: spec.time.offline_after.millis(),
+        tiers: tiers.iter().map(|t| t.size_ms).collect(),
+        raw: spec.lake.has_raw(),
+        finals: true,
+    }
 }
