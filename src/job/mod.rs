@@ -111,7 +111,11 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let peers = layout.peers();
     let first = layout.global(process, 0);
 
-    let (source, registry, dead_letter_out) = open_source(spec, text, peers)?;
+    let setup::Opened {
+        source,
+        registry,
+        dead_letter_out,
+    } = open_source(spec, text, peers)?;
     let input_names = source.input_names().to_vec();
     let initial_geofences = load_geofences(spec, text)?;
     let dwell_after = spec

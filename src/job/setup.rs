@@ -42,20 +42,18 @@ pub(super) fn load_geofences(
 
 /// What a job reads: its source (see [`fleetflow_connectors::registry`]), the vehicle
 /// registry (the spec's file, plus the vehicles the source brings) and the dead-letter
-/// topic, for `peers` workers.
-#[allow(clippy::type_complexity)]
-pub(super) fn open_source(
-    spec: &JobSpec,
-    text: &str,
-    peers: usize,
-) -> Result<
-    (
-        Arc<dyn JobSource>,
-        VehicleRegistry,
-        Option<Arc<dyn DeadLetterOut>>,
-    ),
-    JobError,
-> {
+/// topic.
+pub(super) struct Opened {
+    /// The source.
+    pub source: Arc<dyn JobSource>,
+    /// The vehicle registry.
+    pub registry: VehicleRegistry,
+    /// Where dead letters also go.
+    pub dead_letter_out: Option<Arc<dyn DeadLetterOut>>,
+}
+
+/// Opens what a job reads, for `peers` workers.
+pub(super) fn open_source(spec: &JobSpec, text: &str, peers: usize) -> Result<Opened, JobError> {
     let mut registry = match spec.vehicles.as_ref().and_then(|v| v.registry.as_ref()) {
         Some(path) => {
             let body = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -74,7 +72,11 @@ pub(super) fn open_source(
     let dead_letter_out = source
         .dead_letter_out(spec.dead_letter.topic.as_deref())
         .map_err(|e| open_error(text, e))?;
-    Ok((source, registry, dead_letter_out))
+    Ok(Opened {
+        source,
+        registry,
+        dead_letter_out,
+    })
 }
 
 /// A source that could not be opened: a spec error naming the field, or a runtime error.
