@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{circles, data_dir, env_or, generated_input, run};
+use common::{circles, data_dir, env_or, generated_input, median, run};
 use std::process::Command;
 use std::time::Instant;
 
@@ -98,10 +98,4 @@ fn main() {
         median(&mut wall_ratios),
         median(&mut rss_ratios)
     );
-}
-
-/// The median of a non-empty list.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

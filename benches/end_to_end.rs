@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{env_or, generated_input, run};
+use common::{env_or, generated_input, median, run};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -85,10 +85,4 @@ fn main() {
             );
         }
     }
-}
-
-/// The median of a non-empty list.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A job fed by the generator in real time (event time runs as fast as the wall clock
 /// times `speed`), with the API on a free port.
@@ -22,11 +22,7 @@ fn running_job(
     )
     .unwrap();
     let (child, addr, rest) = spawn_with_api(dir, &["run", "job.toml"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "not ready in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(&addr);
     (child, addr, rest)
 }
 

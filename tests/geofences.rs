@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TIERS: [i64; 3] = [60_000, 3_600_000, 86_400_000];
 /// The generator's default center (Berlin).
@@ -324,15 +324,33 @@ fn circle_feature(radius_m: f64) -> String {
     .to_string()
 }
 
+/// `METHOD /v1/geofences/{id}` with `body`: asserts the status and returns the change at the
+/// job clock it took effect at (for the reference).
+fn change_geofence(addr: &str, method: &str, id: &str, body: Option<String>, want: u16) -> Change {
+    let (status, resp) = http(
+        addr,
+        method,
+        &format!("/v1/geofences/{id}"),
+        body.as_deref(),
+    );
+    assert_eq!(status, want, "{method} {id}: {resp}");
+    let at = serde_json::from_str::<Value>(&resp).unwrap()["effective_at"]
+        .as_i64()
+        .expect("taken at a job clock");
+    Change {
+        at,
+        fence: body.map(|b| {
+            Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(id), None, id).unwrap()
+        }),
+        id: id.to_string(),
+    }
+}
+
 #[test]
 fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let (child, addr, rest) = spawn_generator_job(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "not ready in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr);
     std::thread::sleep(Duration::from_secs(2));
 
     // Bad requests are 4xx with a JSON error.
@@ -361,20 +379,11 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     }
 
     // Add a 4 km circle at the center, replace it by a 2 km one, add and remove another.
-    let mut changes: Vec<(String, Option<String>)> = Vec::new();
-    let mut effective = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
     let mut step = |method: &str, id: &str, body: Option<String>, want: u16| {
-        let (status, resp) = http(
-            &addr,
-            method,
-            &format!("/v1/geofences/{id}"),
-            body.as_deref(),
-        );
-        assert_eq!(status, want, "{method} {id}: {resp}");
-        let v: Value = serde_json::from_str(&resp).unwrap();
-        let at = v["effective_at"].as_i64().expect("applied at a job clock");
-        effective.push(at);
-        changes.push((id.to_string(), body));
+        let change = change_geofence(&addr, method, id, body, want);
+        let at = change.at;
+        changes.push(change);
         std::thread::sleep(Duration::from_millis(1500));
         at
     };
@@ -422,18 +431,6 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     // Stop the job; the lake holds every final fix and every event.
     interrupt(child, rest);
 
-    let changes: Vec<Change> = changes
-        .into_iter()
-        .zip(effective)
-        .map(|((id, body), at)| Change {
-            at,
-            fence: body.map(|b| {
-                Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(&id), None, &id)
-                    .unwrap()
-            }),
-            id,
-        })
-        .collect();
     let lake = dir.path().join("lake");
     let events_in_lake = lake_events_match_the_reference(&lake, &[], &changes);
 
@@ -441,11 +438,7 @@ fn runtime_changes_through_the_api_yield_the_events_and_occupancy_of_the_referen
     // has them (not the spec's geofences, which are none) with their occupants, and goes
     // on producing exactly the reference's events.
     let (child, addr, rest) = spawn_generator_job(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "not ready in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr);
     let (status, body) = http_get(&addr, "/v1/geofences/depot");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("2000"), "the replaced 2 km depot: {body}");
@@ -543,24 +536,9 @@ fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
 
     let mut changes = Vec::new();
     let mut change = |method: &str, id: &str, body: Option<String>, want: u16| {
-        let (status, resp) = http(
-            &addr,
-            method,
-            &format!("/v1/geofences/{id}"),
-            body.as_deref(),
-        );
-        assert_eq!(status, want, "{method} {id} after the input: {resp}");
-        let at = serde_json::from_str::<Value>(&resp).unwrap()["effective_at"]
-            .as_i64()
-            .expect("taken at a job clock");
-        changes.push(Change {
-            at,
-            fence: body.map(|b| {
-                Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(id), None, id)
-                    .unwrap()
-            }),
-            id: id.to_string(),
-        });
+        let change = change_geofence(&addr, method, id, body, want);
+        let at = change.at;
+        changes.push(change);
         std::thread::sleep(Duration::from_millis(700));
         at
     };
@@ -597,11 +575,7 @@ fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
 
     // The changes are in the checkpoint: served again, the job has them.
     let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "not ready in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr);
     let (status, body) = http_get(&addr, "/v1/geofences/depot");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("1500"), "the replaced depot: {body}");

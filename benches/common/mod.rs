@@ -147,16 +147,27 @@ fn offset(lat: f64, lon: f64, north_m: f64, east_m: f64) -> [f64; 2] {
     ]
 }
 
+/// A point spread uniformly over the generator's area, `[lon, lat]`.
+fn random_point(rng: &mut impl Rng) -> [f64; 2] {
+    let (r, a) = (
+        AREA_M * rng.random::<f64>().sqrt(),
+        rng.random_range(0.0..std::f64::consts::TAU),
+    );
+    offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin())
+}
+
+/// The median of a non-empty list.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// `n` random geofences, half circles, half star-shaped polygons, 50-500 m across.
 pub fn fences(n: usize) -> String {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let features: Vec<_> = (0..n)
         .map(|i| {
-            let (r, a) = (
-                AREA_M * rng.random::<f64>().sqrt(),
-                rng.random_range(0.0..std::f64::consts::TAU),
-            );
-            let [lon, lat] = offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin());
+            let [lon, lat] = random_point(&mut rng);
             let radius = rng.random_range(25.0..250.0);
             if i % 2 == 0 {
                 json!({"type": "Feature", "id": format!("c{i}"), "properties": {"radius_m": radius},
@@ -187,11 +198,7 @@ pub fn circles(n: usize) -> (String, String) {
     let mut csv = String::from("id,lat,lon,radius_m\n");
     let features: Vec<_> = (0..n)
         .map(|i| {
-            let (r, a) = (
-                AREA_M * rng.random::<f64>().sqrt(),
-                rng.random_range(0.0..std::f64::consts::TAU),
-            );
-            let [lon, lat] = offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin());
+            let [lon, lat] = random_point(&mut rng);
             let radius: f64 = rng.random_range(200.0..2000.0);
             csv.push_str(&format!("c{i},{lat},{lon},{radius}\n"));
             json!({"type": "Feature", "id": format!("c{i}"), "properties": {"radius_m": radius},

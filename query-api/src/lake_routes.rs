@@ -32,6 +32,8 @@ pub struct TierInfo {
     pub name: String,
     /// Window size; `None` for raw.
     pub size_ms: Option<Millis>,
+    /// Its partitioning, as the catalogue gives it.
+    pub partitioning: Partitioning,
 }
 
 /// The job's lake, as the API reads it.
@@ -52,10 +54,12 @@ impl LakeAccess {
                 DatasetKind::Raw => Some(TierInfo {
                     name: d.name.clone(),
                     size_ms: None,
+                    partitioning: d.partitioning,
                 }),
                 DatasetKind::Tier(t) => Some(TierInfo {
                     name: d.name.clone(),
                     size_ms: Some(t.size_ms),
+                    partitioning: d.partitioning,
                 }),
                 DatasetKind::GeofenceEvents | DatasetKind::DeadLetter => None,
             })
@@ -65,16 +69,13 @@ impl LakeAccess {
     }
 
     fn dataset(t: &TierInfo) -> Dataset {
-        match t.size_ms {
-            None => Dataset {
-                name: t.name.clone(),
-                partitioning: Partitioning::Hour,
-                time_column: "ts",
-            },
-            Some(size) => Dataset {
-                name: t.name.clone(),
-                partitioning: Partitioning::for_window(size),
-                time_column: "window_start",
+        Dataset {
+            name: t.name.clone(),
+            partitioning: t.partitioning,
+            time_column: if t.size_ms.is_some() {
+                "window_start"
+            } else {
+                "ts"
             },
         }
     }

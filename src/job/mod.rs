@@ -145,7 +145,6 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         None => initial_geofences,
     };
     let catalogue = Catalogue::for_lake(&spec.lake);
-    let tiers = catalogue.tiers();
     let datasets = catalogue.names();
     let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
     if let Some(w) = recovered.as_ref().and_then(|r| r.commit.clock) {
@@ -204,7 +203,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     let serve_until =
         (opts.serve && bounded && !clustered && api_task.is_some()).then(|| shutdown.clone());
     let lateness = spec.time.allowed_lateness.millis();
-    let timeline_cfg = setup::timeline_config(spec, &tiers, bounded);
+    let timeline_cfg = setup::timeline_config(spec, &catalogue, bounded);
     let target_bytes = spec.lake.target_file_bytes();
     let sink_cfg = SinkConfig {
         datasets: catalogue.clone(),

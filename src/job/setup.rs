@@ -5,6 +5,7 @@ use super::{spec_error, JobError};
 use anyhow::{anyhow, Context};
 use fleetflow_connectors::registry::{self, JobSource, OpenError};
 use fleetflow_dataflows::timeline::{Silence, TimelineConfig};
+use fleetflow_sinks::catalogue::Catalogue;
 use fleetflow_types::config::JobSpec;
 use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::DeadLetterOut;
@@ -127,11 +128,12 @@ pub(super) fn show_progress(
     })
 }
 
-/// The per-vehicle timeline's settings. Bounded inputs end, and their end makes everything
+/// The per-vehicle timeline's settings (its window tiers and raw output from the
+/// catalogue). Bounded inputs end, and their end makes everything
 /// final; on live ones, silence does.
 pub(super) fn timeline_config(
     spec: &JobSpec,
-    tiers: &[fleetflow_types::config::WindowTier],
+    catalogue: &Catalogue,
     bounded: bool,
 ) -> TimelineConfig {
     let lateness = spec.time.allowed_lateness.millis();
@@ -143,8 +145,8 @@ pub(super) fn timeline_config(
         }),
         vote_for: (!bounded).then_some(spec.time.idle_timeout.millis() as u64),
         offline_after: spec.time.offline_after.millis(),
-        tiers: tiers.iter().map(|t| t.size_ms).collect(),
-        raw: spec.lake.has_raw(),
+        tiers: catalogue.tiers().iter().map(|t| t.size_ms).collect(),
+        raw: catalogue.has_raw(),
         finals: true,
     }
 }

@@ -183,6 +183,15 @@ pub fn wait_for_input_ended(lake: &Path, timeout: Duration) {
     }
 }
 
+/// Waits (up to a minute) until the API at `addr` answers `/readyz` with 200.
+pub fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Interrupts a job started by [`spawn_with_api`] (SIGINT), asserts it exited 0 and
 /// returns the rest of its log.
 pub fn interrupt(mut child: KillOnDrop, rest: std::thread::JoinHandle<String>) -> String {
