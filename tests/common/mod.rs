@@ -89,15 +89,32 @@ pub fn generated_job_dir(
     dir
 }
 
+/// A free loopback port for a server a test starts (a cluster's process, the S3 server,
+/// the broker), taken below Linux's ephemeral range (32768 and up): a port the OS handed
+/// out for `:0` and released again could be handed out once more, to another listener on
+/// `:0` (a job's API), before the server it was meant for binds it.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Writes `dir/hosts` with `n` free loopback ports for the timely connections of a
 /// cluster's processes, and returns its name.
 pub fn cluster_hosts(dir: &Path, n: usize) -> String {
-    let text: String = (0..n)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("127.0.0.1:{}\n", l.local_addr().unwrap().port())
-        })
-        .collect();
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < n {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let text: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
     std::fs::write(dir.join("hosts"), text).unwrap();
     "hosts".into()
 }
@@ -388,11 +405,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts the server and waits until it answers.
     pub fn start() -> S3Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = std::process::Command::new("python3")
             .args([
                 "-m",
@@ -641,11 +654,7 @@ impl KafkaBroker {
     /// Starts a broker with empty storage of the given engine (`sqlite://tansu.db`, or
     /// `memory://tansu/`: faster, but lost when the broker stops).
     pub fn start_with(storage: &'static str) -> KafkaBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut b = KafkaBroker {
             child: None,
             dir: tempfile::tempdir().unwrap(),
