@@ -135,7 +135,7 @@ pub struct CoreStreams<'scope> {
     /// Late fixes and implausible jumps.
     pub dead_letters: Stream<'scope, u64, Vec<DeadLetter>>,
     /// Vehicle state, keyed by vehicle id.
-    pub state: VecCollection<'scope, u64, (CompactString, VehicleState), isize>,
+    pub state: VecCollection<'scope, u64, (CompactString, Arc<VehicleState>), isize>,
     /// The job clock each worker reached, per epoch.
     pub progress: Stream<'scope, u64, Vec<Progress>>,
     /// Final fixes with geofence changes interleaved, for geofencing.
@@ -242,7 +242,7 @@ pub fn render_timeline<'scope>(
     let (row_out, rows) = builder.new_output::<Vec<TierRow>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (state_out, state) =
-        builder.new_output::<Vec<((CompactString, VehicleState), u64, isize)>>();
+        builder.new_output::<Vec<((CompactString, Arc<VehicleState>), u64, isize)>>();
     let (progress_out, progress) = builder.new_output::<Vec<Progress>>();
     let (finals_out, finals) = builder.new_output::<Vec<Finalized>>();
     let (clock_out, clock) = builder.new_output::<Vec<ClockReport>>();
@@ -256,7 +256,7 @@ pub fn render_timeline<'scope>(
     let mut raw_out: Out<Fix> = OutputBuilder::from(raw_out);
     let mut row_out: Out<TierRow> = OutputBuilder::from(row_out);
     let mut dead_out: Out<DeadLetter> = OutputBuilder::from(dead_out);
-    let mut state_out: Out<((CompactString, VehicleState), u64, isize)> =
+    let mut state_out: Out<((CompactString, Arc<VehicleState>), u64, isize)> =
         OutputBuilder::from(state_out);
     let mut progress_out: Out<Progress> = OutputBuilder::from(progress_out);
     let mut finals_out: Out<Finalized> = OutputBuilder::from(finals_out);

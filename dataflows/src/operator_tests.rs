@@ -150,7 +150,10 @@ fn canonical(
     rows: Vec<fleetflow_types::records::TierRow>,
     dead: Vec<fleetflow_types::records::DeadLetter>,
     state: Vec<(
-        (CompactString, fleetflow_types::records::VehicleState),
+        (
+            CompactString,
+            std::sync::Arc<fleetflow_types::records::VehicleState>,
+        ),
         isize,
     )>,
     finals: &[Finalized],

@@ -25,8 +25,8 @@ pub enum ChangeBody {
     /// A vehicle's state is now `state`, or (`removed`) the vehicle with that last state
     /// was removed.
     Vehicle {
-        /// The new (or last) state.
-        state: VehicleState,
+        /// The new (or last) state (the allocation the view holds).
+        state: std::sync::Arc<VehicleState>,
         /// Whether the vehicle was removed.
         removed: bool,
     },

@@ -8,6 +8,11 @@ use fleetflow_types::records::{Reason, Status};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+/// An empty batch of changes (a clock advance only).
+fn no_changes() -> Vec<((fleetflow_types::CompactString, VehicleState), isize)> {
+    Vec::new()
+}
+
 fn state(id: &str, tenant: &str, lat: f64, status: Status) -> VehicleState {
     VehicleState {
         fix: Fix {
@@ -108,7 +113,7 @@ async fn vehicle_by_id_with_as_of_once_every_worker_published() {
         body["as_of"].is_null(),
         "worker 1 has not published a watermark"
     );
-    view.apply(1, vec![], Some(4_000));
+    view.apply(1, no_changes(), Some(4_000));
     let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
     assert_eq!(
         body["as_of"], 4_000,
@@ -139,7 +144,7 @@ async fn retraction_then_insertion_replaces_state() {
 async fn list_pages_with_cursor_and_filters() {
     let (app, view, _) = app();
     fill(&view);
-    view.apply(1, vec![], Some(5_000));
+    view.apply(1, no_changes(), Some(5_000));
     let (st, body, _) = call(&app, "/v1/vehicles?limit=2").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body["items"].as_array().unwrap().len(), 2);
@@ -201,8 +206,8 @@ async fn health_readiness_and_metrics() {
     assert_eq!(st, StatusCode::OK);
     let (st, _, _) = call(&app, "/readyz").await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    view.apply(0, vec![], Some(7));
-    view.apply(1, vec![], Some(9));
+    view.apply(0, no_changes(), Some(7));
+    view.apply(1, no_changes(), Some(9));
     let (st, body, _) = call(&app, "/readyz").await;
     assert_eq!((st, body["as_of"].as_i64()), (StatusCode::OK, Some(7)));
     metrics
@@ -602,7 +607,7 @@ mod nearby {
             ],
             Some(7_000),
         );
-        view.apply(1, vec![], Some(9_000));
+        view.apply(1, no_changes(), Some(9_000));
         let (st, body, text) =
             call(&app, "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=5000").await;
         assert_eq!(st, StatusCode::OK, "{text}");
@@ -661,7 +666,7 @@ async fn fuel_efficiency_today_is_the_running_values_of_todays_vehicles() {
         ],
         Some(day + 3_600_000),
     );
-    view.apply(1, vec![], Some(day + 3_600_000));
+    view.apply(1, no_changes(), Some(day + 3_600_000));
     let (s, v, body) = call(&app, "/v1/fuel-efficiency").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(v["date"], "2025-03-01");

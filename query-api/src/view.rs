@@ -7,7 +7,7 @@ use fleetflow_types::records::VehicleState;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// A vehicle's position on the unit sphere, so that straight-line (chord) distance orders
 /// points exactly as great-circle distance does, with its index in [`Positions::states`].
@@ -20,7 +20,7 @@ pub const INDEX_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(
 #[derive(Debug)]
 struct Positions {
     tree: rstar::RTree<Located>,
-    states: Vec<VehicleState>,
+    states: Vec<Arc<VehicleState>>,
     as_of: Option<Millis>,
     version: u64,
     built: std::time::Instant,
@@ -46,7 +46,8 @@ pub struct VehicleView {
 
 #[derive(Debug)]
 struct Inner {
-    vehicles: BTreeMap<CompactString, VehicleState>,
+    /// The states the dataflow published, shared with it and the change log (no copy).
+    vehicles: BTreeMap<CompactString, Arc<VehicleState>>,
     /// Counts applied batches with changes (the index is rebuilt when it differs).
     version: u64,
     as_of: Vec<Option<Millis>>,
@@ -89,10 +90,13 @@ impl VehicleView {
     /// retraction of the old one immediately followed by the insertion of the new one, which
     /// replaces it. A retraction not followed by an insertion of the same vehicle removes
     /// the vehicle (when its state is still the retracted one).
-    pub fn apply(
+    ///
+    /// The dataflow hands over shared states (`Arc<VehicleState>`): the view and the change
+    /// log keep that allocation, so applying a change copies no state.
+    pub fn apply<S: Into<Arc<VehicleState>>>(
         &self,
         worker: usize,
-        updates: Vec<((CompactString, VehicleState), isize)>,
+        updates: Vec<((CompactString, S), isize)>,
         clock: Option<Millis>,
     ) {
         // The log's lock first (see `changes`): streams see the view and the log agree.
@@ -109,11 +113,12 @@ impl VehicleView {
         let as_of = inner.as_of();
         // A retraction waits for the next change: an insertion of the same vehicle
         // replaces the state, anything else makes it a removal.
-        let mut retracted: Option<(CompactString, VehicleState)> = None;
+        let mut retracted: Option<(CompactString, Arc<VehicleState>)> = None;
         let remove = |inner: &mut Inner,
                       log: &mut Option<std::sync::RwLockWriteGuard<'_, crate::changes::Log>>,
-                      (id, state): (CompactString, VehicleState)| {
-            if inner.vehicles.get(&id) == Some(&state) {
+                      (id, state): (CompactString, Arc<VehicleState>)| {
+            let current = inner.vehicles.get(&id);
+            if current.is_some_and(|c| Arc::ptr_eq(c, &state) || **c == *state) {
                 inner.vehicles.remove(&id);
                 if let Some(log) = log.as_mut() {
                     log.push(
@@ -127,6 +132,7 @@ impl VehicleView {
             }
         };
         for ((id, state), diff) in updates {
+            let state: Arc<VehicleState> = state.into();
             if diff < 0 {
                 if let Some(r) = retracted.replace((id, state)) {
                     remove(&mut inner, &mut log, r);
@@ -139,7 +145,7 @@ impl VehicleView {
             if let Some(log) = log.as_mut() {
                 log.push(
                     ChangeBody::Vehicle {
-                        state: state.clone(),
+                        state: Arc::clone(&state),
                         removed: false,
                     },
                     as_of,
@@ -173,7 +179,7 @@ impl VehicleView {
             .expect("view lock")
             .vehicles
             .get(id)
-            .cloned()
+            .map(|s| VehicleState::clone(s))
     }
 
     /// Every vehicle passing `keep`, in id order, and the `as_of` they are complete through.
@@ -186,7 +192,7 @@ impl VehicleView {
             .vehicles
             .values()
             .filter(|v| keep(v))
-            .cloned()
+            .map(|v| VehicleState::clone(v))
             .collect();
         (items, inner.as_of())
     }
@@ -199,12 +205,13 @@ impl VehicleView {
         limit: usize,
         keep: impl Fn(&VehicleState) -> bool,
     ) -> (Vec<VehicleState>, bool) {
-        page_after(
+        let (items, more) = page_after(
             &self.inner.read().expect("view lock").vehicles,
             after,
             limit,
-            keep,
-        )
+            |v| keep(v),
+        );
+        (items.into_iter().map(Arc::unwrap_or_clone).collect(), more)
     }
 
     /// The spatial index, rebuilt first if it is out of date and older than
@@ -220,7 +227,7 @@ impl VehicleView {
             // as_of. The tree is built after the lock is released.
             let (states, version, as_of) = {
                 let inner = self.inner.read().expect("view lock");
-                let states: Vec<VehicleState> = inner.vehicles.values().cloned().collect();
+                let states: Vec<Arc<VehicleState>> = inner.vehicles.values().cloned().collect();
                 (states, inner.version, inner.as_of())
             };
             let points = states
@@ -267,7 +274,7 @@ impl VehicleView {
             let v = &positions.states[p.data];
             let m = haversine_km(lat, lon, v.fix.lat, v.fix.lon) * 1000.0;
             if m <= radius_m && keep(v) {
-                out.push((v.clone(), m));
+                out.push((VehicleState::clone(v), m));
             }
         }
         (out, positions.as_of)

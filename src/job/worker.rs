@@ -235,10 +235,11 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         if clustered {
             // Every worker's state changes and progress, to one worker of every process;
             // this worker applies the shards of the workers with its local index.
-            let wire = drop_replaced(core.state.inner)
-                .map(|((id, s), t, r)| ((id, VehicleStateWire::from(s)), t, r));
+            let wire = drop_replaced(core.state.inner).map(|((id, s), t, r)| {
+                ((id, VehicleStateWire::from(Arc::unwrap_or_clone(s))), t, r)
+            });
             let state = mirror(wire, layout)
-                .map(|(w, ((id, s), t, r))| ((w, (id, VehicleState::from(s))), t, r))
+                .map(|(w, ((id, s), t, r))| ((w, (id, Arc::new(VehicleState::from(s)))), t, r))
                 .as_collection();
             let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
             let (view, geo_view) = (view.clone(), geo_view.clone());

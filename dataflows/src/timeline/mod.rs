@@ -94,8 +94,9 @@ pub struct Outputs {
     pub rows: Vec<TierRow>,
     /// Late fixes and implausible jumps.
     pub dead: Vec<DeadLetter>,
-    /// Changes to the vehicle-state collection.
-    pub state: Vec<((CompactString, VehicleState), isize)>,
+    /// Changes to the vehicle-state collection. A state is allocated once and shared
+    /// (the API's view and its change log hold the same allocation).
+    pub state: Vec<((CompactString, Arc<VehicleState>), isize)>,
     /// Final fixes in `ts` order per vehicle, interleaved with the geofence changes the
     /// vehicles take between them (for the geofence operator).
     pub finals: Vec<Finalized>,
@@ -119,7 +120,7 @@ struct Vehicle {
     clock: VehicleClock,
     /// Processing time it was last heard from (ms since the timelines began).
     heard: u64,
-    published: Option<VehicleState>,
+    published: Option<Arc<VehicleState>>,
     touched: bool,
     /// Whether an offline check is queued (at most one per vehicle).
     offline_timer: bool,
@@ -701,14 +702,14 @@ impl Timelines {
                 self.offline
                     .push(Reverse((fix.ts.saturating_add(offline_after), slot)));
             }
-            if v.published.as_ref() == Some(&state) {
+            if v.published.as_deref() == Some(&state) {
                 continue;
             }
             if let Some(old) = v.published.take() {
-                out.state.push(((old.fix.vehicle_id.clone(), old), -1));
+                out.state.push(((v.id.clone(), old), -1));
             }
-            out.state
-                .push(((state.fix.vehicle_id.clone(), state.clone()), 1));
+            let state = Arc::new(state);
+            out.state.push(((v.id.clone(), state.clone()), 1));
             v.published = Some(state);
         }
     }

@@ -60,7 +60,7 @@ fn latest(out: &Outputs, vid: &str) -> Option<VehicleState> {
         .iter()
         .rev()
         .find(|((v, _), r)| v == vid && *r > 0)
-        .map(|((_, s), _)| s.clone())
+        .map(|((_, s), _)| VehicleState::clone(s))
 }
 
 fn raw_ts(out: &Outputs, vid: &str) -> Vec<Millis> {
