@@ -377,4 +377,25 @@ mod tests {
             "every new state once, one removal, no removal for a replaced state"
         );
     }
+
+    #[test]
+    fn an_applied_state_is_the_dataflows_allocation_in_the_map_and_the_log() {
+        use crate::changes::{ChangeBody, ChangeLog};
+        let log = Arc::new(ChangeLog::new(10, 1));
+        let view = VehicleView::new(1).with_changes(log.clone());
+        let shared = Arc::new(state("V1", 52.0, Status::Moving));
+        view.apply(0, vec![(("V1".into(), shared.clone()), 1)], None);
+        let inner = view.inner.read().unwrap();
+        assert!(
+            Arc::ptr_eq(&inner.vehicles["V1"], &shared),
+            "the map copied"
+        );
+        let changes = log.read().after(0, 10).unwrap();
+        match &changes[0].body {
+            ChangeBody::Vehicle { state, .. } => {
+                assert!(Arc::ptr_eq(state, &shared), "the log copied")
+            }
+            ChangeBody::GeofenceEvent(_) => unreachable!(),
+        }
+    }
 }
