@@ -23,7 +23,7 @@
 //!                                  └──────────── "Checkpoint: committed" (broadcast) ◄────┘
 //! ```
 
-use fleetflow_types::checkpoint::{Hub, Offered, FINAL};
+use fleetflow_runtime::checkpoint::{Hub, Offered, FINAL};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -167,7 +167,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Lenient<Cow<'a, str>> {
 }
 
 /// Bits of [`decode_counted`]'s mask, one per optional field, in the order of
-/// [`fleetflow_types::metrics::OPTIONAL_FIELDS`].
+/// [`fleetflow_runtime::metrics::OPTIONAL_FIELDS`].
 mod field {
     pub const SPEED: u8 = 1 << 0;
     pub const HEADING: u8 = 1 << 1;
@@ -263,7 +263,7 @@ pub fn decode(
 }
 
 /// [`decode`], also returning which optional fields were dropped: bit `i` stands for
-/// [`fleetflow_types::metrics::OPTIONAL_FIELDS`]`[i]`.
+/// [`fleetflow_runtime::metrics::OPTIONAL_FIELDS`]`[i]`.
 pub fn decode_counted(
     line: &[u8],
     now: Millis,
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn optional_fields_of_the_wrong_type_or_out_of_range_are_dropped_and_the_fix_kept() {
-        use fleetflow_types::metrics::OPTIONAL_FIELDS;
+        use fleetflow_runtime::metrics::OPTIONAL_FIELDS;
         let base = r#"{"vehicle_id":"v","ts":1763893530123,"lat":1.5,"lon":2.5"#;
         let bit = |name: &str| 1u8 << OPTIONAL_FIELDS.iter().position(|f| *f == name).unwrap();
         let cases: &[(&str, u8)] = &[

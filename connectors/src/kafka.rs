@@ -17,8 +17,8 @@
 pub use rdkafka;
 
 use crate::source::{Emit, Polled, Source, SourceError};
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::config::{KafkaSourceSpec, KafkaStart};
-use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{DeadLetter, DeadLetterOut};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};

@@ -22,8 +22,8 @@
 //! rather than at the end of its input.
 
 use crate::intake;
-use fleetflow_types::checkpoint::Hub;
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::checkpoint::Hub;
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::records::{source_name, DeadLetter, IncomingFix, InputReport, InputState};
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::{now_ms, Millis};

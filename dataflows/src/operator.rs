@@ -29,9 +29,9 @@ use crate::geofence::Finalized;
 use crate::inputs::InputTracker;
 use crate::timeline::{Outputs, TimelineConfig, Timelines, VehicleSnapshot};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
-use fleetflow_types::checkpoint::Hub;
+use fleetflow_runtime::checkpoint::Hub;
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::metrics::Metrics;
 pub use fleetflow_types::records::Progress;
 use fleetflow_types::records::{
     DeadLetter, GeofenceChange, IncomingFix, InputReport, InputState, TierRow, VehicleState,
@@ -588,7 +588,7 @@ pub fn render_timeline<'scope>(
 mod tests {
     use super::*;
     use crate::timeline::TimelineConfig;
-    use fleetflow_types::checkpoint::Hub;
+    use fleetflow_runtime::checkpoint::Hub;
     use std::time::{Duration, Instant};
 
     #[test]

@@ -5,9 +5,9 @@
 use crate::geofence::{render_geofences, FenceIndex, Finalized, GeoOutputs, Geofencing, ViewSink};
 use crate::operator::{render_timeline, CoreConfig, Progress};
 use crate::timeline::{Outputs, TimelineConfig, Timelines};
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::geofence::Geofence;
-use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{
     GeofenceChange, GeofenceEvent, IncomingFix, InputReport, InputState, Reason,
 };

@@ -30,7 +30,7 @@ use axum::Extension;
 use axum::{Json, Router};
 use changes::ChangeLog;
 use error::ApiError;
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::records::VehicleState;
 use params::{decode_cursor, encode_cursor, ListParams, NearbyParams, Params};
 use serde::Serialize;
@@ -303,7 +303,7 @@ pub(crate) async fn readyz(State(s): State<ApiState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(s): State<ApiState>) -> Response {
-    use fleetflow_types::metrics::export::{encode, gauge};
+    use fleetflow_runtime::metrics::export::{encode, gauge};
     let mut families = s.metrics.families();
     families.push(gauge(
         "fleetflow_vehicles",

@@ -23,8 +23,8 @@ pub use crate::staging::clean_staging;
 use crate::table::TableCommitter;
 use crate::writer::{merge_files, Pending, SinkSnapshot, SNAPSHOT_OP, STAGING};
 use bytes::Bytes;
-use fleetflow_types::checkpoint::{failpoint, Blob, Hub, Participant, Ready};
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::checkpoint::{failpoint, Blob, Hub, Participant, Ready};
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::time::{now_ms, Millis};
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -226,7 +226,7 @@ fn state_payload(pieces: &[(Participant, Blob)]) -> PutPayload {
 
 /// See [`Coordinator::on_commit`].
 pub type OnCommit =
-    Box<dyn FnMut(&Commit, &[(fleetflow_types::checkpoint::Participant, Blob)]) + Send>;
+    Box<dyn FnMut(&Commit, &[(fleetflow_runtime::checkpoint::Participant, Blob)]) + Send>;
 
 impl Coordinator {
     fn rt(&self) -> &tokio::runtime::Handle {

@@ -8,7 +8,7 @@
 //! sees a partial file.
 
 use bytes::Bytes;
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::metrics::Metrics;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;

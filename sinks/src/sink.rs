@@ -22,7 +22,7 @@ use crate::writer::{
     io_error, DatasetWriter, ParquetResult, PartitionChunks, Pending, RollPolicy, SinkSnapshot,
     Staged, SNAPSHOT_OP,
 };
-use fleetflow_types::checkpoint::Hub;
+use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{DeadLetter, DeadLetterOut, GeofenceEvent, Progress, TierRow};
 use fleetflow_types::time::Millis;
@@ -186,7 +186,7 @@ impl Writers {
             }
         }
         let blob = postcard::to_stdvec(&snap).map_err(io_error)?;
-        fleetflow_types::checkpoint::failpoint("sink-cut");
+        fleetflow_runtime::checkpoint::failpoint("sink-cut");
         hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
         Ok(())
     }

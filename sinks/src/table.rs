@@ -10,8 +10,8 @@
 //! of its own (Delta Lake) is another implementation of the same trait.
 
 use crate::commit::{delete_if_exists, Commit};
-use fleetflow_types::checkpoint::failpoint;
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::checkpoint::failpoint;
+use fleetflow_runtime::metrics::Metrics;
 use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};

@@ -10,13 +10,13 @@ use fleetflow_query_api::changes::ChangeLog;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::view::VehicleView;
 use fleetflow_query_api::ApiState;
+use fleetflow_runtime::checkpoint::{Blob, Hub, Participant};
 use fleetflow_sinks::commit::{
     clean_staging, read_checkpoint, recover, Commit, Coordinator, OnCommit, Recovered,
 };
 use fleetflow_sinks::lake::Lake;
 use fleetflow_sinks::lake::LakeError;
 use fleetflow_sinks::table::HiveDirectories;
-use fleetflow_types::checkpoint::{Blob, Hub, Participant};
 use fleetflow_types::config::JobSpec;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::GeofenceChange;

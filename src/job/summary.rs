@@ -1,6 +1,6 @@
 //! The closing summary of a run: counters, timing, latency and the last checkpoint.
 
-use fleetflow_types::metrics::Metrics;
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::records::Reason;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -143,7 +143,7 @@ impl Summary {
                 .iter()
                 .map(|reason| (*reason, metrics.dead_letters_of(*reason)))
                 .collect(),
-            dropped_fields: fleetflow_types::metrics::OPTIONAL_FIELDS
+            dropped_fields: fleetflow_runtime::metrics::OPTIONAL_FIELDS
                 .iter()
                 .map(|f| (f.to_string(), metrics.dropped_of(f)))
                 .collect(),

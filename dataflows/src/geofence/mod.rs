@@ -44,7 +44,7 @@ pub use membership::{
     GeoOutputs, GeoRestore, GeoSnapshot, GeoVehicleSnapshot, Geofencing, LoggedChange,
 };
 
-use fleetflow_types::checkpoint::Hub;
+use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, InputReport, OccupancyChange};
 use fleetflow_types::time::Millis;

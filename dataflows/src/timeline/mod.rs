@@ -37,8 +37,8 @@ use crate::clock::ClockSample;
 use crate::geofence::{Finalized, FixPoint};
 use crate::segments::{chain_step, segment, MOVING_KMH};
 use crate::tiers::WindowAcc;
+use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::metrics::Metrics;
 use fleetflow_types::records::{
     source_name, DeadLetter, GeofenceChange, IncomingFix, Reason, Status, TierRow, VehicleState,
 };

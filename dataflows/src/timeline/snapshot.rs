@@ -8,7 +8,7 @@
 
 use super::{Change, Timelines};
 use crate::tiers::WindowAcc;
-use fleetflow_types::checkpoint::Blob;
+use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::IncomingFix;
 use fleetflow_types::time::Millis;

@@ -6,7 +6,7 @@
 //! clock) is left out rather than given a made-up value.
 
 use super::{Metrics, OPTIONAL_FIELDS};
-use crate::records::Reason;
+use fleetflow_types::records::Reason;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -128,7 +128,7 @@ impl Metrics {
     pub fn families(&self) -> Vec<MetricFamily> {
         let r = Relaxed;
         let inputs = &self.inputs;
-        let now = crate::time::now_ms();
+        let now = fleetflow_types::time::now_ms();
         let mut out = vec![
             counter("fleetflow_events_in_total", "Events (lines, messages) read from every source.", self.events_in.load(r)),
             counter("fleetflow_bytes_in_total", "Payload bytes read.", self.bytes_in.load(r)),

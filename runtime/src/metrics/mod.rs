@@ -11,8 +11,8 @@ pub mod latency;
 
 pub use latency::LatencyHistogram;
 
-use crate::records::Reason;
-use crate::time::Millis;
+use fleetflow_types::records::Reason;
+use fleetflow_types::time::Millis;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Sentinel for "no time yet" (no job clock, no event on an input).
