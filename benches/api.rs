@@ -105,7 +105,7 @@ async fn serve(vehicles: u64) -> (String, ApiState) {
             ((s.fix.vehicle_id.clone(), s), 1)
         })
         .collect();
-    view.apply(0, batch, Some(now));
+    view.writers()[0].apply(batch, Some(now));
     let state = ApiState::new(
         view,
         geofences,
@@ -150,7 +150,7 @@ fn churn(
                 .collect();
             sent = due;
             if !batch.is_empty() {
-                view.apply(0, batch, Some(now));
+                view.writers()[0].apply(batch, Some(now));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

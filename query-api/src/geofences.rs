@@ -66,6 +66,35 @@ struct Catalog {
 
 type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// What one producing worker writes its shard of a [`GeofenceView`] through (see
+/// [`GeofenceView::writers`]).
+#[derive(Clone)]
+pub struct GeofenceWriter {
+    view: Arc<GeofenceView>,
+    shard: usize,
+}
+
+impl GeofenceWriter {
+    /// Applies this producer's changes in the order they happened: occupancy updates (+1
+    /// enters, -1 leaves; the slots are this producer's own codes for its vehicles and
+    /// geofences), events and applied changes, and the job clock they reflect.
+    pub fn apply(
+        &self,
+        occupants: Vec<OccupancyChange>,
+        events: &[GeofenceEvent],
+        applied: Vec<(u64, Option<Millis>)>,
+        clock: Option<Millis>,
+    ) {
+        self.view
+            .apply(self.shard, occupants, events, applied, clock);
+    }
+
+    /// Records the job clock this producer's geofence results reflect.
+    pub fn advance(&self, clock: Option<Millis>) {
+        self.view.advance(self.shard, clock);
+    }
+}
+
 /// The occupants of one geofence in a shard, by the worker's vehicle slot.
 #[derive(Default)]
 struct FenceOccupants {
@@ -253,9 +282,19 @@ impl GeofenceView {
         crate::view::page_after(&c.fences, after, limit, |g| keep(g))
     }
 
-    /// Applies a worker's changes in the order they happened: occupancy updates (+1 enters,
-    /// -1 leaves), events and applied changes, and the job clock they reflect.
-    pub fn apply(
+    /// One writer per producing worker (the `workers` the view was made for), in worker
+    /// order: each writes only its own shard, so a producer never names itself by number.
+    pub fn writers(self: &Arc<Self>) -> Vec<GeofenceWriter> {
+        (0..self.shards.len())
+            .map(|shard| GeofenceWriter {
+                view: Arc::clone(self),
+                shard,
+            })
+            .collect()
+    }
+
+    /// See [`GeofenceWriter::apply`].
+    fn apply(
         &self,
         worker: usize,
         occupants: Vec<OccupancyChange>,
@@ -336,8 +375,8 @@ impl GeofenceView {
         }
     }
 
-    /// Records the job clock `worker`'s geofence results reflect.
-    pub fn advance(&self, worker: usize, clock: Option<Millis>) {
+    /// See [`GeofenceWriter::advance`].
+    fn advance(&self, worker: usize, clock: Option<Millis>) {
         if let (Some(w), Some(shard)) = (clock, self.shards.get(worker)) {
             let mut shard = shard.write().expect("view lock");
             shard.as_of = Some(w);

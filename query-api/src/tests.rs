@@ -81,7 +81,7 @@ async fn call(app: &Router, uri: &str) -> (StatusCode, serde_json::Value, String
     )
 }
 
-fn fill(view: &VehicleView) {
+fn fill(view: &Arc<VehicleView>) {
     let ups = (0..5)
         .map(|i| {
             (
@@ -98,7 +98,7 @@ fn fill(view: &VehicleView) {
             )
         })
         .collect();
-    view.apply(0, ups, Some(5_000));
+    view.writers()[0].apply(ups, Some(5_000));
 }
 
 #[tokio::test]
@@ -113,7 +113,7 @@ async fn vehicle_by_id_with_as_of_once_every_worker_published() {
         body["as_of"].is_null(),
         "worker 1 has not published a watermark"
     );
-    view.apply(1, no_changes(), Some(4_000));
+    view.writers()[1].apply(no_changes(), Some(4_000));
     let (_, body, _) = call(&app, "/v1/vehicles/V1").await;
     assert_eq!(
         body["as_of"], 4_000,
@@ -131,8 +131,7 @@ async fn retraction_then_insertion_replaces_state() {
     let old = view.get("V1").unwrap();
     let mut new = old.clone();
     new.status = Status::Parked;
-    view.apply(
-        0,
+    view.writers()[0].apply(
         vec![(("V1".into(), old), -1), (("V1".into(), new), 1)],
         None,
     );
@@ -144,7 +143,7 @@ async fn retraction_then_insertion_replaces_state() {
 async fn list_pages_with_cursor_and_filters() {
     let (app, view, _) = app();
     fill(&view);
-    view.apply(1, no_changes(), Some(5_000));
+    view.writers()[1].apply(no_changes(), Some(5_000));
     let (st, body, _) = call(&app, "/v1/vehicles?limit=2").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body["items"].as_array().unwrap().len(), 2);
@@ -206,8 +205,8 @@ async fn health_readiness_and_metrics() {
     assert_eq!(st, StatusCode::OK);
     let (st, _, _) = call(&app, "/readyz").await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    view.apply(0, no_changes(), Some(7));
-    view.apply(1, no_changes(), Some(9));
+    view.writers()[0].apply(no_changes(), Some(7));
+    view.writers()[1].apply(no_changes(), Some(9));
     let (st, body, _) = call(&app, "/readyz").await;
     assert_eq!((st, body["as_of"].as_i64()), (StatusCode::OK, Some(7)));
     metrics
@@ -363,7 +362,7 @@ mod geofence_routes {
         std::thread::spawn(move || {
             for c in rx {
                 for w in 0..2 {
-                    applier.apply(w, vec![], &[], vec![(c.seq, Some(7_000))], None);
+                    applier.writers()[w].apply(vec![], &[], vec![(c.seq, Some(7_000))], None);
                 }
             }
         });
@@ -442,8 +441,7 @@ mod geofence_routes {
             entered_at,
             diff,
         };
-        view.apply(
-            0,
+        view.writers()[0].apply(
             vec![
                 occ(0, "V1", 1_000, 1),
                 occ(1, "V2", 2_000, 1),
@@ -457,16 +455,15 @@ mod geofence_routes {
             vec![],
             None,
         );
-        view.apply(
-            1,
+        view.writers()[1].apply(
             // Worker 1 numbers its geofences and vehicles independently.
             vec![occ(0, "V3", 2_500, 1)],
             &[ev("V3", GeofenceEventKind::Enter, 2_500)],
             vec![],
             None,
         );
-        view.advance(0, Some(4_000));
-        view.advance(1, Some(3_500));
+        view.writers()[0].advance(Some(4_000));
+        view.writers()[1].advance(Some(3_500));
         let app = app_with(view);
         let (s, v, _) = call(&app, "/v1/geofences/depot/occupants").await;
         assert_eq!(s, StatusCode::OK);
@@ -543,7 +540,7 @@ mod nearby {
             ops in prop::collection::vec((0u8..40, -0.5f64..0.5, -0.5f64..0.5, prop::bool::weighted(0.15)), 1..300),
             query in (-0.6f64..0.6, -0.6f64..0.6, 100.0f64..80_000.0, 1usize..30),
         ) {
-            let view = VehicleView::new(1);
+            let view = Arc::new(VehicleView::new(1));
             let mut truth = std::collections::BTreeMap::new();
             let mut first = true;
             for batch in ops.chunks(7) {
@@ -569,7 +566,7 @@ mod nearby {
                         ups.push(((id.as_str().into(), new.clone()), 1));
                     }
                 }
-                view.apply(0, ups, Some(1));
+                view.writers()[0].apply(ups, Some(1));
                 if first {
                     view.nearby(52.5, 13.4, 1.0, 1, |_| true);
                     first = false;
@@ -598,8 +595,7 @@ mod nearby {
     #[tokio::test]
     async fn nearest_first_with_distances_and_bad_parameters_are_400() {
         let (app, view, _) = app();
-        view.apply(
-            0,
+        view.writers()[0].apply(
             vec![
                 (("far".into(), at("far", "a", 52.60, 13.40)), 1),
                 (("near".into(), at("near", "b", 52.501, 13.40)), 1),
@@ -607,7 +603,7 @@ mod nearby {
             ],
             Some(7_000),
         );
-        view.apply(1, no_changes(), Some(9_000));
+        view.writers()[1].apply(no_changes(), Some(9_000));
         let (st, body, text) =
             call(&app, "/v1/vehicles/nearby?lat=52.5&lon=13.4&radius_m=5000").await;
         assert_eq!(st, StatusCode::OK, "{text}");
@@ -657,8 +653,7 @@ async fn fuel_efficiency_today_is_the_running_values_of_todays_vehicles() {
     // Last seen yesterday: not part of today.
     let mut c = state("c", "acme", 52.0, Status::Offline);
     c.fix.ts = day - 60_000;
-    view.apply(
-        0,
+    view.writers()[0].apply(
         vec![
             (("a".into(), a), 1),
             (("b".into(), b), 1),
@@ -666,7 +661,7 @@ async fn fuel_efficiency_today_is_the_running_values_of_todays_vehicles() {
         ],
         Some(day + 3_600_000),
     );
-    view.apply(1, no_changes(), Some(day + 3_600_000));
+    view.writers()[1].apply(no_changes(), Some(day + 3_600_000));
     let (s, v, body) = call(&app, "/v1/fuel-efficiency").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(v["date"], "2025-03-01");
@@ -758,8 +753,7 @@ async fn openapi_describes_every_route_of_the_interface() {
 #[tokio::test]
 async fn history_and_stream_parameters_are_checked_without_a_socket() {
     let (app, view, _) = app();
-    view.apply(
-        0,
+    view.writers()[0].apply(
         vec![(("a".into(), state("a", "acme", 52.0, Status::Moving)), 1)],
         Some(1),
     );

@@ -31,7 +31,34 @@ fn on_sphere(lat: f64, lon: f64) -> [f64; 3] {
     [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
-/// Vehicle id -> state, with the job clock each worker has published through, and a
+/// What one producing worker writes to a [`VehicleView`] through (see
+/// [`VehicleView::writers`]).
+#[derive(Clone, Debug)]
+pub struct VehicleWriter {
+    view: Arc<VehicleView>,
+    share: usize,
+}
+
+impl VehicleWriter {
+    /// Applies this producer's changes, in the order it produced them, and its job clock.
+    ///
+    /// The changes are exact retract/insert pairs: a vehicle's new state comes as the
+    /// retraction of the old one immediately followed by the insertion of the new one, which
+    /// replaces it. A retraction not followed by an insertion of the same vehicle removes
+    /// the vehicle (when its state is still the retracted one).
+    ///
+    /// The dataflow hands over shared states (`Arc<VehicleState>`): the view and the change
+    /// log keep that allocation, so applying a change copies no state.
+    pub fn apply<S: Into<Arc<VehicleState>>>(
+        &self,
+        updates: Vec<((CompactString, S), isize)>,
+        clock: Option<Millis>,
+    ) {
+        self.view.apply(self.share, updates, clock);
+    }
+}
+
+/// Vehicle id -> state, with the job clock each producing worker has published through, and a
 /// spatial index (R-tree) over the positions for nearest-first queries.
 ///
 /// Workers only update the map. The index is bulk-loaded by a query that finds it older
@@ -84,18 +111,23 @@ impl VehicleView {
         self
     }
 
-    /// Applies a worker's changes, in the order the worker produced them, and its job clock.
-    ///
-    /// The changes are exact retract/insert pairs: a vehicle's new state comes as the
-    /// retraction of the old one immediately followed by the insertion of the new one, which
-    /// replaces it. A retraction not followed by an insertion of the same vehicle removes
-    /// the vehicle (when its state is still the retracted one).
-    ///
-    /// The dataflow hands over shared states (`Arc<VehicleState>`): the view and the change
-    /// log keep that allocation, so applying a change copies no state.
-    pub fn apply<S: Into<Arc<VehicleState>>>(
+    /// One writer per producing worker (the `workers` the view was made for), in worker
+    /// order: each carries its own share of the view's `as_of`, so a producer never names
+    /// itself by number.
+    pub fn writers(self: &Arc<Self>) -> Vec<VehicleWriter> {
+        let shares = self.inner.read().expect("view lock").as_of.len();
+        (0..shares)
+            .map(|share| VehicleWriter {
+                view: Arc::clone(self),
+                share,
+            })
+            .collect()
+    }
+
+    /// See [`VehicleWriter::apply`]; `share` is the writer's share of `as_of`.
+    fn apply<S: Into<Arc<VehicleState>>>(
         &self,
-        worker: usize,
+        share: usize,
         updates: Vec<((CompactString, S), isize)>,
         clock: Option<Millis>,
     ) {
@@ -105,9 +137,9 @@ impl VehicleView {
         if !updates.is_empty() {
             inner.version += 1;
         }
-        // The worker's latest (it only goes back once, to the exact clock at the end of a
+        // The producer's latest (it only goes back once, to the exact clock at the end of a
         // bounded input).
-        if let (Some(w), Some(slot)) = (clock, inner.as_of.get_mut(worker)) {
+        if let (Some(w), Some(slot)) = (clock, inner.as_of.get_mut(share)) {
             *slot = Some(w);
         }
         let as_of = inner.as_of();
@@ -334,14 +366,13 @@ mod tests {
     fn a_batch_of_several_epochs_replaces_in_order_and_removes_only_bare_retractions() {
         use crate::changes::{ChangeBody, ChangeLog};
         let log = Arc::new(ChangeLog::new(100, 1));
-        let view = VehicleView::new(1).with_changes(log.clone());
+        let view = Arc::new(VehicleView::new(1).with_changes(log.clone()));
         let a = state("V1", 52.0, Status::Moving);
         let b = state("V1", 52.0, Status::Parked);
         let c = state("V2", 53.0, Status::Idle);
-        view.apply(0, vec![(("V2".into(), c.clone()), 1)], None);
+        view.writers()[0].apply(vec![(("V2".into(), c.clone()), 1)], None);
         // V1 goes a -> b -> a within one batch (three epochs); V2 is retracted alone.
-        view.apply(
-            0,
+        view.writers()[0].apply(
             vec![
                 (("V1".into(), a.clone()), 1),
                 (("V1".into(), a.clone()), -1),
@@ -382,9 +413,9 @@ mod tests {
     fn an_applied_state_is_the_dataflows_allocation_in_the_map_and_the_log() {
         use crate::changes::{ChangeBody, ChangeLog};
         let log = Arc::new(ChangeLog::new(10, 1));
-        let view = VehicleView::new(1).with_changes(log.clone());
+        let view = Arc::new(VehicleView::new(1).with_changes(log.clone()));
         let shared = Arc::new(state("V1", 52.0, Status::Moving));
-        view.apply(0, vec![(("V1".into(), shared.clone()), 1)], None);
+        view.writers()[0].apply(vec![(("V1".into(), shared.clone()), 1)], None);
         let inner = view.inner.read().unwrap();
         assert!(
             Arc::ptr_eq(&inner.vehicles["V1"], &shared),

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn publish(s: &common::Served, id: &str, tenant: &str, ts: i64) {
-    s.vehicles
-        .apply(0, vec![((id.into(), vehicle(id, tenant, ts)), 1)], Some(ts));
+    s.vehicles.writers()[0].apply(vec![((id.into(), vehicle(id, tenant, ts)), 1)], Some(ts));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,8 +130,7 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
     let publisher = tokio::task::spawn_blocking(move || {
         for t in 0..3_000i64 {
             let id = format!("v{}", t % 37);
-            vehicles.apply(
-                0,
+            vehicles.writers()[0].apply(
                 vec![((id.as_str().into(), vehicle(&id, "acme", t)), 1)],
                 Some(t),
             );
@@ -280,7 +278,7 @@ async fn fan_out_to_1000_clients_while_a_stalled_one_is_cut_off() {
                 ((id.as_str().into(), vehicle(&id, "acme", t)), 1)
             })
             .collect();
-        vehicles.apply(0, batch, Some(t));
+        vehicles.writers()[0].apply(batch, Some(t));
     }
     let published = started.elapsed();
     let mut delivered = 0;

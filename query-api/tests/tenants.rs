@@ -47,8 +47,7 @@ async fn fleet() -> common::Served {
         ("globex-1", "globex"),
         ("globex-2", "globex"),
     ] {
-        s.vehicles.apply(
-            0,
+        s.vehicles.writers()[0].apply(
             vec![((v.into(), vehicle(v, t, day + 3_600_000)), 1)],
             Some(day + 3_600_000),
         );
@@ -61,8 +60,7 @@ async fn fleet() -> common::Served {
         entered_at: day,
         diff: 1,
     };
-    s.geofences.apply(
-        0,
+    s.geofences.writers()[0].apply(
         vec![
             occ(0, "city", 0, "acme-1"),
             occ(0, "city", 1, "globex-1"),
@@ -178,14 +176,12 @@ async fn a_tenant_token_never_sees_another_tenant() {
     assert_eq!(unauthorized.status, 401);
     let day = fleetflow_types::time::parse_date("2025-03-01").unwrap();
     for (v, t) in [("globex-1", "globex"), ("acme-2", "acme")] {
-        s.vehicles.apply(
-            0,
+        s.vehicles.writers()[0].apply(
             vec![((v.into(), vehicle(v, t, day + 7_200_000)), 1)],
             Some(day + 7_200_000),
         );
     }
-    s.geofences.apply(
-        0,
+    s.geofences.writers()[0].apply(
         vec![],
         &[
             event("city", "globex-2", "globex", day + 7_200_000),

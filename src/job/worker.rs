@@ -165,7 +165,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             });
         }
         let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
-        let geo_sink = geo_view.clone();
+        let geo_writers = geo_view.writers();
         let apply_geo = move |worker: usize,
                               updates: &mut Vec<(ViewUpdate, isize)>,
                               events: &[GeofenceEvent]| {
@@ -178,7 +178,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                     ViewUpdate::AsOf(w) => as_of = Some(w),
                 }
             }
-            geo_sink.apply(worker, occ, events, applied, as_of);
+            geo_writers[worker].apply(occ, events, applied, as_of);
         };
         let (events, batches) = if clustered {
             render_geofences(
@@ -242,7 +242,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 .map(|(w, ((id, s), t, r))| ((w, (id, Arc::new(VehicleState::from(s)))), t, r))
                 .as_collection();
             let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
-            let (view, geo_view) = (view.clone(), geo_view.clone());
+            let (writers, geo_writers) = (view.writers(), geo_view.writers());
             publish(
                 "VehicleState",
                 state,
@@ -258,13 +258,15 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                         let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
                         let clock = ps.iter().find(|p| p.worker == w).map(|p| p.clock);
                         if !ups.is_empty() || clock.is_some() {
-                            view.apply(w, ups, clock);
-                            geo_view.advance(w, clock);
+                            writers[w].apply(ups, clock);
+                            geo_writers[w].advance(clock);
                         }
                     }
                 },
             );
         } else {
+            let writer = view.writers().swap_remove(index);
+            let geo_writer = geo_view.writers().swap_remove(index);
             publish(
                 "VehicleState",
                 core.state,
@@ -272,8 +274,8 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 move |updates, ps, epoch| {
                     record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
                     let clock = ps.iter().map(|p| p.clock).max();
-                    view.apply(index, updates, clock);
-                    geo_view.advance(index, clock);
+                    writer.apply(updates, clock);
+                    geo_writer.advance(clock);
                 },
             );
         }
