@@ -17,9 +17,13 @@ pub struct InputTracker {
 }
 
 impl InputTracker {
-    /// Applies one report.
+    /// Applies one report. An input that ended stays ended: its last report may reach a
+    /// worker before reports it made earlier in the same epoch, should they be reordered.
     pub fn apply(&mut self, r: &InputReport) {
-        self.inputs.insert(r.input, (r.progress, r.state));
+        let entry = self.inputs.entry(r.input).or_insert((r.progress, r.state));
+        if entry.1 != InputState::Finished {
+            *entry = (r.progress, r.state);
+        }
     }
 
     /// Whether every input reported and has ended.
@@ -54,6 +58,10 @@ mod tests {
         t.apply(&r(1, Some(1000), InputState::Finished));
         assert!(!t.ended());
         t.apply(&r(0, Some(500), InputState::Finished));
+        assert!(t.ended());
+        // A report made before the end, applied after it, does not undo it.
+        t.apply(&r(1, Some(900), InputState::Active));
+        t.apply(&r(0, Some(400), InputState::Active));
         assert!(t.ended());
     }
 }

@@ -46,7 +46,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
 use timely::progress::Antichain;
@@ -228,7 +227,7 @@ pub fn render_timeline<'scope>(
     let scope = fixes.scope();
     let worker = scope.index();
     let peers = scope.peers();
-    let reports = reports.broadcast();
+    let reports = crate::cluster::broadcast_in_order(reports);
     let (clock_loop, clock_reports) = scope.feedback::<Vec<ClockReport>>(1);
     let mut builder = OperatorBuilder::new("VehicleTimeline".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
@@ -410,7 +409,10 @@ pub fn render_timeline<'scope>(
                 for r in report_stash.remove(&epoch).unwrap_or_default() {
                     tracker.apply(&r);
                 }
-                for change in change_stash.remove(&epoch).unwrap_or_default() {
+                let mut changes = change_stash.remove(&epoch).unwrap_or_default();
+                // In the order they were made (they arrive so; the sort costs nothing then).
+                changes.sort_by_key(|c| c.seq);
+                for change in changes {
                     timelines.register_change(change, &mut out);
                 }
                 last_epoch = Some(epoch);
@@ -573,7 +575,7 @@ pub fn render_timeline<'scope>(
             }
         }
     });
-    clock.broadcast().connect_loop(clock_loop);
+    crate::cluster::broadcast_in_order(clock).connect_loop(clock_loop);
     CoreStreams {
         raw,
         rows,

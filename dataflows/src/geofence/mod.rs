@@ -56,7 +56,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
 
 /// The part of a final fix that geofencing needs.
@@ -340,7 +339,7 @@ pub fn render_geofence_input<'scope>(
             }
         }
     });
-    stream.broadcast()
+    crate::cluster::broadcast_in_order(stream)
 }
 
 #[cfg(test)]

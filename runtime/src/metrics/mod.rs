@@ -216,12 +216,16 @@ impl Metrics {
     }
 
     /// Records the progress of an input another process reads (ignored for this process's
-    /// own inputs, whose sources record it first hand).
+    /// own inputs, whose sources record it first hand). An input that finished stays
+    /// finished: every worker of the process records every report, and one worker may
+    /// record an older report after another recorded the last.
     pub fn remote_input(&self, input: u32, progress: Option<Millis>, finished: bool) {
         if let Some(m) = self.inputs.get(input as usize) {
-            if !m.local.load(Relaxed) {
+            if !m.local.load(Relaxed) && !m.finished.load(Relaxed) {
                 m.progress.store(progress.unwrap_or(Millis::MIN), Relaxed);
-                m.finished.store(finished, Relaxed);
+                if finished {
+                    m.finished.store(true, Relaxed);
+                }
             }
         }
     }
@@ -275,5 +279,26 @@ impl Metrics {
             .position(|d| d == dataset)
             .map(|i| self.rows_written[i].load(Relaxed))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_input_that_finished_stays_finished() {
+        let m = Metrics::new(vec![]).with_inputs(&["file:a".to_string(), "file:b".to_string()]);
+        m.remote_input(0, Some(10), false);
+        m.remote_input(0, Some(20), true);
+        // A worker that is behind records an older report afterwards.
+        m.remote_input(0, Some(15), false);
+        assert!(m.inputs[0].finished.load(Relaxed));
+        assert_eq!(m.inputs[0].progress.load(Relaxed), 20);
+        assert_eq!(
+            m.slowest_inputs().0,
+            Some(1),
+            "only b holds the aligned sources back"
+        );
     }
 }
