@@ -1,20 +1,12 @@
 //! Running one job: wiring sources, the core dataflow, the lake sink and the API.
 
 use anyhow::{anyhow, Context};
-use fleetflow_dataflows::cluster::Layout;
-use fleetflow_dataflows::geofence::FenceIndex;
 use fleetflow_query_api::geofences::GeofenceView;
-use fleetflow_query_api::lake_routes::LakeAccess;
-use fleetflow_query_api::stream::StreamConfig;
 use fleetflow_query_api::view::VehicleView;
-use fleetflow_query_api::ApiState;
 use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_runtime::metrics::Metrics;
-use fleetflow_sinks::catalogue::Catalogue;
-use fleetflow_sinks::commit::{Commit, Coordinator};
-use fleetflow_sinks::lake::{Lake, LakeError, Uploader};
-use fleetflow_sinks::sink::SinkConfig;
-use fleetflow_sinks::writer::RollPolicy;
+use fleetflow_sinks::commit::Commit;
+use fleetflow_sinks::lake::{LakeError, Uploader};
 use fleetflow_types::config::{JobSpec, SpecError};
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{DeadLetter, GeofenceEvent, TierRow};
@@ -22,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod phases;
 mod services;
 mod setup;
 mod summary;
 mod worker;
-use setup::{load_geofences, open_error, open_source, show_progress};
 pub use summary::{peak_rss, Summary};
 
 /// Everything a finished run captured, for tests (off in production runs).
@@ -98,244 +90,49 @@ fn spec_error(text: &str, section: &str, key: &str, message: String) -> JobError
 /// Runs a job (see the crate docs). `text` is the spec's source, for error lines.
 pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult, JobError> {
     let started = Instant::now();
-    spec.check_paths(text)?;
-    let workers = opts.workers.unwrap_or(spec.workers).max(1);
-    let layout = Layout {
-        processes: opts.cluster.as_ref().map_or(1, |c| c.processes()),
-        workers,
-    };
-    let process = opts.cluster.as_ref().map_or(0, |c| c.index);
-    // Process 0 leads: it recovers the lake, commits checkpoints and takes geofence changes.
-    let leader = process == 0;
-    let clustered = layout.processes > 1;
-    let peers = layout.peers();
-    let first = layout.global(process, 0);
-
-    let setup::Opened {
-        source,
-        registry,
-        dead_letter_out,
-    } = open_source(spec, text, peers)?;
-    let input_names = source.input_names().to_vec();
-    let initial_geofences = load_geofences(spec, text)?;
-    let dwell_after = spec
-        .geofences
-        .as_ref()
-        .map_or(600_000, |g| g.dwell_after.millis());
-    let lake = Lake::open(&spec.lake.url, &spec.lake.s3)
-        .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("fleetflow-io")
-        .build()
-        .context("starting the I/O runtime")?;
-    // Exactly once: resume from the lake's newest checkpoint (see `recover_lake`).
-    let recovered =
-        services::recover_lake(&lake, runtime.handle(), leader, spec, text, &input_names)?;
-    // The checkpoint's state, decoded once and split over this run's workers.
-    let restored = recovered
-        .as_ref()
-        .map(|r| crate::restore::split(&r.pieces, peers))
-        .transpose()?;
-    // Runtime geofence changes continue their numbering after the checkpoint's.
-    let latest_change = restored.as_ref().map_or(0, |r| r.latest_change);
-    let initial_geofences = match restored.as_ref().and_then(|r| r.fences.clone()) {
-        Some(fences) => fences,
-        None => initial_geofences,
-    };
-    let catalogue = Catalogue::for_lake(&spec.lake);
-    let datasets = catalogue.names();
-    let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
-    if let Some(w) = recovered.as_ref().and_then(|r| r.commit.clock) {
-        // The lake already holds the last run's results through its last commit.
-        metrics.lake_clock.fetch_max(w, Relaxed);
-    }
-    let registry = Arc::new(registry);
-    let input_names = Arc::new(input_names);
-    let (changes, vehicles, geofences, change_rx) = services::api_views(
-        spec,
-        &opts,
-        peers,
-        leader,
-        &initial_geofences,
-        latest_change,
-    );
-    let shutdown = opts.shutdown.clone().unwrap_or_default();
-
-    let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
-
-    services::stop_on_signals(&runtime, shutdown.clone());
-
-    // The API.
-    let api_stop = Arc::new(tokio::sync::Notify::new());
-    let api_task = services::start_api(
-        &runtime,
-        spec,
-        &opts,
-        ApiState::new(
-            vehicles.clone(),
-            geofences.clone(),
-            metrics.clone(),
-            changes.clone(),
-            fleetflow_query_api::auth::from_spec(&spec.api.tokens, spec.api.rate_limit),
-            StreamConfig {
-                max_streams: spec.api.max_streams,
-                queue: spec.api.stream_queue,
-                ..StreamConfig::default()
-            },
-        )
-        .with_lake(LakeAccess::new(lake.clone(), &catalogue)),
-        api_stop.clone(),
-    )?;
-
-    let done = Arc::new(AtomicBool::new(false));
-    let progress_thread = opts
-        .progress
-        .then(|| show_progress(&*source, metrics.clone(), done.clone()));
-
-    // The dataflow, on every worker.
-    // Bounded inputs end, and their end makes everything final; on live ones, silence does.
-    let bounded = source.bounded();
-    // `--serve` after a bounded input keeps the dataflow alive on its geofence input, so
-    // that changes and their events go on (one process; a cluster serves its views as the
-    // input left them).
-    let serve_until =
-        (opts.serve && bounded && !clustered && api_task.is_some()).then(|| shutdown.clone());
-    let lateness = spec.time.allowed_lateness.millis();
-    let timeline_cfg = setup::timeline_config(spec, &catalogue, bounded);
-    let target_bytes = spec.lake.target_file_bytes();
-    let sink_cfg = SinkConfig {
-        datasets: catalogue.clone(),
-        prefix: format!("part-{}", fleetflow_types::time::now_ms()),
-        roll: RollPolicy {
-            target_bytes,
-            max_age: spec.lake.max_file_age.0,
-        },
-        dead_letter_out,
-    };
-    // Kafka consumers are created here, one per worker, so that a bad client
-    // configuration is one error before the workers start; each worker takes its own.
-    source
-        .prepare(first..first + workers, peers, &metrics)
-        .map_err(|e| open_error(text, e))?;
-    // Built once, shared by the workers until a runtime change (copy on write).
-    let fence_index = Arc::new(FenceIndex::new(initial_geofences.iter().cloned()));
-    let resumed = recovered.as_ref().map_or(0, |r| r.commit.seq);
-    let boundary = recovered.as_ref().map_or(0, |r| r.commit.boundary);
-    let (hub, ops_per_worker) = services::checkpoint_hub(spec, peers, leader, boundary);
-    let coordinator_stop = Arc::new(AtomicBool::new(false));
-    // Only the leader commits; a follower's pieces reach it through the dataflow.
-    let coordinator_thread = if leader {
-        let on_commit = source
-            .committer(&spec.name)
-            .map_err(|e| open_error(text, e))?;
-        Some(services::start_coordinator(
-            Coordinator {
-                lake: lake.clone(),
-                hub: hub.clone(),
-                uploader: uploader.fork(),
-                metrics: metrics.clone(),
-                datasets: catalogue.clone(),
-                tables: Arc::new(fleetflow_sinks::table::HiveDirectories),
-                job: (spec.name.clone(), input_names.to_vec()),
-                target_bytes,
-                previous: recovered.as_ref().map(|r| r.commit.clone()),
-                on_commit: on_commit.map(services::commit_positions),
-            },
-            coordinator_stop.clone(),
-        )?)
-    } else {
-        None
-    };
-    // This process's workers' shares of the restored state.
-    let (inputs_restored, worker_restores) = crate::restore::local_shares(restored, first, workers);
-    let config =
-        crate::cluster::timely_config(opts.cluster.as_ref().filter(|_| clustered), workers);
-    if clustered {
-        crate::cluster::stop_when_a_process_is_lost(process);
-        tracing::info!(
-            process,
-            processes = layout.processes,
-            workers,
-            "connecting to the cluster"
-        );
-    }
-    let plan = worker::WorkerPlan {
-        first,
-        leader,
-        clustered,
-        layout,
-        metrics: metrics.clone(),
-        registry,
-        shutdown: shutdown.clone(),
-        input_names: input_names.clone(),
-        source: source.clone(),
-        restores: Mutex::new(worker_restores),
-        inputs_restored: Arc::new(inputs_restored),
-        hub: hub.clone(),
-        idle_timeout: spec.time.idle_timeout.0,
-        batch: opts.batch.unwrap_or(4096).max(1),
-        lateness,
-        timeline: timeline_cfg,
-        vehicles: vehicles.clone(),
-        geofences: geofences.clone(),
-        fence_index,
-        latest_change,
-        dwell_after,
-        change_rx,
-        uploader: uploader.clone(),
-        sink: sink_cfg,
-        capture: opts.capture.clone(),
-        ops_per_worker,
-        resumed,
-        serve_until: serve_until.clone(),
-    };
-    let guards = timely::execute(config, move |worker| worker::build(worker, &plan))
-        .map_err(|e| anyhow!("starting workers: {e}"))?;
-    // In a cluster, `execute` returns once every process is connected.
+    let mut job = phases::prepare(spec, text, &opts)?;
+    let services = phases::start_services(spec, text, &opts, &job)?;
+    let guards = phases::start_workers(spec, &opts, &mut job, &services)?;
+    // In a cluster, the workers start once every process is connected.
     let startup = started.elapsed();
-    let results = match &serve_until {
+    let (metrics, datasets, hub) = (&job.metrics, &job.datasets, &services.hub);
+    let results = match &services.serve_until {
         None => guards.join(),
-        Some(_) => serve_until_interrupted(guards, &metrics, &datasets, &hub, &shutdown, started),
+        Some(_) => serve_until_interrupted(guards, metrics, datasets, hub, &job.shutdown, started),
     };
-    geofences.close();
-    done.store(true, Relaxed);
-    if let Some(t) = progress_thread {
+    job.geofences.close();
+    services.done.store(true, Relaxed);
+    if let Some(t) = services.progress_thread {
         let _ = t.join();
     }
+    let stop = &services.coordinator_stop;
     let committed = settle(
         results,
-        &coordinator_stop,
-        coordinator_thread,
-        &uploader,
-        &hub,
+        stop,
+        services.coordinator_thread,
+        &job.uploader,
+        hub,
     )?;
-
-    let summary = Summary::collect(
-        &metrics,
-        &datasets,
-        started,
-        startup,
-        committed.map(|c| (c.seq, c.clock)),
-    );
-    if opts.serve && serve_until.is_none() && api_task.is_some() && !shutdown.load(Relaxed) {
+    let last = committed.map(|c| (c.seq, c.clock));
+    let summary = Summary::collect(metrics, datasets, started, startup, last);
+    let serving = services.api_task.is_some() && services.serve_until.is_none();
+    if opts.serve && serving && !job.shutdown.load(Relaxed) {
         eprintln!("{summary}input done; serving the API until interrupted");
-        while !shutdown.load(Relaxed) {
+        while !job.shutdown.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     // notify_one keeps a permit, so the server stops even if it was not waiting yet.
-    api_stop.notify_one();
-    if let Some(task) = api_task {
-        let _ =
-            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    services.api_stop.notify_one();
+    if let Some(task) = services.api_task {
+        let wait = async { tokio::time::timeout(Duration::from_secs(5), task).await };
+        let _ = job.runtime.block_on(wait);
     }
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    job.runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunResult {
         summary,
-        vehicles,
-        geofences,
+        vehicles: job.vehicles,
+        geofences: job.geofences,
     })
 }
 
