@@ -1,6 +1,7 @@
 //! Decoding and validation of location events (`event-schema.md`).
 //!
-//! The hot path: one `serde_json` pass over the borrowed bytes into a struct of borrowed
+//! The hot path: one scan of a flat object (what trackers send; see `intake/flat.rs`) or, for any
+//! other line, one `serde_json` pass over the borrowed bytes, into a struct of borrowed
 //! strings and plain numbers, then range checks. The vehicle id and tenant become
 //! `CompactString`s, which stay inline (no allocation) up to 24 bytes. Errors are
 //! `(Reason, detail)` values, never panics.
@@ -19,6 +20,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
+
+mod flat;
 
 /// Earliest accepted event time: 2000-01-01T00:00:00Z.
 pub const MIN_TS: Millis = 946_684_800_000;
@@ -42,7 +45,8 @@ impl Rejection {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawEvent<'a> {
     #[serde(borrow, default)]
     vehicle_id: Option<Cow<'a, str>>,
@@ -70,6 +74,7 @@ struct RawEvent<'a> {
 
 /// An optional field's value: `Some` when it has the expected type, `None` when it is
 /// present with another type (dropped and counted, the event kept).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Lenient<T>(Option<T>);
 
 /// Skips the rest of a sequence or map of the wrong type.
@@ -197,9 +202,28 @@ fn optional_number(
 }
 
 /// `ts` as epoch ms, or an RFC 3339 string, or something wrong (kept to report it).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum RawTs {
     Ms(Millis),
     Bad(&'static str),
+}
+
+impl RawTs {
+    /// A number with a fraction or an exponent: whole milliseconds only.
+    fn from_f64(v: f64) -> RawTs {
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            RawTs::Ms(v as i64)
+        } else {
+            RawTs::Bad("ts must be whole epoch milliseconds")
+        }
+    }
+
+    /// A string: RFC 3339.
+    fn from_text(v: &str) -> RawTs {
+        fleetflow_types::time::parse_rfc3339(v)
+            .map(RawTs::Ms)
+            .unwrap_or(RawTs::Bad("ts is not RFC 3339"))
+    }
 }
 
 impl<'de> Deserialize<'de> for RawTs {
@@ -219,16 +243,10 @@ impl<'de> Deserialize<'de> for RawTs {
                     .unwrap_or(RawTs::Bad("ts out of range")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawTs, E> {
-                if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                    Ok(RawTs::Ms(v as i64))
-                } else {
-                    Ok(RawTs::Bad("ts must be whole epoch milliseconds"))
-                }
+                Ok(RawTs::from_f64(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTs, E> {
-                Ok(fleetflow_types::time::parse_rfc3339(v)
-                    .map(RawTs::Ms)
-                    .unwrap_or(RawTs::Bad("ts is not RFC 3339")))
+                Ok(RawTs::from_text(v))
             }
             fn visit_unit<E: de::Error>(self) -> Result<RawTs, E> {
                 Ok(RawTs::Bad("ts is null"))
@@ -276,13 +294,10 @@ pub fn decode_counted(
             detail: "not a JSON object".into(),
         });
     }
-    let raw: RawEvent<'_> = serde_json::from_slice(line).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
-        _ => Rejection {
-            reason: Reason::Malformed,
-            detail: e.to_string(),
-        },
-    })?;
+    let raw = match flat::scan(line) {
+        Some(raw) => raw,
+        None => full(line)?,
+    };
     let vehicle_id = match raw.vehicle_id {
         Some(v) if !v.is_empty() && v.len() <= 64 => v,
         Some(v) if v.is_empty() => return Err(Rejection::invalid("vehicle_id is empty")),
@@ -366,6 +381,18 @@ pub fn decode_counted(
         ignition,
     };
     Ok((fix, dropped))
+}
+
+/// The full path: `serde_json`, whose results and errors define decoding (the flat scan
+/// only takes lines whose result it matches exactly).
+fn full(line: &[u8]) -> Result<RawEvent<'_>, Rejection> {
+    serde_json::from_slice(line).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Rejection::invalid(e.to_string()),
+        _ => Rejection {
+            reason: Reason::Malformed,
+            detail: e.to_string(),
+        },
+    })
 }
 
 /// Writes a fix as one NDJSON line in the input format (used by the generator and tests).
