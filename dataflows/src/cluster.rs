@@ -85,9 +85,11 @@ where
 {
     let me = stream.scope().index();
     send_in_order(stream, "Mirror", move |d, out| {
-        for p in 0..layout.processes {
-            out.push((layout.mirror_target(p, me) as u64, (me as u32, d.clone())));
-        }
+        fan_out(
+            (0..layout.processes).map(|p| layout.mirror_target(p, me) as u64),
+            (me as u32, d),
+            out,
+        )
     })
 }
 
@@ -102,10 +104,20 @@ where
 {
     let peers = stream.scope().peers() as u64;
     send_in_order(stream, "BroadcastInOrder", move |d, out| {
-        for p in 0..peers {
-            out.push((p, d.clone()));
-        }
+        fan_out(0..peers, d, out)
     })
+}
+
+/// One copy of `d` for each of `targets`, the last one moved rather than cloned.
+fn fan_out<E: Clone>(targets: impl Iterator<Item = u64>, d: E, out: &mut Vec<(u64, E)>) {
+    let mut targets = targets.peekable();
+    while let Some(t) = targets.next() {
+        if targets.peek().is_none() {
+            out.push((t, d));
+            return;
+        }
+        out.push((t, d.clone()));
+    }
 }
 
 /// Sends the records `fan` makes of each record of `stream` (`(worker, record)` pairs) to

@@ -53,7 +53,7 @@ pub(super) fn scan(line: &[u8]) -> Option<RawEvent<'_>> {
     let text = std::str::from_utf8(line).ok()?;
     let mut s = Scanner {
         text,
-        b: line,
+        b: text.as_bytes(),
         i: 0,
     };
     s.ws();
@@ -153,6 +153,7 @@ fn set<'a>(raw: &mut RawEvent<'a>, f: usize, v: Value<'a>) -> Option<()> {
 
 struct Scanner<'a> {
     text: &'a str,
+    /// `text`'s bytes (what the scan reads; `text` is what it slices).
     b: &'a [u8],
     i: usize,
 }
