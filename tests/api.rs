@@ -142,3 +142,34 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     assert!(report.contains("passed"), "{report}");
     interrupt(child, rest);
 }
+
+#[test]
+fn a_served_file_job_without_a_valid_fix_still_ends_its_input_and_keeps_its_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Three lines, none a valid fix: every one goes to the dead-letter output.
+    std::fs::write(
+        d.join("junk.ndjson"),
+        "not json\n{\"vehicle_id\":\"v1\"}\n{\"vehicle_id\":\"v1\",\"ts\":\"2025-01-01T00:00:00Z\",\"lat\":95,\"lon\":0}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"junk\"\n[source]\nkind = \"file\"\npath = \"junk.ndjson\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    wait_for_input_ended(&d.join("lake"), Duration::from_secs(60));
+    let (status, body) = http_get(&addr, "/v1/vehicles");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
+    let log = interrupt(child, rest);
+    assert!(log.contains("input done; serving the API"), "{log}");
+    assert!(log.contains("malformed=1 invalid=2"), "{log}");
+    let dead = duckdb(&format!(
+        "SELECT count(*) FROM {}",
+        lake_glob(&d.join("lake"), "dead_letter")
+    ));
+    assert_eq!(dead, vec![vec![serde_json::json!(3)]]);
+}

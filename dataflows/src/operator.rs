@@ -541,10 +541,12 @@ pub fn render_timeline<'scope>(
                     } else if complete.1.is_none_or(|t| t.elapsed() >= OUTLIERS_EVERY) {
                         complete = (timelines.unfinished_from(), Some(Instant::now()));
                     }
-                    if let Some(c) = clock {
+                    // Without a clock only the end is worth reporting (an input with no
+                    // valid fix still ends).
+                    if clock.is_some() || at_end_now {
                         progress_out.activate().session(&caps_at[4]).give(Progress {
                             worker,
-                            clock: c,
+                            clock,
                             complete: complete.0,
                             end: at_end_now,
                         });

@@ -120,10 +120,11 @@ impl Writers {
             Item::Progress(data) => {
                 for p in data {
                     // The end of a bounded input sets the exact clock (it may be lower).
-                    self.clock = Some(match self.clock {
-                        Some(c) if !p.end => c.max(p.clock),
-                        _ => p.clock,
-                    });
+                    self.clock = match (self.clock, p.clock) {
+                        (Some(c), Some(n)) if !p.end => Some(c.max(n)),
+                        (c, None) => c,
+                        (_, n) => n,
+                    };
                     self.complete = Some(p.complete);
                     self.end |= p.end;
                 }

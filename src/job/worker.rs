@@ -256,7 +256,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                     }
                     for w in layout.siblings(index) {
                         let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
-                        let clock = ps.iter().find(|p| p.worker == w).map(|p| p.clock);
+                        let clock = ps.iter().find(|p| p.worker == w).and_then(|p| p.clock);
                         if !ups.is_empty() || clock.is_some() {
                             writers[w].apply(ups, clock);
                             geo_writers[w].advance(clock);
@@ -273,7 +273,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 progress.clone(),
                 move |updates, ps, epoch| {
                     record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
-                    let clock = ps.iter().map(|p| p.clock).max();
+                    let clock = ps.iter().filter_map(|p| p.clock).max();
                     writer.apply(updates, clock);
                     geo_writer.advance(clock);
                 },

@@ -330,8 +330,9 @@ pub fn source_name(names: &[String], input: u32, position: u64) -> String {
 pub struct Progress {
     /// Worker index.
     pub worker: usize,
-    /// The job clock its published results reflect (`as_of`).
-    pub clock: Millis,
+    /// The job clock its published results reflect (`as_of`); none before any vehicle
+    /// had a valid fix (an input may end without one).
+    pub clock: Option<Millis>,
     /// Every row its vehicles will still produce has an event time at or after this
     /// (their fixes not yet final, their open windows): the lake is complete before it for
     /// every vehicle the worker has seen.
