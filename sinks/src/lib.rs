@@ -15,6 +15,7 @@ pub mod catalogue;
 pub mod commit;
 pub mod ddl;
 pub mod lake;
+mod ranged;
 pub mod read;
 pub mod schema;
 pub mod sink;

@@ -7,8 +7,6 @@ use crate::catalogue::Partitioning;
 use crate::lake::{StreamingFile, Uploader};
 use crate::schema::LakeRecord;
 use fleetflow_types::time::Millis;
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -148,26 +146,33 @@ pub(crate) fn io_error(e: impl std::fmt::Display) -> parquet::errors::ParquetErr
 }
 
 /// Merges staged or published Parquet files with the same schema into a new file at
-/// `dest` (streamed; every source is read whole, so sources should be small). Returns
-/// the rows written. The caller waits for the upload with [`Uploader::finish`].
+/// `dest`, streamed both ways: a source is read a row group at a time and the result is
+/// uploaded as it is encoded, so memory stays at a few row groups however large the
+/// files are. Returns the rows written. The caller waits for the upload with
+/// [`Uploader::finish`].
 pub fn merge_files(
     uploader: &Uploader,
     sources: &[String],
     dest: String,
     dataset: &str,
 ) -> ParquetResult<u64> {
+    use futures::StreamExt;
+    use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
     let store = uploader.lake().store.clone();
+    let runtime = uploader.runtime();
     let mut writer: Option<ArrowWriter<StreamingFile>> = None;
     let mut rows = 0u64;
     for src in sources {
         let path = object_store::path::Path::from(src.as_str());
-        let store = store.clone();
-        let bytes = uploader
-            .runtime()
-            .block_on(async move { store.get(&path).await?.bytes().await })
-            .map_err(io_error)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-        for batch in reader {
+        let open = async {
+            let file = crate::ranged::RangedFile::open(store.clone(), path).await?;
+            ParquetRecordBatchStreamBuilder::new(file).await
+        };
+        let mut batches = runtime
+            .block_on(open)?
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        while let Some(batch) = runtime.block_on(batches.next()) {
             let batch = batch?;
             rows += batch.num_rows() as u64;
             if writer.is_none() {
