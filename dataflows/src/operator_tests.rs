@@ -301,7 +301,11 @@ fn run_timeline(
         finals.extend(e);
         progress.extend(f);
     }
-    let ends: Vec<Millis> = progress.iter().filter(|p| p.end).map(|p| p.clock).collect();
+    let ends: Vec<Millis> = progress
+        .iter()
+        .filter(|p| p.end)
+        .map(|p| p.clock.expect("the inputs have valid fixes"))
+        .collect();
     assert_eq!(ends.len(), workers, "every worker reports the end once");
     assert!(ends.windows(2).all(|w| w[0] == w[1]), "one end clock");
     let r = canonical(raw, rows, dead, state, &finals);
