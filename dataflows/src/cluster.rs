@@ -16,11 +16,8 @@
 //! shards, one value for the whole cluster). A worker's own copy stays in its process and
 //! never touches the network.
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
@@ -70,8 +67,6 @@ impl Layout {
         (0..self.processes).map(move |p| layout.global(p, local))
     }
 }
-
-type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 
 /// Copies every record of `stream` to one worker of every process (see the module docs),
 /// tagged with the index of the worker that produced it; records keep their times, and
@@ -164,54 +159,10 @@ where
     )
 }
 
-/// Differential updates of a keyed collection: `((key, value), time, diff)`.
-pub type Updates<K, V> = Vec<((K, V), u64, isize)>;
-
-/// Drops, batch by batch, the retractions of keys that the same batch inserts again.
-///
-/// For a view that keeps one value per key (a retraction only matters when no insertion of
-/// its key follows in the same epoch), the rest is equivalent, and half the size: vehicle
-/// state changes are exact retract/insert pairs, and the pair's retraction is what a view
-/// on another process never needs.
-pub fn drop_replaced<'scope, K, V>(
-    stream: Stream<'scope, u64, Updates<K, V>>,
-) -> Stream<'scope, u64, Updates<K, V>>
-where
-    K: timely::ExchangeData + std::hash::Hash + Eq + Clone,
-    V: timely::ExchangeData,
-{
-    let scope = stream.scope();
-    let mut builder = OperatorBuilder::new("DropReplaced".to_owned(), scope);
-    let mut input = builder.new_input(stream, Pipeline);
-    let (out, kept) = builder.new_output::<Updates<K, V>>();
-    let mut out: Out<((K, V), u64, isize)> = OutputBuilder::from(out);
-    builder.build(move |_caps| {
-        let mut inserted: std::collections::HashSet<(K, u64)> = Default::default();
-        move |_frontiers| {
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else {
-                    return;
-                };
-                inserted.clear();
-                inserted.extend(
-                    data.iter()
-                        .filter(|(_, _, r)| *r > 0)
-                        .map(|((k, _), t, _)| (k.clone(), *t)),
-                );
-                data.retain(|((k, _), t, r)| *r > 0 || !inserted.contains(&(k.clone(), *t)));
-                if !data.is_empty() {
-                    let at = cap.delayed(&t, 0);
-                    out.activate().session(&at).give_container(data);
-                }
-            });
-        }
-    });
-    kept
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use timely::container::CapacityContainerBuilder;
 
     #[test]
     fn the_layout_numbers_workers_like_timely() {
@@ -225,37 +176,6 @@ mod tests {
         assert_eq!(l.mirror_target(0, 5), 1);
         assert_eq!(l.mirror_target(2, 5), 5);
         assert_eq!(l.siblings(3).collect::<Vec<_>>(), vec![1, 3, 5]);
-    }
-
-    #[test]
-    fn only_retractions_of_reinserted_keys_are_dropped() {
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = got.clone();
-        timely::execute_directly(move |worker| {
-            worker.dataflow::<u64, _, _>(|scope| {
-                use timely::dataflow::operators::{Inspect, ToStream};
-                let updates = vec![
-                    ((10u32, 1u32), 5u64, -1isize),
-                    ((10, 2), 5, 1),
-                    ((11, 7), 5, -1), // 11 goes away
-                    ((12, 3), 5, 1),
-                    ((10, 2), 6, -1), // a later epoch: nothing reinserts it there
-                ];
-                let s = updates.to_stream(scope);
-                drop_replaced(s).inspect(move |u| sink.lock().unwrap().push(*u));
-            });
-        });
-        let mut got = got.lock().unwrap().clone();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                ((10, 2), 5, 1),
-                ((10, 2), 6, -1),
-                ((11, 7), 5, -1),
-                ((12, 3), 5, 1)
-            ]
-        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::Capture;
 use differential_dataflow::AsCollection;
 use fleetflow_connectors::registry::JobSource;
 use fleetflow_connectors::source::{render_source, InputSnapshot, IntakeContext};
-use fleetflow_dataflows::cluster::{drop_replaced, mirror, Layout};
+use fleetflow_dataflows::cluster::{mirror, Layout};
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, ChangeReceiver, FenceIndex, ViewBatch, ViewSink,
     ViewUpdate,
@@ -220,8 +220,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             events = events
                 .inspect(move |e| c4.lock().expect("capture").geofence_events.push(e.clone()));
         }
-        // The API view applies the timeline's exact retract/insert pairs; the arranged
-        // form (`publish::arrange_state`) is for dataflow consumers that join with it.
+        // The API view applies the timeline's exact retract/insert pairs.
         let progress = core.progress.probe_with(&probe);
         let latency_metrics = metrics_w.clone();
         let record_latency = move |fresh: usize, epoch: Option<u64>| {
@@ -233,9 +232,10 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             }
         };
         if clustered {
-            // Every worker's state changes and progress, to one worker of every process;
-            // this worker applies the shards of the workers with its local index.
-            let wire = drop_replaced(core.state.inner).map(|((id, s), t, r)| {
+            // Every worker's state changes (the exact retract/insert pairs) and progress,
+            // to one worker of every process; this worker applies the shards of the
+            // workers with its local index.
+            let wire = core.state.inner.map(|((id, s), t, r)| {
                 ((id, VehicleStateWire::from(Arc::unwrap_or_clone(s))), t, r)
             });
             let state = mirror(wire, layout)
