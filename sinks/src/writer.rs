@@ -531,4 +531,55 @@ mod tests {
             assert!(size < 4 * 64 * 1024, "{size} bytes");
         }
     }
+
+    #[test]
+    fn merging_files_of_many_row_groups_keeps_every_row_in_order() {
+        use arrow::array::{Array, Int64Array};
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, _rt) = test_uploader(dir.path());
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("x", arrow::datatypes::DataType::Int64, false),
+        ]));
+        // Two sources of 2,500 rows each, in row groups of 1,000.
+        let mut sources = Vec::new();
+        for f in 0..2i64 {
+            let name = format!("src-{f}.parquet");
+            let file = std::fs::File::create(dir.path().join(&name)).unwrap();
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(1000))
+                .build();
+            let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+            for chunk in 0..5i64 {
+                let start = f * 2500 + chunk * 500;
+                let col = Int64Array::from_iter_values(start..start + 500);
+                let batch = arrow::record_batch::RecordBatch::try_new(
+                    schema.clone(),
+                    vec![std::sync::Arc::new(col)],
+                )
+                .unwrap();
+                w.write(&batch).unwrap();
+            }
+            assert_eq!(w.close().unwrap().num_row_groups(), 3);
+            sources.push(name);
+        }
+        let rows = merge_files(&uploader, &sources, "merged.parquet".into(), "raw").unwrap();
+        uploader.finish().unwrap();
+        assert_eq!(rows, 5000);
+        let file = std::fs::File::open(dir.path().join("merged.parquet")).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut got = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            got.extend(col.values().iter().copied());
+        }
+        assert_eq!(got, (0..5000).collect::<Vec<i64>>());
+    }
 }
