@@ -6,10 +6,25 @@
 //!   lateness, jumps, state, windows).
 //! - [`clock`]: the job clock, the median of the vehicles' clocks.
 //! - [`inputs`]: what the inputs report (the end of a bounded input).
+//! - [`pace`]: how often vehicle state is published (longer while catching up).
 //! - [`operator`]: the timely operator running the timelines on every worker.
 //! - [`geofence`]: geofence membership, events and occupancy over final fixes.
-//! - [`publish`]: vehicle-state changes, applied to a shared view for the query API.
+//! - [`state`]: vehicle state arranged by vehicle, its batches published to the query API.
 //! - [`cluster`]: where the workers of a cluster are; mirroring results to every process.
+//!
+//! # Collections and arrangements
+//!
+//! The timeline operator ([`operator::render_timeline`]) is the one sequential
+//! per-vehicle operator. Its vehicle-state output is a differential collection of exact
+//! retract/insert pairs ([`operator::CoreStreams::state`]), never an upsert stream.
+//!
+//! | arrangement | built by | key -> value | who reads it |
+//! |---|---|---|---|
+//! | `Arrange: VehicleState` | [`state::arrange_state`] | hash of vehicle id -> [`state::HeldState`] | "Publish: VehicleState" ([`state::publish_state`]): its batches feed the API's vehicle view and the live streams' change log; the trace itself is not imported |
+//!
+//! The fence set is not a differential arrangement: it is a shared index
+//! ([`geofence::FenceIndex`], cells and an R-tree) that runtime changes replace copy-on-write,
+//! and geofence membership follows each vehicle's final fixes on the vehicle's worker.
 #![deny(missing_docs)]
 
 pub mod clock;
@@ -19,7 +34,8 @@ pub mod inputs;
 pub mod operator;
 #[cfg(test)]
 mod operator_tests;
-pub mod publish;
+pub mod pace;
 pub mod segments;
+pub mod state;
 pub mod tiers;
 pub mod timeline;

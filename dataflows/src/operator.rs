@@ -63,7 +63,7 @@ pub struct CoreConfig {
     pub input_names: Arc<Vec<String>>,
     /// How often vehicle state and progress are published (processing time). State changes
     /// within an interval are coalesced into one update per vehicle.
-    pub publish_every: Duration,
+    pub publish: crate::pace::PublishPace,
     /// How often a worker reports its vehicles' clocks (processing time).
     pub clock_every: Duration,
     /// Checkpoints: the hub to offer snapshots to.
@@ -292,7 +292,7 @@ pub fn render_timeline<'scope>(
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
         let mut change_stash: BTreeMap<u64, Vec<GeofenceChange>> = BTreeMap::new();
         let mut out = Outputs::default();
-        let mut last_publish = Instant::now();
+        let mut pacer = crate::pace::Pacer::new(cfg.publish, Instant::now());
         let mut last_stats = Instant::now();
         let mut last_sample: Option<Instant> = None;
         let mut last_outliers = Instant::now();
@@ -345,6 +345,7 @@ pub fn render_timeline<'scope>(
             timelines.tick();
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
+                    pacer.took(data.len());
                     fix_stash.entry(*t).or_default().push(std::mem::take(data));
                 }
             });
@@ -504,12 +505,13 @@ pub fn render_timeline<'scope>(
             }
             // Publish state and progress together, at most once per interval (always at the
             // end), so that `as_of` never runs ahead of the published state.
-            let publish_now = done || last_publish.elapsed() >= cfg.publish_every;
+            let wait = pacer.wait(Instant::now());
+            let publish_now = done || wait.is_zero();
             if publish_now {
                 timelines.publish(&mut out);
-                last_publish = Instant::now();
+                pacer.published(Instant::now());
             } else if !finished {
-                activator.activate_after(cfg.publish_every.saturating_sub(last_publish.elapsed()));
+                activator.activate_after(wait);
             }
             let clock = timelines.clock();
             // Outputs leave at the latest epoch processed, never before what left already

@@ -230,7 +230,7 @@ fn run_timeline(
             registry: Arc::new(VehicleRegistry::default()),
             metrics: Arc::new(Metrics::new(vec![])),
             input_names: Arc::new(vec!["in".into()]),
-            publish_every: Duration::from_millis(1),
+            publish: crate::pace::PublishPace::fixed(Duration::from_millis(1)),
             clock_every: Duration::from_millis(1),
             checkpoints: None,
             restore: None,

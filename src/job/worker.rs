@@ -11,7 +11,7 @@ use fleetflow_dataflows::geofence::{
     ViewUpdate,
 };
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
-use fleetflow_dataflows::publish::publish;
+use fleetflow_dataflows::state::{arrange_state, publish_state};
 use fleetflow_dataflows::timeline::TimelineConfig;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::view::VehicleView;
@@ -129,7 +129,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         registry,
         metrics,
         input_names,
-        publish_every: Duration::from_millis(10),
+        publish: Default::default(),
         clock_every: Duration::from_millis(10),
         checkpoints: Some(hub.clone()),
         restore: share.timeline,
@@ -239,21 +239,16 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 ((id, VehicleStateWire::from(Arc::unwrap_or_clone(s))), t, r)
             });
             let state = mirror(wire, layout)
-                .map(|(w, ((id, s), t, r))| ((w, (id, Arc::new(VehicleState::from(s)))), t, r))
+                .map(|(w, ((id, s), t, r))| ((id, (w, Arc::new(VehicleState::from(s)))), t, r))
                 .as_collection();
             let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
             let (writers, geo_writers) = (view.writers(), geo_view.writers());
-            publish(
-                "VehicleState",
-                state,
+            publish_state(
+                arrange_state(state),
                 mirrored_progress,
-                move |updates, ps, epoch| {
-                    record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
-                    let mut by_worker: std::collections::BTreeMap<u32, Vec<_>> =
-                        std::collections::BTreeMap::new();
-                    for ((w, d), r) in updates {
-                        by_worker.entry(w).or_default().push((d, r));
-                    }
+                move |mut by_worker, ps, epoch| {
+                    let fresh = by_worker.values().flatten().filter(|(_, r)| *r > 0).count();
+                    record_latency(fresh, epoch);
                     for w in layout.siblings(index) {
                         let ups = by_worker.remove(&(w as u32)).unwrap_or_default();
                         let clock = ps.iter().find(|p| p.worker == w).and_then(|p| p.clock);
@@ -267,11 +262,12 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         } else {
             let writer = view.writers().swap_remove(index);
             let geo_writer = geo_view.writers().swap_remove(index);
-            publish(
-                "VehicleState",
-                core.state,
+            let shard = index as u32;
+            publish_state(
+                arrange_state(core.state.map(move |(id, s)| (id, (shard, s)))),
                 progress.clone(),
-                move |updates, ps, epoch| {
+                move |mut by_shard, ps, epoch| {
+                    let updates = by_shard.remove(&shard).unwrap_or_default();
                     record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
                     let clock = ps.iter().filter_map(|p| p.clock).max();
                     writer.apply(updates, clock);
