@@ -1,7 +1,7 @@
 //! The fleetflow job runtime: turns a job spec into a running timely cluster of workers.
 //!
 //! ```text
-//!  source ──► "Source" ──fixes──► "VehicleTimeline" ──state──► "Publish: VehicleState" ──► API view
+//!  source ──► "Source" ──fixes──► "VehicleTimeline" ──state──► "Arrange: VehicleState" ══► "Publish: VehicleState" ──► API view
 //!              │   │                  │   │   │
 //!              │   └──reports (bcast)─┘   │   └──raw / tier rows / dead letters──► "LakeSink" ──► Uploader ──► lake
 //!              └──dead letters (malformed, invalid)──────────────────────────────────┘
