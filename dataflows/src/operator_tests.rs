@@ -222,6 +222,7 @@ fn run_timeline(
     fixes: Vec<IncomingFix>,
     per_epoch: usize,
     workers: usize,
+    pace: crate::pace::PublishPace,
 ) -> (Results, Vec<Finalized>, Millis) {
     let fixes = Arc::new(fixes);
     let got = timely::execute(timely::Config::process(workers), move |worker| {
@@ -230,7 +231,7 @@ fn run_timeline(
             registry: Arc::new(VehicleRegistry::default()),
             metrics: Arc::new(Metrics::new(vec![])),
             input_names: Arc::new(vec!["in".into()]),
-            publish: crate::pace::PublishPace::fixed(Duration::from_millis(1)),
+            publish: pace,
             clock_every: Duration::from_millis(1),
             checkpoints: None,
             restore: None,
@@ -314,9 +315,24 @@ fn run_timeline(
 
 #[test]
 fn the_timeline_operator_equals_its_logic_however_interleaved_and_batched() {
-    for (seed, per_epoch, workers) in [(1, 1, 1), (2, 37, 2), (3, 4096, 1), (4, 5, 2)] {
+    // A short fixed pace, and one that counts every worker as catching up (any rate) so
+    // that it publishes at the longer interval.
+    let fixed = crate::pace::PublishPace::fixed(Duration::from_millis(1));
+    let busy = crate::pace::PublishPace {
+        every: Duration::from_millis(1),
+        busy_every: Duration::from_millis(4),
+        busy_rate: 0.0,
+    };
+    for (seed, per_epoch, workers, pace) in [
+        (1, 1, 1, fixed),
+        (2, 37, 2, fixed),
+        (3, 4096, 1, fixed),
+        (4, 5, 2, fixed),
+        (5, 7, 2, busy),
+        (6, 512, 1, busy),
+    ] {
         let fixes = input(seed);
-        let (got, _, end) = run_timeline(fixes.clone(), per_epoch, workers);
+        let (got, _, end) = run_timeline(fixes.clone(), per_epoch, workers, pace);
         let (want, _) = sequential(&fixes, end);
         assert_eq!(
             got.dead.iter().map(|(_, r, _)| *r).collect::<Vec<_>>(),
@@ -375,7 +391,8 @@ fn run_geofences(
 #[test]
 fn the_geofence_operator_equals_its_logic_however_batched() {
     let fixes = input(9);
-    let (_, finals, _) = run_timeline(fixes, 64, 1);
+    let pace = crate::pace::PublishPace::fixed(Duration::from_millis(1));
+    let (_, finals, _) = run_timeline(fixes, 64, 1, pace);
     // Two circles on the vehicles' way north: one they start in and leave after more
     // than the dwell time, one they pass through.
     let fences = vec![
