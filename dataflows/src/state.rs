@@ -62,29 +62,26 @@ pub type StateArrangement<'scope> = Arranged<'scope, TraceAgent<StateSpine>>;
 /// retractions first.
 pub type ShardChanges = Vec<((CompactString, Arc<VehicleState>), isize)>;
 
-/// A vehicle's state change as it comes to be arranged: `(id, (shard, state))`.
-pub type ShardedState = (CompactString, (u32, Arc<VehicleState>));
+impl HeldState {
+    /// Vehicle `id`'s `state`, from shard (producing worker) `shard`, under its key.
+    pub fn keyed(id: CompactString, shard: u32, state: Arc<VehicleState>) -> (u64, HeldState) {
+        let held = HeldState {
+            ts: state.fix.ts,
+            id,
+            shard,
+            state,
+        };
+        (held.id.hashed(), held)
+    }
+}
 
-/// Arranges vehicle state by vehicle where it is (no exchange): see the module docs. Each
-/// change names the shard (the producing worker) it belongs to.
+/// Arranges vehicle state, keyed with [`HeldState::keyed`], where it is (no exchange): see
+/// the module docs.
 pub fn arrange_state<'scope>(
-    state: VecCollection<'scope, u64, ShardedState, isize>,
+    state: VecCollection<'scope, u64, (u64, HeldState), isize>,
 ) -> StateArrangement<'scope> {
-    let held = state.map(|(id, (shard, state))| {
-        let key = id.hashed();
-        let ts = state.fix.ts;
-        (
-            key,
-            HeldState {
-                ts,
-                id,
-                shard,
-                state,
-            },
-        )
-    });
     arrange_core::<_, _, ValBatcher<u64, HeldState, u64, isize>, StateSpine>(
-        held.inner,
+        state.inner,
         Pipeline,
         "Arrange: VehicleState",
         ValBatcher::new,
@@ -203,12 +200,12 @@ mod tests {
     /// Feeds `epochs` of exact retract/insert pairs (and one progress record per epoch),
     /// stepping the worker after every epoch when `step` holds, and returns what the sink
     /// was handed.
-    fn run(epochs: Vec<Vec<(ShardedState, isize)>>, step: bool) -> Published {
+    fn run(epochs: Vec<Vec<((u64, HeldState), isize)>>, step: bool) -> Published {
         timely::execute_directly(move |worker| {
             let got: Rc<RefCell<Published>> = Rc::default();
             let sink = got.clone();
             let (mut states, mut progress) = worker.dataflow::<u64, _, _>(|scope| {
-                let (states, stream) = scope.new_input::<Vec<(ShardedState, u64, isize)>>();
+                let (states, stream) = scope.new_input::<Vec<((u64, HeldState), u64, isize)>>();
                 let (progress, prog) = scope.new_input::<Vec<Progress>>();
                 publish_state(
                     arrange_state(stream.as_collection()),
@@ -246,12 +243,12 @@ mod tests {
         id: &str,
         old: Option<&Arc<VehicleState>>,
         new: &Arc<VehicleState>,
-    ) -> Vec<(ShardedState, isize)> {
-        let mut v: Vec<(ShardedState, isize)> = old
-            .map(|o| ((id.into(), (0, o.clone())), -1))
+    ) -> Vec<((u64, HeldState), isize)> {
+        let mut v: Vec<_> = old
+            .map(|o| (HeldState::keyed(id.into(), 0, o.clone()), -1))
             .into_iter()
             .collect();
-        v.push(((id.into(), (0, new.clone())), 1));
+        v.push((HeldState::keyed(id.into(), 0, new.clone()), 1));
         v
     }
 

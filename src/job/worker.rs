@@ -11,7 +11,7 @@ use fleetflow_dataflows::geofence::{
     ViewUpdate,
 };
 use fleetflow_dataflows::operator::{render_timeline, CoreConfig};
-use fleetflow_dataflows::state::{arrange_state, publish_state};
+use fleetflow_dataflows::state::{arrange_state, publish_state, HeldState};
 use fleetflow_dataflows::timeline::TimelineConfig;
 use fleetflow_query_api::geofences::GeofenceView;
 use fleetflow_query_api::view::VehicleView;
@@ -220,7 +220,8 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             events = events
                 .inspect(move |e| c4.lock().expect("capture").geofence_events.push(e.clone()));
         }
-        // The API view applies the timeline's exact retract/insert pairs.
+        // Vehicle state is arranged where it is made (in a cluster, where it is mirrored to),
+        // and the API view applies each batch's net change per vehicle.
         let progress = core.progress.probe_with(&probe);
         let latency_metrics = metrics_w.clone();
         let record_latency = move |fresh: usize, epoch: Option<u64>| {
@@ -239,7 +240,13 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 ((id, VehicleStateWire::from(Arc::unwrap_or_clone(s))), t, r)
             });
             let state = mirror(wire, layout)
-                .map(|(w, ((id, s), t, r))| ((id, (w, Arc::new(VehicleState::from(s)))), t, r))
+                .map(|(w, ((id, s), t, r))| {
+                    (
+                        HeldState::keyed(id, w, Arc::new(VehicleState::from(s))),
+                        t,
+                        r,
+                    )
+                })
                 .as_collection();
             let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
             let (writers, geo_writers) = (view.writers(), geo_view.writers());
@@ -264,7 +271,10 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             let geo_writer = geo_view.writers().swap_remove(index);
             let shard = index as u32;
             publish_state(
-                arrange_state(core.state.map(move |(id, s)| (id, (shard, s)))),
+                arrange_state(
+                    core.state
+                        .map(move |(id, s)| HeldState::keyed(id, shard, s)),
+                ),
                 progress.clone(),
                 move |mut by_shard, ps, epoch| {
                     let updates = by_shard.remove(&shard).unwrap_or_default();
