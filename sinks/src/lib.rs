@@ -8,13 +8,15 @@
 //! - [`read`]: a vehicle's rows back from a dataset (the API's history).
 //! - [`sink`]: the timely sink operator, cut at checkpoint boundaries.
 //! - [`table`]: how a commit's files become part of the datasets (Hive directories).
-//! - [`writer`]: per-partition Parquet writers.
+//! - [`writer`]: per-partition Parquet writers; merging their files copies large row groups
+//!   as they are encoded.
 #![deny(missing_docs)]
 
 pub mod catalogue;
 pub mod commit;
 pub mod ddl;
 pub mod lake;
+mod merge;
 mod ranged;
 pub mod read;
 pub mod schema;

@@ -5,6 +5,8 @@
 //! feeds them is [`crate::sink`].
 use crate::catalogue::Partitioning;
 use crate::lake::{StreamingFile, Uploader};
+pub use crate::merge::merge_files;
+use crate::merge::MAX_ROW_GROUP;
 use crate::schema::LakeRecord;
 use fleetflow_types::time::Millis;
 use parquet::arrow::ArrowWriter;
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Rows encoded into Arrow at a time.
-const BATCH_ROWS: usize = 8192;
+pub(crate) const BATCH_ROWS: usize = 8192;
 
 /// Where staged files live: outside every dataset's glob, so readers never see them.
 pub const STAGING: &str = "_fleetflow/staging";
@@ -126,12 +128,12 @@ pub struct DatasetWriter<R: LakeRecord> {
     uploader: Uploader,
 }
 
-fn props(dictionary: &[&str]) -> WriterProperties {
+pub(crate) fn props(dictionary: &[&str]) -> WriterProperties {
     // Dictionaries pay off for the repetitive string columns only; float columns are nearly
     // all distinct and would just be hashed and then fall back to plain encoding.
     let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_max_row_group_row_count(Some(MAX_ROW_GROUP))
         .set_dictionary_enabled(false);
     for col in dictionary {
         b = b.set_column_dictionary_enabled(ColumnPath::from(*col), true);
@@ -143,60 +145,6 @@ pub(crate) type ParquetResult<T = ()> = Result<T, parquet::errors::ParquetError>
 
 pub(crate) fn io_error(e: impl std::fmt::Display) -> parquet::errors::ParquetError {
     parquet::errors::ParquetError::External(e.to_string().into())
-}
-
-/// Merges staged or published Parquet files with the same schema into a new file at
-/// `dest`, streamed both ways: a source is read a row group at a time and the result is
-/// uploaded as it is encoded, so memory stays at a few row groups however large the
-/// files are. Returns the rows written. The caller waits for the upload with
-/// [`Uploader::finish`].
-pub fn merge_files(
-    uploader: &Uploader,
-    sources: &[String],
-    dest: String,
-    dataset: &str,
-) -> ParquetResult<u64> {
-    use futures::StreamExt;
-    use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
-    let store = uploader.lake().store.clone();
-    let runtime = uploader.runtime();
-    let mut writer: Option<ArrowWriter<StreamingFile>> = None;
-    let mut rows = 0u64;
-    for src in sources {
-        let path = object_store::path::Path::from(src.as_str());
-        let open = async {
-            let file = crate::ranged::RangedFile::open(store.clone(), path).await?;
-            ParquetRecordBatchStreamBuilder::new(file).await
-        };
-        let mut batches = runtime
-            .block_on(open)?
-            .with_batch_size(BATCH_ROWS)
-            .build()?;
-        while let Some(batch) = runtime.block_on(batches.next()) {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            if writer.is_none() {
-                let schema = batch.schema();
-                let dictionary: Vec<&str> = schema
-                    .fields()
-                    .iter()
-                    .filter(|f| f.data_type() == &arrow::datatypes::DataType::Utf8)
-                    .map(|f| f.name().as_str())
-                    .collect();
-                let file = StreamingFile::new(uploader.clone(), dest.clone());
-                writer = Some(ArrowWriter::try_new(
-                    file,
-                    batch.schema(),
-                    Some(props(&dictionary)),
-                )?);
-            }
-            writer.as_mut().expect("opened").write(&batch)?;
-        }
-    }
-    if let Some(w) = writer {
-        w.into_inner()?.finish(dataset.to_string(), rows)?;
-    }
-    Ok(rows)
 }
 
 impl<R: LakeRecord> DatasetWriter<R> {
@@ -530,56 +478,5 @@ mod tests {
             let size = std::fs::metadata(dir.path().join(&p.from)).unwrap().len();
             assert!(size < 4 * 64 * 1024, "{size} bytes");
         }
-    }
-
-    #[test]
-    fn merging_files_of_many_row_groups_keeps_every_row_in_order() {
-        use arrow::array::{Array, Int64Array};
-        let dir = tempfile::tempdir().unwrap();
-        let (uploader, _, _rt) = test_uploader(dir.path());
-        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("x", arrow::datatypes::DataType::Int64, false),
-        ]));
-        // Two sources of 2,500 rows each, in row groups of 1,000.
-        let mut sources = Vec::new();
-        for f in 0..2i64 {
-            let name = format!("src-{f}.parquet");
-            let file = std::fs::File::create(dir.path().join(&name)).unwrap();
-            let props = WriterProperties::builder()
-                .set_max_row_group_row_count(Some(1000))
-                .build();
-            let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
-            for chunk in 0..5i64 {
-                let start = f * 2500 + chunk * 500;
-                let col = Int64Array::from_iter_values(start..start + 500);
-                let batch = arrow::record_batch::RecordBatch::try_new(
-                    schema.clone(),
-                    vec![std::sync::Arc::new(col)],
-                )
-                .unwrap();
-                w.write(&batch).unwrap();
-            }
-            assert_eq!(w.close().unwrap().num_row_groups(), 3);
-            sources.push(name);
-        }
-        let rows = merge_files(&uploader, &sources, "merged.parquet".into(), "raw").unwrap();
-        uploader.finish().unwrap();
-        assert_eq!(rows, 5000);
-        let file = std::fs::File::open(dir.path().join("merged.parquet")).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        let mut got = Vec::new();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let col = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            got.extend(col.values().iter().copied());
-        }
-        assert_eq!(got, (0..5000).collect::<Vec<i64>>());
     }
 }
