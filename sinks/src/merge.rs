@@ -280,6 +280,12 @@ mod tests {
         .unwrap()
     }
 
+    /// The rows of each row group of the file `builder` reads.
+    fn row_group_sizes(builder: &ParquetRecordBatchReaderBuilder<std::fs::File>) -> Vec<i64> {
+        let groups = builder.metadata().row_groups();
+        groups.iter().map(|rg| rg.num_rows()).collect()
+    }
+
     /// Writes a source whose row groups have the given sizes, numbered on from `start`.
     fn source(dir: &std::path::Path, name: &str, start: i64, groups: &[i64]) -> String {
         let file = std::fs::File::create(dir.join(name)).unwrap();
@@ -311,12 +317,7 @@ mod tests {
         let file = std::fs::File::open(dir.path().join("merged.parquet")).unwrap();
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).expect("a valid Parquet file");
         assert_eq!(builder.schema(), &schema(), "the Arrow schema survives");
-        let sizes: Vec<i64> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows())
-            .collect();
+        let sizes = row_group_sizes(&builder);
         // The small row groups before a large one are encoded into one, the large ones
         // are copied as they are, and the small ones at the end become one.
         assert_eq!(sizes, vec![3000, big, 500, big + 1, 1500]);
@@ -340,10 +341,11 @@ mod tests {
             let ts = batch
                 .column(2)
                 .as_any()
-                .downcast_ref::<TimestampMillisecondArray>();
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap();
             for i in 0..batch.num_rows() {
                 assert_eq!(name.value(i), format!("v{}", x.value(i) % 7));
-                assert_eq!(ts.unwrap().value(i), x.value(i) * 1000);
+                assert_eq!(ts.value(i), x.value(i) * 1000);
             }
             got.extend(x.values().iter().copied());
         }
@@ -361,12 +363,7 @@ mod tests {
         assert_eq!(rows, 300_000);
         let file = std::fs::File::open(dir.path().join("merged.parquet")).unwrap();
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        let sizes: Vec<i64> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows())
-            .collect();
+        let sizes = row_group_sizes(&builder);
         let full = MAX_ROW_GROUP as i64;
         assert_eq!(sizes, vec![full, full, 300_000 - 2 * full]);
     }
