@@ -19,7 +19,8 @@
 //!
 //! The arrangement's trace is not kept: no dataflow operator reads vehicle state (geofence
 //! membership follows the final fixes, not the state), and the API's view lives outside the
-//! worker threads, so it takes the batches. The states in them are the timeline's shared
+//! worker threads, so it takes the batches: it keeps them as sorted runs per worker, merged
+//! like a spine, and reads them without a lock. The states in them are the timeline's shared
 //! allocations: publishing copies no state. What an update costs here is paid per pair, so
 //! the timeline coalesces them per vehicle at its publication pace ([`crate::pace`]).
 

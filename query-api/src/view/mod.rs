@@ -1,13 +1,37 @@
-//! The query API's view of vehicle state: applied from the dataflow's published changes,
-//! read by handlers without ever touching a dataflow worker.
+//! The query API's view of vehicle state: each producing worker's published batches of the
+//! arrangement "Arrange: VehicleState", read by handlers without ever touching a dataflow
+//! worker or waiting on one.
+//!
+//! ```text
+//!   worker w: batch of the arrangement ─► net change per vehicle, sorted ─► run ─┐
+//!                                                                                ▼
+//!   producer w's runs (oldest first, merged geometrically) ─► immutable snapshot (Arc)
+//!                                                                                │
+//!   get / page / scan / nearby: every producer's snapshot, runs searched newest first
+//! ```
+//!
+//! There is no second map of every vehicle: a producer turns each published batch into one
+//! sorted run ([`batches`]), builds its next snapshot off any lock (sharing every run it
+//! does not merge) and swaps one pointer in. A reader loads each producer's pointer (no
+//! lock, usually no reference count) and searches the runs; it never blocks a producer, and
+//! a producer never blocks it.
+//!
+//! With a change log ([`crate::changes`]), the swap happens under the log's write lock
+//! together with the batch's changes, so a stream's snapshot (taken under the read lock)
+//! and the changes after it agree.
+
+mod batches;
 
 use crate::changes::{ChangeBody, ChangeLog};
+use arc_swap::ArcSwap;
+use batches::{live_after, Batches, Entry};
 use fleetflow_types::fix::{haversine_km, EARTH_RADIUS_KM};
 use fleetflow_types::records::VehicleState;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A vehicle's position on the unit sphere, so that straight-line (chord) distance orders
 /// points exactly as great-circle distance does, with its index in [`Positions::states`].
@@ -40,15 +64,15 @@ pub struct VehicleWriter {
 }
 
 impl VehicleWriter {
-    /// Applies this producer's changes, in the order it produced them, and its job clock.
+    /// Publishes this producer's changes, in the order it produced them, and its job clock.
     ///
     /// The changes are exact retract/insert pairs: a vehicle's new state comes as the
     /// retraction of the old one immediately followed by the insertion of the new one, which
     /// replaces it. A retraction not followed by an insertion of the same vehicle removes
     /// the vehicle (when its state is still the retracted one).
     ///
-    /// The dataflow hands over shared states (`Arc<VehicleState>`): the view and the change
-    /// log keep that allocation, so applying a change copies no state.
+    /// The dataflow hands over shared states (`Arc<VehicleState>`): the runs and the change
+    /// log keep that allocation, so publishing a change copies no state.
     pub fn apply<S: Into<Arc<VehicleState>>>(
         &self,
         updates: Vec<((CompactString, S), isize)>,
@@ -58,65 +82,62 @@ impl VehicleWriter {
     }
 }
 
-/// Vehicle id -> state, with the job clock each producing worker has published through, and a
+/// One producer's published state: its runs, how many vehicles they hold, and the job
+/// clock it has published through. Immutable once swapped in.
+#[derive(Clone, Debug, Default)]
+struct Published {
+    batches: Batches,
+    len: usize,
+    as_of: Option<Millis>,
+}
+
+/// Vehicle state as the producing workers published it (see the module docs), with a
 /// spatial index (R-tree) over the positions for nearest-first queries.
 ///
-/// Workers only update the map. The index is bulk-loaded by a query that finds it older
-/// than [`INDEX_MAX_AGE`] and out of date, so keeping it costs the dataflow nothing; a
-/// nearby answer is consistent with its own `as_of`, at most that much older than the map.
+/// The index is bulk-loaded by a query that finds it older than [`INDEX_MAX_AGE`] and out of
+/// date, so keeping it costs the dataflow nothing; a nearby answer is consistent with its
+/// own `as_of`, at most that much older than the runs.
 #[derive(Debug)]
 pub struct VehicleView {
-    inner: RwLock<Inner>,
-    changes: Option<std::sync::Arc<ChangeLog>>,
-    index: std::sync::Mutex<Option<std::sync::Arc<Positions>>>,
+    /// By producer: its latest snapshot, loaded by readers without a lock.
+    producers: Vec<ArcSwap<Published>>,
+    /// Counts published batches with changes (the index is rebuilt when it differs).
+    version: AtomicU64,
+    changes: Option<Arc<ChangeLog>>,
+    index: std::sync::Mutex<Option<Arc<Positions>>>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    /// The states the dataflow published, shared with it and the change log (no copy).
-    vehicles: BTreeMap<CompactString, Arc<VehicleState>>,
-    /// Counts applied batches with changes (the index is rebuilt when it differs).
-    version: u64,
-    as_of: Vec<Option<Millis>>,
-}
-
-impl Inner {
-    /// The smallest worker job clock, once every worker has published one.
-    fn as_of(&self) -> Option<Millis> {
-        self.as_of
-            .iter()
-            .copied()
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| v.into_iter().min())
-    }
+/// The smallest producer job clock, once every producer has published one.
+fn min_as_of<'a>(producers: impl IntoIterator<Item = &'a Arc<Published>>) -> Option<Millis> {
+    producers
+        .into_iter()
+        .map(|p| p.as_of)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| v.into_iter().min())
 }
 
 impl VehicleView {
     /// An empty view fed by `workers` workers.
     pub fn new(workers: usize) -> Self {
         VehicleView {
-            inner: RwLock::new(Inner {
-                vehicles: BTreeMap::new(),
-                version: 0,
-                as_of: vec![None; workers.max(1)],
-            }),
+            producers: (0..workers.max(1)).map(|_| ArcSwap::default()).collect(),
+            version: AtomicU64::new(0),
             index: Default::default(),
             changes: None,
         }
     }
 
     /// Also appends every change to `log` (for the live streams).
-    pub fn with_changes(mut self, log: std::sync::Arc<ChangeLog>) -> Self {
+    pub fn with_changes(mut self, log: Arc<ChangeLog>) -> Self {
         self.changes = Some(log);
         self
     }
 
     /// One writer per producing worker (the `workers` the view was made for), in worker
-    /// order: each carries its own share of the view's `as_of`, so a producer never names
-    /// itself by number.
+    /// order: each publishes its own runs and job clock, so a producer never names itself
+    /// by number.
     pub fn writers(self: &Arc<Self>) -> Vec<VehicleWriter> {
-        let shares = self.inner.read().expect("view lock").as_of.len();
-        (0..shares)
+        (0..self.producers.len())
             .map(|share| VehicleWriter {
                 view: Arc::clone(self),
                 share,
@@ -124,76 +145,102 @@ impl VehicleView {
             .collect()
     }
 
-    /// See [`VehicleWriter::apply`]; `share` is the writer's share of `as_of`.
+    /// Every producer's latest snapshot.
+    fn snapshots(&self) -> Vec<Arc<Published>> {
+        self.producers.iter().map(|p| p.load_full()).collect()
+    }
+
+    /// See [`VehicleWriter::apply`]; `share` is the producer's index.
     fn apply<S: Into<Arc<VehicleState>>>(
         &self,
         share: usize,
         updates: Vec<((CompactString, S), isize)>,
         clock: Option<Millis>,
     ) {
-        // The log's lock first (see `changes`): streams see the view and the log agree.
-        let mut log = self.changes.as_ref().map(|c| c.write());
-        let mut inner = self.inner.write().expect("view lock");
-        if !updates.is_empty() {
-            inner.version += 1;
-        }
-        // The producer's latest (it only goes back once, to the exact clock at the end of a
-        // bounded input).
-        if let (Some(w), Some(slot)) = (clock, inner.as_of.get_mut(share)) {
-            *slot = Some(w);
-        }
-        let as_of = inner.as_of();
-        // A retraction waits for the next change: an insertion of the same vehicle
-        // replaces the state, anything else makes it a removal.
+        let Some(slot) = self.producers.get(share) else {
+            return;
+        };
+        // Only this producer swaps its slot, so the snapshot read here stays the latest.
+        let current = slot.load_full();
+        let changed = !updates.is_empty();
+        // The batch's net change per vehicle, and its changes for the log in order. A
+        // retraction waits for the next change: an insertion of the same vehicle replaces
+        // the state, anything else makes it a removal.
+        type Net = HashMap<CompactString, Option<Arc<VehicleState>>, ahash::RandomState>;
+        let mut net = Net::default();
+        let mut logged: Vec<ChangeBody> = Vec::new();
         let mut retracted: Option<(CompactString, Arc<VehicleState>)> = None;
-        let remove = |inner: &mut Inner,
-                      log: &mut Option<std::sync::RwLockWriteGuard<'_, crate::changes::Log>>,
+        let remove = |net: &mut Net,
+                      logged: &mut Vec<ChangeBody>,
                       (id, state): (CompactString, Arc<VehicleState>)| {
-            let current = inner.vehicles.get(&id);
-            if current.is_some_and(|c| Arc::ptr_eq(c, &state) || **c == *state) {
-                inner.vehicles.remove(&id);
-                if let Some(log) = log.as_mut() {
-                    log.push(
-                        ChangeBody::Vehicle {
-                            state,
-                            removed: true,
-                        },
-                        as_of,
-                    );
-                }
+            let now = match net.get(&id) {
+                Some(s) => s.clone(),
+                None => current.batches.get(&id).cloned(),
+            };
+            if now
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &state) || **c == *state)
+            {
+                net.insert(id, None);
+                logged.push(ChangeBody::Vehicle {
+                    state,
+                    removed: true,
+                });
             }
         };
         for ((id, state), diff) in updates {
             let state: Arc<VehicleState> = state.into();
             if diff < 0 {
                 if let Some(r) = retracted.replace((id, state)) {
-                    remove(&mut inner, &mut log, r);
+                    remove(&mut net, &mut logged, r);
                 }
                 continue;
             }
             if let Some(r) = retracted.take().filter(|(rid, _)| *rid != id) {
-                remove(&mut inner, &mut log, r);
+                remove(&mut net, &mut logged, r);
             }
-            if let Some(log) = log.as_mut() {
-                log.push(
-                    ChangeBody::Vehicle {
-                        state: Arc::clone(&state),
-                        removed: false,
-                    },
-                    as_of,
-                );
-            }
-            match inner.vehicles.get_mut(&id) {
-                Some(slot) => *slot = state,
-                None => {
-                    inner.vehicles.insert(id, state);
-                }
-            }
+            logged.push(ChangeBody::Vehicle {
+                state: Arc::clone(&state),
+                removed: false,
+            });
+            net.insert(id, Some(state));
         }
         if let Some(r) = retracted {
-            remove(&mut inner, &mut log, r);
+            remove(&mut net, &mut logged, r);
         }
-        drop(inner);
+        // The next snapshot, built off any lock.
+        let mut next = Published::clone(&current);
+        let mut run: Vec<Entry> = net.into_iter().collect();
+        run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (id, state) in &run {
+            let was = current.batches.get(id).is_some();
+            match (was, state.is_some()) {
+                (false, true) => next.len += 1,
+                (true, false) => next.len -= 1,
+                _ => {}
+            }
+        }
+        next.batches.push(run);
+        // The producer's latest (it only goes back once, to the exact clock at the end of a
+        // bounded input).
+        if clock.is_some() {
+            next.as_of = clock;
+        }
+        let next = Arc::new(next);
+        // The log's lock around the swap (see the module docs).
+        let mut log = self.changes.as_ref().map(|c| c.write());
+        if let Some(log) = log.as_mut() {
+            let mut snaps = self.snapshots();
+            snaps[share] = Arc::clone(&next);
+            let as_of = min_as_of(&snaps);
+            for body in logged {
+                log.push(body, as_of);
+            }
+        }
+        slot.store(next);
+        if changed {
+            self.version.fetch_add(1, Ordering::Release);
+        }
         if let (Some(log), Some(c)) = (log, &self.changes) {
             c.publish(log);
         }
@@ -201,17 +248,19 @@ impl VehicleView {
 
     /// The job clock through which every worker's results are published.
     pub fn as_of(&self) -> Option<Millis> {
-        self.inner.read().expect("view lock").as_of()
+        min_as_of(&self.snapshots())
+    }
+
+    /// One vehicle's state, as the producers published it (the allocation they share).
+    fn get_shared(&self, id: &str) -> Option<Arc<VehicleState>> {
+        self.producers
+            .iter()
+            .find_map(|p| p.load().batches.get(id).cloned())
     }
 
     /// One vehicle.
     pub fn get(&self, id: &str) -> Option<VehicleState> {
-        self.inner
-            .read()
-            .expect("view lock")
-            .vehicles
-            .get(id)
-            .map(|s| VehicleState::clone(s))
+        self.get_shared(id).map(Arc::unwrap_or_clone)
     }
 
     /// Every vehicle passing `keep`, in id order, and the `as_of` they are complete through.
@@ -219,14 +268,12 @@ impl VehicleView {
         &self,
         keep: impl Fn(&VehicleState) -> bool,
     ) -> (Vec<VehicleState>, Option<Millis>) {
-        let inner = self.inner.read().expect("view lock");
-        let items = inner
-            .vehicles
-            .values()
-            .filter(|v| keep(v))
-            .map(|v| VehicleState::clone(v))
+        let snaps = self.snapshots();
+        let items = live_after(snaps.iter().map(|p| &p.batches), None)
+            .filter(|(_, v)| keep(v))
+            .map(|(_, v)| VehicleState::clone(v))
             .collect();
-        (items, inner.as_of())
+        (items, min_as_of(&snaps))
     }
 
     /// Up to `limit` vehicles after `after` (exclusive) in id order that pass `keep`, and
@@ -237,40 +284,40 @@ impl VehicleView {
         limit: usize,
         keep: impl Fn(&VehicleState) -> bool,
     ) -> (Vec<VehicleState>, bool) {
-        let (items, more) = page_after(
-            &self.inner.read().expect("view lock").vehicles,
-            after,
-            limit,
-            |v| keep(v),
-        );
-        (items.into_iter().map(Arc::unwrap_or_clone).collect(), more)
+        let snaps = self.snapshots();
+        let mut items = Vec::with_capacity(limit.min(1024));
+        for (_, v) in live_after(snaps.iter().map(|p| &p.batches), after).filter(|(_, v)| keep(v)) {
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push(VehicleState::clone(v));
+        }
+        (items, false)
     }
 
     /// The spatial index, rebuilt first if it is out of date and older than
     /// [`INDEX_MAX_AGE`].
-    fn positions(&self) -> std::sync::Arc<Positions> {
+    fn positions(&self) -> Arc<Positions> {
         let mut index = self.index.lock().expect("index lock");
-        let version = self.inner.read().expect("view lock").version;
+        // The version before the snapshots: an index is never older than its version says.
+        let version = self.version.load(Ordering::Acquire);
         let fresh = index
             .as_ref()
             .is_some_and(|p| p.version == version || p.built.elapsed() < INDEX_MAX_AGE);
         if !fresh {
-            // States, version and as_of from one read: the answer is consistent with its
-            // as_of. The tree is built after the lock is released.
-            let (states, version, as_of) = {
-                let inner = self.inner.read().expect("view lock");
-                let states: Vec<Arc<VehicleState>> = inner.vehicles.values().cloned().collect();
-                (states, inner.version, inner.as_of())
-            };
+            let snaps = self.snapshots();
+            let states: Vec<Arc<VehicleState>> = live_after(snaps.iter().map(|p| &p.batches), None)
+                .map(|(_, v)| Arc::clone(v))
+                .collect();
             let points = states
                 .iter()
                 .enumerate()
                 .map(|(i, v)| Located::new(on_sphere(v.fix.lat, v.fix.lon), i))
                 .collect();
-            *index = Some(std::sync::Arc::new(Positions {
+            *index = Some(Arc::new(Positions {
                 tree: rstar::RTree::bulk_load(points),
                 states,
-                as_of,
+                as_of: min_as_of(&snaps),
                 version,
                 built: std::time::Instant::now(),
             }));
@@ -314,7 +361,7 @@ impl VehicleView {
 
     /// Number of vehicles.
     pub fn len(&self) -> usize {
-        self.inner.read().expect("view lock").vehicles.len()
+        self.snapshots().iter().map(|p| p.len).sum()
     }
 
     /// Whether no vehicle is known.
@@ -416,10 +463,9 @@ mod tests {
         let view = Arc::new(VehicleView::new(1).with_changes(log.clone()));
         let shared = Arc::new(state("V1", 52.0, Status::Moving));
         view.writers()[0].apply(vec![(("V1".into(), shared.clone()), 1)], None);
-        let inner = view.inner.read().unwrap();
         assert!(
-            Arc::ptr_eq(&inner.vehicles["V1"], &shared),
-            "the map copied"
+            Arc::ptr_eq(&view.get_shared("V1").unwrap(), &shared),
+            "the runs copied"
         );
         let changes = log.read().after(0, 10).unwrap();
         match &changes[0].body {
