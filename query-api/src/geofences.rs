@@ -7,6 +7,7 @@ use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, OccupancyChange};
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,8 +77,7 @@ pub struct GeofenceWriter {
 
 impl GeofenceWriter {
     /// Applies this producer's changes in the order they happened: occupancy updates (+1
-    /// enters, -1 leaves; the slots are this producer's own codes for its vehicles and
-    /// geofences), events and applied changes, and the job clock they reflect.
+    /// enters, -1 leaves), events and applied changes, and the job clock they reflect.
     pub fn apply(
         &self,
         occupants: Vec<OccupancyChange>,
@@ -95,23 +95,12 @@ impl GeofenceWriter {
     }
 }
 
-/// The occupants of one geofence in a shard, by the worker's vehicle slot.
-#[derive(Default)]
-struct FenceOccupants {
-    id: CompactString,
-    vehicles: Fast<u32, Millis>,
-}
-
 #[derive(Default)]
 struct Shard {
-    /// By the worker's geofence slot (its index keeps slots dense). An entry is kept when it
-    /// empties, so vehicles passing through cost no allocation; a slot reused by another
-    /// geofence starts afresh.
-    fences: Vec<Option<FenceOccupants>>,
-    /// Geofence id -> its current slot.
-    slot_of: Fast<CompactString, u32>,
-    /// Vehicle ids by the worker's vehicle slot.
-    vehicle_ids: Vec<CompactString>,
+    /// Geofence id -> its occupants (vehicle id -> `entered_at`). An entry is kept when it
+    /// empties, so vehicles passing through cost no allocation (most geofences hold one
+    /// vehicle at a time, if any): there is one per geofence this shard has seen occupied.
+    fences: Fast<CompactString, Fast<CompactString, Millis>>,
     events: VecDeque<GeofenceEvent>,
     /// The last change applied.
     applied: u64,
@@ -319,34 +308,19 @@ impl GeofenceView {
             }
             let shard = &mut *shard;
             for o in occupants {
-                let (f, v) = (o.fence_slot as usize, o.vehicle_slot as usize);
-                if shard.vehicle_ids.len() <= v {
-                    shard.vehicle_ids.resize_with(v + 1, CompactString::default);
-                }
-                if shard.vehicle_ids[v] != o.vehicle {
-                    shard.vehicle_ids[v] = o.vehicle;
-                }
-                if shard.fences.len() <= f {
-                    shard.fences.resize_with(f + 1, || None);
-                }
-                let entry = &mut shard.fences[f];
-                if entry.as_ref().is_none_or(|e| e.id != o.geofence) {
-                    if let Some(old) = entry.take() {
-                        if shard.slot_of.get(&old.id) == Some(&o.fence_slot) {
-                            shard.slot_of.remove(&old.id);
+                if o.diff > 0 {
+                    shard
+                        .fences
+                        .entry(o.geofence)
+                        .or_default()
+                        .insert(o.vehicle, o.entered_at);
+                } else if let Some(fence) = shard.fences.get_mut(&o.geofence) {
+                    // A visit ends only if it is the one recorded (its `entered_at`).
+                    if let Entry::Occupied(visit) = fence.entry(o.vehicle) {
+                        if *visit.get() == o.entered_at {
+                            visit.remove();
                         }
                     }
-                    shard.slot_of.insert(o.geofence.clone(), o.fence_slot);
-                    *entry = Some(FenceOccupants {
-                        id: o.geofence,
-                        vehicles: Fast::default(),
-                    });
-                }
-                let occ = &mut entry.as_mut().expect("set above").vehicles;
-                if o.diff > 0 {
-                    occ.insert(o.vehicle_slot, o.entered_at);
-                } else if occ.get(&o.vehicle_slot) == Some(&o.entered_at) {
-                    occ.remove(&o.vehicle_slot);
                 }
             }
             // Only the newest events are kept: copy no more than fit.
@@ -397,15 +371,8 @@ impl GeofenceView {
         let mut out: Vec<(CompactString, Millis)> = Vec::new();
         for shard in &self.shards {
             let shard = shard.read().expect("view lock");
-            let Some(&slot) = shard.slot_of.get(id) else {
-                continue;
-            };
-            if let Some(Some(f)) = shard.fences.get(slot as usize) {
-                out.extend(
-                    f.vehicles
-                        .iter()
-                        .map(|(v, t)| (shard.vehicle_ids[*v as usize].clone(), *t)),
-                );
+            if let Some(occ) = shard.fences.get(id) {
+                out.extend(occ.iter().map(|(v, t)| (v.clone(), *t)));
             }
         }
         out.sort();
@@ -421,14 +388,12 @@ impl GeofenceView {
         let mut out = Vec::new();
         for shard in &self.shards {
             let shard = shard.read().expect("view lock");
-            for (slot, f) in shard.fences.iter().enumerate() {
-                let Some(f) = f else { continue };
-                if shard.slot_of.get(&f.id) == Some(&(slot as u32)) {
-                    out.extend(f.vehicles.iter().filter_map(|(v, t)| {
-                        let v = &shard.vehicle_ids[*v as usize];
-                        keep(&f.id, v).then(|| (f.id.clone(), v.clone(), *t))
-                    }));
-                }
+            for (g, occ) in &shard.fences {
+                out.extend(
+                    occ.iter()
+                        .filter(|(v, _)| keep(g, v))
+                        .map(|(v, t)| (g.clone(), v.clone(), *t)),
+                );
             }
         }
         out.sort();

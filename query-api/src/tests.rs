@@ -433,19 +433,17 @@ mod geofence_routes {
             ts,
             cause: GeofenceCause::Fix,
         };
-        let occ = |vehicle_slot, v: &str, entered_at, diff| OccupancyChange {
-            fence_slot: 3,
+        let occ = |v: &str, entered_at, diff| OccupancyChange {
             geofence: "depot".into(),
-            vehicle_slot,
             vehicle: v.into(),
             entered_at,
             diff,
         };
         view.writers()[0].apply(
             vec![
-                occ(0, "V1", 1_000, 1),
-                occ(1, "V2", 2_000, 1),
-                occ(1, "V2", 2_000, -1),
+                occ("V1", 1_000, 1),
+                occ("V2", 2_000, 1),
+                occ("V2", 2_000, -1),
             ],
             &[
                 ev("V1", GeofenceEventKind::Enter, 1_000),
@@ -457,7 +455,7 @@ mod geofence_routes {
         );
         view.writers()[1].apply(
             // Worker 1 numbers its geofences and vehicles independently.
-            vec![occ(0, "V3", 2_500, 1)],
+            vec![occ("V3", 2_500, 1)],
             &[ev("V3", GeofenceEventKind::Enter, 2_500)],
             vec![],
             None,

@@ -52,19 +52,17 @@ async fn fleet() -> common::Served {
             Some(day + 3_600_000),
         );
     }
-    let occ = |slot: u32, fence: &str, vs: u32, v: &str| OccupancyChange {
-        fence_slot: slot,
+    let occ = |fence: &str, v: &str| OccupancyChange {
         geofence: fence.into(),
-        vehicle_slot: vs,
         vehicle: v.into(),
         entered_at: day,
         diff: 1,
     };
     s.geofences.writers()[0].apply(
         vec![
-            occ(0, "city", 0, "acme-1"),
-            occ(0, "city", 1, "globex-1"),
-            occ(1, "globex-depot", 2, "globex-2"),
+            occ("city", "acme-1"),
+            occ("city", "globex-1"),
+            occ("globex-depot", "globex-2"),
         ],
         &[
             event("city", "acme-1", "acme", day),

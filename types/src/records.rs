@@ -450,16 +450,11 @@ pub struct GeofenceChange {
 }
 
 /// A change to the occupancy of a geofence: `vehicle` entered it at `entered_at`
-/// (`diff` +1) or that visit ended (-1). The slots are the worker's own dense numbers for
-/// the geofence and the vehicle, so that a view can be keyed by them without hashing ids.
+/// (`diff` +1) or that visit ended (-1).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OccupancyChange {
-    /// The geofence's slot in the worker's index.
-    pub fence_slot: u32,
     /// The geofence's id.
     pub geofence: CompactString,
-    /// The vehicle's slot on the worker.
-    pub vehicle_slot: u32,
     /// The vehicle's id.
     pub vehicle: CompactString,
     /// The `ts` of the visit's `enter`.

@@ -314,7 +314,7 @@ impl Geofencing {
                 .collect();
             inside.sort_unstable_by_key(|v| v.slot);
             for v in &inside {
-                occupant((v.slot, &v.id), (slot, &snap.id), v.entered_at, 1, out);
+                occupant(&v.id, &snap.id, v.entered_at, 1, out);
             }
             g.vehicles[s] = Some(VehicleFences {
                 id: snap.id,
@@ -380,13 +380,7 @@ impl Geofencing {
                     }
                     (Some(a), b) if b.is_none_or(|b| a < b) => {
                         let visit = &old[i];
-                        occupant(
-                            (visit.slot, &visit.id),
-                            (p.slot, &p.vehicle_id),
-                            visit.entered_at,
-                            -1,
-                            out,
-                        );
+                        occupant(&visit.id, &p.vehicle_id, visit.entered_at, -1, out);
                         event(
                             &visit.id,
                             &p.vehicle_id,
@@ -399,7 +393,7 @@ impl Geofencing {
                     }
                     (_, Some(b)) => {
                         let id = now[j].1.clone();
-                        occupant((b, &id), (p.slot, &p.vehicle_id), p.ts, 1, out);
+                        occupant(&id, &p.vehicle_id, p.ts, 1, out);
                         event(
                             &id,
                             &p.vehicle_id,
@@ -499,13 +493,7 @@ impl Geofencing {
         let ts = at.unwrap_or(0);
         if let Some(k) = state.inside.iter().position(|v| v.id == change.id) {
             let visit = state.inside.remove(k);
-            occupant(
-                (visit.slot, &change.id),
-                (slot, &state.id),
-                visit.entered_at,
-                -1,
-                out,
-            );
+            occupant(&change.id, &state.id, visit.entered_at, -1, out);
             event(
                 &change.id,
                 &state.id,
@@ -531,7 +519,7 @@ impl Geofencing {
                         dwelled: false,
                     },
                 );
-                occupant((fence, &g.id), (slot, &state.id), ts, 1, out);
+                occupant(&g.id, &state.id, ts, 1, out);
                 event(
                     &g.id,
                     &state.id,
@@ -564,17 +552,15 @@ fn event(
 }
 
 fn occupant(
-    (fence_slot, id): (u32, &CompactString),
-    (vehicle_slot, v): (u32, &CompactString),
+    id: &CompactString,
+    v: &CompactString,
     entered_at: Millis,
     diff: i8,
     out: &mut GeoOutputs,
 ) {
     out.view.push((
         ViewUpdate::Occupant(OccupancyChange {
-            fence_slot,
             geofence: id.clone(),
-            vehicle_slot,
             vehicle: v.clone(),
             entered_at,
             diff,
