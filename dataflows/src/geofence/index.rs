@@ -19,8 +19,10 @@ const MAX_CELLS: i64 = 256;
 
 /// The geofences listed in one grid cell, as two parallel arrays: the boxes alone (16
 /// bytes each, scanned in order for every lookup) and what a lookup needs for the few
-/// whose box holds the point (tenant, a circle's parameters, id), so that a scan touches
-/// little memory and only polygons that pass the box test are followed to their rings.
+/// whose box holds the point (tenant, a circle's parameters or a ring, slot: 40 bytes),
+/// so that a scan touches little memory and only polygons that pass the box test are
+/// followed to their rings. Ids are not in the cells: a lookup answers slots, and only a
+/// vehicle entering a geofence needs its id ([`FenceIndex::id`]).
 #[derive(Clone, Debug, Default)]
 struct CellList {
     /// Boxes relative to the cell's corner, in single precision, widened by [`BOX_SLACK`]
@@ -89,8 +91,6 @@ struct CellEntry {
     /// Interned tenant, 0 for geofences of every tenant.
     tenant: u32,
     slot: u32,
-    /// The id, at hand when a vehicle enters (72 bytes in all).
-    id: CompactString,
 }
 
 type Cell = (i32, i32);
@@ -254,7 +254,6 @@ impl FenceIndex {
                         exact: exact.clone(),
                         tenant,
                         slot,
-                        id: g.id.clone(),
                     });
                 }
             }
@@ -293,6 +292,11 @@ impl FenceIndex {
         self.slots
             .get(slot as usize)
             .and_then(|s| s.as_ref().map(|s| &s.fence))
+    }
+
+    /// The id of the geofence in `slot` (or of the last one there).
+    pub fn id(&self, slot: u32) -> &CompactString {
+        &self.ids[slot as usize]
     }
 
     /// The slot of geofence `id`.
@@ -339,23 +343,17 @@ impl FenceIndex {
         Some(slot)
     }
 
-    /// The slots and ids of the geofences containing the point that apply to `tenant`, by
-    /// slot.
-    pub fn containing(
-        &self,
-        lat: f64,
-        lon: f64,
-        tenant: &str,
-        out: &mut Vec<(u32, CompactString)>,
-    ) {
+    /// The slots of the geofences containing the point that apply to `tenant`, in order
+    /// ([`FenceIndex::id`] names them).
+    pub fn containing(&self, lat: f64, lon: f64, tenant: &str, out: &mut Vec<u32>) {
         out.clear();
         let in_box = |b: &fleetflow_types::geofence::BBox| {
             lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
         };
-        let test = |slot: u32, out: &mut Vec<(u32, CompactString)>| {
+        let test = |slot: u32, out: &mut Vec<u32>| {
             let s = self.slots[slot as usize].as_ref().expect("indexed");
             if in_box(&s.bbox) && s.fence.applies_to(tenant) && s.fence.contains(lat, lon) {
-                out.push((slot, self.ids[slot as usize].clone()));
+                out.push(slot);
             }
         };
         let cell = cell_of(lon, lat);
@@ -383,7 +381,7 @@ impl FenceIndex {
                     }
                 };
                 if inside {
-                    out.push((e.slot, e.id.clone()));
+                    out.push(e.slot);
                 }
             }
         }
@@ -392,6 +390,6 @@ impl FenceIndex {
                 test(e.data, out);
             }
         }
-        out.sort_unstable_by_key(|m| m.0);
+        out.sort_unstable();
     }
 }

@@ -65,7 +65,7 @@ pub struct Geofencing {
     /// By the timeline's vehicle slot.
     vehicles: Vec<Option<VehicleFences>>,
     dwell_after: Millis,
-    buf: Vec<(u32, CompactString)>,
+    buf: Vec<u32>,
     spare: Vec<Visit>,
     /// The geofences in force as checkpoints record them, kept until a change (encoding
     /// many geofences at every checkpoint would repeat the same work).
@@ -371,7 +371,7 @@ impl Geofencing {
             let (mut i, mut j) = (0, 0);
             while i < old.len() || j < now.len() {
                 let o = old.get(i).map(|v| v.slot);
-                let n = now.get(j).map(|m| m.0);
+                let n = now.get(j).copied();
                 match (o, n) {
                     (Some(a), Some(b)) if a == b => {
                         next.push(old[i].clone());
@@ -392,7 +392,7 @@ impl Geofencing {
                         i += 1;
                     }
                     (_, Some(b)) => {
-                        let id = now[j].1.clone();
+                        let id = index.id(b).clone();
                         occupant(&id, &p.vehicle_id, p.ts, 1, out);
                         event(
                             &id,

@@ -115,8 +115,8 @@ fn the_index_finds_only_containing_fences() {
     let mut out = Vec::new();
     idx.containing(41.5, -8.6, "acme", &mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(idx.get(out[0].0).unwrap().id, "c50");
-    assert_eq!(out[0].1, "c50");
+    assert_eq!(idx.get(out[0]).unwrap().id, "c50");
+    assert_eq!(idx.id(out[0]), "c50");
     idx.remove("c50");
     idx.containing(41.5, -8.6, "acme", &mut out);
     assert!(out.is_empty());
@@ -125,7 +125,7 @@ fn the_index_finds_only_containing_fences() {
     idx.insert(circle("region", 41.4, -8.6, 30_000.0, None));
     idx.containing(41.5, -8.6, "acme", &mut out);
     assert_eq!(
-        out.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+        out.iter().map(|m| idx.id(*m).as_str()).collect::<Vec<_>>(),
         ["region"]
     );
     assert_eq!(idx.tree.size(), 1);
@@ -162,7 +162,9 @@ fn polygons_sharing_cells_survive_each_others_removal() {
     let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
         let mut out = Vec::new();
         idx.containing(lat, lon, "acme", &mut out);
-        out.into_iter().map(|m| m.1.to_string()).collect::<Vec<_>>()
+        out.into_iter()
+            .map(|m| idx.id(m).to_string())
+            .collect::<Vec<_>>()
     };
     assert_eq!(ids(&idx, 41.5, -8.6), ["a", "b"]);
     assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
