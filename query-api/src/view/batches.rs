@@ -3,15 +3,15 @@
 //!
 //! Each batch the dataflow publishes (a batch of the arrangement "Arrange: VehicleState",
 //! net per vehicle) becomes one run: the vehicles it touched, sorted by id, each with its new
-//! state or a tombstone. Runs are kept oldest first and merged whenever a newer run is more
-//! than [`GROWTH`]th as long as the one before it, so there are O(log n) runs to search and
-//! every entry is merged O(log n) times, the way differential's spine keeps a trace's
-//! batches. Tombstones are dropped when a merge reaches the oldest run.
+//! state or a tombstone. Runs are kept oldest first, and two neighbours are merged whenever
+//! the newer one is longer than a [`GROWTH`]th of the older, so there are O(log n) runs to
+//! search and every entry is merged O(log n) times, the way differential's spine keeps a
+//! trace's batches. Tombstones are dropped when a merge reaches the oldest run.
 //!
 //! The growth factor trades a producer's merging against a reader's searching: with 8, a
 //! fleet of 10,000 vehicles changing in batches of 20 sits in about four runs holding little
-//! more than 10,000 entries (with 2, in nine runs holding up to twice that), while each change
-//! is copied about as often (8 times on each of fewer levels).
+//! more than 10,000 entries (with 2, in nine runs holding up to twice that); a change is
+//! copied up to 8 times on each of about three levels instead of twice on each of nine.
 //!
 //! A [`Batches`] value is immutable once published: the producer builds the next one (sharing
 //! every run it does not merge) and swaps it in, so readers never wait on a merge.
