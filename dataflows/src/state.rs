@@ -187,13 +187,10 @@ mod tests {
     use timely::dataflow::operators::Input;
 
     fn state(id: &str, ts: Millis) -> Arc<VehicleState> {
-        Arc::new(VehicleState {
-            fix: Fix::at(id, "t", ts, 41.1, -8.6),
-            status: Status::Moving,
-            today_distance_km: 0.0,
-            today_fuel_used_l: 0.0,
-            today_idle_s: 0.0,
-        })
+        Arc::new(VehicleState::new(
+            Fix::at(id, "t", ts, 41.1, -8.6),
+            Status::Moving,
+        ))
     }
 
     type Published = Vec<(BTreeMap<u32, ShardChanges>, Vec<Progress>, Option<u64>)>;

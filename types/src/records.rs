@@ -170,6 +170,18 @@ pub struct VehicleState {
 }
 
 impl VehicleState {
+    /// The state of a vehicle at `fix` with nothing summed yet today (its first fix of the
+    /// day, or a vehicle just seen).
+    pub fn new(fix: Fix, status: Status) -> Self {
+        VehicleState {
+            fix,
+            status,
+            today_distance_km: 0.0,
+            today_fuel_used_l: 0.0,
+            today_idle_s: 0.0,
+        }
+    }
+
     fn total_cmp(&self, other: &Self) -> Ordering {
         self.fix
             .canonical_cmp(&other.fix)

@@ -206,13 +206,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn state(id: &str, ts: i64) -> Arc<VehicleState> {
-        Arc::new(VehicleState {
-            fix: Fix::at(id, "t", ts, 41.1, -8.6),
-            status: Status::Moving,
-            today_distance_km: 0.0,
-            today_fuel_used_l: 0.0,
-            today_idle_s: 0.0,
-        })
+        Arc::new(VehicleState::new(
+            Fix::at(id, "t", ts, 41.1, -8.6),
+            Status::Moving,
+        ))
     }
 
     /// A batch: vehicle number -> new `ts`, or `None` to remove it.

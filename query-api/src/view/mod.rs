@@ -285,14 +285,12 @@ impl VehicleView {
         keep: impl Fn(&VehicleState) -> bool,
     ) -> (Vec<VehicleState>, bool) {
         let snaps = self.snapshots();
-        let mut items = Vec::with_capacity(limit.min(1024));
-        for (_, v) in live_after(snaps.iter().map(|p| &p.batches), after).filter(|(_, v)| keep(v)) {
-            if items.len() == limit {
-                return (items, true);
-            }
-            items.push(VehicleState::clone(v));
-        }
-        (items, false)
+        let live = live_after(snaps.iter().map(|p| &p.batches), after);
+        take_page(
+            live.filter(|(_, v)| keep(v))
+                .map(|(_, v)| VehicleState::clone(v)),
+            limit,
+        )
     }
 
     /// The spatial index, rebuilt first if it is out of date and older than
@@ -382,14 +380,14 @@ pub(crate) fn page_after<V: Clone>(
         Some(a) => map.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
         None => map.range::<str, _>(..),
     };
-    let mut items = Vec::with_capacity(limit.min(1024));
-    for (_, v) in range.filter(|(_, v)| keep(v)) {
-        if items.len() == limit {
-            return (items, true);
-        }
-        items.push(v.clone());
-    }
-    (items, false)
+    take_page(range.map(|(_, v)| v).filter(|v| keep(v)).cloned(), limit)
+}
+
+/// The first `limit` of `items`, and whether more follow.
+fn take_page<V>(mut items: impl Iterator<Item = V>, limit: usize) -> (Vec<V>, bool) {
+    let page: Vec<V> = items.by_ref().take(limit).collect();
+    let more = items.next().is_some();
+    (page, more)
 }
 
 #[cfg(test)]
@@ -400,13 +398,7 @@ mod tests {
     use std::sync::Arc;
 
     fn state(id: &str, lat: f64, status: Status) -> VehicleState {
-        VehicleState {
-            fix: Fix::at(id, "t", 1_000, lat, 13.4),
-            status,
-            today_distance_km: 0.0,
-            today_fuel_used_l: 0.0,
-            today_idle_s: 0.0,
-        }
+        VehicleState::new(Fix::at(id, "t", 1_000, lat, 13.4), status)
     }
 
     #[test]

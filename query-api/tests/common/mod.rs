@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 
 /// A vehicle state at `ts`.
 pub fn vehicle(id: &str, tenant: &str, ts: i64) -> VehicleState {
-    VehicleState {
-        fix: Fix {
+    VehicleState::new(
+        Fix {
             vehicle_id: id.into(),
             tenant: tenant.into(),
             ts,
@@ -32,11 +32,8 @@ pub fn vehicle(id: &str, tenant: &str, ts: i64) -> VehicleState {
             odometer_km: None,
             ignition: Some(true),
         },
-        status: Status::Moving,
-        today_distance_km: 0.0,
-        today_fuel_used_l: 0.0,
-        today_idle_s: 0.0,
-    }
+        Status::Moving,
+    )
 }
 
 /// A running API.
