@@ -1,14 +1,21 @@
 //! The query API's geofence side: the catalogue (what the job was told), the channel that
 //! carries runtime changes into the dataflow, and the view the dataflow publishes into
 //! (occupancy, recent events, which changes each worker applied).
+//!
+//! Occupancy is read the way vehicle state is ([`crate::view`]): each batch of a producing
+//! worker's occupancy changes becomes one sorted run of `(geofence, vehicle) -> entered_at`
+//! (or a tombstone), the producer's runs are merged geometrically
+//! ([`crate::view::batches`]), and the producer swaps its next immutable snapshot in. A
+//! request loads the snapshots without a lock; a worker never waits for a reader.
 
 use crate::changes::{ChangeBody, ChangeLog};
+use crate::view::batches::{live_from, Batches, Entry};
+use arc_swap::ArcSwap;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, OccupancyChange};
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -52,6 +59,8 @@ pub struct GeofenceView {
     catalog: Mutex<Catalog>,
     /// One shard per worker: a worker writes only its own (its vehicles), readers merge.
     shards: Vec<RwLock<Shard>>,
+    /// By worker: its occupancy runs, loaded by readers without a lock.
+    occupancy: Vec<ArcSwap<Occupancy>>,
     changed: tokio::sync::Notify,
     closed: AtomicBool,
     changes: Option<Arc<ChangeLog>>,
@@ -65,7 +74,47 @@ struct Catalog {
     follower: Option<String>,
 }
 
-type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
+/// One worker's occupancy: `(geofence, vehicle) -> entered_at`.
+type Occupancy = Batches<(CompactString, CompactString), Millis>;
+
+/// One key's entry in a run of occupancy changes.
+type Visit = Entry<(CompactString, CompactString), Millis>;
+
+/// A batch of occupancy changes (in the order they happened) as one run: per geofence and
+/// vehicle, the visit in progress after them (`None`: none). An enter starts a visit; a
+/// leave ends one only if it is the visit in progress (the same `entered_at`). Keys whose
+/// visit is what it was before the batch are left out where that is known without a
+/// lookup.
+fn occupancy_run(current: &Occupancy, mut changes: Vec<OccupancyChange>) -> Vec<Visit> {
+    // Stable: each key's changes stay in the order they happened.
+    changes.sort_by(|a, b| (&a.geofence, &a.vehicle).cmp(&(&b.geofence, &b.vehicle)));
+    let mut run = Vec::with_capacity(changes.len());
+    let mut changes = changes.into_iter().peekable();
+    while let Some(first) = changes.next() {
+        let key = (first.geofence, first.vehicle);
+        // Only a leave needs the visit before it; after an enter, the batch decides.
+        let before = (first.diff <= 0)
+            .then(|| current.get_by(|k| k.cmp(&key)).copied())
+            .flatten();
+        let step = |now: Option<Millis>, diff: i8, entered_at: Millis| {
+            if diff > 0 {
+                Some(entered_at)
+            } else if now == Some(entered_at) {
+                None
+            } else {
+                now
+            }
+        };
+        let mut now = step(before, first.diff, first.entered_at);
+        while let Some(next) = changes.next_if(|c| c.geofence == key.0 && c.vehicle == key.1) {
+            now = step(now, next.diff, next.entered_at);
+        }
+        if first.diff > 0 || now != before {
+            run.push((key, now));
+        }
+    }
+    run
+}
 
 /// What one producing worker writes its shard of a [`GeofenceView`] through (see
 /// [`GeofenceView::writers`]).
@@ -97,10 +146,6 @@ impl GeofenceWriter {
 
 #[derive(Default)]
 struct Shard {
-    /// Geofence id -> its occupants (vehicle id -> `entered_at`). An entry is kept when it
-    /// empties, so vehicles passing through cost no allocation (most geofences hold one
-    /// vehicle at a time, if any): there is one per geofence this shard has seen occupied.
-    fences: Fast<CompactString, Fast<CompactString, Millis>>,
     events: VecDeque<GeofenceEvent>,
     /// The last change applied.
     applied: u64,
@@ -127,6 +172,7 @@ impl GeofenceView {
             shards: (0..workers.max(1))
                 .map(|_| RwLock::new(Shard::default()))
                 .collect(),
+            occupancy: (0..workers.max(1)).map(|_| ArcSwap::default()).collect(),
             changed: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
             changes: None,
@@ -291,15 +337,26 @@ impl GeofenceView {
         applied: Vec<(u64, Option<Millis>)>,
         clock: Option<Millis>,
     ) {
-        let Some(shard) = self.shards.get(worker) else {
+        let (Some(shard), Some(occupancy)) = (self.shards.get(worker), self.occupancy.get(worker))
+        else {
             return;
         };
         let notify = !applied.is_empty();
+        // The next snapshot of this worker's occupancy, built off any lock (only this worker
+        // swaps it, so the one loaded here stays the latest).
+        let had_occupants = !occupants.is_empty();
+        let next = had_occupants.then(|| {
+            let current = occupancy.load_full();
+            let run = occupancy_run(&current, occupants);
+            let mut next = Occupancy::clone(&current);
+            next.push(run);
+            Arc::new(next)
+        });
         // The log's lock first (see `changes`): streams see the view and the log agree.
         let log = self
             .changes
             .as_ref()
-            .filter(|_| !events.is_empty() || !occupants.is_empty())
+            .filter(|_| !events.is_empty() || had_occupants)
             .map(|c| c.write());
         {
             let mut shard = shard.write().expect("view lock");
@@ -307,21 +364,8 @@ impl GeofenceView {
                 shard.as_of = Some(w);
             }
             let shard = &mut *shard;
-            for o in occupants {
-                if o.diff > 0 {
-                    shard
-                        .fences
-                        .entry(o.geofence)
-                        .or_default()
-                        .insert(o.vehicle, o.entered_at);
-                } else if let Some(fence) = shard.fences.get_mut(&o.geofence) {
-                    // A visit ends only if it is the one recorded (its `entered_at`).
-                    if let Entry::Occupied(visit) = fence.entry(o.vehicle) {
-                        if *visit.get() == o.entered_at {
-                            visit.remove();
-                        }
-                    }
-                }
+            if let Some(next) = next {
+                occupancy.store(next);
             }
             // Only the newest events are kept: copy no more than fit.
             let events = &events[events.len().saturating_sub(RECENT_EVENTS)..];
@@ -368,15 +412,11 @@ impl GeofenceView {
 
     /// The vehicles inside geofence `id` with their `entered_at`, by vehicle id.
     pub fn occupants(&self, id: &str) -> Vec<(CompactString, Millis)> {
-        let mut out: Vec<(CompactString, Millis)> = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.read().expect("view lock");
-            if let Some(occ) = shard.fences.get(id) {
-                out.extend(occ.iter().map(|(v, t)| (v.clone(), *t)));
-            }
-        }
-        out.sort();
-        out
+        let snaps: Vec<Arc<Occupancy>> = self.occupancy.iter().map(|o| o.load_full()).collect();
+        live_from(snaps.iter().map(|o| &**o), |(g, _)| g.as_str() < id)
+            .take_while(|((g, _), _)| g == id)
+            .map(|((_, v), t)| (v.clone(), *t))
+            .collect()
     }
 
     /// Every occupant of every geofence passing `keep(geofence, vehicle)`, as
@@ -385,19 +425,11 @@ impl GeofenceView {
         &self,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Vec<(CompactString, CompactString, Millis)> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.read().expect("view lock");
-            for (g, occ) in &shard.fences {
-                out.extend(
-                    occ.iter()
-                        .filter(|(v, _)| keep(g, v))
-                        .map(|(v, t)| (g.clone(), v.clone(), *t)),
-                );
-            }
-        }
-        out.sort();
-        out
+        let snaps: Vec<Arc<Occupancy>> = self.occupancy.iter().map(|o| o.load_full()).collect();
+        live_from(snaps.iter().map(|o| &**o), |_| false)
+            .filter(|((g, v), _)| keep(g, v))
+            .map(|((g, v), t)| (g.clone(), v.clone(), *t))
+            .collect()
     }
 
     /// Recent events passing `keep`, newest first, at most `limit`.
@@ -415,5 +447,69 @@ impl GeofenceView {
         out.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| b.cmp(a)));
         out.truncate(limit);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    /// A change: geofence number, vehicle number, `entered_at`, enter (or leave).
+    type Step = (u8, u8, u8, bool);
+
+    fn change((g, v, t, enter): Step) -> OccupancyChange {
+        OccupancyChange {
+            geofence: format!("G{g}").into(),
+            vehicle: format!("V{v}").into(),
+            entered_at: Millis::from(t),
+            diff: if enter { 1 } else { -1 },
+        }
+    }
+
+    proptest! {
+        /// Batches of occupancy changes from two workers, published one batch at a time,
+        /// read exactly like one map the changes were applied to in order (an enter starts a
+        /// visit, a leave ends it only if it is the visit in progress), whoever reads:
+        /// occupants of one geofence, or every occupant.
+        #[test]
+        fn occupancy_runs_read_as_the_changes_applied_in_order(
+            batches in prop::collection::vec(
+                (0usize..2, prop::collection::vec((0u8..4, 0u8..6, 0u8..3, any::<bool>()), 0..20)),
+                0..30,
+            ),
+        ) {
+            let view = Arc::new(GeofenceView::new(2, &[], None));
+            let writers = view.writers();
+            let mut reference: BTreeMap<(CompactString, CompactString), Millis> = BTreeMap::new();
+            for (worker, steps) in &batches {
+                // Each worker owns its vehicles (odd ones are worker 1's), as in a job.
+                let steps: Vec<Step> = steps.iter().copied().filter(|s| (s.1 % 2) as usize == *worker).collect();
+                for s in &steps {
+                    let c = change(*s);
+                    let key = (c.geofence, c.vehicle);
+                    if c.diff > 0 {
+                        reference.insert(key, c.entered_at);
+                    } else if reference.get(&key) == Some(&c.entered_at) {
+                        reference.remove(&key);
+                    }
+                }
+                writers[*worker].apply(steps.into_iter().map(change).collect(), &[], Vec::new(), None);
+                let all = view.all_occupants(|_, _| true);
+                let want: Vec<_> = reference.iter().map(|((g, v), t)| (g.clone(), v.clone(), *t)).collect();
+                prop_assert_eq!(&all, &want);
+                let fences: BTreeSet<&CompactString> = reference.keys().map(|(g, _)| g).collect();
+                for g in (0..4).map(|g| format!("G{g}")) {
+                    let want: Vec<_> = reference
+                        .iter()
+                        .filter(|((rg, _), _)| *rg == g)
+                        .map(|((_, v), t)| (v.clone(), *t))
+                        .collect();
+                    prop_assert_eq!(view.occupants(&g), want);
+                    prop_assert_eq!(fences.contains(&CompactString::from(g.as_str())), !view.occupants(&g).is_empty());
+                }
+            }
+        }
     }
 }

@@ -1,12 +1,14 @@
-//! One producer's published batches of vehicle state: sorted runs of net changes, merged
+//! One producer's published batches of a keyed view: sorted runs of net changes, merged
 //! geometrically, read through immutable snapshots.
 //!
-//! Each batch the dataflow publishes (a batch of the arrangement "Arrange: VehicleState",
-//! net per vehicle) becomes one run: the vehicles it touched, sorted by id, each with its new
-//! state or a tombstone. Runs are kept oldest first, and two neighbours are merged whenever
-//! the newer one is longer than a [`GROWTH`]th of the older, so there are O(log n) runs to
-//! search and every entry is merged O(log n) times, the way differential's spine keeps a
-//! trace's batches. Tombstones are dropped when a merge reaches the oldest run.
+//! Each batch the dataflow publishes becomes one run: the keys it touched, sorted, each with
+//! its new value or a tombstone. For the vehicle view a batch is one of the arrangement
+//! "Arrange: VehicleState" (net per vehicle); for the occupancy view it is one of the
+//! geofence operator's occupancy changes (net per geofence and vehicle). Runs are kept oldest
+//! first, and two neighbours are merged whenever the newer one is longer than a
+//! [`GROWTH`]th of the older, so there are O(log n) runs to search and every entry is merged
+//! O(log n) times, the way differential's spine keeps a trace's batches. Tombstones are
+//! dropped when a merge reaches the oldest run.
 //!
 //! The growth factor trades a producer's merging against a reader's searching: with 8, a
 //! fleet of 10,000 vehicles changing in batches of 20 sits in about four runs holding little
@@ -16,32 +18,38 @@
 //! A [`Batches`] value is immutable once published: the producer builds the next one (sharing
 //! every run it does not merge) and swaps it in, so readers never wait on a merge.
 
-use fleetflow_types::records::VehicleState;
 use fleetflow_types::CompactString;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-/// A vehicle in a run: its state, or `None` where the batch removed it.
-pub(crate) type Entry = (CompactString, Option<Arc<VehicleState>>);
+/// A key in a run: its value, or `None` where the batch removed it.
+pub(crate) type Entry<K, V> = (K, Option<V>);
 
 /// How much longer each run is than the next newer one, at least.
 const GROWTH: usize = 8;
 
-/// One run: entries sorted by id, each id once.
-type Run = Arc<Vec<Entry>>;
+/// One run: entries sorted by key, each key once.
+type Run<K, V> = Arc<Vec<Entry<K, V>>>;
 
 /// A producer's runs, oldest first (see the module docs).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Batches {
-    runs: Vec<Run>,
+#[derive(Clone, Debug)]
+pub(crate) struct Batches<K, V> {
+    runs: Vec<Run<K, V>>,
 }
 
-impl Batches {
-    /// Vehicle `id`'s state: the newest run that names it decides.
-    pub(crate) fn get(&self, id: &str) -> Option<&Arc<VehicleState>> {
+impl<K, V> Default for Batches<K, V> {
+    fn default() -> Self {
+        Batches { runs: Vec::new() }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Batches<K, V> {
+    /// The value of the key that `cmp` finds equal (`cmp` orders a run's keys against the
+    /// sought one): the newest run that names it decides.
+    pub(crate) fn get_by(&self, cmp: impl Fn(&K) -> Ordering) -> Option<&V> {
         for run in self.runs.iter().rev() {
-            if let Ok(k) = run.binary_search_by(|(key, _)| key.as_str().cmp(id)) {
+            if let Ok(k) = run.binary_search_by(|(key, _)| cmp(key)) {
                 return run[k].1.as_ref();
             }
         }
@@ -54,10 +62,10 @@ impl Batches {
         self.runs.len()
     }
 
-    /// Appends a batch (`run` sorted by id, each id once) and merges runs until each is at
+    /// Appends a batch (`run` sorted by key, each key once) and merges runs until each is at
     /// least [`GROWTH`] times as long as the next newer one.
-    pub(crate) fn push(&mut self, run: Vec<Entry>) {
-        debug_assert!(run.windows(2).all(|w| w[0].0 < w[1].0), "sorted, ids once");
+    pub(crate) fn push(&mut self, run: Vec<Entry<K, V>>) {
+        debug_assert!(run.windows(2).all(|w| w[0].0 < w[1].0), "sorted, keys once");
         if run.is_empty() {
             return;
         }
@@ -74,9 +82,20 @@ impl Batches {
     }
 }
 
-/// `older` and `newer` as one run, `newer` deciding for ids in both; without tombstones when
+impl<V: Clone> Batches<CompactString, V> {
+    /// The value for id `id` (the newest run that names it decides).
+    pub(crate) fn get(&self, id: &str) -> Option<&V> {
+        self.get_by(|k| k.as_str().cmp(id))
+    }
+}
+
+/// `older` and `newer` as one run, `newer` deciding for keys in both; without tombstones when
 /// the result is the oldest run. A run no reader holds any more is moved, not cloned.
-fn merge(older: Run, newer: Run, oldest: bool) -> Vec<Entry> {
+fn merge<K: Ord + Clone, V: Clone>(
+    older: Run<K, V>,
+    newer: Run<K, V>,
+    oldest: bool,
+) -> Vec<Entry<K, V>> {
     let (older, newer) = (Arc::unwrap_or_clone(older), Arc::unwrap_or_clone(newer));
     let mut out = Vec::with_capacity(older.len() + newer.len());
     let (mut a, mut b) = (older.into_iter().peekable(), newer.into_iter().peekable());
@@ -102,57 +121,58 @@ fn merge(older: Run, newer: Run, oldest: bool) -> Vec<Entry> {
 }
 
 /// A position in one run during a merged read.
-struct Head<'a> {
-    run: &'a [Entry],
+struct Head<'a, K, V> {
+    run: &'a [Entry<K, V>],
     pos: usize,
-    /// Higher is newer: it decides between runs that name the same id.
+    /// Higher is newer: it decides between runs that name the same key.
     rank: usize,
 }
 
-impl Head<'_> {
-    fn id(&self) -> &str {
+impl<K, V> Head<'_, K, V> {
+    fn key(&self) -> &K {
         &self.run[self.pos].0
     }
 }
 
-impl PartialEq for Head<'_> {
+impl<K: Ord, V> PartialEq for Head<'_, K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for Head<'_> {}
+impl<K: Ord, V> Eq for Head<'_, K, V> {}
 
-impl PartialOrd for Head<'_> {
+impl<K: Ord, V> PartialOrd for Head<'_, K, V> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Head<'_> {
-    /// The greatest head is the smallest id, the newest run first (a max-heap pops it).
+impl<K: Ord, V> Ord for Head<'_, K, V> {
+    /// The greatest head is the smallest key, the newest run first (a max-heap pops it).
     fn cmp(&self, other: &Self) -> Ordering {
-        other.id().cmp(self.id()).then(self.rank.cmp(&other.rank))
+        other.key().cmp(self.key()).then(self.rank.cmp(&other.rank))
     }
 }
 
-/// Every vehicle in `producers`' runs with an id after `after` (exclusive), in id order,
-/// with its state: a k-way merge of the runs in which the newest run that names an id
-/// decides and tombstones are skipped. Producers publish disjoint sets of vehicles (each
-/// vehicle is published by the worker it belongs to); were an id in several, the later
-/// producer would decide.
-pub(crate) fn live_after<'a>(
-    producers: impl IntoIterator<Item = &'a Batches>,
-    after: Option<&str>,
-) -> impl Iterator<Item = (&'a CompactString, &'a Arc<VehicleState>)> {
+/// Every key in `producers`' runs from the first one that `before` does not hold for (`before`
+/// holds for a prefix of the key order), in key order, with its value: a k-way merge of the
+/// runs in which the newest run that names a key decides and tombstones are skipped.
+/// Producers publish disjoint sets of keys (each vehicle is published by the worker it
+/// belongs to); were a key in several, the later producer would decide.
+pub(crate) fn live_from<'a, K, V>(
+    producers: impl IntoIterator<Item = &'a Batches<K, V>>,
+    before: impl Fn(&K) -> bool,
+) -> impl Iterator<Item = (&'a K, &'a V)>
+where
+    K: Ord + 'a,
+    V: 'a,
+{
     let mut heap = BinaryHeap::new();
     let mut rank = 0;
     for batches in producers {
         for run in &batches.runs {
-            let pos = match after {
-                Some(a) => run.partition_point(|(id, _)| id.as_str() <= a),
-                None => 0,
-            };
+            let pos = run.partition_point(|(k, _)| before(k));
             if pos < run.len() {
                 heap.push(Head {
                     run: run.as_slice(),
@@ -165,7 +185,7 @@ pub(crate) fn live_after<'a>(
     }
     // The head yielded last, moved on: it stays out of the heap while it is still the
     // smallest (most runs are short next to the oldest, so most steps touch no heap).
-    let mut current: Option<Head<'a>> = None;
+    let mut current: Option<Head<'a, K, V>> = None;
     std::iter::from_fn(move || loop {
         let top = match current.take() {
             Some(h) if heap.peek().is_none_or(|t| h > *t) => h,
@@ -176,8 +196,8 @@ pub(crate) fn live_after<'a>(
             None => heap.pop()?,
         };
         let (run, pos) = (top.run, top.pos);
-        // Older runs naming the same id are passed over.
-        while heap.peek().is_some_and(|h| h.id() == run[pos].0.as_str()) {
+        // Older runs naming the same key are passed over.
+        while heap.peek().is_some_and(|h| *h.key() == run[pos].0) {
             let mut h = heap.pop().expect("peeked");
             h.pos += 1;
             if h.pos < h.run.len() {
@@ -191,9 +211,22 @@ pub(crate) fn live_after<'a>(
                 rank: top.rank,
             });
         }
-        if let (id, Some(state)) = &run[pos] {
-            return Some((id, state));
+        if let (key, Some(value)) = &run[pos] {
+            return Some((key, value));
         }
+    })
+}
+
+/// [`live_from`] for keys that are ids: every id after `after` (exclusive), in id order.
+pub(crate) fn live_after<'a, V>(
+    producers: impl IntoIterator<Item = &'a Batches<CompactString, V>>,
+    after: Option<&'a str>,
+) -> impl Iterator<Item = (&'a CompactString, &'a V)>
+where
+    V: 'a,
+{
+    live_from(producers, move |k: &CompactString| {
+        after.is_some_and(|a| k.as_str() <= a)
     })
 }
 
@@ -201,7 +234,7 @@ pub(crate) fn live_after<'a>(
 mod tests {
     use super::*;
     use fleetflow_types::fix::Fix;
-    use fleetflow_types::records::Status;
+    use fleetflow_types::records::{Status, VehicleState};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -212,8 +245,10 @@ mod tests {
         ))
     }
 
+    type Vehicles = Batches<CompactString, Arc<VehicleState>>;
+
     /// A batch: vehicle number -> new `ts`, or `None` to remove it.
-    fn batch(changes: &BTreeMap<u8, Option<i64>>) -> Vec<Entry> {
+    fn batch(changes: &BTreeMap<u8, Option<i64>>) -> Vec<Entry<CompactString, Arc<VehicleState>>> {
         changes
             .iter()
             .map(|(v, ts)| {
@@ -235,7 +270,7 @@ mod tests {
             ),
             after in 0u8..64,
         ) {
-            let mut b = Batches::default();
+            let mut b = Vehicles::default();
             let mut reference: BTreeMap<CompactString, i64> = BTreeMap::new();
             for changes in &batches {
                 b.push(batch(changes));
@@ -272,13 +307,13 @@ mod tests {
 
     #[test]
     fn producers_merge_in_id_order_and_a_held_snapshot_does_not_change() {
-        let mut p0 = Batches::default();
-        let mut p1 = Batches::default();
+        let mut p0 = Vehicles::default();
+        let mut p1 = Vehicles::default();
         p0.push(batch(&BTreeMap::from([(1, Some(10)), (4, Some(40))])));
         p1.push(batch(&BTreeMap::from([(2, Some(20)), (3, Some(30))])));
         let held = p0.clone();
         p0.push(batch(&BTreeMap::from([(1, None), (5, Some(50))])));
-        let ids = |ps: [&Batches; 2]| -> Vec<String> {
+        let ids = |ps: [&Vehicles; 2]| -> Vec<String> {
             live_after(ps, None).map(|(id, _)| id.to_string()).collect()
         };
         assert_eq!(ids([&p0, &p1]), ["V002", "V003", "V004", "V005"]);

@@ -20,7 +20,7 @@
 //! together with the batch's changes, so a stream's snapshot (taken under the read lock)
 //! and the changes after it agree.
 
-mod batches;
+pub(crate) mod batches;
 
 use crate::changes::{ChangeBody, ChangeLog};
 use arc_swap::ArcSwap;
@@ -86,7 +86,7 @@ impl VehicleWriter {
 /// clock it has published through. Immutable once swapped in.
 #[derive(Clone, Debug, Default)]
 struct Published {
-    batches: Batches,
+    batches: Batches<CompactString, Arc<VehicleState>>,
     len: usize,
     as_of: Option<Millis>,
 }
@@ -210,7 +210,7 @@ impl VehicleView {
         }
         // The next snapshot, built off any lock.
         let mut next = Published::clone(&current);
-        let mut run: Vec<Entry> = net.into_iter().collect();
+        let mut run: Vec<Entry<CompactString, Arc<VehicleState>>> = net.into_iter().collect();
         run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, state) in &run {
             let was = current.batches.get(id).is_some();
