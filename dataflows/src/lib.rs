@@ -20,7 +20,7 @@
 //!
 //! | arrangement | built by | key -> value | who reads it |
 //! |---|---|---|---|
-//! | `Arrange: VehicleState` | [`state::arrange_state`] | hash of vehicle id -> [`state::HeldState`] | "Publish: VehicleState" ([`state::publish_state`]): its batches feed the live streams' change log and become the API's vehicle view (per producing worker, each batch one sorted run, merged like a spine: `fleetflow_query_api::view`); the trace itself is not imported |
+//! | `Arrange: VehicleState` | [`state::arrange_state`] | hash of vehicle id -> [`state::HeldState`]; worker -> its [`Progress`](operator::Progress) at the epoch (so a batch carries the progress its states are complete through) | "Publish: VehicleState" ([`state::publish_state`]): its batches feed the live streams' change log and become the API's vehicle view (per producing worker, each batch one sorted run, merged like a spine: `fleetflow_query_api::view`); the trace itself is not imported |
 //!
 //! The fence set is not a differential arrangement: it is a shared index
 //! ([`geofence::FenceIndex`], cells and an R-tree) that runtime changes replace copy-on-write,

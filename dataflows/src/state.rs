@@ -2,9 +2,9 @@
 //! published batch by batch to a view outside the dataflow (the query API).
 //!
 //! ```text
-//!   vehicle state ±(id, (shard, state)) ──► "Arrange: VehicleState" ══► batches ──┐
-//!                                           (differential's arrange, in place)    ├─► "Publish: VehicleState" ──► sink
-//!   progress (job clock per worker) ──────────────────────────────────────────────┘
+//!   vehicle state ±(id, (shard, state)) ──┐
+//!                                         ├─► "Arrange: VehicleState" ══► batches ──► "Publish: VehicleState" ──► sink
+//!   progress (job clock per worker) +1 ───┘   (differential's arrange, in place)
 //! ```
 //!
 //! The collection is already partitioned by vehicle (the timeline runs each vehicle on one
@@ -16,6 +16,12 @@
 //! net change over the batch (its retracted state, then its inserted one), grouped by the
 //! shard (producing worker) the change belongs to; states that came and went within the
 //! batch cancel out and are never published.
+//!
+//! The workers' progress (the job clock their results reflect) is arranged with the states,
+//! as insertions of [`Held::Progress`] at the epoch it was reached: a batch holds a
+//! worker's progress exactly when it holds the states of that epoch, so the progress a
+//! batch hands over never runs ahead of its states, and nothing is stashed here to make
+//! it so: the arrangement's frontier does the waiting.
 //!
 //! The arrangement's trace is not kept: no dataflow operator reads vehicle state (geofence
 //! membership follows the final fixes, not the state), and the API's view lives outside the
@@ -37,6 +43,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 
 /// A vehicle's state as the arrangement holds it, under the hash of the vehicle's id.
@@ -52,9 +60,19 @@ pub struct HeldState {
     state: Arc<VehicleState>,
 }
 
-/// The arrangement of vehicle state: hash of the vehicle id -> its state, at processing
-/// epochs.
-pub type StateSpine = ValSpine<u64, HeldState, u64, isize>;
+/// What the arrangement of vehicle state holds under a key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Held {
+    /// A vehicle's state (under the hash of its id).
+    State(HeldState),
+    /// The progress a worker reached at the epoch (under the worker's index): the batch
+    /// holding it holds the states of that epoch.
+    Progress(Progress),
+}
+
+/// The arrangement of vehicle state: hash of the vehicle id -> its state, and worker ->
+/// its progress, at processing epochs.
+pub type StateSpine = ValSpine<u64, Held, u64, isize>;
 
 /// Vehicle state arranged by vehicle.
 pub type StateArrangement<'scope> = Arranged<'scope, TraceAgent<StateSpine>>;
@@ -76,43 +94,57 @@ impl HeldState {
     }
 }
 
-/// Arranges vehicle state, keyed with [`HeldState::keyed`], where it is (no exchange): see
-/// the module docs.
+/// Arranges vehicle state, keyed with [`HeldState::keyed`], and the workers' `progress`
+/// (as insertions at the epoch each was reached) where they are (no exchange): see the
+/// module docs.
 pub fn arrange_state<'scope>(
     state: VecCollection<'scope, u64, (u64, HeldState), isize>,
+    progress: Stream<'scope, u64, Vec<Progress>>,
 ) -> StateArrangement<'scope> {
-    arrange_core::<_, _, ValBatcher<u64, HeldState, u64, isize>, StateSpine>(
-        state.inner,
+    let progress = progress.unary(Pipeline, "Progress as updates", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else {
+                    return;
+                };
+                output.session(&cap).give_iterator(
+                    data.drain(..)
+                        .map(move |p| ((p.worker as u64, Held::Progress(p)), t, 1isize)),
+                );
+            });
+        }
+    });
+    let updates = state
+        .map(|(key, held)| (key, Held::State(held)))
+        .inner
+        .concat(progress);
+    arrange_core::<_, _, ValBatcher<u64, Held, u64, isize>, StateSpine>(
+        updates,
         Pipeline,
         "Arrange: VehicleState",
         ValBatcher::new,
     )
 }
 
-/// Hands the arranged state's batches and the progress to `sink`, in time order: per
-/// batch, every vehicle's net change (retractions before insertions), the latest progress
-/// of each worker the frontier has passed, and the latest epoch (processing-time ms the
-/// inputs were read at) with updates in the batch. Progress waits until the state of its
-/// epoch is published, so that a reader's `as_of` never runs ahead of the states.
-pub fn publish_state<'scope, F>(
-    state: StateArrangement<'scope>,
-    progress: Stream<'scope, u64, Vec<Progress>>,
-    mut sink: F,
-) where
+/// Hands the arranged state's batches to `sink`, in time order: per batch, every vehicle's
+/// net change (retractions before insertions), the latest progress of each worker in the
+/// batch (see [`latest_progress`]), and the latest epoch (processing-time ms the inputs
+/// were read at) with state updates in the batch. A batch holds a worker's progress with
+/// the states of its epoch, so a reader's `as_of` never runs ahead of the states.
+pub fn publish_state<'scope, F>(state: StateArrangement<'scope>, mut sink: F)
+where
     F: FnMut(BTreeMap<u32, ShardChanges>, Vec<Progress>, Option<u64>) + 'static,
 {
-    let scope = progress.scope();
+    let scope = state.stream.scope();
     let mut builder = OperatorBuilder::new("Publish: VehicleState".to_string(), scope);
     let mut batches_in = builder.new_input(state.stream, Pipeline);
-    let mut prog_in = builder.new_input(progress, Pipeline);
     // No dataflow operator reads the trace (see the module docs).
     drop(state.trace);
     builder.build(move |_caps| {
-        // By epoch, then by worker: that worker's latest progress in the epoch.
-        let mut progress: BTreeMap<u64, BTreeMap<usize, Progress>> = BTreeMap::new();
         let mut net: Vec<(HeldState, isize)> = Vec::new();
-        move |frontiers| {
+        move |_frontiers| {
             let mut changes: BTreeMap<u32, ShardChanges> = BTreeMap::new();
+            let mut latest: BTreeMap<usize, (u64, Progress)> = BTreeMap::new();
             let mut epoch = None;
             batches_in.for_each(|_cap, spans| {
                 for span in spans.iter() {
@@ -123,13 +155,22 @@ pub fn publish_state<'scope, F>(
                     while cursor.key_valid(batch) {
                         net.clear();
                         while let Some(value) = cursor.get_val(batch) {
-                            let mut diff = 0isize;
-                            cursor.map_times(batch, |t, r| {
-                                diff += *r;
-                                epoch = epoch.max(Some(*t));
-                            });
-                            if diff != 0 {
-                                net.push((value.clone(), diff));
+                            match value {
+                                Held::State(held) => {
+                                    let mut diff = 0isize;
+                                    cursor.map_times(batch, |t, r| {
+                                        diff += *r;
+                                        epoch = epoch.max(Some(*t));
+                                    });
+                                    if diff != 0 {
+                                        net.push((held.clone(), diff));
+                                    }
+                                }
+                                Held::Progress(p) => cursor.map_times(batch, |t, r| {
+                                    if *r > 0 {
+                                        latest_progress(&mut latest, *t, *p);
+                                    }
+                                }),
                             }
                             cursor.step_val(batch);
                         }
@@ -143,37 +184,22 @@ pub fn publish_state<'scope, F>(
                     }
                 }
             });
-            prog_in.for_each(|cap, data| {
-                if let Some(t) = cap.least() {
-                    let epoch = progress.entry(*t).or_default();
-                    for p in data.drain(..) {
-                        let e = epoch.entry(p.worker).or_insert(p);
-                        if p.end || (!e.end && p.clock >= e.clock) {
-                            *e = p;
-                        }
-                    }
-                }
-            });
-            // Progress of an epoch is published with (or after) the state of that epoch:
-            // once the arrangement's batches are complete through it.
-            let frontier: Option<u64> = frontiers
-                .iter()
-                .filter_map(|f| f.frontier().first().copied())
-                .min();
-            let mut latest: BTreeMap<usize, Progress> = BTreeMap::new();
-            while let Some((t, _)) = progress.first_key_value() {
-                if frontier.is_some_and(|f| *t >= f) {
-                    break;
-                }
-                if let Some((_, epoch)) = progress.pop_first() {
-                    latest.extend(epoch);
-                }
-            }
             if !changes.is_empty() || !latest.is_empty() {
-                sink(changes, latest.into_values().collect(), epoch);
+                let latest = latest.into_values().map(|(_, p)| p).collect();
+                sink(changes, latest, epoch);
             }
         }
     });
+}
+
+/// Keeps, per worker, its progress of the latest epoch `t`; within one epoch the end, or
+/// else the furthest clock.
+fn latest_progress(latest: &mut BTreeMap<usize, (u64, Progress)>, t: u64, p: Progress) {
+    let e = latest.entry(p.worker).or_insert((t, p));
+    let newer = t > e.0 || (t == e.0 && (p.end || (!e.1.end && p.clock >= e.1.clock)));
+    if newer {
+        *e = (t, p);
+    }
 }
 
 #[cfg(test)]
@@ -206,8 +232,7 @@ mod tests {
                 let (states, stream) = scope.new_input::<Vec<((u64, HeldState), u64, isize)>>();
                 let (progress, prog) = scope.new_input::<Vec<Progress>>();
                 publish_state(
-                    arrange_state(stream.as_collection()),
-                    prog,
+                    arrange_state(stream.as_collection(), prog),
                     move |changes, ps, epoch| sink.borrow_mut().push((changes, ps, epoch)),
                 );
                 (states, progress)
@@ -248,6 +273,35 @@ mod tests {
             .collect();
         v.push((HeldState::keyed(id.into(), 0, new.clone()), 1));
         v
+    }
+
+    #[test]
+    fn a_workers_latest_progress_is_that_of_its_latest_epoch_and_within_one_the_end_or_furthest_clock(
+    ) {
+        let p = |worker, clock: Millis, end| Progress {
+            worker,
+            clock: Some(clock),
+            complete: 0,
+            end,
+        };
+        let mut latest = BTreeMap::new();
+        latest_progress(&mut latest, 5, p(0, 3_000, false));
+        latest_progress(&mut latest, 5, p(0, 2_000, false));
+        latest_progress(&mut latest, 4, p(0, 9_000, false));
+        latest_progress(&mut latest, 5, p(1, 1_000, true));
+        latest_progress(&mut latest, 5, p(1, 7_000, false));
+        assert_eq!(
+            latest[&0],
+            (5, p(0, 3_000, false)),
+            "furthest clock of the latest epoch"
+        );
+        assert_eq!(
+            latest[&1],
+            (5, p(1, 1_000, true)),
+            "the end wins within an epoch"
+        );
+        latest_progress(&mut latest, 6, p(0, 3_500, false));
+        assert_eq!(latest[&0], (6, p(0, 3_500, false)));
     }
 
     #[test]

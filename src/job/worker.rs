@@ -251,8 +251,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             let mirrored_progress = mirror(progress.clone(), layout).map(|(_, p)| p);
             let (writers, geo_writers) = (view.writers(), geo_view.writers());
             publish_state(
-                arrange_state(state),
-                mirrored_progress,
+                arrange_state(state, mirrored_progress),
                 move |mut by_worker, ps, epoch| {
                     let fresh = by_worker.values().flatten().filter(|(_, r)| *r > 0).count();
                     record_latency(fresh, epoch);
@@ -274,8 +273,8 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 arrange_state(
                     core.state
                         .map(move |(id, s)| HeldState::keyed(id, shard, s)),
+                    progress.clone(),
                 ),
-                progress.clone(),
                 move |mut by_shard, ps, epoch| {
                     let updates = by_shard.remove(&shard).unwrap_or_default();
                     record_latency(updates.iter().filter(|(_, r)| *r > 0).count(), epoch);
