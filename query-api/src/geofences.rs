@@ -74,46 +74,80 @@ struct Catalog {
     follower: Option<String>,
 }
 
-/// One worker's occupancy: `(geofence, vehicle) -> entered_at`.
-type Occupancy = Batches<(CompactString, CompactString), Millis>;
+/// A visit's key in the occupancy runs: the hashes of the geofence and vehicle ids first,
+/// so that sorting and merging runs compare two integers (the ids decide only between
+/// equal hashes), then the ids. A geofence's occupants are the keys with its hash and id.
+type VisitKey = (u64, u64, CompactString, CompactString);
 
-/// One key's entry in a run of occupancy changes.
-type Visit = Entry<(CompactString, CompactString), Millis>;
+/// One worker's occupancy: visit key -> `entered_at`.
+type Occupancy = Batches<VisitKey, Millis>;
+
+/// The hash of an id in a [`VisitKey`] (fixed seeds: writers and readers agree).
+fn id_hash(id: &str) -> u64 {
+    static HASHER: std::sync::LazyLock<ahash::RandomState> =
+        std::sync::LazyLock::new(|| ahash::RandomState::with_seeds(1, 2, 3, 4));
+    HASHER.hash_one(id)
+}
 
 /// A batch of occupancy changes (in the order they happened) as one run: per geofence and
-/// vehicle, the visit in progress after them (`None`: none). An enter starts a visit; a
-/// leave ends one only if it is the visit in progress (the same `entered_at`). Keys whose
-/// visit is what it was before the batch are left out where that is known without a
-/// lookup.
-fn occupancy_run(current: &Occupancy, mut changes: Vec<OccupancyChange>) -> Vec<Visit> {
-    // Stable: each key's changes stay in the order they happened.
-    changes.sort_by(|a, b| (&a.geofence, &a.vehicle).cmp(&(&b.geofence, &b.vehicle)));
-    let mut run = Vec::with_capacity(changes.len());
-    let mut changes = changes.into_iter().peekable();
-    while let Some(first) = changes.next() {
-        let key = (first.geofence, first.vehicle);
-        // Only a leave needs the visit before it; after an enter, the batch decides.
-        let before = (first.diff <= 0)
-            .then(|| current.get_by(|k| k.cmp(&key)).copied())
-            .flatten();
-        let step = |now: Option<Millis>, diff: i8, entered_at: Millis| {
-            if diff > 0 {
-                Some(entered_at)
-            } else if now == Some(entered_at) {
-                None
-            } else {
-                now
-            }
-        };
-        let mut now = step(before, first.diff, first.entered_at);
-        while let Some(next) = changes.next_if(|c| c.geofence == key.0 && c.vehicle == key.1) {
-            now = step(now, next.diff, next.entered_at);
-        }
-        if first.diff > 0 || now != before {
-            run.push((key, now));
+/// vehicle, the visit in progress after them (`None`: none).
+///
+/// An enter starts a visit and a leave ends the visit in progress. A producer's changes
+/// are consistent (geofencing's state is the truth they are made from: every leave ends a
+/// visit the same producer entered, with its `entered_at`), so a batch decides each key on
+/// its own and no key is looked up in the older runs; debug builds check the leaves.
+fn occupancy_run(
+    current: &Occupancy,
+    changes: Vec<OccupancyChange>,
+) -> Vec<Entry<VisitKey, Millis>> {
+    if cfg!(debug_assertions) {
+        leaves_end_visits(current, &changes);
+    }
+    let mut keyed: Vec<(VisitKey, Option<Millis>)> = changes
+        .into_iter()
+        .map(|c| {
+            (
+                visit_key(c.geofence, c.vehicle),
+                (c.diff > 0).then_some(c.entered_at),
+            )
+        })
+        .collect();
+    // Stable: each key's changes stay in the order they happened; the last one decides.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut run: Vec<Entry<VisitKey, Millis>> = Vec::with_capacity(keyed.len());
+    for (key, visit) in keyed {
+        match run.last_mut() {
+            Some(last) if last.0 == key => last.1 = visit,
+            _ => run.push((key, visit)),
         }
     }
     run
+}
+
+/// Checks (debug builds) that every leave in `changes` ends the visit in progress, with its
+/// `entered_at`: the one entered earlier in the batch, or else the one in `current`.
+fn leaves_end_visits(current: &Occupancy, changes: &[OccupancyChange]) {
+    let mut batch: std::collections::HashMap<VisitKey, Option<Millis>> = Default::default();
+    for c in changes {
+        let key = visit_key(c.geofence.clone(), c.vehicle.clone());
+        if c.diff < 0 {
+            let before = match batch.get(&key) {
+                Some(v) => *v,
+                None => current.get_by(|k| k.cmp(&key)).copied(),
+            };
+            assert_eq!(
+                before,
+                Some(c.entered_at),
+                "a leave of {key:?} ends the visit in progress"
+            );
+        }
+        batch.insert(key, (c.diff > 0).then_some(c.entered_at));
+    }
+}
+
+/// The key of `vehicle`'s visit to `geofence`.
+fn visit_key(geofence: CompactString, vehicle: CompactString) -> VisitKey {
+    (id_hash(&geofence), id_hash(&vehicle), geofence, vehicle)
 }
 
 /// What one producing worker writes its shard of a [`GeofenceView`] through (see
@@ -413,10 +447,15 @@ impl GeofenceView {
     /// The vehicles inside geofence `id` with their `entered_at`, by vehicle id.
     pub fn occupants(&self, id: &str) -> Vec<(CompactString, Millis)> {
         let snaps: Vec<Arc<Occupancy>> = self.occupancy.iter().map(|o| o.load_full()).collect();
-        live_from(snaps.iter().map(|o| &**o), |(g, _)| g.as_str() < id)
-            .take_while(|((g, _), _)| g == id)
-            .map(|((_, v), t)| (v.clone(), *t))
-            .collect()
+        let h = id_hash(id);
+        let mut out: Vec<(CompactString, Millis)> =
+            live_from(snaps.iter().map(|o| &**o), |k| k.0 < h)
+                .take_while(|(k, _)| k.0 == h)
+                .filter(|(k, _)| k.2 == id)
+                .map(|(k, t)| (k.3.clone(), *t))
+                .collect();
+        out.sort();
+        out
     }
 
     /// Every occupant of every geofence passing `keep(geofence, vehicle)`, as
@@ -426,10 +465,13 @@ impl GeofenceView {
         keep: impl Fn(&str, &str) -> bool,
     ) -> Vec<(CompactString, CompactString, Millis)> {
         let snaps: Vec<Arc<Occupancy>> = self.occupancy.iter().map(|o| o.load_full()).collect();
-        live_from(snaps.iter().map(|o| &**o), |_| false)
-            .filter(|((g, v), _)| keep(g, v))
-            .map(|((g, v), t)| (g.clone(), v.clone(), *t))
-            .collect()
+        let mut out: Vec<(CompactString, CompactString, Millis)> =
+            live_from(snaps.iter().map(|o| &**o), |_| false)
+                .filter(|(k, _)| keep(&k.2, &k.3))
+                .map(|(k, t)| (k.2.clone(), k.3.clone(), *t))
+                .collect();
+        out.sort();
+        out
     }
 
     /// Recent events passing `keep`, newest first, at most `limit`.
@@ -456,27 +498,26 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    /// A change: geofence number, vehicle number, `entered_at`, enter (or leave).
-    type Step = (u8, u8, u8, bool);
-
-    fn change((g, v, t, enter): Step) -> OccupancyChange {
+    fn change(g: u8, v: u8, entered_at: Millis, diff: i8) -> OccupancyChange {
         OccupancyChange {
             geofence: format!("G{g}").into(),
             vehicle: format!("V{v}").into(),
-            entered_at: Millis::from(t),
-            diff: if enter { 1 } else { -1 },
+            entered_at,
+            diff,
         }
     }
 
     proptest! {
         /// Batches of occupancy changes from two workers, published one batch at a time,
-        /// read exactly like one map the changes were applied to in order (an enter starts a
-        /// visit, a leave ends it only if it is the visit in progress), whoever reads:
-        /// occupants of one geofence, or every occupant.
+        /// read exactly like one map the changes were applied to in order, whoever reads:
+        /// occupants of one geofence, or every occupant. Each step of a worker toggles a
+        /// vehicle in a geofence the way geofencing does: it enters (at `t`) where it is
+        /// not inside and leaves the visit in progress where it is, so batches hold
+        /// enters, leaves, visits begun and ended within one batch, and re-entries.
         #[test]
         fn occupancy_runs_read_as_the_changes_applied_in_order(
             batches in prop::collection::vec(
-                (0usize..2, prop::collection::vec((0u8..4, 0u8..6, 0u8..3, any::<bool>()), 0..20)),
+                (0usize..2, prop::collection::vec((0u8..4, 0u8..6, 0i64..3), 0..20)),
                 0..30,
             ),
         ) {
@@ -484,18 +525,20 @@ mod tests {
             let writers = view.writers();
             let mut reference: BTreeMap<(CompactString, CompactString), Millis> = BTreeMap::new();
             for (worker, steps) in &batches {
+                let mut changes = Vec::new();
                 // Each worker owns its vehicles (odd ones are worker 1's), as in a job.
-                let steps: Vec<Step> = steps.iter().copied().filter(|s| (s.1 % 2) as usize == *worker).collect();
-                for s in &steps {
-                    let c = change(*s);
-                    let key = (c.geofence, c.vehicle);
-                    if c.diff > 0 {
-                        reference.insert(key, c.entered_at);
-                    } else if reference.get(&key) == Some(&c.entered_at) {
-                        reference.remove(&key);
+                for &(g, v, t) in steps.iter().filter(|s| (s.1 % 2) as usize == *worker) {
+                    let key: (CompactString, CompactString) =
+                        (format!("G{g}").into(), format!("V{v}").into());
+                    match reference.remove(&key) {
+                        Some(entered_at) => changes.push(change(g, v, entered_at, -1)),
+                        None => {
+                            reference.insert(key, t);
+                            changes.push(change(g, v, t, 1));
+                        }
                     }
                 }
-                writers[*worker].apply(steps.into_iter().map(change).collect(), &[], Vec::new(), None);
+                writers[*worker].apply(changes, &[], Vec::new(), None);
                 let all = view.all_occupants(|_, _| true);
                 let want: Vec<_> = reference.iter().map(|((g, v), t)| (g.clone(), v.clone(), *t)).collect();
                 prop_assert_eq!(&all, &want);
@@ -511,5 +554,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "ends the visit in progress")]
+    fn a_leave_of_another_visit_than_the_one_in_progress_is_caught_in_debug_builds() {
+        let view = Arc::new(GeofenceView::new(1, &[], None));
+        let writer = view.writers().swap_remove(0);
+        writer.apply(vec![change(1, 1, 10, 1)], &[], Vec::new(), None);
+        writer.apply(vec![change(1, 1, 20, -1)], &[], Vec::new(), None);
     }
 }
