@@ -317,3 +317,77 @@ fn restored_versions_are_rebuilt_by_undoing_the_logged_changes() {
         ]
     );
 }
+
+fn star(id: &str, lat: f64, lon: f64, radii: &[f64]) -> Arc<Geofence> {
+    let k = radii.len();
+    let mut ring: Vec<[f64; 2]> = radii
+        .iter()
+        .enumerate()
+        .map(|(j, r)| {
+            let t = std::f64::consts::TAU * j as f64 / k as f64;
+            [lon + r * t.cos(), lat + r * t.sin()]
+        })
+        .collect();
+    ring.push(ring[0]);
+    Arc::new(
+        Geofence::from_feature(
+            &json!({"type": "Feature", "id": id, "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [ring]}}),
+            None,
+            None,
+            "#0",
+        )
+        .unwrap(),
+    )
+}
+
+proptest::proptest! {
+    /// Whatever is added and removed, in any order, a lookup anywhere finds exactly the
+    /// geofences in force that contain the point (each tested on its own), so the cells'
+    /// index stays right as geofences that share cells come and go.
+    #[test]
+    fn lookups_equal_testing_every_geofence_in_force_after_any_changes(
+        ops in proptest::collection::vec(
+            (0u8..12, proptest::option::weighted(0.7, (
+                0.0f64..0.004, 0.0f64..0.004,
+                proptest::collection::vec(0.0002f64..0.0015, 3..8),
+                proptest::bool::ANY,
+            ))),
+            1..40,
+        ),
+        points in proptest::collection::vec((0.0f64..0.006, 0.0f64..0.006), 20),
+    ) {
+        let mut idx = FenceIndex::new([]);
+        let mut in_force: std::collections::BTreeMap<String, Arc<Geofence>> = Default::default();
+        for (n, op) in ops {
+            let id = format!("g{n}");
+            if idx.slot_of(&id).is_some() {
+                idx.remove(&id);
+                in_force.remove(&id);
+            }
+            if let Some((dlat, dlon, radii, is_circle)) = op {
+                let (lat, lon) = (41.5 + dlat, -8.6 + dlon);
+                let g = if is_circle {
+                    circle(&id, lat, lon, radii[0] * 100_000.0, None)
+                } else {
+                    star(&id, lat, lon, &radii)
+                };
+                idx.insert(g.clone());
+                in_force.insert(id, g);
+            }
+            for &(dlat, dlon) in &points {
+                let (lat, lon) = (41.5 - 0.001 + dlat, -8.6 - 0.001 + dlon);
+                let mut out = Vec::new();
+                idx.containing(lat, lon, "acme", &mut out);
+                let mut got: Vec<String> = out.iter().map(|s| idx.id(*s).to_string()).collect();
+                got.sort();
+                let want: Vec<String> = in_force
+                    .values()
+                    .filter(|g| g.contains(lat, lon))
+                    .map(|g| g.id.to_string())
+                    .collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
