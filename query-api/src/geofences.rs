@@ -392,15 +392,15 @@ impl GeofenceView {
             .as_ref()
             .filter(|_| !events.is_empty() || had_occupants)
             .map(|c| c.write());
+        if let Some(next) = next {
+            occupancy.store(next);
+        }
         {
             let mut shard = shard.write().expect("view lock");
             if let Some(w) = clock {
                 shard.as_of = Some(w);
             }
             let shard = &mut *shard;
-            if let Some(next) = next {
-                occupancy.store(next);
-            }
             // Only the newest events are kept: copy no more than fit.
             let events = &events[events.len().saturating_sub(RECENT_EVENTS)..];
             let excess = (shard.events.len() + events.len()).saturating_sub(RECENT_EVENTS);

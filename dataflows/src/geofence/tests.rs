@@ -147,16 +147,7 @@ fn polygons_sharing_cells_survive_each_others_removal() {
             [-8.6 - d, 41.5 + d],
             [-8.6 - d, 41.5 - d]
         ]);
-        Arc::new(
-            Geofence::from_feature(
-                &json!({"type": "Feature", "id": id, "properties": {},
-                    "geometry": {"type": "Polygon", "coordinates": [ring]}}),
-                None,
-                None,
-                "#0",
-            )
-            .unwrap(),
-        )
+        polygon(id, ring)
     };
     let mut idx = FenceIndex::new([square("a", 0.001), square("b", 0.002)]);
     let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
@@ -329,6 +320,11 @@ fn star(id: &str, lat: f64, lon: f64, radii: &[f64]) -> Arc<Geofence> {
         })
         .collect();
     ring.push(ring[0]);
+    polygon(id, json!(ring))
+}
+
+/// A polygon geofence of one `ring` (GeoJSON positions, closed), for every tenant.
+fn polygon(id: &str, ring: serde_json::Value) -> Arc<Geofence> {
     Arc::new(
         Geofence::from_feature(
             &json!({"type": "Feature", "id": id, "properties": {},

@@ -77,7 +77,7 @@ impl<K: Ord + Clone, V: Clone> Batches<K, V> {
             let oldest = self.runs.len() == 2;
             let newer = self.runs.pop().expect("two runs");
             let older = self.runs.pop().expect("two runs");
-            self.runs.push(Arc::new(merge(older, newer, oldest)));
+            self.runs.push(Arc::new(merge(&older, &newer, oldest)));
         }
     }
 }
@@ -90,15 +90,16 @@ impl<V: Clone> Batches<CompactString, V> {
 }
 
 /// `older` and `newer` as one run, `newer` deciding for keys in both; without tombstones when
-/// the result is the oldest run. A run no reader holds any more is moved, not cloned.
+/// the result is the oldest run. Only the entries kept are cloned: the runs are always
+/// shared with the snapshot still published (readers may hold it), so they are read, not
+/// taken apart.
 fn merge<K: Ord + Clone, V: Clone>(
-    older: Run<K, V>,
-    newer: Run<K, V>,
+    older: &[Entry<K, V>],
+    newer: &[Entry<K, V>],
     oldest: bool,
 ) -> Vec<Entry<K, V>> {
-    let (older, newer) = (Arc::unwrap_or_clone(older), Arc::unwrap_or_clone(newer));
     let mut out = Vec::with_capacity(older.len() + newer.len());
-    let (mut a, mut b) = (older.into_iter().peekable(), newer.into_iter().peekable());
+    let (mut a, mut b) = (older.iter().peekable(), newer.iter().peekable());
     loop {
         let next = match (a.peek(), b.peek()) {
             (Some(x), Some(y)) => match x.0.cmp(&y.0) {
@@ -114,7 +115,7 @@ fn merge<K: Ord + Clone, V: Clone>(
             (None, None) => break,
         };
         if let Some(e) = next.filter(|e| !oldest || e.1.is_some()) {
-            out.push(e);
+            out.push(e.clone());
         }
     }
     out
