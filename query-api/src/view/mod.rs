@@ -69,7 +69,9 @@ impl VehicleWriter {
     /// The changes are exact retract/insert pairs: a vehicle's new state comes as the
     /// retraction of the old one immediately followed by the insertion of the new one, which
     /// replaces it. A retraction not followed by an insertion of the same vehicle removes
-    /// the vehicle (when its state is still the retracted one).
+    /// the vehicle. A producer's changes are exact (they are the net changes of its
+    /// arrangement's batches), so a retraction is of the state the producer published last;
+    /// debug builds check it.
     ///
     /// The dataflow hands over shared states (`Arc<VehicleState>`): the runs and the change
     /// log keep that allocation, so publishing a change copies no state.
@@ -170,26 +172,30 @@ impl VehicleView {
         let mut net = Net::default();
         let mut logged: Vec<ChangeBody> = Vec::new();
         let mut retracted: Option<(CompactString, Arc<VehicleState>)> = None;
+        // How many vehicles the batch adds (+1 an insertion, -1 a retraction).
+        let mut added: isize = 0;
         let remove = |net: &mut Net,
                       logged: &mut Vec<ChangeBody>,
                       (id, state): (CompactString, Arc<VehicleState>)| {
-            let now = match net.get(&id) {
-                Some(s) => s.clone(),
-                None => current.batches.get(&id).cloned(),
-            };
-            if now
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &state) || **c == *state)
-            {
-                net.insert(id, None);
-                logged.push(ChangeBody::Vehicle {
-                    state,
-                    removed: true,
-                });
+            if cfg!(debug_assertions) {
+                let now = match net.get(&id) {
+                    Some(s) => s.clone(),
+                    None => current.batches.get(&id).cloned(),
+                };
+                assert!(
+                    now.is_some_and(|c| Arc::ptr_eq(&c, &state) || *c == *state),
+                    "a retraction of {id:?} is of the state published last"
+                );
             }
+            net.insert(id, None);
+            logged.push(ChangeBody::Vehicle {
+                state,
+                removed: true,
+            });
         };
         for ((id, state), diff) in updates {
             let state: Arc<VehicleState> = state.into();
+            added += diff.signum();
             if diff < 0 {
                 if let Some(r) = retracted.replace((id, state)) {
                     remove(&mut net, &mut logged, r);
@@ -212,14 +218,7 @@ impl VehicleView {
         let mut next = Published::clone(&current);
         let mut run: Vec<Entry<CompactString, Arc<VehicleState>>> = net.into_iter().collect();
         run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (id, state) in &run {
-            let was = current.batches.get(id).is_some();
-            match (was, state.is_some()) {
-                (false, true) => next.len += 1,
-                (true, false) => next.len -= 1,
-                _ => {}
-            }
-        }
+        next.len = next.len.saturating_add_signed(added);
         next.batches.push(run);
         // The producer's latest (it only goes back once, to the exact clock at the end of a
         // bounded input).
@@ -424,6 +423,7 @@ mod tests {
         );
         assert_eq!(view.get("V1"), Some(a));
         assert_eq!(view.get("V2"), None);
+        assert_eq!(view.len(), 1, "V1 came, V2 went");
         let changes = log.read().after(0, 100).unwrap();
         let seen: Vec<(String, bool)> = changes
             .iter()
@@ -445,6 +445,22 @@ mod tests {
             seen,
             expect.map(|(v, r)| (v.to_string(), r)).to_vec(),
             "every new state once, one removal, no removal for a replaced state"
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "is of the state published last")]
+    fn a_retraction_of_another_state_than_the_published_one_is_caught_in_debug_builds() {
+        let view = Arc::new(VehicleView::new(1));
+        let writer = view.writers().swap_remove(0);
+        writer.apply(
+            vec![(("V1".into(), state("V1", 52.0, Status::Moving)), 1)],
+            None,
+        );
+        writer.apply(
+            vec![(("V1".into(), state("V1", 52.0, Status::Idle)), -1)],
+            None,
         );
     }
 
