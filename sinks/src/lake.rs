@@ -67,9 +67,23 @@ pub struct Lake {
     pub url: String,
     /// For `file://` lakes, the directory.
     pub local_dir: Option<std::path::PathBuf>,
-    /// For `s3://` lakes, the bucket's store and the lake's prefix in it (for requests
-    /// the generic store has no call for, such as listing unfinished multipart uploads).
-    pub s3: Option<(Arc<AmazonS3>, Path)>,
+    /// For `s3://` lakes, the bucket (for requests the generic store has no call for, such
+    /// as listing unfinished multipart uploads).
+    pub s3: Option<S3Bucket>,
+}
+
+/// The bucket of an `s3://` lake.
+#[derive(Clone, Debug)]
+pub struct S3Bucket {
+    /// The bucket's store.
+    pub store: Arc<AmazonS3>,
+    /// The lake's prefix in the bucket.
+    pub prefix: Path,
+    /// The bucket's URL, path-style (`ENDPOINT/BUCKET`), or the endpoint itself when it
+    /// names the bucket (virtual-hosted requests).
+    pub url: String,
+    /// The region requests are signed for.
+    pub region: String,
 }
 
 impl Lake {
@@ -101,6 +115,15 @@ impl Lake {
                 };
                 b = b.with_config(key, v);
             }
+            let config = |k| b.get_config_value(&k);
+            let region = config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+            let virtual_hosted =
+                config(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v == "true");
+            let bucket_url = match config(AmazonS3ConfigKey::Endpoint) {
+                Some(e) if virtual_hosted => e.trim_end_matches('/').to_string(),
+                Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
+                None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+            };
             let s3 = Arc::new(b.build()?);
             let prefix = Path::from(prefix.trim_matches('/'));
             let store: Arc<dyn ObjectStore> =
@@ -109,7 +132,12 @@ impl Lake {
                 store,
                 url: url.to_string(),
                 local_dir: None,
-                s3: Some((s3, prefix)),
+                s3: Some(S3Bucket {
+                    store: s3,
+                    prefix,
+                    url: bucket_url,
+                    region,
+                }),
             });
         }
         if let Some(dir) = url.strip_prefix("file://") {

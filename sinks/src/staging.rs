@@ -2,12 +2,11 @@
 //! multipart uploads of a run that stopped between checkpoints.
 
 use crate::commit::{delete_if_exists, list, store_err};
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, S3Bucket};
 use crate::writer::STAGING;
 use object_store::path::Path;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 /// Deletes everything under the staging area that `keep` does not name, and (on S3)
 /// aborts unfinished multipart uploads under `_fleetflow/`: the leftovers of a run that
@@ -62,8 +61,8 @@ pub fn clean_staging(
                 removed += 1;
             }
         }
-        if let Some((s3, prefix)) = s3 {
-            removed += abort_uploads(&s3, &prefix)
+        if let Some(bucket) = s3 {
+            removed += abort_uploads(&bucket)
                 .await
                 .map_err(|e| store_err("multipart uploads", e))?;
         }
@@ -87,30 +86,33 @@ pub(crate) struct UploadEntry {
     pub(crate) upload_id: String,
 }
 
-/// Aborts every unfinished multipart upload under `{prefix}/_fleetflow/` (S3's
-/// `ListMultipartUploads` through a signed request: the store has no call for it).
+/// Aborts every unfinished multipart upload under `{prefix}/_fleetflow/`: S3's
+/// `ListMultipartUploads`, a request the store has no call for, signed with the store's
+/// credentials.
 async fn abort_uploads(
-    s3: &object_store::aws::AmazonS3,
-    prefix: &Path,
+    bucket: &S3Bucket,
 ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
     use object_store::multipart::MultipartStore;
-    use object_store::signer::{SignedUrlOptions, Signer};
-    let under = if prefix.as_ref().is_empty() {
+    let under = if bucket.prefix.as_ref().is_empty() {
         "_fleetflow/".to_string()
     } else {
-        format!("{prefix}/_fleetflow/")
+        format!("{}/_fleetflow/", bucket.prefix)
     };
-    let opts =
-        SignedUrlOptions::default().with_query([("uploads", ""), ("prefix", under.as_str())]);
-    let url = s3
-        .signed_url_opts(
-            http::Method::GET,
-            &Path::from(""),
-            Duration::from_secs(300),
-            &opts,
-        )
-        .await?;
-    let body = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let mut url = reqwest::Url::parse(&format!("{}/", bucket.url))?;
+    url.query_pairs_mut()
+        .append_pair("prefix", &under)
+        .append_pair("uploads", "");
+    let mut request: object_store::client::HttpRequest = http::Request::get(url.as_str())
+        .body(object_store::client::HttpRequestBody::from(Vec::new()))?;
+    let credential = bucket.store.credentials().get_credential().await?;
+    object_store::aws::AwsAuthorizer::new(&credential, "s3", &bucket.region)
+        .authorize(&mut request, None);
+    let mut get = reqwest::Client::new().get(url);
+    for (name, value) in request.headers() {
+        get = get.header(name.as_str(), value.as_bytes());
+    }
+    let s3 = &bucket.store;
+    let body = get.send().await?.error_for_status()?.text().await?;
     let listed: ListMultipartUploadsResult = quick_xml::de::from_str(&body)?;
     let mut n = 0;
     for upload in listed.uploads {
