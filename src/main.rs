@@ -140,21 +140,6 @@ enum DdlDialect {
     Duckdb,
 }
 
-/// Whether `dir` holds a Parquet file at any depth.
-fn has_parquet(dir: &std::path::Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            has_parquet(&p)
-        } else {
-            p.extension().is_some_and(|x| x == "parquet")
-        }
-    })
-}
-
 fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
     use fleetflow_sinks::catalogue::Catalogue;
     use fleetflow_sinks::ddl::{statement, Dialect};
@@ -177,14 +162,18 @@ fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
     };
     let mut out = String::new();
     for d in Catalogue::for_lake(&spec.lake).iter() {
-        let empty = dialect == Dialect::DuckDb
-            && local
-                .as_ref()
-                .is_some_and(|dir| !has_parquet(&std::path::Path::new(dir).join(&d.name)));
-        if empty {
-            // DuckDB cannot create a view over a glob that matches nothing.
+        let missing = dialect == Dialect::DuckDb
+            && local.as_ref().is_some_and(|dir| {
+                !std::path::Path::new(dir)
+                    .join(&d.name)
+                    .join("_delta_log")
+                    .is_dir()
+            });
+        if missing {
+            // DuckDB cannot create a view over a table that does not exist; the job creates
+            // every table at its first commit.
             out.push_str(&format!(
-                "-- \"{}\": no files yet; run `fleetflow ddl` again once the job has written some\n",
+                "-- \"{}\": no table yet; run `fleetflow ddl` again once the job has committed\n",
                 d.name
             ));
         } else {

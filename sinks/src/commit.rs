@@ -398,6 +398,11 @@ impl Coordinator {
                 c.publish.push(p);
             }
         }
+        // Retention: the files of partitions the cut-offs expire are deleted by this commit
+        // (so a table format records their removal).
+        c.delete.extend(self.expired(&c)?);
+        c.delete.sort();
+        c.delete.dedup();
         // 1. The state, written from the pieces as they are (they can be hundreds of MB).
         let payload = state_payload(&ready.pieces);
         let store = self.lake.store.clone();
@@ -442,7 +447,6 @@ impl Coordinator {
             self.metrics.lake_input_ended.store(true, Relaxed);
         }
         self.sweep(&c)?;
-        self.retention(&c)?;
         self.previous = Some(c.clone());
         Ok(c)
     }
@@ -493,22 +497,34 @@ impl Coordinator {
         Ok(n)
     }
 
-    /// Deletes the partitions that a commit's retention cut-offs expire.
-    fn retention(&self, c: &Commit) -> Result<(), LakeError> {
+    /// The published files of the partitions that a commit's retention cut-offs expire.
+    fn expired(&self, c: &Commit) -> Result<Vec<String>, LakeError> {
+        let mut out = Vec::new();
         for (name, cut) in &c.retention {
             let Some(d) = self.dataset(name) else {
                 continue;
             };
-            let expired = self.delete_listed(name, |m| {
-                self.key_of(name, m.location.as_ref())
-                    .and_then(|k| d.partitioning.closes_at(k))
-                    .is_some_and(|e| e <= *cut)
-            })?;
-            if expired > 0 {
-                tracing::info!(dataset = %name, files = expired, "retention: deleted expired partitions");
+            let store = self.lake.store.clone();
+            let files = self
+                .rt()
+                .block_on(list(&*store, name))
+                .map_err(|e| store_err(name, e))?;
+            let before = out.len();
+            out.extend(
+                files
+                    .into_iter()
+                    .map(|m| m.location.to_string())
+                    .filter(|path| {
+                        self.key_of(name, path)
+                            .and_then(|k| d.partitioning.closes_at(k))
+                            .is_some_and(|e| e <= *cut)
+                    }),
+            );
+            if out.len() > before {
+                tracing::info!(dataset = %name, files = out.len() - before, "retention: deleting expired partitions");
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Merges the small files of partitions the job clock closed into one staged file

@@ -3,6 +3,7 @@
 //! - [`catalogue`]: the datasets of a job's lake, declared once.
 //! - [`commit`]: the exactly-once checkpoint log, recovery, compaction and retention.
 //! - [`ddl`]: DuckDB views and Athena tables over a job's lake.
+//! - [`delta`]: the datasets as Delta Lake tables (the table committer of the lake).
 //! - [`schema`]: Arrow schemas of `raw`, the window tiers and `dead_letter`.
 //! - [`lake`]: opening the object store and committing files to it.
 //! - [`read`]: a vehicle's rows back from a dataset (the API's history).
@@ -15,6 +16,7 @@
 pub mod catalogue;
 pub mod commit;
 pub mod ddl;
+pub mod delta;
 pub mod lake;
 mod merge;
 mod ranged;

@@ -42,27 +42,38 @@ impl TableCommitter for HiveDirectories {
         metrics: Option<&'a Metrics>,
     ) -> BoxFuture<'a, object_store::Result<()>> {
         Box::pin(async move {
-            for p in &commit.publish {
-                match store
-                    .rename(&Path::from(p.from.as_str()), &Path::from(p.to.as_str()))
-                    .await
-                {
-                    Ok(()) => {
-                        if let Some(m) = metrics {
-                            m.files_written.fetch_add(1, Relaxed);
-                            m.add_rows(&p.dataset, p.rows);
-                        }
-                    }
-                    // Published already (the commit is applied again).
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                failpoint("publish");
-            }
+            publish(store, commit, metrics).await?;
             for d in &commit.delete {
                 delete_if_exists(store, d).await?;
             }
             Ok(())
         })
     }
+}
+
+/// Renames `commit.publish`'s staged files to their places in their datasets, counting
+/// them in `metrics`; a file published already is skipped.
+pub(crate) async fn publish(
+    store: &dyn ObjectStore,
+    commit: &Commit,
+    metrics: Option<&Metrics>,
+) -> object_store::Result<()> {
+    for p in &commit.publish {
+        match store
+            .rename(&Path::from(p.from.as_str()), &Path::from(p.to.as_str()))
+            .await
+        {
+            Ok(()) => {
+                if let Some(m) = metrics {
+                    m.files_written.fetch_add(1, Relaxed);
+                    m.add_rows(&p.dataset, p.rows);
+                }
+            }
+            // Published already (the commit is applied again).
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        failpoint("publish");
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::schema::LakeRecord;
 use fleetflow_types::time::Millis;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -131,7 +131,13 @@ pub struct DatasetWriter<R: LakeRecord> {
 pub(crate) fn props(dictionary: &[&str]) -> WriterProperties {
     // Dictionaries pay off for the repetitive string columns only; float columns are nearly
     // all distinct and would just be hashed and then fall back to plain encoding.
+    // Statistics per column chunk (in the footer: readers and the Delta log's file
+    // statistics use them), no page indexes: a merge splices row groups as they were
+    // encoded, without their page indexes, and a file must have them for every row group
+    // or for none.
     let mut b = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_offset_index_disabled(true)
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(MAX_ROW_GROUP))
         .set_dictionary_enabled(false);

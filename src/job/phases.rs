@@ -20,6 +20,7 @@ use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_runtime::metrics::Metrics;
 use fleetflow_sinks::catalogue::Catalogue;
 use fleetflow_sinks::commit::{Commit, Coordinator, Recovered};
+use fleetflow_sinks::delta::DeltaTables;
 use fleetflow_sinks::lake::{Lake, LakeError, Uploader};
 use fleetflow_sinks::sink::SinkConfig;
 use fleetflow_sinks::writer::RollPolicy;
@@ -51,6 +52,8 @@ pub(super) struct Prepared {
     restored: Option<Restored>,
     latest_change: u64,
     pub catalogue: Catalogue,
+    /// The datasets' Delta tables (the lake's table committer).
+    pub tables: Arc<DeltaTables>,
     pub datasets: Vec<String>,
     pub metrics: Arc<Metrics>,
     changes: Arc<ChangeLog>,
@@ -100,8 +103,19 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         .build()
         .context("starting the I/O runtime")?;
     // Exactly once: resume from the lake's newest checkpoint (see `recover_lake`).
-    let recovered =
-        services::recover_lake(&lake, runtime.handle(), leader, spec, text, &input_names)?;
+    let catalogue = Catalogue::for_lake(&spec.lake);
+    let tables = Arc::new(
+        DeltaTables::new(&lake, catalogue.clone(), &spec.name)
+            .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?,
+    );
+    let recovered = services::recover_lake(
+        (&lake, &*tables),
+        runtime.handle(),
+        leader,
+        spec,
+        text,
+        &input_names,
+    )?;
     // The checkpoint's state, decoded once and split over this run's workers.
     let restored = recovered
         .as_ref()
@@ -113,7 +127,6 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         Some(fences) => fences,
         None => initial_geofences,
     };
-    let catalogue = Catalogue::for_lake(&spec.lake);
     let datasets = catalogue.names();
     let metrics = Arc::new(Metrics::new(datasets.clone()).with_inputs(&input_names));
     if let Some(w) = recovered.as_ref().and_then(|r| r.commit.clock) {
@@ -139,6 +152,7 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         restored,
         latest_change,
         catalogue,
+        tables,
         datasets,
         metrics,
         changes,
@@ -220,7 +234,7 @@ pub(super) fn start_services(
                 uploader: job.uploader.fork(),
                 metrics: job.metrics.clone(),
                 datasets: job.catalogue.clone(),
-                tables: Arc::new(fleetflow_sinks::table::HiveDirectories),
+                tables: job.tables.clone(),
                 job: (spec.name.clone(), job.input_names.to_vec()),
                 target_bytes: spec.lake.target_file_bytes(),
                 previous: job.recovered.as_ref().map(|r| r.commit.clone()),

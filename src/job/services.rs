@@ -16,7 +16,7 @@ use fleetflow_sinks::commit::{
 };
 use fleetflow_sinks::lake::Lake;
 use fleetflow_sinks::lake::LakeError;
-use fleetflow_sinks::table::HiveDirectories;
+use fleetflow_sinks::table::TableCommitter;
 use fleetflow_types::config::JobSpec;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::GeofenceChange;
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 /// for leftovers); the others only read the state. A lake of a job with other inputs is a
 /// spec error.
 pub(super) fn recover_lake(
-    lake: &Lake,
+    (lake, tables): (&Lake, &dyn TableCommitter),
     runtime: &tokio::runtime::Handle,
     leader: bool,
     spec: &JobSpec,
@@ -37,7 +37,7 @@ pub(super) fn recover_lake(
     input_names: &[String],
 ) -> Result<Option<Recovered>, JobError> {
     let recovered = if leader {
-        recover(lake, runtime, &HiveDirectories)
+        recover(lake, runtime, tables)
     } else {
         read_checkpoint(lake, runtime)
     }
