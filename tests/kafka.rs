@@ -229,7 +229,7 @@ fn a_kafka_job_equals_the_file_job_and_fills_the_dead_letter_topic() {
     assert_same_datasets(None, &a, &b, &KAFKA_VS_FILE[..4]);
     let dead = |l: &str| {
         duckdb(&format!(
-            "select reason, payload, detail from read_parquet('{l}/dead_letter/**/*.parquet') order by all"
+            "select reason, payload, detail from delta_scan('{l}/dead_letter') order by all"
         ))
     };
     let (dead_file, dead_kafka) = (dead(&a), dead(&b));

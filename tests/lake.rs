@@ -1,4 +1,5 @@
-//! The lake's file sizing, compaction of closed partitions and retention.
+//! The lake's file sizing, compaction of closed partitions and retention, in the files and
+//! in the Delta tables' logs.
 
 mod common;
 
@@ -6,11 +7,14 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Files per partition directory of a dataset.
+/// Files per partition directory of a dataset (its Delta log aside).
 fn partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let root = lake.join(dataset);
-    for f in files_under(&root) {
+    for f in files_under(&root)
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("_delta_log")))
+    {
         let dir = f.parent().unwrap().strip_prefix(&root).unwrap();
         out.entry(dir.display().to_string())
             .or_default()
@@ -33,12 +37,7 @@ fn hour_end(dir: &str) -> i64 {
 }
 
 fn same_rows(a: &Path, b: &Path, dataset: &str) {
-    let read = |l: &Path| {
-        format!(
-            "(select * from read_parquet('{}/{dataset}/**/*.parquet', hive_partitioning = false))",
-            l.display()
-        )
-    };
+    let read = |l: &Path| format!("(select * from delta_scan('{}/{dataset}'))", l.display());
     let (ra, rb) = (read(a), read(b));
     let r = duckdb(&format!(
         "select (select count(*) from {ra}), (select count(*) from ({ra} except all {rb})), \
@@ -222,6 +221,17 @@ listen = "127.0.0.1:0"
         let got: BTreeSet<String> = partitions(&kept, dataset).into_keys().collect();
         assert!(expected.len() < everything.len(), "something expires");
         assert_eq!(got, expected, "{dataset}: cutoff {cutoff}");
+        // The table's newest version lists exactly the kept partitions (retention removed
+        // the others through the log).
+        let listed = duckdb(&format!(
+            "select distinct 'date=' || date || '/hour=' || hour from {} order by 1",
+            lake_glob(&kept, dataset)
+        ));
+        let listed: BTreeSet<String> = listed
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(listed, expected, "{dataset}: the Delta table");
         // The partitions kept hold all their rows.
         let first = expected.iter().next().unwrap().clone();
         let day = first
@@ -248,6 +258,7 @@ listen = "127.0.0.1:0"
         assert_eq!(r[0][1].as_i64(), Some(0), "{dataset}: {r:?}");
         assert_eq!(r[0][2].as_i64(), Some(0), "{dataset}: {r:?}");
     }
+    delta::assert_delta_readers_agree(None, &kept.display().to_string(), "retention");
     // Tiers without a retention keep everything.
     assert_eq!(
         partitions(&all, "1h").into_keys().collect::<Vec<_>>(),

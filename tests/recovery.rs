@@ -1,6 +1,8 @@
 //! Exactly once through crashes: the job is killed with SIGKILL (and aborted at chosen
 //! steps of the checkpoint protocol) many times and restarted each time; the final lake
-//! must hold exactly the rows of an uninterrupted run, on a local directory and on S3.
+//! must hold exactly the rows of an uninterrupted run, on a local directory and on S3, read
+//! through the Delta tables' logs by DuckDB and by the `deltalake` package, with no
+//! checkpoint committed twice to any table.
 
 mod common;
 
@@ -48,6 +50,10 @@ fn sigkill_at_random_points_leaves_exactly_the_rows_of_an_uninterrupted_run() {
     );
     let (a, b) = (dir.path().join("ref"), dir.path().join("crash"));
     assert_same_rows(None, &a.display().to_string(), &b.display().to_string());
+    assert_eq!(
+        delta::assert_delta_readers_agree(None, &b.display().to_string(), "recovery"),
+        delta::assert_delta_readers_agree(None, &a.display().to_string(), "recovery")
+    );
     assert!(
         files_under(&b.join("_fleetflow/staging")).is_empty(),
         "{:?}",
@@ -119,6 +125,14 @@ fn on_s3_the_lake_survives_sigkill_and_equals_the_local_lake() {
     );
     let local = dir.path().join("ref").display().to_string();
     assert_same_rows(Some(&s3.endpoint), &local, "s3://lake/jobs/recovery");
+    assert_eq!(
+        delta::assert_delta_readers_agree(
+            Some(&s3.endpoint),
+            "s3://lake/jobs/recovery",
+            "recovery"
+        ),
+        delta::assert_delta_readers_agree(None, &local, "recovery")
+    );
     // Nothing staged is left, no multipart upload is unfinished, and DuckDB reads the
     // tiers with their Hive partitions over S3.
     let staged = duckdb_with(

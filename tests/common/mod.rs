@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod data;
+pub mod delta;
 pub mod geofence_reference;
 pub mod reference;
 
@@ -267,8 +268,11 @@ pub fn duckdb_with(
 ) -> Vec<Vec<serde_json::Value>> {
     let script = r#"
 import duckdb, json, os, sys
-con = duckdb.connect()
+con = duckdb.connect(config={"autoinstall_known_extensions": False})
 con.execute("SET enable_progress_bar = false")
+# The lake's tables are Delta tables: `delta_scan` (PyPI `duckdb-extension-delta`).
+import duckdb_extension_delta
+con.execute(f"LOAD '{os.path.join(os.path.dirname(duckdb_extension_delta.__file__), 'extensions', 'v' + duckdb.__version__, 'delta.duckdb_extension')}'")
 endpoint = os.environ.get("FLEETFLOW_TEST_S3")
 if endpoint:
     import duckdb_extension_httpfs
@@ -383,9 +387,10 @@ pub fn lake_glob(lake: &Path, dataset: &str) -> String {
     lake_url_glob(&lake.display().to_string(), dataset)
 }
 
-/// `read_parquet` over a dataset of a lake at a local path or an `s3://` URL.
+/// A dataset of a lake at a local path or an `s3://` URL, read as the newest snapshot of its
+/// Delta table (`delta_scan`: the partition columns are columns).
 pub fn lake_url_glob(lake: &str, dataset: &str) -> String {
-    format!("read_parquet('{lake}/{dataset}/**/*.parquet', hive_partitioning = true)")
+    format!("delta_scan('{lake}/{dataset}')")
 }
 
 /// Asserts `a` and `b` agree to 1e-9 relative (or 1e-9 absolute near zero).
@@ -517,12 +522,15 @@ pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], s
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     // Aborts inside the protocol: while a sink stages its files, before and after the
-    // commit record is written, between publishing two files.
+    // commit record is written, between publishing two files, between the Delta commits of
+    // two tables.
     let failpoints = [
         "sink-cut:3",
         "commit-before:2",
+        "delta_commit:2",
         "commit-after:2",
         "publish:2",
+        "delta_commit:7",
         "sink-cut:9",
         "commit-after:4",
     ];
@@ -572,7 +580,8 @@ pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], s
     killed
 }
 
-/// Asserts that two lakes hold the same multiset of rows in every dataset.
+/// Asserts that two lakes hold the same multiset of rows in every dataset, each read as the
+/// newest snapshot of its Delta table (`delta_scan`).
 pub fn assert_same_rows(s3: Option<&str>, a: &str, b: &str) {
     assert_same_datasets(s3, a, b, &DATASETS)
 }
@@ -580,11 +589,7 @@ pub fn assert_same_rows(s3: Option<&str>, a: &str, b: &str) {
 /// Like [`assert_same_rows`] for the given datasets and columns.
 pub fn assert_same_datasets(s3: Option<&str>, a: &str, b: &str, datasets: &[(&str, &str)]) {
     for &(dataset, columns) in datasets {
-        let read = |lake: &str| {
-            format!(
-                "(select {columns} from read_parquet('{lake}/{dataset}/**/*.parquet', hive_partitioning = false))"
-            )
-        };
+        let read = |lake: &str| format!("(select {columns} from delta_scan('{lake}/{dataset}'))");
         let (ra, rb) = (read(a), read(b));
         let sql = format!(
             "select (select count(*) from {ra}), (select count(*) from {rb}), \

@@ -1,0 +1,62 @@
+//! Reading a lake's Delta tables with the readers analysts use.
+
+/// Asserts that the two Delta readers analysts use, DuckDB's `delta_scan` and the
+/// `deltalake` package, read the same rows from every table of `lake` (each directory with
+/// a `_delta_log`, in name order; `lake` a path or an
+/// `s3://` URL, with the S3 server's `host:port`), that no table has a checkpoint committed
+/// twice, and that each table's `txn` version for `job` is its newest checkpoint. Returns
+/// each table's row count.
+pub fn assert_delta_readers_agree(s3: Option<&str>, lake: &str, job: &str) -> Vec<(String, i64)> {
+    let script = r#"
+import duckdb, json, os, sys, deltalake
+import duckdb_extension_delta
+lake, job, endpoint = sys.argv[1], sys.argv[2], os.environ.get("FLEETFLOW_TEST_S3")
+con = duckdb.connect(config={"autoinstall_known_extensions": False})
+con.execute("SET enable_progress_bar = false")
+con.execute(f"LOAD '{os.path.join(os.path.dirname(duckdb_extension_delta.__file__), 'extensions', 'v' + duckdb.__version__, 'delta.duckdb_extension')}'")
+options = None
+if endpoint:
+    import duckdb_extension_httpfs
+    con.execute(f"LOAD '{os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), 'extensions', 'v' + duckdb.__version__, 'httpfs.duckdb_extension')}'")
+    con.execute(f"CREATE SECRET (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
+                f"ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)")
+    options = {"AWS_ENDPOINT_URL": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+out = []
+if endpoint:
+    names = sorted({r[0].split("/")[-3] for r in con.execute(f"select file from glob('{lake}/*/_delta_log/*.json')").fetchall()})
+else:
+    names = sorted(d for d in os.listdir(lake) if os.path.isdir(os.path.join(lake, d, "_delta_log")))
+for name in names:
+    uri = f"{lake}/{name}"
+    table = deltalake.DeltaTable(uri, storage_options=options)
+    rows = table.to_pyarrow_table()
+    con.register("by_package", rows)
+    scan = f"(select * from delta_scan('{uri}'))"
+    cols = ", ".join(f'"{c}"' for c in rows.column_names)
+    n_scan, n_pkg, missing, extra = con.execute(
+        f"select (select count(*) from {scan}), (select count(*) from by_package), "
+        f"(select count(*) from (select {cols} from {scan} except all select {cols} from by_package)), "
+        f"(select count(*) from (select {cols} from by_package except all select {cols} from {scan}))").fetchone()
+    assert (n_scan, missing, extra) == (n_pkg, 0, 0), (name, n_scan, n_pkg, missing, extra)
+    checkpoints = [h["fleetflow.checkpoint"] for h in table.history() if "fleetflow.checkpoint" in h]
+    assert len(checkpoints) == len(set(checkpoints)), (name, "a checkpoint committed twice", checkpoints)
+    assert max(checkpoints, default=None) == table.transaction_version(job), (name, checkpoints)
+    out.append([name, n_scan])
+print(json.dumps(out))
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(lake).arg(job);
+    if let Some(e) = s3 {
+        cmd.env("FLEETFLOW_TEST_S3", e);
+    }
+    let out = cmd.output().expect("python3 with duckdb and deltalake");
+    assert!(
+        out.status.success(),
+        "Delta readers disagree on {lake}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The answer is the last line (a library may print before it).
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}
