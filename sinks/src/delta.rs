@@ -36,7 +36,7 @@ use fleetflow_types::time::Millis;
 use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use serde_json::{json, Map, Value};
@@ -277,11 +277,13 @@ impl DeltaTables {
         path: &str,
         rows: u64,
     ) -> object_store::Result<(i64, String)> {
-        let location = Path::from(path);
-        let meta = self.lake.head(&location).await?;
+        let (size, footer) = footer(&*self.lake, &Path::from(path)).await?;
         let mut min = Map::new();
         let mut max = Map::new();
-        if let Some(footer) = footer(&*self.lake, &location, meta.size).await? {
+        // The footer's row count is the file's; the record's is what the writer counted.
+        let mut rows = rows;
+        if let Some(footer) = footer {
+            rows = footer.file_metadata().num_rows() as u64;
             let schema = footer.file_metadata().schema_descr();
             for name in ["vehicle_id", time_column(d)] {
                 let Some(col) =
@@ -308,7 +310,7 @@ impl DeltaTables {
             }
         }
         let stats = json!({"numRecords": rows, "minValues": min, "maxValues": max});
-        Ok((meta.size as i64, stats.to_string()))
+        Ok((size as i64, stats.to_string()))
     }
 }
 
@@ -365,28 +367,37 @@ impl TableCommitter for DeltaTables {
     }
 }
 
-/// A Parquet file's footer (`None` if it cannot be read as one).
+/// A Parquet file's size and footer (`None` if it cannot be read as one). Most footers of
+/// the lake's files fit in the last 64 KiB: one request gives both.
 async fn footer(
     store: &dyn ObjectStore,
     location: &Path,
-    size: u64,
-) -> object_store::Result<Option<ParquetMetaData>> {
-    // Most footers of the lake's files fit in the last 64 KiB: one request.
-    let tail = size.min(64 * 1024);
-    let mut buf = store.get_range(location, size - tail..size).await?;
+) -> object_store::Result<(u64, Option<ParquetMetaData>)> {
+    let tail = store
+        .get_opts(
+            location,
+            GetOptions {
+                range: Some(GetRange::Suffix(64 * 1024)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let size = tail.meta.size;
+    let mut buf = tail.bytes().await?;
     if buf.len() < 8 || &buf[buf.len() - 4..] != b"PAR1" {
-        return Ok(None);
+        return Ok((size, None));
     }
     let n = buf.len();
     let len = u32::from_le_bytes(buf[n - 8..n - 4].try_into().expect("4 bytes")) as u64;
     if len + 8 > size {
-        return Ok(None);
+        return Ok((size, None));
     }
-    if len + 8 > tail {
+    if len + 8 > n as u64 {
         buf = store.get_range(location, size - 8 - len..size).await?;
     }
     let n = buf.len();
-    Ok(ParquetMetaDataReader::decode_metadata(&buf[n - 8 - len as usize..n - 8]).ok())
+    let meta = ParquetMetaDataReader::decode_metadata(&buf[n - 8 - len as usize..n - 8]).ok();
+    Ok((size, meta))
 }
 
 /// The partition columns of a partitioning, in path order.

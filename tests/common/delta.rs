@@ -4,7 +4,8 @@
 /// `deltalake` package, read the same rows from every table of `lake` (each directory with
 /// a `_delta_log`, in name order; `lake` a path or an
 /// `s3://` URL, with the S3 server's `host:port`), that no table has a checkpoint committed
-/// twice, and that each table's `txn` version for `job` is its newest checkpoint. Returns
+/// twice, that each table's `txn` version for `job` is its newest checkpoint, and that its
+/// files' statistics count its rows and bound `vehicle_id` and the time column. Returns
 /// each table's row count.
 pub fn assert_delta_readers_agree(s3: Option<&str>, lake: &str, job: &str) -> Vec<(String, i64)> {
     let script = r#"
@@ -39,6 +40,15 @@ for name in names:
         f"(select count(*) from (select {cols} from {scan} except all select {cols} from by_package)), "
         f"(select count(*) from (select {cols} from by_package except all select {cols} from {scan}))").fetchone()
     assert (n_scan, missing, extra) == (n_pkg, 0, 0), (name, n_scan, n_pkg, missing, extra)
+    # Per-file statistics: row counts that add up, and bounds of vehicle_id and the time
+    # column for every file, so readers can skip files.
+    import pyarrow as pa
+    adds = pa.table(table.get_add_actions(flatten=True))
+    assert sum(adds.column("num_records").to_pylist()) == n_scan, (name, "numRecords")
+    time = {"raw": "ts", "geofence_events": "ts", "dead_letter": "received_at"}.get(name, "window_start")
+    for col in (["vehicle_id"] if "vehicle_id" in rows.column_names else []) + [time]:
+        lo, hi = adds.column(f"min.{col}").to_pylist(), adds.column(f"max.{col}").to_pylist()
+        assert all(a is not None and b is not None and a <= b for a, b in zip(lo, hi)), (name, col, lo, hi)
     checkpoints = [h["fleetflow.checkpoint"] for h in table.history() if "fleetflow.checkpoint" in h]
     assert len(checkpoints) == len(set(checkpoints)), (name, "a checkpoint committed twice", checkpoints)
     assert max(checkpoints, default=None) == table.transaction_version(job), (name, checkpoints)
