@@ -23,6 +23,30 @@ fn partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
+/// The table's files per partition directory (what its newest version reads; files it
+/// removed can still be in the store for the vacuum grace period).
+fn table_partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for f in delta::table_files(lake, dataset) {
+        let (dir, _) = f.rsplit_once('/').unwrap();
+        let size = std::fs::metadata(lake.join(dataset).join(&f))
+            .unwrap()
+            .len();
+        out.entry(dir.to_string()).or_default().push(size);
+    }
+    out
+}
+
+/// Data files in the store under a dataset's directory, relative to it.
+fn stored_files(lake: &Path, dataset: &str) -> BTreeSet<String> {
+    let root = lake.join(dataset);
+    files_under(&root)
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("_delta_log")))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
+}
+
 /// The newest commit record.
 fn last_commit(lake: &Path) -> serde_json::Value {
     let log = files_under(&lake.join("_fleetflow/log"));
@@ -101,7 +125,21 @@ fn a_low_rate_run_leaves_few_files_per_closed_partition() {
     let mut closed = 0;
     let mut remaining = 0;
     for dataset in ["raw", "1m"] {
-        for (dir, sizes) in partitions(&slow, dataset) {
+        // The default vacuum grace period (an hour) keeps the files compaction removed in
+        // the store; the table no longer reads them.
+        let (stored, table) = (
+            stored_files(&slow, dataset),
+            delta::table_files(&slow, dataset),
+        );
+        assert!(
+            table.is_subset(&stored),
+            "{dataset}: the table's files exist"
+        );
+        assert!(
+            stored.len() > table.len(),
+            "{dataset}: removed files stay for the grace period"
+        );
+        for (dir, sizes) in table_partitions(&slow, dataset) {
             remaining += sizes.len() as u64;
             if hour_end(&dir) <= clock {
                 closed += 1;
@@ -172,7 +210,7 @@ listen = "127.0.0.1:0"
 }
 
 #[test]
-fn retention_deletes_exactly_the_expired_partitions() {
+fn retention_and_vacuum_delete_exactly_the_expired_partitions_and_replaced_files() {
     let dir = tempfile::tempdir().unwrap();
     // Five hours of data from 2025-01-31T23:40Z.
     let lines = generated_lines(50, 300, 5, 0.0, 0.0, 5);
@@ -195,9 +233,13 @@ listen = "127.0.0.1:0"
         )
     };
     std::fs::write(dir.path().join("all.toml"), spec("all", "")).unwrap();
+    // No vacuum grace: the store keeps exactly the table's files.
     std::fs::write(
         dir.path().join("kept.toml"),
-        spec("kept", r#"retention = { raw = "2h", "1m" = "90m" }"#),
+        spec(
+            "kept",
+            "retention = { raw = \"2h\", \"1m\" = \"90m\" }\nvacuum_grace = \"0s\"",
+        ),
     )
     .unwrap();
     fleetflow_ok(dir.path(), &["run", "all.toml"]);
@@ -232,6 +274,12 @@ listen = "127.0.0.1:0"
             .map(|r| r[0].as_str().unwrap().to_string())
             .collect();
         assert_eq!(listed, expected, "{dataset}: the Delta table");
+        // Vacuum deleted every file the table removed (expired or compacted), and no other.
+        assert_eq!(
+            stored_files(&kept, dataset),
+            delta::table_files(&kept, dataset),
+            "{dataset}: the store holds exactly the table's files"
+        );
         // The partitions kept hold all their rows.
         let first = expected.iter().next().unwrap().clone();
         let day = first
@@ -264,4 +312,138 @@ listen = "127.0.0.1:0"
         partitions(&all, "1h").into_keys().collect::<Vec<_>>(),
         partitions(&kept, "1h").into_keys().collect::<Vec<_>>()
     );
+}
+
+/// Samples tables `raw` and `1m` of the lake at `argv[1]` with the `deltalake` package until
+/// the file `argv[2]` exists, then once more: in every snapshot each row is there once,
+/// and each snapshot holds every row of the one before. Prints the versions it read.
+const SAMPLER: &str = r#"
+import deltalake, json, os, sys, time
+lake, done = sys.argv[1], sys.argv[2]
+keys = {"raw": "ts", "1m": "window_start"}
+seen = {t: set() for t in keys}
+versions = {t: [] for t in keys}
+last = False
+while True:
+    finished = os.path.exists(done)
+    for table, time_col in keys.items():
+        if not os.path.isdir(f"{lake}/{table}/_delta_log"):
+            continue
+        t = deltalake.DeltaTable(f"{lake}/{table}")
+        rows = t.to_pyarrow_table(columns=["vehicle_id", time_col])
+        now = set(zip(rows.column(0).to_pylist(), rows.column(1).to_pylist()))
+        assert len(now) == rows.num_rows, (table, t.version(), "a row twice", rows.num_rows - len(now))
+        lost = seen[table] - now
+        assert not lost, (table, t.version(), "rows lost", len(lost))
+        seen[table] = now
+        versions[table].append(t.version())
+    if finished:
+        break
+    time.sleep(0.02)
+print(json.dumps({t: {"versions": v, "rows": len(seen[t])} for t, v in versions.items()}), flush=True)
+# Past the interpreter's teardown, which can abort with the package's threads running.
+os._exit(0)
+"#;
+
+/// The versions of a table's log whose commit removed files, and whether one was a
+/// vacuum.
+fn removals(lake: &Path, dataset: &str) -> (Vec<u64>, bool) {
+    let (mut removing, mut vacuumed) = (Vec::new(), false);
+    for f in files_under(&lake.join(dataset).join("_delta_log")) {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(version) = name
+            .strip_suffix(".json")
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&f).unwrap();
+        if text.lines().any(|l| l.starts_with(r#"{"remove""#)) {
+            removing.push(version);
+        }
+        vacuumed |= text.contains("VACUUM END");
+    }
+    removing.sort();
+    (removing, vacuumed)
+}
+
+#[test]
+fn snapshots_read_while_the_job_compacts_and_vacuums_show_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // 43,200 events of six hours over about 11 s in small files, compacted as each hour's
+    // partition closes; removed files are vacuumed 2 s after their commit, while the
+    // readers sample.
+    let spec = generator_spec(
+        "file://sampled",
+        4_000,
+        "max_file_age = \"150ms\"\nvacuum_grace = \"2s\"",
+    )
+    .replace(
+        "interval = \"2s\"\nduration = \"70m\"",
+        "interval = \"10s\"\nduration = \"6h\"",
+    );
+    assert!(spec.contains("6h"));
+    std::fs::write(dir.path().join("sampled.toml"), spec).unwrap();
+    let lake = dir.path().join("sampled");
+    let done = dir.path().join("done");
+    let sampler = std::process::Command::new("python3")
+        .args(["-c", SAMPLER])
+        .arg(&lake)
+        .arg(&done)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with deltalake");
+    let job = command(dir.path(), "sampled.toml", &[]).output().unwrap();
+    // The sampler stops after one more sample, also when the job failed.
+    std::fs::write(&done, "").unwrap();
+    let out = sampler.wait_with_output().unwrap();
+    assert!(
+        job.status.success(),
+        "{}",
+        String::from_utf8_lossy(&job.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "a snapshot showed a row twice or lost one: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    for dataset in ["raw", "1m"] {
+        let sampled: Vec<u64> = report[dataset]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let (removing, vacuumed) = removals(&lake, dataset);
+        // Compactions happened while the readers sampled, between two versions they read.
+        let (first, last) = (sampled[0], *sampled.last().unwrap());
+        assert!(
+            removing
+                .iter()
+                .filter(|v| first < **v && **v <= last)
+                .count()
+                >= 2,
+            "{dataset}: compactions {removing:?} within the sampled versions {first}..={last}"
+        );
+        assert!(vacuumed, "{dataset}: a vacuum ran during the job");
+        let distinct: BTreeSet<u64> = sampled.iter().copied().collect();
+        assert!(
+            distinct.len() >= 5,
+            "{dataset}: sampled versions {distinct:?}"
+        );
+        // The last snapshot is the table's rows.
+        let total = duckdb(&format!(
+            "select count(*) from {}",
+            lake_glob(&lake, dataset)
+        ));
+        assert_eq!(
+            report[dataset]["rows"].as_u64(),
+            total[0][0].as_u64(),
+            "{dataset}"
+        );
+    }
+    assert!(report["raw"]["rows"].as_u64().unwrap() > 40_000, "{report}");
 }

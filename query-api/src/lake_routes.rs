@@ -11,8 +11,7 @@ use crate::ApiState;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use fleetflow_sinks::catalogue::{Catalogue, DatasetKind, Partitioning};
-use fleetflow_sinks::lake::Lake;
-use fleetflow_sinks::read::{read, Dataset, Query};
+use fleetflow_sinks::read::{read, Dataset, Query, Snapshots};
 use fleetflow_types::time::{day_of, parse_date, Millis, DAY_MS};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -39,15 +38,15 @@ pub struct TierInfo {
 /// The job's lake, as the API reads it.
 #[derive(Debug, Clone)]
 pub struct LakeAccess {
-    /// The opened lake.
-    pub lake: Lake,
+    /// The lake's tables, read through their logs.
+    pub tables: std::sync::Arc<Snapshots>,
     /// Its tiers, finest first.
     pub tiers: Vec<TierInfo>,
 }
 
 impl LakeAccess {
     /// Access to `lake`'s history datasets: `raw` (when kept) and the window tiers.
-    pub fn new(lake: Lake, catalogue: &Catalogue) -> Self {
+    pub fn new(tables: Snapshots, catalogue: &Catalogue) -> Self {
         let mut tiers: Vec<TierInfo> = catalogue
             .iter()
             .filter_map(|d| match &d.kind {
@@ -65,7 +64,10 @@ impl LakeAccess {
             })
             .collect();
         tiers.sort_by_key(|t| t.size_ms.unwrap_or(0));
-        LakeAccess { lake, tiers }
+        LakeAccess {
+            tables: std::sync::Arc::new(tables),
+            tiers,
+        }
     }
 
     fn dataset(t: &TierInfo) -> Dataset {
@@ -178,7 +180,7 @@ pub(crate) async fn history(
         to,
         limit: HISTORY_MAX_ROWS as usize,
     };
-    let rows = read(&lake.lake, &LakeAccess::dataset(chosen), &q)
+    let rows = read(&lake.tables, &LakeAccess::dataset(chosen), &q)
         .await
         .map_err(|e| ApiError::Unavailable(format!("reading the lake: {e}")))?;
     let items = rows
@@ -319,7 +321,7 @@ pub(crate) async fn fuel_efficiency(
             to: day + 1,
             limit: usize::MAX - 1,
         };
-        let rows = read(&lake.lake, &LakeAccess::dataset(tier), &q)
+        let rows = read(&lake.tables, &LakeAccess::dataset(tier), &q)
             .await
             .map_err(|e| ApiError::Unavailable(format!("reading the lake: {e}")))?;
         let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);

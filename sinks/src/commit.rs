@@ -507,21 +507,16 @@ impl Coordinator {
             let store = self.lake.store.clone();
             let files = self
                 .rt()
-                .block_on(list(&*store, name))
+                .block_on(self.tables.files(&*store, name, name))
                 .map_err(|e| store_err(name, e))?;
             let before = out.len();
-            out.extend(
-                files
-                    .into_iter()
-                    .map(|m| m.location.to_string())
-                    .filter(|path| {
-                        self.key_of(name, path)
-                            .and_then(|k| d.partitioning.closes_at(k))
-                            .is_some_and(|e| e <= *cut)
-                    }),
-            );
+            out.extend(files.into_iter().map(|(path, _)| path).filter(|path| {
+                self.key_of(name, path)
+                    .and_then(|k| d.partitioning.closes_at(k))
+                    .is_some_and(|e| e <= *cut)
+            }));
             if out.len() > before {
-                tracing::info!(dataset = %name, files = out.len() - before, "retention: deleting expired partitions");
+                tracing::info!(dataset = %name, files = out.len() - before, "retention: removing expired partitions");
             }
         }
         Ok(out)
@@ -546,17 +541,16 @@ impl Coordinator {
                 done.push((name.clone(), key));
                 let dir = format!("{name}/{}", d.partitioning.dir(key));
                 let store = self.lake.store.clone();
+                // The table's files, not the store's: a file compacted away earlier can
+                // still be in the store (the vacuum grace period).
                 let files = self
                     .rt()
-                    .block_on(list(&*store, &dir))
+                    .block_on(self.tables.files(&*store, name, &dir))
                     .map_err(|e| store_err(&dir, e))?;
                 // Small files, merged in groups that stay within the target size.
                 let mut small: Vec<(String, u64)> = files
-                    .iter()
-                    .filter(|m| {
-                        m.size < self.target_bytes / 2 && m.location.extension() == Some("parquet")
-                    })
-                    .map(|m| (m.location.to_string(), m.size))
+                    .into_iter()
+                    .filter(|(_, size)| *size < self.target_bytes / 2)
                     .collect();
                 small.sort();
                 let mut groups: Vec<Vec<String>> = Vec::new();

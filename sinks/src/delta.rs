@@ -15,8 +15,16 @@
 //! - A commit is one conditional put of the next log entry (`PutMode::Create`: an atomic
 //!   create on a directory, `If-None-Match` on S3), so no lock service is needed.
 //! - Every [`CHECKPOINT_INTERVAL`] commits a table gets a Delta checkpoint.
-//! - Files a commit removes are deleted once every table has committed (no grace period
-//!   yet: a query running across the commit can miss a removed file).
+//! - Files a commit removes stay in the store for the vacuum grace period (`[lake]
+//!   vacuum_grace`), so a query that planned on an older version still finds them; then
+//!   a `VACUUM` (the `deltalake` crate's, lite mode: the table's expired `remove`
+//!   tombstones) deletes them: at the process's first commit (what earlier runs removed),
+//!   then once a removal this process committed has outlived the grace period, before and
+//!   after committing (tombstones outlive the grace period in the log's checkpoints by
+//!   as much again, so none is dropped before its file is vacuumed). A file
+//!   published and removed by one commit never reaches a table and is deleted at once.
+//! - Compaction and retention choose among a table's active files ([`TableCommitter::files`]),
+//!   never the store's listing, which also holds removed files until they are vacuumed.
 
 use crate::catalogue::{Catalogue, Dataset, DatasetKind, Partitioning};
 use crate::commit::{delete_if_exists, Commit};
@@ -40,8 +48,9 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 use url::Url;
 
 /// Commits between two Delta checkpoints of a table (a checkpoint is a Parquet file of the
@@ -60,6 +69,11 @@ pub struct DeltaTables {
     /// `appId` of the `txn` actions: the job's name.
     app_id: String,
     tables: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
+    /// How long a removed file stays in the store.
+    grace: std::time::Duration,
+    /// Per table, when this process committed removals not yet vacuumed (oldest first);
+    /// a table missing here was not vacuumed by this process yet.
+    removed: std::sync::Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 /// Why a Delta table could not be opened or committed to.
@@ -103,10 +117,18 @@ impl DeltaTables {
             datasets,
             app_id: app_id.to_string(),
             tables: Default::default(),
+            grace: std::time::Duration::from_secs(3600),
+            removed: Default::default(),
         })
     }
 
-    fn log_store(&self, d: &Dataset) -> Result<LogStoreRef, DeltaError> {
+    /// Keeps removed files for `grace` before vacuuming them (default one hour).
+    pub fn with_vacuum_grace(mut self, grace: std::time::Duration) -> DeltaTables {
+        self.grace = grace;
+        self
+    }
+
+    pub(crate) fn log_store(&self, d: &Dataset) -> Result<LogStoreRef, DeltaError> {
         let url = self
             .url
             .join(&format!("{}/", d.name))
@@ -153,6 +175,16 @@ impl DeltaTables {
                 TableProperty::CheckpointInterval,
                 Some(CHECKPOINT_INTERVAL.to_string()),
             )
+            // A checkpoint drops the `remove` tombstones older than this, and a vacuum
+            // finds files only by their tombstones: they outlive the grace period by as
+            // much again (a minute at least). Other engines' VACUUM keeps files as long.
+            .with_configuration_property(
+                TableProperty::DeletedFileRetentionDuration,
+                Some(format!(
+                    "interval {} seconds",
+                    self.grace.as_secs() + self.grace.as_secs().max(60)
+                )),
+            )
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(err)
@@ -173,13 +205,15 @@ impl DeltaTables {
 
     /// Commits `commit`'s files of dataset `d` (`adds`: paths relative to the lake, with
     /// rows; `removes`: paths relative to the lake) unless the table has that checkpoint.
+    /// Returns the removed files that never were in the table (published and removed by
+    /// this commit), which no vacuum would delete.
     async fn commit_table(
         &self,
         d: &Dataset,
         commit: &Commit,
         adds: &[(String, u64)],
         removes: &[String],
-    ) -> Result<(), DeltaError> {
+    ) -> Result<Vec<String>, DeltaError> {
         let err = |error| DeltaError::Table {
             table: d.name.clone(),
             error,
@@ -192,18 +226,24 @@ impl DeltaTables {
             .transaction_version(log_store.as_ref(), &self.app_id)
             .await
             .map_err(err)?;
-        if done.is_some_and(|v| v >= commit.seq as i64) {
-            return Ok(());
-        }
-        // The record's lists are what to publish and delete, not changes of the table: a
-        // file can be listed for publishing again after it was published, and one file
-        // both published and deleted (merged away, or expired) by the same commit. The
-        // table gets what changes its files.
         let active: HashSet<String> = state
             .log_data()
             .into_iter()
             .map(|f| f.object_store_path().to_string())
             .collect();
+        let added: HashSet<&str> = adds.iter().map(|(p, _)| relative(d, p)).collect();
+        let never_added: Vec<String> = removes
+            .iter()
+            .filter(|p| added.contains(relative(d, p)) && !active.contains(relative(d, p)))
+            .cloned()
+            .collect();
+        if done.is_some_and(|v| v >= commit.seq as i64) {
+            return Ok(never_added);
+        }
+        // The record's lists are what to publish and delete, not changes of the table: a
+        // file can be listed for publishing again after it was published, and one file
+        // both published and deleted (merged away, or expired) by the same commit. The
+        // table gets what changes its files.
         let deleted: HashSet<&str> = removes.iter().map(|p| relative(d, p)).collect();
         let adds = adds.iter().filter(|(p, _)| {
             let rel = relative(d, p);
@@ -227,7 +267,9 @@ impl DeltaTables {
                 ..Default::default()
             }));
         }
+        let mut removed_any = false;
         for path in removes {
+            removed_any = true;
             actions.push(Action::Remove(Remove {
                 path: relative(d, path).to_string(),
                 data_change: true,
@@ -265,8 +307,99 @@ impl DeltaTables {
             .build(Some(state), log_store, operation)
             .await
             .map_err(err)?;
+        if removed_any {
+            let mut removed = self.removed.lock().expect("not poisoned");
+            if let Some(pending) = removed.get_mut(&d.name) {
+                pending.push_back(Instant::now());
+            }
+        }
         table.update_incremental(None).await.map_err(err)?;
-        Ok(())
+        Ok(never_added)
+    }
+
+    /// The files of dataset `name` under `prefix` in its table's newest version, read from
+    /// the table's log now (a reader's view: tables are never created here); none while
+    /// the table has no log.
+    pub(crate) async fn newest_files(
+        &self,
+        name: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, DeltaError> {
+        let Some(d) = self.datasets.get(name) else {
+            return Ok(Vec::new());
+        };
+        let err = |error| DeltaError::Table {
+            table: name.to_string(),
+            error,
+        };
+        let mut tables = self.tables.lock().await;
+        let table = match tables.entry(name.to_string()) {
+            std::collections::hash_map::Entry::Occupied(t) => {
+                let t = t.into_mut();
+                t.update_incremental(None).await.map_err(err)?;
+                t
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let log_store = self.log_store(d)?;
+                if !log_store.is_delta_table_location().await.map_err(err)? {
+                    return Ok(Vec::new());
+                }
+                let mut t = DeltaTable::new(log_store);
+                t.load().await.map_err(err)?;
+                slot.insert(t)
+            }
+        };
+        Ok(active_files(table.snapshot().map_err(err)?, name, prefix))
+    }
+
+    /// Vacuums the tables that are due (see the module docs): deletes the files whose
+    /// `remove` is older than the grace period. A table is due at this process's first
+    /// commit (files a previous run removed) and when a removal this process committed has
+    /// outlived the grace period. A failure is logged, not returned: the files stay
+    /// removed from the tables and a later vacuum deletes them.
+    async fn vacuum(&self) {
+        // No grace: files removed up to now, this commit's included, go at once.
+        let retention = match self.grace.is_zero() {
+            true => chrono::Duration::milliseconds(-1),
+            false => chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX),
+        };
+        let mut tables = self.tables.lock().await;
+        for (name, table) in tables.iter_mut() {
+            let due = {
+                let removed = self.removed.lock().expect("not poisoned");
+                removed
+                    .get(name)
+                    .is_none_or(|r| r.front().is_some_and(|t| t.elapsed() >= self.grace))
+            };
+            if !due {
+                continue;
+            }
+            let started = Instant::now();
+            match table
+                .clone()
+                .vacuum()
+                .with_retention_period(retention)
+                .with_enforce_retention_duration(false)
+                .await
+            {
+                Ok((t, m)) => {
+                    *table = t;
+                    if !m.files_deleted.is_empty() {
+                        tracing::info!(table = %name, files = m.files_deleted.len(), ms = started.elapsed().as_millis() as u64, "vacuumed removed files");
+                    }
+                    // Removals older than the grace period at the start are vacuumed.
+                    let mut removed = self.removed.lock().expect("not poisoned");
+                    let pending = removed.entry(name.clone()).or_default();
+                    while pending
+                        .front()
+                        .is_some_and(|t| started.duration_since(*t) >= self.grace)
+                    {
+                        pending.pop_front();
+                    }
+                }
+                Err(e) => tracing::warn!(table = %name, error = %e, "vacuum failed; retried later"),
+            }
+        }
     }
 
     /// A file's size and its Delta statistics (row count; minimum and maximum of
@@ -327,6 +460,9 @@ impl TableCommitter for DeltaTables {
                 source: Box::new(e),
             };
             self.open_all().await.map_err(delta_err)?;
+            // Before committing too: a commit can write a Delta checkpoint, which drops
+            // tombstones past the table's retention (after a long stop, for instance).
+            self.vacuum().await;
             publish(store, commit, metrics).await?;
             let mut adds: BTreeMap<&str, Vec<(String, u64)>> = BTreeMap::new();
             for p in &commit.publish {
@@ -344,27 +480,78 @@ impl TableCommitter for DeltaTables {
                         .push(path.clone());
                 }
             }
+            let mut never_added = Vec::new();
             for d in self.datasets.iter() {
                 let (a, r) = (adds.get(d.name.as_str()), removes.get(d.name.as_str()));
                 if a.is_none() && r.is_none() {
                     continue;
                 }
-                self.commit_table(
-                    d,
-                    commit,
-                    a.map(Vec::as_slice).unwrap_or_default(),
-                    r.map(Vec::as_slice).unwrap_or_default(),
-                )
-                .await
-                .map_err(delta_err)?;
+                let gone = self
+                    .commit_table(
+                        d,
+                        commit,
+                        a.map(Vec::as_slice).unwrap_or_default(),
+                        r.map(Vec::as_slice).unwrap_or_default(),
+                    )
+                    .await
+                    .map_err(delta_err)?;
+                never_added.extend(gone);
                 fleetflow_runtime::checkpoint::failpoint("delta_commit");
             }
-            for path in &commit.delete {
-                delete_if_exists(store, path).await?;
+            for path in never_added {
+                delete_if_exists(store, &path).await?;
             }
+            self.vacuum().await;
             Ok(())
         })
     }
+
+    fn files<'a>(
+        &'a self,
+        _store: &'a dyn ObjectStore,
+        dataset: &'a str,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, object_store::Result<Vec<(String, u64)>>> {
+        Box::pin(async move {
+            let delta_err = |e: DeltaError| object_store::Error::Generic {
+                store: "delta",
+                source: Box::new(e),
+            };
+            self.open_all().await.map_err(delta_err)?;
+            let tables = self.tables.lock().await;
+            let Some(table) = tables.get(dataset) else {
+                return Ok(Vec::new());
+            };
+            let state = table.snapshot().map_err(|error| {
+                delta_err(DeltaError::Table {
+                    table: dataset.to_string(),
+                    error,
+                })
+            })?;
+            Ok(active_files(state, dataset, prefix))
+        })
+    }
+}
+
+/// The active files of table `dataset` (at `state`) under `prefix` (relative to the
+/// lake), as paths relative to the lake with their sizes.
+pub(crate) fn active_files(
+    state: &deltalake_core::table::state::DeltaTableState,
+    dataset: &str,
+    prefix: &str,
+) -> Vec<(String, u64)> {
+    let dir = format!("{}/", prefix.trim_end_matches('/'));
+    state
+        .log_data()
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{dataset}/{}", f.object_store_path()),
+                f.size().max(0) as u64,
+            )
+        })
+        .filter(|(p, _)| p.starts_with(&dir))
+        .collect()
 }
 
 /// A Parquet file's size and footer (`None` if it cannot be read as one). Most footers of

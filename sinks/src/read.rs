@@ -1,19 +1,22 @@
 //! Reading a vehicle's rows back from the lake, for the query API's history and past-day
 //! answers.
 //!
-//! Only the partitions that overlap the time range are listed. Inside a file, the
+//! A question reads one snapshot of each table: [`Snapshots`] reads the table's newest
+//! version from its Delta log and only that version's files of the partitions that
+//! overlap the time range are read (a file that compaction or retention removed, and that
+//! stays in the store for the vacuum grace period, is not). Inside a file, the
 //! `vehicle_id` column is decoded first and the other columns only for the rows that
 //! match (a Parquet row filter), and row groups whose `vehicle_id` statistics exclude the
-//! vehicle are skipped. A file deleted by compaction between listing and reading is
-//! retried with a fresh listing: a reader sees every committed row exactly once.
+//! vehicle are skipped. A file vacuumed between the snapshot and the read is retried with
+//! a newer snapshot: a reader sees every committed row exactly once.
 
-use crate::catalogue::Partitioning;
+use crate::catalogue::{Catalogue, Partitioning};
+use crate::delta::{DeltaError, DeltaTables};
 use crate::lake::{Lake, LakeError};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use fleetflow_types::time::Millis;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
@@ -23,6 +26,50 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::statistics::Statistics;
 use serde_json::{Map, Value};
 use std::sync::Arc;
+
+/// The lake's tables as readers see them (see the module docs).
+pub struct Snapshots {
+    lake: Lake,
+    tables: DeltaTables,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots")
+            .field("lake", &self.lake.url)
+            .finish()
+    }
+}
+
+impl Snapshots {
+    /// Reads the tables of `datasets` in `lake`.
+    pub fn new(lake: &Lake, datasets: Catalogue) -> Result<Snapshots, DeltaError> {
+        Ok(Snapshots {
+            lake: lake.clone(),
+            tables: DeltaTables::new(lake, datasets, "reader")?,
+        })
+    }
+
+    /// The lake.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The files of `dataset` under `prefix` in its table's newest version.
+    async fn files(
+        &self,
+        dataset: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, object_store::Error> {
+        self.tables
+            .newest_files(dataset, prefix)
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "delta",
+                source: Box::new(e),
+            })
+    }
+}
 
 /// One dataset of the lake and how to find a vehicle's rows in it.
 #[derive(Debug, Clone)]
@@ -77,15 +124,19 @@ fn partitions(p: Partitioning, from: Millis, to: Millis) -> Vec<String> {
     out
 }
 
-/// Reads `q` from dataset `d` of `lake`.
-pub async fn read(lake: &Lake, d: &Dataset, q: &Query) -> Result<Rows, LakeError> {
+/// Reads `q` from dataset `d` of the lake `tables` read.
+pub async fn read(tables: &Snapshots, d: &Dataset, q: &Query) -> Result<Rows, LakeError> {
     let mut out = Rows::default();
     for dir in partitions(d.partitioning, q.from, q.to) {
-        let prefix = Path::from(format!("{}/{dir}", d.name));
-        // A file compacted away after the listing: list again (a few times at most).
+        let prefix = format!("{}/{dir}", d.name);
+        // A file vacuumed after the snapshot: read a newer one (a few times at most).
         let mut attempt = 0;
         let rows = loop {
-            match read_partition(&lake.store, &prefix, d.time_column, q).await {
+            let files = tables
+                .files(&d.name, &prefix)
+                .await
+                .map_err(LakeError::Store)?;
+            match read_partition(&tables.lake.store, files, d.time_column, q).await {
                 Err(object_store::Error::NotFound { .. }) if attempt < 3 => attempt += 1,
                 other => break other,
             }
@@ -107,19 +158,15 @@ pub async fn read(lake: &Lake, d: &Dataset, q: &Query) -> Result<Rows, LakeError
 
 async fn read_partition(
     store: &Arc<dyn ObjectStore>,
-    prefix: &Path,
+    mut files: Vec<(String, u64)>,
     time_column: &'static str,
     q: &Query,
 ) -> Result<Vec<Map<String, Value>>, object_store::Error> {
-    let files: Vec<_> = store
-        .list(Some(prefix))
-        .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".parquet")))
-        .try_collect()
-        .await?;
+    files.sort();
     let mut out = Vec::new();
-    for meta in files {
+    for (path, _) in files {
         // Files of a partition are compacted to a bounded size: read whole, decode here.
-        let bytes = store.get(&meta.location).await?.bytes().await?;
+        let bytes = store.get(&Path::from(path)).await?.bytes().await?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
         let schema = builder.parquet_schema();
         let column =

@@ -27,6 +27,17 @@ pub trait TableCommitter: Send + Sync {
         commit: &'a Commit,
         metrics: Option<&'a Metrics>,
     ) -> BoxFuture<'a, object_store::Result<()>>;
+
+    /// The files of `dataset` under `prefix` (a path relative to the lake, starting with
+    /// the dataset's name) that its readers see now, with their sizes in bytes: what
+    /// compaction merges and retention expires. A file a commit removed can stay in the
+    /// store for a while (a table format's vacuum grace period); it is not listed.
+    fn files<'a>(
+        &'a self,
+        store: &'a dyn ObjectStore,
+        dataset: &'a str,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, object_store::Result<Vec<(String, u64)>>>;
 }
 
 /// Datasets as Hive-partitioned directories of Parquet files: a file is published by
@@ -47,6 +58,22 @@ impl TableCommitter for HiveDirectories {
                 delete_if_exists(store, d).await?;
             }
             Ok(())
+        })
+    }
+
+    fn files<'a>(
+        &'a self,
+        store: &'a dyn ObjectStore,
+        _dataset: &'a str,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, object_store::Result<Vec<(String, u64)>>> {
+        Box::pin(async move {
+            Ok(crate::commit::list(store, prefix)
+                .await?
+                .into_iter()
+                .filter(|m| m.location.extension() == Some("parquet"))
+                .map(|m| (m.location.to_string(), m.size))
+                .collect())
         })
     }
 }

@@ -22,6 +22,7 @@ use fleetflow_sinks::catalogue::Catalogue;
 use fleetflow_sinks::commit::{Commit, Coordinator, Recovered};
 use fleetflow_sinks::delta::DeltaTables;
 use fleetflow_sinks::lake::{Lake, LakeError, Uploader};
+use fleetflow_sinks::read::Snapshots;
 use fleetflow_sinks::sink::SinkConfig;
 use fleetflow_sinks::writer::RollPolicy;
 use fleetflow_types::config::JobSpec;
@@ -106,7 +107,10 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
     let catalogue = Catalogue::for_lake(&spec.lake);
     let tables = Arc::new(
         DeltaTables::new(&lake, catalogue.clone(), &spec.name)
-            .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?,
+            .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?
+            .with_vacuum_grace(std::time::Duration::from_millis(
+                spec.lake.vacuum_grace.millis().max(0) as u64,
+            )),
     );
     let recovered = services::recover_lake(
         (&lake, &*tables),
@@ -203,7 +207,10 @@ pub(super) fn start_services(
             ..StreamConfig::default()
         },
     )
-    .with_lake(LakeAccess::new(job.lake.clone(), &job.catalogue));
+    .with_lake(LakeAccess::new(
+        Snapshots::new(&job.lake, job.catalogue.clone()).context("reading the lake's tables")?,
+        &job.catalogue,
+    ));
     let api_task = services::start_api(&job.runtime, spec, opts, state, api_stop.clone())?;
     let done = Arc::new(AtomicBool::new(false));
     let progress_thread = opts

@@ -70,3 +70,31 @@ print(json.dumps(out))
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
 }
+
+/// The data files of table `dataset` of the lake at `lake` in its newest version, as read
+/// by the `deltalake` package, relative to the table's directory.
+pub fn table_files(lake: &std::path::Path, dataset: &str) -> std::collections::BTreeSet<String> {
+    let script = r#"
+import deltalake, json, os, sys, urllib.parse
+root = os.path.realpath(sys.argv[1])
+def local(u):
+    u = urllib.parse.unquote(u)
+    return os.path.relpath(os.path.realpath(u[len("file://"):] if u.startswith("file://") else u), root)
+print(json.dumps([local(u) for u in deltalake.DeltaTable(root).file_uris()]))
+"#;
+    let table = lake.join(dataset);
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&table)
+        .output()
+        .expect("python3 with deltalake");
+    assert!(
+        out.status.success(),
+        "reading {}: {}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}

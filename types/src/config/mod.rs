@@ -170,6 +170,14 @@ pub struct LakeSpec {
     /// How often the job takes an exactly-once checkpoint (processing time).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: HumanDuration,
+    /// How long a file that a commit removed (compacted or expired) stays in the store for
+    /// queries that planned on an older table version, before it is vacuumed.
+    #[serde(default = "default_vacuum_grace")]
+    pub vacuum_grace: HumanDuration,
+}
+
+fn default_vacuum_grace() -> HumanDuration {
+    HumanDuration::from_millis(3_600_000)
 }
 
 fn default_checkpoint_interval() -> HumanDuration {
