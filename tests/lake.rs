@@ -37,16 +37,6 @@ fn table_partitions(lake: &Path, dataset: &str) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
-/// Data files in the store under a dataset's directory, relative to it.
-fn stored_files(lake: &Path, dataset: &str) -> BTreeSet<String> {
-    let root = lake.join(dataset);
-    files_under(&root)
-        .into_iter()
-        .filter(|f| !f.starts_with(root.join("_delta_log")))
-        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
-        .collect()
-}
-
 /// The newest commit record.
 fn last_commit(lake: &Path) -> serde_json::Value {
     let log = files_under(&lake.join("_fleetflow/log"));
@@ -128,7 +118,7 @@ fn a_low_rate_run_leaves_few_files_per_closed_partition() {
         // The default vacuum grace period (an hour) keeps the files compaction removed in
         // the store; the table no longer reads them.
         let (stored, table) = (
-            stored_files(&slow, dataset),
+            delta::stored_files(&slow, dataset),
             delta::table_files(&slow, dataset),
         );
         assert!(
@@ -276,7 +266,7 @@ listen = "127.0.0.1:0"
         assert_eq!(listed, expected, "{dataset}: the Delta table");
         // Vacuum deleted every file the table removed (expired or compacted), and no other.
         assert_eq!(
-            stored_files(&kept, dataset),
+            delta::stored_files(&kept, dataset),
             delta::table_files(&kept, dataset),
             "{dataset}: the store holds exactly the table's files"
         );

@@ -568,6 +568,7 @@ impl Coordinator {
                     let rows = merge_files(&self.uploader, &group, staged.clone(), name)
                         .map_err(|e| store_err(&dir, e))?;
                     self.uploader.finish()?;
+                    failpoint("compact");
                     tracing::debug!(partition = %dir, files = group.len(), rows, "compacted");
                     publish.push(Pending {
                         to: staged

@@ -385,6 +385,7 @@ impl DeltaTables {
                 Ok((t, m)) => {
                     *table = t;
                     if !m.files_deleted.is_empty() {
+                        fleetflow_runtime::checkpoint::failpoint("vacuum");
                         tracing::info!(table = %name, files = m.files_deleted.len(), ms = started.elapsed().as_millis() as u64, "vacuumed removed files");
                     }
                     // Removals older than the grace period at the start are vacuumed.

@@ -98,3 +98,13 @@ print(json.dumps([local(u) for u in deltalake.DeltaTable(root).file_uris()]))
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
 }
+
+/// Data files in the store under a dataset's directory of a local lake, relative to it.
+pub fn stored_files(lake: &std::path::Path, dataset: &str) -> std::collections::BTreeSet<String> {
+    let root = lake.join(dataset);
+    super::files_under(&root)
+        .into_iter()
+        .filter(|f| !f.starts_with(root.join("_delta_log")))
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
+}

@@ -523,14 +523,16 @@ pub fn run_with_crashes(dir: &Path, job: &str, env: &[(&'static str, String)], s
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     // Aborts inside the protocol: while a sink stages its files, before and after the
     // commit record is written, between publishing two files, between the Delta commits of
-    // two tables.
+    // two tables, between a compaction's merged files, after a vacuum deleted files.
     let failpoints = [
         "sink-cut:3",
         "commit-before:2",
         "delta_commit:2",
+        "compact:1",
         "commit-after:2",
         "publish:2",
         "delta_commit:7",
+        "vacuum:2",
         "sink-cut:9",
         "commit-after:4",
     ];
