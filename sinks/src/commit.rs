@@ -430,7 +430,11 @@ impl Coordinator {
         let (cc, tables) = (c.clone(), self.tables.clone());
         self.rt()
             .block_on(async move {
+                let started = std::time::Instant::now();
                 tables.apply(&*store, &cc, Some(&metrics)).await?;
+                metrics
+                    .commit_latency
+                    .record(started.elapsed().as_millis() as u64, 1);
                 for g in garbage {
                     delete_if_exists(&*store, &g).await?;
                 }

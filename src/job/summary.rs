@@ -40,6 +40,8 @@ pub struct Summary {
     pub latency_p99_ms: Option<u64>,
     /// Kafka message timestamp -> read, p50 and p99 (ms), when the source is Kafka.
     pub delivery_ms: Option<(u64, u64)>,
+    /// Checkpoint record written -> tables committed, p50 and p99 (ms).
+    pub commit_ms: Option<(u64, u64)>,
     /// The last committed checkpoint: its sequence number and job clock.
     pub checkpoint: Option<(u64, Option<i64>)>,
 }
@@ -111,6 +113,12 @@ impl std::fmt::Display for Summary {
                 "latency     p50 {p50} ms, p99 {p99} ms (read -> visible in the API)"
             )?;
         }
+        if let Some((p50, p99)) = self.commit_ms {
+            writeln!(
+                f,
+                "commits     p50 {p50} ms, p99 {p99} ms (record written -> tables committed)"
+            )?;
+        }
         if let Some((seq, w)) = self.checkpoint {
             writeln!(
                 f,
@@ -159,6 +167,10 @@ impl Summary {
             clock: metrics.clock(),
             latency_p50_ms: metrics.visibility_latency.quantile(0.5),
             latency_p99_ms: metrics.visibility_latency.quantile(0.99),
+            commit_ms: metrics
+                .commit_latency
+                .quantile(0.5)
+                .zip(metrics.commit_latency.quantile(0.99)),
             delivery_ms: metrics
                 .delivery_latency
                 .quantile(0.5)

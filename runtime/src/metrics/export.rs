@@ -230,6 +230,11 @@ impl Metrics {
                 &self.visibility_latency,
             ),
             latency(
+                "fleetflow_commit_seconds",
+                "Time to make a checkpoint's commit visible in the lake's tables after its record is written.",
+                &self.commit_latency,
+            ),
+            latency(
                 "fleetflow_delivery_latency_seconds",
                 "Time from a Kafka message's timestamp to the source reading it.",
                 &self.delivery_latency,

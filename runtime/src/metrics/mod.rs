@@ -79,6 +79,9 @@ pub struct Metrics {
     /// `LogAppendTime`) to the source reading it, ms: the delivery part of end-to-end
     /// latency, before `visibility_latency`.
     pub delivery_latency: LatencyHistogram,
+    /// Time to make a checkpoint's commit visible in the lake's tables once its record is
+    /// written (publishing its files, the table commits, vacuum), ms.
+    pub commit_latency: LatencyHistogram,
     /// Per input (file, generator partition, Kafka partition), by global input id.
     pub inputs: Vec<InputMetrics>,
 }
@@ -129,6 +132,7 @@ impl Metrics {
             bytes_written: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
             visibility_latency: LatencyHistogram::default(),
+            commit_latency: LatencyHistogram::default(),
             delivery_latency: LatencyHistogram::default(),
             inputs: Vec::new(),
         }
