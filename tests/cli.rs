@@ -311,3 +311,47 @@ fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_second_run_on_a_taken_api_address_stops_before_touching_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.ndjson"),
+        "{\"vehicle_id\":\"V1\",\"ts\":1736143200000,\"lat\":52.5,\"lon\":13.4}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    let (code, _, err) = fleetflow(&["run", "job.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    // As if a job were running on this lake and address: a file it staged, its socket.
+    let staged = dir
+        .path()
+        .join("lake/_fleetflow/staging/raw/date=2025-01-06/hour=06");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("running.parquet"), "staged by the running job").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    std::fs::write(
+        dir.path().join("second.toml"),
+        GOOD.replace("127.0.0.1:0", &addr),
+    )
+    .unwrap();
+    let (code, _, err) = fleetflow(&["run", "second.toml"], dir.path());
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("api.listen: cannot bind {addr}")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("resuming from the lake's checkpoint"),
+        "{err}"
+    );
+    assert!(
+        staged.join("running.parquet").exists(),
+        "the lake was cleaned: {err}"
+    );
+}

@@ -49,6 +49,8 @@ pub(super) struct Prepared {
     dwell_after: i64,
     pub lake: Lake,
     pub runtime: tokio::runtime::Runtime,
+    /// The API's socket, bound before the lake is touched (taken when the API starts).
+    api_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     recovered: Option<Recovered>,
     restored: Option<Restored>,
     latest_change: u64,
@@ -103,6 +105,9 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         .thread_name("fleetflow-io")
         .build()
         .context("starting the I/O runtime")?;
+    // Before recovery changes the lake: a second run started by mistake on the address of
+    // a running one stops here, not after cleaning the running job's staged files.
+    let api_listener = std::sync::Mutex::new(services::bind_api(&runtime, spec, opts)?);
     // Exactly once: resume from the lake's newest checkpoint (see `recover_lake`).
     let catalogue = Catalogue::for_lake(&spec.lake);
     let tables = Arc::new(
@@ -152,6 +157,7 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         dwell_after,
         lake,
         runtime,
+        api_listener,
         recovered,
         restored,
         latest_change,
@@ -211,7 +217,8 @@ pub(super) fn start_services(
         Snapshots::new(&job.lake, job.catalogue.clone()).context("reading the lake's tables")?,
         &job.catalogue,
     ));
-    let api_task = services::start_api(&job.runtime, spec, opts, state, api_stop.clone())?;
+    let listener = job.api_listener.lock().expect("not poisoned").take();
+    let api_task = services::start_api(&job.runtime, listener, state, api_stop.clone());
     let done = Arc::new(AtomicBool::new(false));
     let progress_thread = opts
         .progress

@@ -96,35 +96,42 @@ pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime, shutdown: Arc<A
     });
 }
 
-/// Binds `[api].listen` (or the options' address) and serves `state` until `stop`.
-pub(super) fn start_api(
+/// Binds `[api].listen` (or the options' address), if any.
+pub(super) fn bind_api(
     runtime: &tokio::runtime::Runtime,
     spec: &JobSpec,
     opts: &RunOptions,
-    state: ApiState,
-    stop: Arc<tokio::sync::Notify>,
-) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, JobError> {
+) -> Result<Option<tokio::net::TcpListener>, JobError> {
     let listen = match &opts.listen {
         Some(l) => l.clone(),
         None => Some(spec.api.listen.clone()),
     };
-    Ok(match listen {
-        Some(addr) => {
-            let listener = runtime
-                .block_on(tokio::net::TcpListener::bind(&addr))
-                .with_context(|| format!("api.listen: cannot bind {addr}"))?;
-            match listener.local_addr() {
-                Ok(local) => tracing::info!("query API listening on http://{local}"),
-                Err(e) => tracing::warn!(error = %e, "query API listening on an unknown address"),
-            }
-            Some(
-                runtime.spawn(fleetflow_query_api::serve(listener, state, async move {
-                    stop.notified().await
-                })),
-            )
-        }
-        None => None,
-    })
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .with_context(|| format!("api.listen: cannot bind {addr}"))?;
+    Ok(Some(listener))
+}
+
+/// Serves the API on `listener` (bound by [`bind_api`]) until `stop` is notified.
+pub(super) fn start_api(
+    runtime: &tokio::runtime::Runtime,
+    listener: Option<tokio::net::TcpListener>,
+    state: ApiState,
+    stop: Arc<tokio::sync::Notify>,
+) -> Option<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = listener?;
+    match listener.local_addr() {
+        Ok(local) => tracing::info!("query API listening on http://{local}"),
+        Err(e) => tracing::warn!(error = %e, "query API listening on an unknown address"),
+    }
+    Some(
+        runtime.spawn(fleetflow_query_api::serve(listener, state, async move {
+            stop.notified().await
+        })),
+    )
 }
 
 /// After each checkpoint, hands the sources' positions to `committer` (a Kafka consumer
