@@ -290,8 +290,8 @@ fn generate_makes_the_trouble_real_fleets_make() {
     assert_eq!(code, 2, "{err}");
 }
 
-#[test]
-fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
+/// A directory with `job.toml` (the good spec) over one fix in `in.ndjson`.
+fn one_fix_job() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("in.ndjson"),
@@ -299,6 +299,12 @@ fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
     )
     .unwrap();
     std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    dir
+}
+
+#[test]
+fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
+    let dir = one_fix_job();
     // A plain file where the `raw` dataset's directory must go: every raw write fails.
     std::fs::create_dir_all(dir.path().join("lake")).unwrap();
     std::fs::write(dir.path().join("lake/raw"), "in the way").unwrap();
@@ -314,13 +320,7 @@ fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
 
 #[test]
 fn a_second_run_on_a_taken_api_address_stops_before_touching_the_lake() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("in.ndjson"),
-        "{\"vehicle_id\":\"V1\",\"ts\":1736143200000,\"lat\":52.5,\"lon\":13.4}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("job.toml"), GOOD).unwrap();
+    let dir = one_fix_job();
     let (code, _, err) = fleetflow(&["run", "job.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
     // As if a job were running on this lake and address: a file it staged, its socket.
