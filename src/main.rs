@@ -64,6 +64,17 @@ enum Command {
         #[arg(long, value_enum)]
         dialect: DdlDialect,
     },
+    /// Delete the files a job's Delta tables removed (compaction, retention) longer ago
+    /// than the vacuum grace period; the job does this as it runs, this is for a lake
+    /// whose job has stopped.
+    Vacuum {
+        /// The job spec.
+        job: std::path::PathBuf,
+        /// Grace period (default: the spec's `[lake] vacuum_grace`); `0s` deletes every
+        /// removed file.
+        #[arg(long)]
+        grace: Option<HumanDuration>,
+    },
     /// Check a job spec.
     Validate {
         /// The job spec.
@@ -183,6 +194,26 @@ fn ddl(spec: &JobSpec, dialect: DdlDialect) -> Result<String, Failure> {
     Ok(out)
 }
 
+fn vacuum(spec: &JobSpec, grace: HumanDuration) -> Result<(), Failure> {
+    use fleetflow_sinks::{catalogue::Catalogue, delta::DeltaTables, lake::Lake};
+    let fail = |e: &dyn std::fmt::Display| Failure::Runtime(format!("vacuum: {e}"));
+    let lake = Lake::open(&spec.lake.url, &spec.lake.s3)
+        .map_err(|e| Failure::Usage(format!("lake.url: {e}")))?;
+    let tables = DeltaTables::new(&lake, Catalogue::for_lake(&spec.lake), &spec.name)
+        .map_err(|e| Failure::Usage(format!("lake.url: {e}")))?
+        .with_vacuum_grace(std::time::Duration::from_millis(
+            grace.millis().max(0) as u64
+        ));
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| fail(&e))?;
+    for (table, deleted) in runtime
+        .block_on(tables.vacuum_all())
+        .map_err(|e| fail(&e))?
+    {
+        println!("{table}: {deleted} files deleted");
+    }
+    Ok(())
+}
+
 enum Failure {
     Usage(String),
     Runtime(String),
@@ -211,6 +242,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let (spec, _) = load(&job)?;
             print!("{}", ddl(&spec, dialect)?);
             Ok(())
+        }
+        Command::Vacuum { job, grace } => {
+            let (spec, _) = load(&job)?;
+            vacuum(&spec, grace.unwrap_or(spec.lake.vacuum_grace))
         }
         Command::Validate { job } => {
             let (spec, text) = load(&job)?;

@@ -150,6 +150,21 @@ fn a_low_rate_run_leaves_few_files_per_closed_partition() {
     for dataset in ["raw", "1m", "1h"] {
         same_rows(&slow, &dir.path().join("fast"), dataset);
     }
+    // `fleetflow vacuum` with no grace period deletes the files the tables removed, and
+    // only those; the rows stay.
+    let (out, _) = fleetflow_ok(dir.path(), &["vacuum", "slow.toml", "--grace", "0s"]);
+    assert!(
+        out.contains("raw: ") && !out.contains("raw: 0 files"),
+        "{out}"
+    );
+    for dataset in ["raw", "1m", "1h"] {
+        assert_eq!(
+            delta::stored_files(&slow, dataset),
+            delta::table_files(&slow, dataset),
+            "{dataset}: {out}"
+        );
+        same_rows(&slow, &dir.path().join("fast"), dataset);
+    }
 }
 
 #[test]

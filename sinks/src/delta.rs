@@ -23,6 +23,7 @@
 //!   after committing (tombstones outlive the grace period in the log's checkpoints by
 //!   as much again, so none is dropped before its file is vacuumed). A file
 //!   published and removed by one commit never reaches a table and is deleted at once.
+//!   [`DeltaTables::vacuum_all`] (`fleetflow vacuum`) vacuums a stopped job's lake.
 //! - Compaction and retention choose among a table's active files ([`TableCommitter::files`]),
 //!   never the store's listing, which also holds removed files until they are vacuumed.
 
@@ -358,11 +359,6 @@ impl DeltaTables {
     /// outlived the grace period. A failure is logged, not returned: the files stay
     /// removed from the tables and a later vacuum deletes them.
     async fn vacuum(&self) {
-        // No grace: files removed up to now, this commit's included, go at once.
-        let retention = match self.grace.is_zero() {
-            true => chrono::Duration::milliseconds(-1),
-            false => chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX),
-        };
         let mut tables = self.tables.lock().await;
         for (name, table) in tables.iter_mut() {
             let due = {
@@ -375,18 +371,11 @@ impl DeltaTables {
                 continue;
             }
             let started = Instant::now();
-            match table
-                .clone()
-                .vacuum()
-                .with_retention_period(retention)
-                .with_enforce_retention_duration(false)
-                .await
-            {
-                Ok((t, m)) => {
-                    *table = t;
-                    if !m.files_deleted.is_empty() {
+            match self.vacuum_table(table).await {
+                Ok(deleted) => {
+                    if deleted > 0 {
                         fleetflow_runtime::checkpoint::failpoint("vacuum");
-                        tracing::info!(table = %name, files = m.files_deleted.len(), ms = started.elapsed().as_millis() as u64, "vacuumed removed files");
+                        tracing::info!(table = %name, files = deleted, ms = started.elapsed().as_millis() as u64, "vacuumed removed files");
                     }
                     // Removals older than the grace period at the start are vacuumed.
                     let mut removed = self.removed.lock().expect("not poisoned");
@@ -401,6 +390,51 @@ impl DeltaTables {
                 Err(e) => tracing::warn!(table = %name, error = %e, "vacuum failed; retried later"),
             }
         }
+    }
+
+    /// Vacuums one table now: deletes the files whose `remove` is older than the grace
+    /// period; returns how many.
+    async fn vacuum_table(
+        &self,
+        table: &mut DeltaTable,
+    ) -> Result<usize, deltalake_core::DeltaTableError> {
+        // No grace: files removed up to now, this commit's included, go at once.
+        let retention = match self.grace.is_zero() {
+            true => chrono::Duration::milliseconds(-1),
+            false => chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX),
+        };
+        let (t, m) = table
+            .clone()
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await?;
+        *table = t;
+        Ok(m.files_deleted.len())
+    }
+
+    /// Vacuums every existing table of the lake now (`fleetflow vacuum`); returns the
+    /// files deleted per table. Safe next to a running job: only files removed longer
+    /// than the grace period ago are deleted.
+    pub async fn vacuum_all(&self) -> Result<Vec<(String, usize)>, DeltaError> {
+        let mut out = Vec::new();
+        for d in self.datasets.iter() {
+            // Loads the table from its log (none yet: nothing to vacuum).
+            self.newest_files(&d.name, &d.name).await?;
+            let mut tables = self.tables.lock().await;
+            let Some(table) = tables.get_mut(&d.name) else {
+                continue;
+            };
+            let deleted = self
+                .vacuum_table(table)
+                .await
+                .map_err(|error| DeltaError::Table {
+                    table: d.name.clone(),
+                    error,
+                })?;
+            out.push((d.name.clone(), deleted));
+        }
+        Ok(out)
     }
 
     /// A file's size and its Delta statistics (row count; minimum and maximum of
