@@ -250,7 +250,10 @@ impl DeltaTables {
             let rel = relative(d, p);
             !active.contains(rel) && !deleted.contains(rel)
         });
-        let removes = removes.iter().filter(|p| active.contains(relative(d, p)));
+        let removes: Vec<&String> = removes
+            .iter()
+            .filter(|p| active.contains(relative(d, p)))
+            .collect();
         let now = fleetflow_types::time::now_ms();
         let mut actions = Vec::new();
         for (path, rows) in adds {
@@ -268,9 +271,8 @@ impl DeltaTables {
                 ..Default::default()
             }));
         }
-        let mut removed_any = false;
+        let removed_any = !removes.is_empty();
         for path in removes {
-            removed_any = true;
             actions.push(Action::Remove(Remove {
                 path: relative(d, path).to_string(),
                 data_change: true,
@@ -318,23 +320,18 @@ impl DeltaTables {
         Ok(never_added)
     }
 
-    /// The files of dataset `name` under `prefix` in its table's newest version, read from
-    /// the table's log now (a reader's view: tables are never created here); none while
-    /// the table has no log.
-    pub(crate) async fn newest_files(
+    /// Dataset `d`'s table in `tables`, brought up to its newest version from its log (a
+    /// reader's view: tables are never created here); `None` while it has no log.
+    async fn refreshed<'t>(
         &self,
-        name: &str,
-        prefix: &str,
-    ) -> Result<Vec<(String, u64)>, DeltaError> {
-        let Some(d) = self.datasets.get(name) else {
-            return Ok(Vec::new());
-        };
+        tables: &'t mut HashMap<String, DeltaTable>,
+        d: &Dataset,
+    ) -> Result<Option<&'t mut DeltaTable>, DeltaError> {
         let err = |error| DeltaError::Table {
-            table: name.to_string(),
+            table: d.name.clone(),
             error,
         };
-        let mut tables = self.tables.lock().await;
-        let table = match tables.entry(name.to_string()) {
+        Ok(Some(match tables.entry(d.name.clone()) {
             std::collections::hash_map::Entry::Occupied(t) => {
                 let t = t.into_mut();
                 t.update_incremental(None).await.map_err(err)?;
@@ -343,14 +340,34 @@ impl DeltaTables {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let log_store = self.log_store(d)?;
                 if !log_store.is_delta_table_location().await.map_err(err)? {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 }
                 let mut t = DeltaTable::new(log_store);
                 t.load().await.map_err(err)?;
                 slot.insert(t)
             }
+        }))
+    }
+
+    /// The files of dataset `name` under `prefix` in its table's newest version, read from
+    /// the table's log now; none while the table has no log.
+    pub(crate) async fn newest_files(
+        &self,
+        name: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64)>, DeltaError> {
+        let Some(d) = self.datasets.get(name) else {
+            return Ok(Vec::new());
         };
-        Ok(active_files(table.snapshot().map_err(err)?, name, prefix))
+        let mut tables = self.tables.lock().await;
+        let Some(table) = self.refreshed(&mut tables, d).await? else {
+            return Ok(Vec::new());
+        };
+        let state = table.snapshot().map_err(|error| DeltaError::Table {
+            table: name.to_string(),
+            error,
+        })?;
+        Ok(active_files(state, name, prefix))
     }
 
     /// Vacuums the tables that are due (see the module docs): deletes the files whose
@@ -418,11 +435,10 @@ impl DeltaTables {
     /// than the grace period ago are deleted.
     pub async fn vacuum_all(&self) -> Result<Vec<(String, usize)>, DeltaError> {
         let mut out = Vec::new();
+        let mut tables = self.tables.lock().await;
         for d in self.datasets.iter() {
-            // Loads the table from its log (none yet: nothing to vacuum).
-            self.newest_files(&d.name, &d.name).await?;
-            let mut tables = self.tables.lock().await;
-            let Some(table) = tables.get_mut(&d.name) else {
+            // A table without a log yet has nothing to vacuum.
+            let Some(table) = self.refreshed(&mut tables, d).await? else {
                 continue;
             };
             let deleted = self
@@ -490,11 +506,7 @@ impl TableCommitter for DeltaTables {
         metrics: Option<&'a Metrics>,
     ) -> BoxFuture<'a, object_store::Result<()>> {
         Box::pin(async move {
-            let delta_err = |e: DeltaError| object_store::Error::Generic {
-                store: "delta",
-                source: Box::new(e),
-            };
-            self.open_all().await.map_err(delta_err)?;
+            self.open_all().await.map_err(store_error)?;
             // Before committing too: a commit can write a Delta checkpoint, which drops
             // tombstones past the table's retention (after a long stop, for instance).
             self.vacuum().await;
@@ -529,7 +541,7 @@ impl TableCommitter for DeltaTables {
                         r.map(Vec::as_slice).unwrap_or_default(),
                     )
                     .await
-                    .map_err(delta_err)?;
+                    .map_err(store_error)?;
                 never_added.extend(gone);
                 fleetflow_runtime::checkpoint::failpoint("delta_commit");
             }
@@ -548,23 +560,27 @@ impl TableCommitter for DeltaTables {
         prefix: &'a str,
     ) -> BoxFuture<'a, object_store::Result<Vec<(String, u64)>>> {
         Box::pin(async move {
-            let delta_err = |e: DeltaError| object_store::Error::Generic {
-                store: "delta",
-                source: Box::new(e),
-            };
-            self.open_all().await.map_err(delta_err)?;
+            self.open_all().await.map_err(store_error)?;
             let tables = self.tables.lock().await;
             let Some(table) = tables.get(dataset) else {
                 return Ok(Vec::new());
             };
             let state = table.snapshot().map_err(|error| {
-                delta_err(DeltaError::Table {
+                store_error(DeltaError::Table {
                     table: dataset.to_string(),
                     error,
                 })
             })?;
             Ok(active_files(state, dataset, prefix))
         })
+    }
+}
+
+/// A Delta error as the object-store error the table-committer seam returns.
+pub(crate) fn store_error(e: DeltaError) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "delta",
+        source: Box::new(e),
     }
 }
 

@@ -11,7 +11,7 @@
 //! a newer snapshot: a reader sees every committed row exactly once.
 
 use crate::catalogue::{Catalogue, Partitioning};
-use crate::delta::{DeltaError, DeltaTables};
+use crate::delta::{store_error, DeltaError, DeltaTables};
 use crate::lake::{Lake, LakeError};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
@@ -50,11 +50,6 @@ impl Snapshots {
         })
     }
 
-    /// The lake.
-    pub fn lake(&self) -> &Lake {
-        &self.lake
-    }
-
     /// The files of `dataset` under `prefix` in its table's newest version.
     async fn files(
         &self,
@@ -64,10 +59,7 @@ impl Snapshots {
         self.tables
             .newest_files(dataset, prefix)
             .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "delta",
-                source: Box::new(e),
-            })
+            .map_err(store_error)
     }
 }
 
