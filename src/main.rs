@@ -201,9 +201,7 @@ fn vacuum(spec: &JobSpec, grace: HumanDuration) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("lake.url: {e}")))?;
     let tables = DeltaTables::new(&lake, Catalogue::for_lake(&spec.lake), &spec.name)
         .map_err(|e| Failure::Usage(format!("lake.url: {e}")))?
-        .with_vacuum_grace(std::time::Duration::from_millis(
-            grace.millis().max(0) as u64
-        ));
+        .with_vacuum_grace(grace.0);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| fail(&e))?;
     for (table, deleted) in runtime
         .block_on(tables.vacuum_all())

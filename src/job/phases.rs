@@ -113,9 +113,7 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
     let tables = Arc::new(
         DeltaTables::new(&lake, catalogue.clone(), &spec.name)
             .map_err(|e| spec_error(text, "lake", "url", e.to_string()))?
-            .with_vacuum_grace(std::time::Duration::from_millis(
-                spec.lake.vacuum_grace.millis().max(0) as u64,
-            )),
+            .with_vacuum_grace(spec.lake.vacuum_grace.0),
     );
     let recovered = services::recover_lake(
         (&lake, &*tables),
