@@ -1,33 +1,28 @@
-//! Kafka into the lake against a real broker process (tansu, as `.ci/run` installs it; or
-//! `FLEETFLOW_TANSU`):
+//! Kafka into the lake against Apache Kafka 4.4 (a single-node KRaft broker started from the
+//! jars `scripts/setup` resolves, tests/common/kafka.rs) and librdkafka's mock cluster:
 //!
 //! (a) the maximum sustained rate: the topic (4 partitions) is filled first, then a bounded
 //!     job (2 workers, every tier, local lake) reads it to the end; events/s over the
 //!     job's whole run (3M events by default; the consumers' start — joining, metadata,
 //!     first fetches — takes most of a second of it);
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
-//!     produces, into a topic of `FLEETFLOW_BENCH_LIVE_PARTITIONS` partitions (default 1:
-//!     tansu's memory storage lists every batch a partition holds on every fetch of it, and
-//!     a producer lingering 5 ms adds a batch per partition every 5 ms whatever the rate,
-//!     so the broker's work grows with the partitions and the run's length; one partition
-//!     carries the default rate, and the job's other worker gets its share of the
-//!     vehicles through the exchange; figures in docs/benchmarks.md), at `FLEETFLOW_BENCH_RATE` events/s (default 20,000) for
-//!     `FLEETFLOW_BENCH_SECONDS` (default 30), from `rate * 5` vehicles reporting every 5 s
-//!     (event time keeps pace with the wall clock), after producing the first 30 s of event
-//!     time at once (the allowed lateness: so the job measured is in its steady state,
-//!     finalizing fixes, writing the lake and checkpointing 30 s of pending fixes);
-//!     `FLEETFLOW_BENCH_SAMPLED` vehicles (default 80) are polled through
-//!     `GET /v1/vehicles/{id}` and each fix's latency is the time from handing it to the
-//!     producer to seeing its `ts` there (p50/p99); every fix is also followed through
-//!     `GET /v1/stream?topics=vehicles` (an upper bound on when it became visible there,
-//!     over every fix rather than a sample).
+//!     produces, into a topic of `FLEETFLOW_BENCH_LIVE_PARTITIONS` partitions (default 4),
+//!     at `FLEETFLOW_BENCH_RATE` events/s (default 50,000) for `FLEETFLOW_BENCH_SECONDS`
+//!     (default 600), from `rate * 5` vehicles reporting every 5 s (event time keeps pace
+//!     with the wall clock), after producing the first 30 s of event time at once (the
+//!     allowed lateness: so the job measured is in its steady state, finalizing fixes,
+//!     writing the lake and checkpointing 30 s of pending fixes); `FLEETFLOW_BENCH_SAMPLED`
+//!     vehicles (default 80) are polled through `GET /v1/vehicles/{id}` and each fix's
+//!     latency is the time from handing it to the producer to seeing its `ts` there; every
+//!     fix is also followed through `GET /v1/stream?topics=vehicles` (an upper bound on
+//!     when it became visible there, over every fix rather than a sample). Reported: p50
+//!     and p99 over the run, the p99 of every minute (of every second, for the stream), and
+//!     the job's RSS at the end of every minute (sampled from `/proc` every second).
 //!
 //!     cargo bench --bench kafka
 //!
-//! Both run against tansu with its in-memory storage, against tansu with sqlite storage
-//! (what the tests use: durable across a broker restart, but it serves fetches slowly), and
-//! against librdkafka's mock cluster (in this process), which tells the job's own limits
-//! from the broker's. Select with `FLEETFLOW_BENCH_BROKER=tansu-memory,tansu,mock`.
+//! The mock cluster (in this process) tells the job's own limits from the broker's. Select
+//! with `FLEETFLOW_BENCH_BROKER=kafka,mock` (the default).
 //!
 //! Environment: `FLEETFLOW_BENCH_EVENTS` (default 3000000), `FLEETFLOW_BENCH_VEHICLES`
 //! (default 10000), `FLEETFLOW_BENCH_LAKE` (extra lines of the job's `[lake]` table, e.g.
@@ -42,28 +37,13 @@ mod harness;
 use common::{env_or, generated_input, run};
 use fleetflow_connectors::kafka::produce_events;
 use fleetflow_connectors::kafka::rdkafka::mocking::MockCluster;
-use harness::{interrupt, spawn_with_api, KafkaBroker, KeepAlive, Sse};
+use harness::kafka::KafkaBroker;
+use harness::{interrupt, spawn_with_api, KeepAlive, Sse};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn lines(path: &std::path::Path) -> Vec<String> {
-    let file = if path.is_dir() {
-        std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .next()
-            .unwrap()
-    } else {
-        path.to_path_buf()
-    };
-    std::io::BufReader::new(std::fs::File::open(file).unwrap())
-        .lines()
-        .map(Result::unwrap)
-        .collect()
-}
 
 /// The `ts` of an input line or of a vehicle in a stream message (the first `"ts":` from
 /// `from`).
@@ -75,11 +55,32 @@ fn ts_of(text: &str, from: usize) -> Option<i64> {
     text[at..end].parse().ok()
 }
 
+/// Vehicle -> its fixes handed to the producer and not yet seen: (`ts`, when handed over).
+type Outstanding = HashMap<String, Vec<(i64, Instant)>>;
+
+/// Takes the fixes of `vehicle` up to `ts` off `outstanding` (a fix shown overtakes older
+/// ones, which are then never shown): when the fix `ts` itself was handed over, if it was,
+/// and how many older ones it overtook.
+fn seen(outstanding: &mut Outstanding, vehicle: &str, ts: i64) -> (Option<Instant>, usize) {
+    let Some(pending) = outstanding.get_mut(vehicle) else {
+        return (None, 0);
+    };
+    let at = pending.iter().find(|(t, _)| *t == ts).map(|(_, at)| *at);
+    let before = pending.len();
+    pending.retain(|(t, _)| *t > ts);
+    let taken = before - pending.len();
+    (at, taken - usize::from(at.is_some()))
+}
+
 /// What [`follow_stream`] saw.
 #[derive(Default)]
 struct Followed {
-    /// When each fix (vehicle, `ts`) was first seen in a `vehicle` change.
-    seen: HashMap<(String, i64), Instant>,
+    /// Latencies (ms) of the fixes seen in a `vehicle` change, by the second (since the
+    /// start) they were handed to the producer in; fixes handed over before the warm-up
+    /// ended are not counted.
+    by_second: Vec<Vec<f32>>,
+    /// Fixes never shown because a newer fix of the same vehicle was shown first.
+    overtaken: usize,
     /// Connections made (a stream that ends early is resumed from its last id).
     connections: usize,
     /// Times the server said the client read too slowly.
@@ -87,14 +88,17 @@ struct Followed {
 }
 
 /// Follows `GET /v1/stream?topics=vehicles` until `done`, resuming with `Last-Event-ID`
-/// (as a dashboard does) whenever the stream ends early. `expected`: about how many fixes
-/// (the map of them never grows, which would stall the reading while it is copied).
-fn follow_stream(addr: &str, done: &AtomicBool, expected: usize) -> Followed {
+/// (as a dashboard does) whenever the stream ends early, and takes every fix it shows off
+/// `outstanding`.
+fn follow_stream(
+    addr: &str,
+    done: &AtomicBool,
+    outstanding: &Mutex<Outstanding>,
+    start: Instant,
+    warm_up: Instant,
+) -> Followed {
     use std::io::BufRead;
-    let mut f = Followed {
-        seen: HashMap::with_capacity(expected),
-        ..Followed::default()
-    };
+    let mut f = Followed::default();
     let mut last_id: Option<String> = None;
     while !done.load(Relaxed) {
         f.connections += 1;
@@ -125,7 +129,16 @@ fn follow_stream(addr: &str, done: &AtomicBool, expected: usize) -> Followed {
                 if data.starts_with("{\"type\":\"vehicle\"") {
                     if let Some(at) = data.find("\"vehicle\":{") {
                         if let (Some(k), Some(ts)) = (key_of(&data[at..]), ts_of(data, at)) {
-                            f.seen.entry((k, ts)).or_insert(now);
+                            let (sent, overtaken) = seen(&mut outstanding.lock().unwrap(), &k, ts);
+                            f.overtaken += overtaken;
+                            if let Some(sent) = sent.filter(|s| *s >= warm_up) {
+                                let second = sent.duration_since(start).as_secs() as usize;
+                                f.by_second
+                                    .resize_with(f.by_second.len().max(second + 1), Vec::new);
+                                f.by_second[second].push(
+                                    now.saturating_duration_since(sent).as_secs_f32() * 1000.0,
+                                );
+                            }
                         }
                     }
                 }
@@ -159,7 +172,7 @@ fn job(dir: &std::path::Path, brokers: &str, topic: &str, bounded: bool) -> std:
 
 /// The broker under test.
 enum Broker {
-    Tansu(KafkaBroker, Storage),
+    Kafka(KafkaBroker),
     Mock(
         MockCluster<
             'static,
@@ -171,63 +184,29 @@ enum Broker {
 impl Broker {
     fn name(&self) -> &'static str {
         match self {
-            Broker::Tansu(_, Storage::Sqlite) => "tansu 0.6 (sqlite)",
-            Broker::Tansu(_, Storage::Memory) => "tansu 0.6 (memory)",
+            Broker::Kafka(_) => "Apache Kafka 4.4 (KRaft, one node)",
             Broker::Mock(_) => "librdkafka mock cluster",
         }
     }
 
     fn brokers(&self) -> String {
         match self {
-            Broker::Tansu(b, _) => b.brokers(),
+            Broker::Kafka(b) => b.brokers(),
             Broker::Mock(m) => m.bootstrap_servers(),
         }
     }
 
-    /// Creates a topic of `partitions` partitions on tansu. The mock cluster keeps at most
-    /// 100,000 messages or 5 MB per partition (it drops the oldest), so there the topic has
-    /// at least one partition per 25,000 events.
+    /// Creates a topic of `partitions` partitions. The mock cluster keeps at most 100,000
+    /// messages or 5 MB per partition (it drops the oldest), so there the topic has at
+    /// least one partition per 25,000 of the `events` it must hold at once.
     fn create_topic(&self, name: &str, events: usize, partitions: usize) {
         match self {
-            Broker::Tansu(b, _) => b.create_topic(name, partitions as u32),
+            Broker::Kafka(b) => b.create_topic(name, partitions as u32),
             Broker::Mock(m) => m
                 .create_topic(name, events.div_ceil(25_000).max(partitions) as i32, 1)
                 .unwrap(),
         }
     }
-}
-
-/// Tansu's storage engine.
-#[derive(Clone, Copy, PartialEq)]
-enum Storage {
-    Sqlite,
-    Memory,
-}
-
-/// Tansu's in-memory storage can answer a partition's end offset (`ListOffsets`, latest)
-/// short of the last record batch (seen: 247,821 of 250,000 messages), so a bounded job
-/// would stop before its last events. One more message per partition, in a batch of its
-/// own, moves that end past every event; the job may read it too (a malformed line).
-fn close_batches(brokers: &str, topic: &str, partitions: i32) {
-    use fleetflow_connectors::kafka::rdkafka::config::ClientConfig;
-    use fleetflow_connectors::kafka::rdkafka::producer::{
-        BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
-    };
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    for p in 0..partitions {
-        producer
-            .send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(p)
-                    .payload("end of the bench's events"),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// Seconds of event time (b) produces at once before its measured part: the job's
@@ -237,13 +216,27 @@ fn close_batches(brokers: &str, topic: &str, partitions: i32) {
 /// fixes. Without it the first 30 s would measure a job that only updates vehicle state.
 const BACKFILL_S: u64 = 30;
 
-/// Vehicle -> its fixes sent and not yet seen: (ts, when handed to the producer).
-type Outstanding = HashMap<String, Vec<(i64, Instant)>>;
-
 /// Produces `lines` to `topic` as fast as the broker takes them, keyed by vehicle.
-fn produce_all(brokers: &str, topic: &str, lines: &[String]) -> u64 {
-    let events = lines.iter().map(|l| (key_of(l), l.as_bytes().to_vec()));
+fn produce_all<S: AsRef<str>>(brokers: &str, topic: &str, lines: impl Iterator<Item = S>) -> u64 {
+    let events = lines.map(|l| (key_of(l.as_ref()), l.as_ref().as_bytes().to_vec()));
     produce_events(brokers, topic, None, events, |_| {}).unwrap()
+}
+
+/// The lines of a generated input, read as they are needed (the steady run's input does
+/// not fit in memory).
+fn lines_of(path: &std::path::Path) -> impl Iterator<Item = String> {
+    let file = if path.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .next()
+            .unwrap()
+    } else {
+        path.to_path_buf()
+    };
+    std::io::BufReader::new(std::fs::File::open(file).unwrap())
+        .lines()
+        .map(Result::unwrap)
 }
 
 /// Waits until the job at `addr` has read `n` events (its `fleetflow_events_in_total`).
@@ -278,34 +271,42 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_fleetflow");
     let events: u64 = env_or("FLEETFLOW_BENCH_EVENTS", "3000000").parse().unwrap();
     let vehicles: u64 = env_or("FLEETFLOW_BENCH_VEHICLES", "10000").parse().unwrap();
-    let rate: u64 = env_or("FLEETFLOW_BENCH_RATE", "20000").parse().unwrap();
-    let seconds: u64 = env_or("FLEETFLOW_BENCH_SECONDS", "30").parse().unwrap();
-    let input = lines(&generated_input(bin, events, vehicles, "1"));
+    let rate: u64 = env_or("FLEETFLOW_BENCH_RATE", "50000").parse().unwrap();
+    let seconds: u64 = env_or("FLEETFLOW_BENCH_SECONDS", "600").parse().unwrap();
+    let only = env_or("FLEETFLOW_BENCH_ONLY", "ab");
+    let input: Vec<String> = if only.contains('a') {
+        lines_of(&generated_input(bin, events, vehicles, "1")).collect()
+    } else {
+        Vec::new()
+    };
     // (b) is real time: `rate` events/s are `rate * 5` vehicles reporting every 5 s, so event
     // time advances as fast as the wall clock (as it would in production). The first
     // `BACKFILL_S` s of event time are produced at once, before the measured part.
-    let steady = lines(&generated_input(
-        bin,
-        rate * (BACKFILL_S + seconds),
-        rate * 5,
-        "1",
-    ));
-    let which = env_or("FLEETFLOW_BENCH_BROKER", "tansu-memory,tansu,mock");
+    let steady = if only.contains('b') {
+        generated_input(bin, rate * (BACKFILL_S + seconds), rate * 5, "1")
+    } else {
+        std::path::PathBuf::new()
+    };
+    let which = env_or("FLEETFLOW_BENCH_BROKER", "kafka,mock");
     for name in which.split(',') {
         let broker = match name {
-            "tansu" => Broker::Tansu(KafkaBroker::start(), Storage::Sqlite),
-            "tansu-memory" => {
-                Broker::Tansu(KafkaBroker::start_with("memory://tansu/"), Storage::Memory)
-            }
+            "kafka" => Broker::Kafka(KafkaBroker::start()),
             "mock" => Broker::Mock(MockCluster::new(1).unwrap()),
             other => panic!("FLEETFLOW_BENCH_BROKER: unknown broker {other}"),
         };
         println!("broker: {}", broker.name());
-        bench(bin, &broker, &input, &steady, rate);
+        bench(bin, &broker, &input, &steady, rate, seconds);
     }
 }
 
-fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: u64) {
+fn bench(
+    bin: &str,
+    broker: &Broker,
+    input: &[String],
+    steady: &std::path::Path,
+    rate: u64,
+    seconds: u64,
+) {
     let dir = tempfile::tempdir().unwrap();
 
     let only = env_or("FLEETFLOW_BENCH_ONLY", "ab");
@@ -313,7 +314,7 @@ fn bench(bin: &str, broker: &Broker, input: &[String], steady: &[String], rate: 
         sustained(bin, broker, dir.path(), input);
     }
     if only.contains('b') {
-        latency(broker, dir.path(), steady, rate);
+        latency(broker, dir.path(), steady, rate, seconds);
     }
 }
 
@@ -322,11 +323,8 @@ fn sustained(bin: &str, broker: &Broker, dir: &std::path::Path, input: &[String]
     let brokers = broker.brokers();
     broker.create_topic("fill", input.len(), 4);
     let t = Instant::now();
-    let n = produce_all(&brokers, "fill", input);
+    let n = produce_all(&brokers, "fill", input.iter());
     let produce_s = t.elapsed().as_secs_f64();
-    if matches!(broker, Broker::Tansu(_, Storage::Memory)) {
-        close_batches(&brokers, "fill", 4);
-    }
     let f = run(bin, &job(dir, &brokers, "fill", true));
     println!(
         "(a) {n} events produced in {produce_s:.1}s ({:.0}/s); job read them into the lake at {} events/s (whole run), {} events/s after start-up, peak RSS {} MiB; {}",
@@ -337,27 +335,62 @@ fn sustained(bin: &str, broker: &Broker, dir: &std::path::Path, input: &[String]
         f.rows
     );
     println!("    {}", f.counts);
-    // Every event, and for tansu's memory storage the closing messages it may read too.
-    let closing = f.count("malformed=");
-    assert!(
-        f.count("events") == n + closing && closing <= 4,
-        "the job read every event produced"
-    );
+    assert_eq!(f.count("events"), n, "the job read every event produced");
+}
+
+/// The job's resident set size, KiB (`VmRSS` of `/proc/PID/status`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `minute:p99` for latencies grouped by the second they were handed over in.
+fn p99_by_minute(by_second: &[Vec<f32>]) -> String {
+    by_second
+        .chunks(60)
+        .enumerate()
+        .filter_map(|(minute, seconds)| {
+            let mut l: Vec<f64> = seconds.iter().flatten().map(|&ms| f64::from(ms)).collect();
+            (!l.is_empty()).then(|| {
+                l.sort_by(f64::total_cmp);
+                format!("{minute}:{:.0}", percentile(&l, 0.99))
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// (b) Produce -> visible in the API at a steady rate.
-fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64) {
+fn latency(
+    broker: &Broker,
+    dir: &std::path::Path,
+    steady: &std::path::Path,
+    rate: u64,
+    seconds: u64,
+) {
     let brokers = broker.brokers();
-    let partitions = env_or("FLEETFLOW_BENCH_LIVE_PARTITIONS", "1")
+    let partitions = env_or("FLEETFLOW_BENCH_LIVE_PARTITIONS", "4")
         .parse()
         .unwrap();
-    broker.create_topic("live", steady.len(), partitions);
+    // The mock cluster must hold what the job has not read yet: a few seconds' worth.
+    broker.create_topic("live", (rate * 10) as usize, partitions);
     let spec = job(dir, &brokers, "live", false);
     let (child, addr, rest) = spawn_with_api(dir, &["run", spec.to_str().unwrap()]);
-    let (backfill, steady) = steady.split_at((rate * BACKFILL_S) as usize);
-    let filled = produce_all(&brokers, "live", backfill);
+    let mut input = lines_of(steady);
+    let filled = produce_all(
+        &brokers,
+        "live",
+        input.by_ref().take((rate * BACKFILL_S) as usize),
+    );
     wait_for_events(&addr, filled);
-    // `FLEETFLOW_BENCH_SAMPLED` sampled vehicles (default 80: about 430 fixes in 30 s),
+    // `FLEETFLOW_BENCH_SAMPLED` sampled vehicles (default 80: each reports every 5 s),
     // polled by 4 threads while one of their fixes is on its way (so the polling, every
     // `FLEETFLOW_BENCH_POLL_MS` (default 1), adds about that much to a latency: 80 vehicles
     // cost about 700 requests/s; 400 cost 3,700/s, which loads two cores enough to raise
@@ -378,7 +411,8 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
             let (sent, done, addr, mine) =
                 (sent.clone(), done.clone(), addr.clone(), mine.to_vec());
             std::thread::spawn(move || {
-                let mut latencies = Vec::new();
+                // (second handed over in, latency ms)
+                let mut latencies: Vec<(u64, f64)> = Vec::new();
                 let mut client = KeepAlive::connect(&addr);
                 while !done.load(Relaxed) {
                     for v in &mine {
@@ -386,7 +420,7 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
                             continue;
                         }
                         let (status, body) = client.get(&format!("/v1/vehicles/{v}"));
-                        let seen = Instant::now();
+                        let now = Instant::now();
                         let ts = serde_json::from_str::<serde_json::Value>(&body)
                             .ok()
                             .and_then(|j| j["ts"].as_i64());
@@ -394,14 +428,14 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
                             continue;
                         };
                         // The fix shown is visible; older ones were overtaken unseen.
-                        let mut sent = sent.lock().unwrap();
-                        let pending = sent.get_mut(v).expect("checked");
-                        if let Some(&(_, at)) = pending.iter().find(|(t, _)| *t == ts) {
+                        if let (Some(at), _) = seen(&mut sent.lock().unwrap(), v, ts) {
                             if at >= warm_up {
-                                latencies.push(seen.duration_since(at).as_secs_f64() * 1000.0);
+                                latencies.push((
+                                    at.duration_since(t).as_secs(),
+                                    now.duration_since(at).as_secs_f64() * 1000.0,
+                                ));
                             }
                         }
-                        pending.retain(|(t, _)| *t > ts);
                     }
                     std::thread::sleep(poll_every);
                 }
@@ -412,22 +446,32 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
     // Every fix, through the change stream a dashboard subscribes to (its messages follow
     // the change to the state `GET /v1/vehicles/{id}` reads: an upper bound on when a fix
     // became visible there, over every fix rather than a sample).
+    let every: Arc<Mutex<Outstanding>> = Default::default();
     let stream = {
-        let (addr, done, expected) = (addr.clone(), done.clone(), steady.len());
-        std::thread::spawn(move || follow_stream(&addr, &done, expected))
+        let (addr, done, every) = (addr.clone(), done.clone(), every.clone());
+        std::thread::spawn(move || follow_stream(&addr, &done, &every, t, warm_up))
     };
-    // Every fix as handed to the producer: (vehicle, ts, when).
-    let mut every: Vec<(String, i64, Instant)> = Vec::with_capacity(steady.len());
-    let every_p = &mut every;
-    let sent_p = sent.clone();
+    // The job's RSS at the end of every second.
+    let rss = {
+        let (done, pid) = (done.clone(), child.id());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !done.load(Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                samples.extend(rss_kib(pid));
+            }
+            samples
+        })
+    };
     let sampled_p: std::collections::HashSet<String> = sampled.iter().cloned().collect();
+    let (sent_p, every_p) = (sent.clone(), every.clone());
     let n = produce_events(
         &brokers,
         "live",
         Some(rate),
-        steady.iter().map(move |l| {
-            let key = key_of(l);
-            if let (Some(k), Some(ts)) = (key.as_ref(), ts_of(l, 0)) {
+        input.take((rate * seconds) as usize).map(move |l| {
+            let key = key_of(&l);
+            if let (Some(k), Some(ts)) = (key.as_ref(), ts_of(&l, 0)) {
                 let now = Instant::now();
                 if sampled_p.contains(k) {
                     sent_p
@@ -437,9 +481,14 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
                         .or_default()
                         .push((ts, now));
                 }
-                every_p.push((k.clone(), ts, now));
+                every_p
+                    .lock()
+                    .unwrap()
+                    .entry(k.clone())
+                    .or_default()
+                    .push((ts, now));
             }
-            (key, l.as_bytes().to_vec())
+            (key, l.into_bytes())
         }),
         |_| {},
     )
@@ -447,40 +496,13 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
     let achieved = n as f64 / t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     done.store(true, Relaxed);
-    let mut lat: Vec<f64> = pollers
+    let samples: Vec<(u64, f64)> = pollers
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
     let followed = stream.join().unwrap();
-    let (mut all, mut unseen) = (Vec::new(), 0usize);
-    // The same by the second the fix was produced in, to tell a steady tail from bursts
-    // (a checkpoint every 10 s, the broker's work growing with the topic).
-    let mut by_second: Vec<Vec<f64>> = Vec::new();
-    for (k, ts, at) in every {
-        if at < warm_up {
-            continue;
-        }
-        match followed.seen.get(&(k, ts)) {
-            Some(s) => {
-                let ms = s.saturating_duration_since(at).as_secs_f64() * 1000.0;
-                let second = at.duration_since(t).as_secs() as usize;
-                by_second.resize_with(by_second.len().max(second + 1), Vec::new);
-                by_second[second].push(ms);
-                all.push(ms);
-            }
-            None => unseen += 1,
-        }
-    }
-    all.sort_by(f64::total_cmp);
-    let per_second: Vec<String> = by_second
-        .iter_mut()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(second, l)| {
-            l.sort_by(f64::total_cmp);
-            format!("{second}:{:.0}", percentile(l, 0.99))
-        })
-        .collect();
+    let rss = rss.join().unwrap();
+    let unseen: usize = every.lock().unwrap().values().map(Vec::len).sum();
     let log = interrupt(child, rest);
     let job_line = |prefix: &str| {
         log.lines()
@@ -489,36 +511,82 @@ fn latency(broker: &Broker, dir: &std::path::Path, steady: &[String], rate: u64)
             .to_string()
     };
     let (job_latency, delivery) = (job_line("latency"), job_line("delivery"));
-    lat.sort_by(f64::total_cmp);
-    if lat.is_empty() {
+    if samples.is_empty() {
         println!("(b) no latency samples");
         return;
     }
+    let mut lat: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let mut by_second: Vec<Vec<f32>> = Vec::new();
+    for (second, ms) in &samples {
+        let second = *second as usize;
+        by_second.resize_with(by_second.len().max(second + 1), Vec::new);
+        by_second[second].push(*ms as f32);
+    }
     println!(
-        "(b) {n} events from {} vehicles at {achieved:.0} events/s, after {filled} at once ({BACKFILL_S} s of event time): produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        "(b) {n} events from {} vehicles at {achieved:.0} events/s for {seconds} s, after {filled} at once ({BACKFILL_S} s of event time): produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
         rate * 5,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len()
     );
+    println!(
+        "    its p99 by the minute produced in (minute:ms): {}",
+        p99_by_minute(&by_second)
+    );
+    let mut all: Vec<f64> = followed
+        .by_second
+        .iter()
+        .flatten()
+        .map(|&ms| f64::from(ms))
+        .collect();
+    all.sort_by(f64::total_cmp);
     let stream_note = format!(
-        "{} connection(s), lagged {} time(s)",
-        followed.connections, followed.lagged
+        "{} connection(s), lagged {} time(s), {} overtaken by a newer fix, {unseen} never shown",
+        followed.connections, followed.lagged, followed.overtaken
     );
     if all.is_empty() {
         println!("    every fix via /v1/stream: none seen ({stream_note})");
     } else {
         println!(
-            "    every fix via /v1/stream: p50 {:.1} ms, p99 {:.1} ms ({} fixes after the warm-up, {unseen} not seen; {stream_note})",
+            "    every fix via /v1/stream: p50 {:.1} ms, p99 {:.1} ms ({} fixes after the warm-up; {stream_note})",
             percentile(&all, 0.5),
             percentile(&all, 0.99),
             all.len(),
         );
         println!(
-            "    its p99 by the second produced in (s:ms): {}",
-            per_second.join(" ")
+            "    its p99 by the minute produced in (minute:ms): {}",
+            p99_by_minute(&followed.by_second)
         );
+        if seconds <= 120 {
+            let per_second: Vec<String> = followed
+                .by_second
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty())
+                .map(|(second, l)| {
+                    let mut l: Vec<f64> = l.iter().map(|&ms| f64::from(ms)).collect();
+                    l.sort_by(f64::total_cmp);
+                    format!("{second}:{:.0}", percentile(&l, 0.99))
+                })
+                .collect();
+            println!(
+                "    its p99 by the second produced in (s:ms): {}",
+                per_second.join(" ")
+            );
+        }
     }
+    let rss_by_minute: Vec<String> = rss
+        .chunks(60)
+        .enumerate()
+        .map(|(minute, s)| format!("{minute}:{}", s.last().copied().unwrap_or(0) / 1024))
+        .collect();
+    println!(
+        "    the job's RSS at the end of each minute (minute:MiB): {}; min {} MiB, max {} MiB",
+        rss_by_minute.join(" "),
+        rss.iter().min().copied().unwrap_or(0) / 1024,
+        rss.iter().max().copied().unwrap_or(0) / 1024
+    );
     // The job's histograms cover its whole run: the backfill, read as fast as it could be,
     // waited in the topic, and its vehicles' updates came in large batches.
     println!("    the job's own, over its whole run (the backfill included):\n      {delivery}\n      {job_latency}");

@@ -135,10 +135,14 @@ pub fn describe_topic(spec: &KafkaSourceSpec) -> Result<TopicInfo, KafkaSourceEr
         brokers: spec.brokers.clone(),
         error,
     };
-    let consumer: BaseConsumer = client_config(spec)
-        .set("group.id", "fleetflow-metadata")
-        .create()
-        .map_err(broker)?;
+    let mut config = client_config(spec);
+    config.set("group.id", "fleetflow-metadata");
+    // The end offsets of a bounded read are the last stable offsets (ListOffsets under
+    // the source's isolation level): a transaction still open at start-up is not waited for.
+    if !spec.options.contains_key("isolation.level") {
+        config.set("isolation.level", "read_committed");
+    }
+    let consumer: BaseConsumer = config.create().map_err(broker)?;
     let partitions = partitions_of(consumer.client(), &spec.topic, &spec.brokers)?;
     let bounds = if spec.bounded {
         let bounds: Result<Vec<(i64, i64)>, KafkaError> = (0..partitions)
@@ -285,6 +289,9 @@ impl KafkaSource {
             ("enable.auto.offset.store", "false"),
             // End-of-partition events tell a caught-up partition from a slow one.
             ("enable.partition.eof", "true"),
+            // Records of aborted or still open transactions are never read (librdkafka's
+            // default, stated here because exactly-once depends on it).
+            ("isolation.level", "read_committed"),
             ("auto.offset.reset", "earliest"),
             ("statistics.interval.ms", "1000"),
             ("fetch.wait.max.ms", "20"),
@@ -406,6 +413,7 @@ impl Source for KafkaSource {
                 Err(KafkaError::PartitionEOF(p)) => {
                     if let Some(l) = self.locals.iter_mut().find(|l| l.partition == p) {
                         l.at_end = true;
+                        past_markers(&self.consumer, &self.topic, l);
                     }
                 }
                 Err(e) => {
@@ -440,6 +448,7 @@ impl Source for KafkaSource {
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         l.at_end = true;
+                        past_markers(&self.consumer, &self.topic, l);
                         break;
                     }
                     Some(Err(e)) => {
@@ -455,6 +464,28 @@ impl Source for KafkaSource {
             (0, false) => Polled::Empty,
             _ => Polled::Data(n),
         })
+    }
+}
+
+/// At the end of a partition: moves its next offset to the consumer's position, which lies
+/// past what a `read_committed` consumer never hands over (transaction markers, aborted
+/// records), so that a bounded partition whose last records are markers reaches its end,
+/// and the offsets checkpointed and committed to the group are past them.
+fn past_markers<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    l: &mut LocalPartition,
+) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    if let Some(Offset::Offset(at)) = positions
+        .find_partition(topic, l.partition)
+        .map(|p| p.offset())
+    {
+        if l.next.is_none_or(|next| at > next) {
+            l.next = Some(at);
+        }
     }
 }
 
@@ -504,7 +535,9 @@ impl OffsetCommitter {
         })
     }
 
-    /// Commits `(partition, next offset)` pairs (asynchronously; a failure is logged).
+    /// Commits `(partition, next offset)` pairs and waits for the broker's answer (on the
+    /// committing thread, after the lake's commit; a failure is logged), so that a job that
+    /// ends right after a checkpoint leaves the group at its positions.
     pub fn commit(&self, offsets: &[(i32, i64)]) {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets {
@@ -518,10 +551,9 @@ impl OffsetCommitter {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
             tracing::warn!(error = %e, "committing offsets to the consumer group");
         }
-        self.consumer.poll(Duration::ZERO);
     }
 }
 

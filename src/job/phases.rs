@@ -250,7 +250,10 @@ pub(super) fn start_services(
                 job: (spec.name.clone(), job.input_names.to_vec()),
                 target_bytes: spec.lake.target_file_bytes(),
                 previous: job.recovered.as_ref().map(|r| r.commit.clone()),
-                on_commit: on_commit.map(services::commit_positions),
+                on_commit: on_commit.map(|c| {
+                    let recovered = job.recovered.as_ref().map(|r| &r.pieces[..]);
+                    services::commit_positions(c, recovered)
+                }),
             },
             coordinator_stop.clone(),
         )?)

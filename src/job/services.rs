@@ -134,9 +134,32 @@ pub(super) fn start_api(
     )
 }
 
-/// After each checkpoint, hands the sources' positions to `committer` (a Kafka consumer
-/// group's offsets).
-pub(super) fn commit_positions(mut committer: PositionCommitter) -> OnCommit {
+/// Hands the sources' positions in a checkpoint's `pieces` to `committer` (a Kafka
+/// consumer group's offsets).
+fn commit_sources(committer: &mut PositionCommitter, pieces: &[(Participant, Vec<u8>)]) {
+    match crate::restore::input_snapshots(pieces) {
+        Ok(inputs) => committer(
+            &inputs
+                .iter()
+                .filter(|i| i.position.0 != u64::MAX)
+                .map(|i| (i.input, i.position.0))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => tracing::warn!(error = %e, "positions not committed"),
+    }
+}
+
+/// After each checkpoint, hands the sources' positions to `committer`; first those of the
+/// checkpoint the job resumed from, `recovered` (a run killed between its lake commit and
+/// the group's, or one that resumes at the end of its input and commits nothing new, still
+/// leaves the group at the lake's positions).
+pub(super) fn commit_positions(
+    mut committer: PositionCommitter,
+    recovered: Option<&[(Participant, Vec<u8>)]>,
+) -> OnCommit {
+    if let Some(pieces) = recovered {
+        commit_sources(&mut committer, pieces);
+    }
     Box::new(
         move |_: &fleetflow_sinks::commit::Commit, pieces: &[(Participant, Blob)]| {
             // The sources' pieces (small, one chunk each).
@@ -145,16 +168,7 @@ pub(super) fn commit_positions(mut committer: PositionCommitter) -> OnCommit {
                 .filter(|((op, _), _)| op == source::SNAPSHOT_OP)
                 .map(|(p, b)| (p.clone(), b.contiguous().into_owned()))
                 .collect();
-            match crate::restore::input_snapshots(&sources) {
-                Ok(inputs) => committer(
-                    &inputs
-                        .iter()
-                        .filter(|i| i.position.0 != u64::MAX)
-                        .map(|i| (i.input, i.position.0))
-                        .collect::<Vec<_>>(),
-                ),
-                Err(e) => tracing::warn!(error = %e, "positions not committed"),
-            }
+            commit_sources(&mut committer, &sources);
         },
     )
 }

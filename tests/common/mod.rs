@@ -5,6 +5,7 @@
 pub mod data;
 pub mod delta;
 pub mod geofence_reference;
+pub mod kafka;
 pub mod reference;
 
 pub use data::*;
@@ -629,108 +630,6 @@ pub const KAFKA_VS_FILE: [(&str, &str); 5] = [
     ("1d", "*"),
     ("dead_letter", "reason, payload, detail"),
 ];
-
-/// A Kafka-protocol broker process (`tansu` from crates.io; `.ci/run` installs it under
-/// `~/.cache/tansu`, or set `FLEETFLOW_TANSU`) on a free loopback port, stopped when
-/// dropped. Tests use its `sqlite://` storage, which keeps messages across a broker restart.
-pub struct KafkaBroker {
-    child: Option<std::process::Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    storage: &'static str,
-}
-
-impl KafkaBroker {
-    fn binary() -> PathBuf {
-        if let Some(p) = std::env::var_os("FLEETFLOW_TANSU") {
-            return PathBuf::from(p);
-        }
-        let cached =
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tansu/bin/tansu");
-        if cached.exists() {
-            return cached;
-        }
-        PathBuf::from("tansu")
-    }
-
-    /// Starts a broker with empty `sqlite://` storage.
-    pub fn start() -> KafkaBroker {
-        Self::start_with("sqlite://tansu.db")
-    }
-
-    /// Starts a broker with empty storage of the given engine (`sqlite://tansu.db`, or
-    /// `memory://tansu/`: faster, but lost when the broker stops).
-    pub fn start_with(storage: &'static str) -> KafkaBroker {
-        let port = free_port();
-        let mut b = KafkaBroker {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            port,
-            storage,
-        };
-        b.restart();
-        b
-    }
-
-    /// `host:port`.
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the broker process (SIGKILL); its storage stays.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the broker process again on the same port and storage.
-    pub fn restart(&mut self) {
-        self.stop();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(Self::binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", self.storage])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the tansu broker (cargo install tansu --locked --features dynostore,libsql; .ci/run does)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.brokers()).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Creates a topic.
-    pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(Self::binary())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://{}", self.brokers()),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for KafkaBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One SSE event: `(id, event, data)`.
 pub type Event = (Option<String>, String, serde_json::Value);
