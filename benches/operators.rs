@@ -41,6 +41,7 @@ fn fixes(n: usize) -> Vec<IncomingFix> {
                     input: 0,
                     position: pos,
                     received_at: now,
+                    replayed: false,
                 });
                 true
             })
@@ -70,6 +71,7 @@ fn bench(c: &mut Criterion) {
                     finals: true,
                     silence: None,
                     vote_for: None,
+                    replay: false,
                 };
                 let mut t = Timelines::new(
                     cfg,

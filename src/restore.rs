@@ -94,10 +94,20 @@ pub fn local_shares(
 
 /// Decodes `pieces` and splits them over `workers`.
 pub fn split(pieces: &Pieces, workers: usize) -> Result<Restored> {
-    let inputs = input_snapshots(pieces)?;
+    let mut inputs = input_snapshots(pieces)?;
     let timelines = decode::<TimelineSnapshot>(pieces, operator::SNAPSHOT_OP)
         .map(|r| r.map(|(_, t)| t))
         .collect::<Result<Vec<_>>>()?;
+    // A replayable input is read again from the least position of a fix some worker had
+    // not made final (the fixes themselves are not in the checkpoint).
+    let mut replay_from: HashMap<u32, u64> = HashMap::new();
+    for (input, position) in timelines.iter().flat_map(|t| t.replay_from.iter()) {
+        let least = replay_from.entry(*input).or_insert(*position);
+        *least = (*least).min(*position);
+    }
+    for i in &mut inputs {
+        i.replay_from = replay_from.get(&i.input).copied();
+    }
     let mut workers_out: Vec<WorkerRestore> =
         TimelineSnapshot::split(timelines, workers, |id| owner(id, workers))
             .into_iter()

@@ -416,3 +416,65 @@ fn a_slow_partition_is_not_idle_and_none_of_its_events_are_late() {
     let (a, b) = (lake(dir.path(), "file"), lake(dir.path(), "kafka"));
     assert_same_datasets(None, &a, &b, &KAFKA_VS_FILE);
 }
+
+/// Checkpoints record where the fixes not yet final begin, not the fixes: for the same
+/// fleet reporting every 5 s and every 2 s (2.5 times the events per second, so 2.5 times
+/// the fixes within the allowed lateness), the checkpoint of a live job that has read
+/// everything is about the same size.
+#[test]
+fn a_checkpoint_does_not_grow_with_the_event_rate() {
+    use fleetflow_types::config::GeneratorSpec;
+    use fleetflow_types::time::HumanDuration;
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let mut sizes = Vec::new();
+    for (topic, every_ms) in [("every5s", 5_000), ("every2s", 2_000)] {
+        cluster.create_topic(topic, 4, 1).unwrap();
+        let lines = generated_with(GeneratorSpec {
+            vehicles: 2_000,
+            seed: 5,
+            duration: Some(HumanDuration::from_millis(120_000)),
+            interval: HumanDuration::from_millis(every_ms),
+            start: "2025-01-31T23:40:00Z".into(),
+            ..GeneratorSpec::default()
+        });
+        produce(&brokers, topic, &lines);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("live.toml"),
+            kafka_job("file://lake", &brokers, topic, "")
+                .replace("bounded = true", "bounded = false"),
+        )
+        .unwrap();
+        let (child, addr, rest) = spawn_with_api(dir.path(), &["run", "live.toml"]);
+        let mut api = KeepAlive::connect(&addr);
+        let metric = |api: &mut KeepAlive, name: &str| -> u64 {
+            let (_, text) = api.get("/metrics");
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metric(&mut api, "fleetflow_events_in_total") < lines.len() as u64 {
+            assert!(Instant::now() < deadline, "the job did not read the topic");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A checkpoint taken after everything was read (the interval is 100 ms).
+        std::thread::sleep(Duration::from_millis(1_500));
+        let bytes = metric(&mut api, "fleetflow_checkpoint_bytes");
+        interrupt(child, rest);
+        assert!(bytes > 0, "a checkpoint was taken");
+        sizes.push((lines.len(), bytes));
+    }
+    let (slow, fast) = (sizes[0], sizes[1]);
+    assert!(fast.0 as f64 > slow.0 as f64 * 2.4, "{sizes:?}");
+    let ratio = fast.1 as f64 / slow.1 as f64;
+    eprintln!(
+        "checkpoint (events, bytes): every 5 s {slow:?}, every 2 s {fast:?}, ratio {ratio:.2}"
+    );
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "checkpoint bytes (events, bytes) at 5 s and 2 s reports: {sizes:?}, ratio {ratio:.2}"
+    );
+}

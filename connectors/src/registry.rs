@@ -57,6 +57,12 @@ pub trait JobSource: Send + Sync {
     /// Whether the input ends (its end then makes everything final; on a live input,
     /// silence does).
     fn bounded(&self) -> bool;
+    /// Whether every input can be read again from any position it handed over since the
+    /// last checkpoint (a Kafka partition, within its retention): checkpoints then record
+    /// where the fixes not yet final begin, not the fixes, and a restore reads them again.
+    fn replayable(&self) -> bool {
+        false
+    }
     /// Prepares the instances of workers `local` (global indexes) of `peers`, before the
     /// workers start, so that what can fail fails once, here (Kafka's consumers).
     fn prepare(
@@ -190,6 +196,9 @@ impl JobSource for Topic {
     }
     fn bounded(&self) -> bool {
         self.spec.bounded
+    }
+    fn replayable(&self) -> bool {
+        true
     }
     fn prepare(
         &self,

@@ -122,6 +122,12 @@ pub struct InputSnapshot {
     pub progress: Option<Millis>,
     /// Its state.
     pub state: InputState,
+    /// On restore, for a replayable input: the least position of a fix that was not final
+    /// at the checkpoint (from the timelines' snapshots, not this one's). The input is read
+    /// again from there, and what it hands over before `position` is replayed
+    /// ([`IncomingFix::replayed`]).
+    #[serde(skip)]
+    pub replay_from: Option<u64>,
 }
 
 /// Checkpoint participant name of the source operator.
@@ -170,12 +176,15 @@ struct LocalInput {
     /// When it last reported `Empty`, to avoid busy polling.
     empty_since: Option<std::time::Instant>,
     dirty: bool,
+    /// Replaying after a restore: what it hands over before this position was read before
+    /// the checkpoint (see [`InputSnapshot::replay_from`]).
+    replay_until: Option<u64>,
 }
 
 impl LocalInput {
     /// Whether it may have something to read now.
     fn readable(&self, now: std::time::Instant) -> bool {
-        self.state != InputState::Finished
+        (self.state != InputState::Finished || self.replay_until.is_some())
             && self
                 .empty_since
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(5))
@@ -274,6 +283,7 @@ pub fn render_source<'scope>(
             last_data: start,
             empty_since: None,
             dirty: true,
+            replay_until: None,
         })
         .collect();
     let worker = scope.index();
@@ -289,8 +299,16 @@ pub fn render_source<'scope>(
                 input.saw(p);
             }
             input.state = r.state;
-            if r.state != InputState::Finished {
-                if let Err(e) = source.seek(local, r.position) {
+            // Fixes not final at the checkpoint are read again from where they begin.
+            let position = match r.replay_from {
+                Some(from) if from < r.position.0 && r.position.0 != u64::MAX => {
+                    input.replay_until = Some(r.position.0);
+                    (from, 0)
+                }
+                _ => r.position,
+            };
+            if r.state != InputState::Finished || input.replay_until.is_some() {
+                if let Err(e) = source.seek(local, position) {
                     tracing::error!(input = %ctx.input_names.get(input.id as usize).map(String::as_str).unwrap_or("?"), error = %e, "cannot resume input; treating it as ended");
                     input.state = InputState::Finished;
                 }
@@ -320,6 +338,7 @@ pub fn render_source<'scope>(
                 position: source.position(local),
                 progress: i.progress,
                 state: i.state,
+                replay_from: None,
             })
             .collect();
         let blob = postcard::to_stdvec(&snap).expect("positions serialize");
@@ -336,9 +355,13 @@ pub fn render_source<'scope>(
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
             if ctx.shutdown.load(Relaxed) {
-                // Interrupted: stop without claiming the inputs ended.
+                // Interrupted: stop without claiming the inputs ended. Not in the middle of
+                // a replay: the fixes not replayed yet are in no state but the checkpoint
+                // resumed from, which then stays the newest.
                 caps = None;
-                snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(None)));
+                if inputs.iter().all(|i| i.replay_until.is_none()) {
+                    snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(None)));
+                }
                 return;
             }
             let now = now_ms();
@@ -383,7 +406,27 @@ pub fn render_source<'scope>(
                 let first = fixes_buf.len();
                 arena.clear();
                 let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
+                let replay_until = input.replay_until;
                 let polled = source.poll(local, budget, &mut |payload, position, key| {
+                    if replay_until.is_some_and(|until| position < until) {
+                        // Read before the checkpoint: only a fix not final then matters,
+                        // and the timeline tells; what was rejected then was counted then.
+                        if let Ok(fix) = intake::decode(payload, now, Some(registry)) {
+                            if key.is_none_or(|k| k == fix.vehicle_id.as_bytes()) {
+                                spans.push((arena.len(), arena.len() + payload.len()));
+                                arena.extend_from_slice(payload);
+                                fixes_buf.push(IncomingFix {
+                                    fix,
+                                    payload: bytes::Bytes::new(),
+                                    input: id,
+                                    position,
+                                    received_at: now,
+                                    replayed: true,
+                                });
+                            }
+                        }
+                        return true;
+                    }
                     let mut go_on = true;
                     events += 1;
                     bytes += payload.len() as u64 + 1;
@@ -414,6 +457,7 @@ pub fn render_source<'scope>(
                                 input: id,
                                 position,
                                 received_at: now,
+                                replayed: false,
                             });
                         }
                         Err(rej) => {
@@ -452,7 +496,13 @@ pub fn render_source<'scope>(
                 if let Some(m) = metrics.inputs.get(id as usize) {
                     m.progress.store(progress.unwrap_or(Millis::MIN), Relaxed);
                 }
+                let ended = !matches!(polled, Ok(Polled::Data(_) | Polled::Empty));
                 match polled {
+                    // A replay changes no state of the input: it was read before.
+                    Ok(Polled::Data(_)) if replay_until.is_some() => {}
+                    Ok(Polled::Empty) if replay_until.is_some() => {
+                        input.empty_since = Some(now_instant)
+                    }
                     Ok(Polled::Data(_)) => {
                         input.empty_since = None;
                         input.last_data = now_instant;
@@ -475,6 +525,9 @@ pub fn render_source<'scope>(
                 }
                 if let Some(m) = metrics.inputs.get(id as usize) {
                     m.finished.store(input.state == InputState::Finished, Relaxed);
+                }
+                if replay_until.is_some_and(|until| ended || source.position(local).0 >= until) {
+                    input.replay_until = None;
                 }
             }
             if can_idle {
@@ -511,14 +564,16 @@ pub fn render_source<'scope>(
                     session.give(InputReport { input: input.id, progress: input.progress, state: input.state });
                 }
             }
-            if inputs.iter().all(|i| i.state == InputState::Finished) {
+            if inputs.iter().all(|i| i.state == InputState::Finished && i.replay_until.is_none()) {
                 caps = None;
                 snapshot(&*source, &inputs, cuts.as_mut().and_then(|c| c.frontier(None)));
                 return;
             }
-            // Advance the epoch to processing time.
+            // Advance the epoch to processing time; not while replaying: what is replayed
+            // is all at the first epoch, before anything read after the restore.
+            let replaying = inputs.iter().any(|i| i.replay_until.is_some());
             let epoch = (now as u64).max(*held[0].time());
-            if epoch > *held[0].time() {
+            if epoch > *held[0].time() && !replaying {
                 for cap in held.iter_mut() {
                     cap.downgrade(&epoch);
                 }

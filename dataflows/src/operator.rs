@@ -88,6 +88,9 @@ pub struct TimelineSnapshot {
     pub latest_change: u64,
     /// The worker's vehicles, by id.
     pub vehicles: Vec<VehicleSnapshot>,
+    /// Replayable inputs: `(input, position)`, the least position of a fix of the worker's
+    /// vehicles that was not final (a restore reads the input again from there).
+    pub replay_from: Vec<(u32, u64)>,
 }
 
 impl TimelineSnapshot {
@@ -608,6 +611,7 @@ mod tests {
             finals: false,
             silence: None,
             vote_for: None,
+            replay: false,
         };
         let names = Arc::new(vec!["in".to_string()]);
         let mut t = Timelines::new(cfg, Arc::default(), names, metrics);
@@ -621,6 +625,7 @@ mod tests {
                 input: 0,
                 position: i as u64,
                 received_at: 0,
+                replayed: false,
             };
             t.offer(inc, &mut out);
         }

@@ -42,6 +42,7 @@ fn config() -> TimelineConfig {
         finals: true,
         silence: None,
         vote_for: None,
+        replay: false,
     }
 }
 
@@ -131,6 +132,7 @@ fn fix(id: &str, ts: Millis, lat: f64, speed: f64, fuel: f64) -> IncomingFix {
         input: 0,
         position: ts as u64,
         received_at: 0,
+        replayed: false,
     }
 }
 

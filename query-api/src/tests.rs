@@ -279,6 +279,7 @@ async fn every_metric_collected_is_exposed() {
         "fleetflow_events_in_total",
         "fleetflow_geofences",
         "fleetflow_commit_seconds",
+        "fleetflow_checkpoint_bytes",
         "fleetflow_input_bytes_total",
         "fleetflow_input_event_time_ms",
         "fleetflow_input_finished",

@@ -39,6 +39,9 @@ use std::time::Duration;
 pub const LOG: &str = "_fleetflow/log";
 /// State objects, one per checkpoint.
 pub const STATE: &str = "_fleetflow/state";
+/// The checkpoint format this build writes and reads. 2: the timelines' snapshots end with
+/// replay positions, and on replayable inputs hold no pending fixes.
+pub const FORMAT_VERSION: u32 = 2;
 /// Commit records kept (older ones are deleted; the newest is all recovery needs).
 const KEEP_LOG: u64 = 100;
 
@@ -164,6 +167,15 @@ fn newest(
             .await
             .map_err(|e| store_err(&path, e))?;
         let commit: Commit = serde_json::from_slice(&body).map_err(|e| store_err(&path, e))?;
+        if commit.version != FORMAT_VERSION {
+            return Err(store_err(
+                &path,
+                format!(
+                    "a checkpoint of format {} (this build reads format {FORMAT_VERSION}): finish it with the fleetflow that wrote it, or start this job on a new lake",
+                    commit.version
+                ),
+            ));
+        }
         if let Some(tables) = apply_again {
             tables
                 .apply(&*store, &commit, None)
@@ -343,7 +355,7 @@ impl Coordinator {
         }
         let previous = self.previous.take().unwrap_or_default();
         let mut c = Commit {
-            version: 1,
+            version: FORMAT_VERSION,
             seq: previous.seq + 1,
             boundary: ready.boundary,
             clock: clock.or(previous.clock),
@@ -405,6 +417,10 @@ impl Coordinator {
         c.delete.dedup();
         // 1. The state, written from the pieces as they are (they can be hundreds of MB).
         let payload = state_payload(&ready.pieces);
+        self.metrics.checkpoint_bytes.store(
+            payload.content_length() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let store = self.lake.store.clone();
         let sp = state_path.clone();
         self.rt()
@@ -698,6 +714,7 @@ mod tests {
             ..Commit::default()
         };
         let commit = Commit {
+            version: FORMAT_VERSION,
             seq: 2,
             boundary: 2000,
             state: "_fleetflow/state/00000000000000002000.bin".into(),

@@ -285,7 +285,12 @@ pub(super) fn start_workers(
     let first = layout.global(job.process, 0);
     let catalogue = &job.catalogue;
     // Bounded inputs end, and their end makes everything final; on live ones, silence does.
-    let timeline = setup::timeline_config(spec, catalogue, job.source.bounded());
+    let timeline = setup::timeline_config(
+        spec,
+        catalogue,
+        job.source.bounded(),
+        job.source.replayable(),
+    );
     let sink = SinkConfig {
         datasets: catalogue.clone(),
         prefix: format!("part-{}", fleetflow_types::time::now_ms()),

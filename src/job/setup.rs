@@ -135,6 +135,7 @@ pub(super) fn timeline_config(
     spec: &JobSpec,
     catalogue: &Catalogue,
     bounded: bool,
+    replay: bool,
 ) -> TimelineConfig {
     let lateness = spec.time.allowed_lateness.millis();
     TimelineConfig {
@@ -144,6 +145,7 @@ pub(super) fn timeline_config(
             close_after: spec.time.close_silent_after.millis(),
         }),
         vote_for: (!bounded).then_some(spec.time.idle_timeout.millis() as u64),
+        replay,
         offline_after: spec.time.offline_after.millis(),
         tiers: catalogue.tiers().iter().map(|t| t.size_ms).collect(),
         raw: catalogue.has_raw(),

@@ -44,6 +44,8 @@ pub struct Summary {
     pub commit_ms: Option<(u64, u64)>,
     /// The last committed checkpoint: its sequence number and job clock.
     pub checkpoint: Option<(u64, Option<i64>)>,
+    /// Size of the last checkpoint's state, bytes.
+    pub checkpoint_bytes: u64,
 }
 
 impl Summary {
@@ -122,8 +124,9 @@ impl std::fmt::Display for Summary {
         if let Some((seq, w)) = self.checkpoint {
             writeln!(
                 f,
-                "checkpoint  {seq} (job clock {})",
-                w.map_or("none".into(), fleetflow_types::time::rfc3339)
+                "checkpoint  {seq} (job clock {}), state {:.1} MiB",
+                w.map_or("none".into(), fleetflow_types::time::rfc3339),
+                self.checkpoint_bytes as f64 / (1024.0 * 1024.0)
             )?;
         }
         if let Some(rss) = self.peak_rss {
@@ -176,6 +179,7 @@ impl Summary {
                 .quantile(0.5)
                 .zip(metrics.delivery_latency.quantile(0.99)),
             checkpoint,
+            checkpoint_bytes: metrics.checkpoint_bytes.load(r),
         }
     }
 }

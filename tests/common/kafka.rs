@@ -105,13 +105,10 @@ impl KafkaBroker {
         )
         .unwrap();
         let out = java()
-            .args([
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                &cluster_id(),
-                "-c",
-            ])
+            // `=`: an id may begin with `-`, which would read as an option.
+            .args(["kafka.tools.StorageTool", "format"])
+            .arg(format!("--cluster-id={}", cluster_id()))
+            .arg("-c")
             .arg(dir.path().join("server.properties"))
             .output()
             .expect("java (Java 17 or newer) for the Apache Kafka broker");

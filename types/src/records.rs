@@ -323,6 +323,11 @@ pub struct IncomingFix {
     pub position: u64,
     /// Processing time it was read at.
     pub received_at: Millis,
+    /// Read again after a restore, from before the checkpoint's position of a replayable
+    /// input (Kafka): it only rebuilds its vehicle's fixes that were not final at the
+    /// checkpoint, and has no other effect (no metric, no dead letter, no clock).
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// `NAME:POSITION`, the `source` column of a dead letter, from a table of input names.

@@ -83,6 +83,10 @@ pub struct TimelineConfig {
     /// Processing time without a fix after which a vehicle stops voting for the job clock
     /// (`None`: every vehicle votes, as on a bounded input), ms.
     pub vote_for: Option<u64>,
+    /// Whether the inputs can be read again from a position before a checkpoint's (Kafka):
+    /// then a snapshot records, per input, the least position of the fixes not yet final
+    /// instead of the fixes (their payloads), and a restore reads them again from there.
+    pub replay: bool,
 }
 
 /// What the logic produced; drained by the caller.
@@ -277,6 +281,9 @@ impl Timelines {
 
     /// Takes in a fix as it arrives.
     pub fn offer(&mut self, inc: IncomingFix, out: &mut Outputs) {
+        if inc.replayed {
+            return self.replay(inc);
+        }
         let slot = self.slot(&inc.fix.vehicle_id);
         self.save(slot);
         let lateness = self.cfg.lateness;
@@ -331,6 +338,35 @@ impl Timelines {
             v.clock.newest = ts;
             self.raise(slot, ts.saturating_sub(lateness), out);
         }
+        self.touch(slot);
+        self.arm_silence(slot);
+    }
+
+    /// Takes in a fix read again after a restore ([`IncomingFix::replayed`]). It was read
+    /// before the checkpoint, so it is among its vehicle's pending fixes exactly when it was
+    /// then: not below the vehicle's watermark and not above its newest `ts` (which counted
+    /// every fix then read). Anything else it was then (final, late, a duplicate) it
+    /// already was: it is dropped without a dead letter, metric or clock change.
+    fn replay(&mut self, inc: IncomingFix) {
+        let slot = self.slot(&inc.fix.vehicle_id);
+        self.save(slot);
+        let v = &mut self.vehicles[slot as usize];
+        let ts = inc.fix.ts;
+        if ts < v.clock.watermark || ts > v.clock.newest {
+            return;
+        }
+        let at = v.pending.partition_point(|p| p.fix.ts < ts);
+        match v.pending.get_mut(at) {
+            // Of duplicates the least is kept, whatever the order they are read in.
+            Some(p) if p.fix.ts == ts => {
+                if inc.fix >= p.fix {
+                    return;
+                }
+                *p = inc;
+            }
+            _ => v.pending.insert(at, inc),
+        }
+        v.recompute_latest();
         self.touch(slot);
         self.arm_silence(slot);
     }

@@ -4,7 +4,13 @@
 //! changing. A vehicle about to change is written first (copy on write), so what is written
 //! is the state when the snapshot began, however its writing interleaves with later fixes.
 //! Encoded with `postcard` as the caller's head, the worker's geofence changes, the vehicle
-//! count and every [`VehicleSnapshot`], in no particular order.
+//! count, every [`VehicleSnapshot`] in no particular order, and the replay positions.
+//!
+//! On replayable inputs (Kafka, [`super::TimelineConfig::replay`]) a vehicle's fixes that
+//! are not final yet are not written: the snapshot ends with the least position of such a
+//! fix per input, and a restore reads each input again from there up to the checkpoint's
+//! position ([`fleetflow_types::records::IncomingFix::replayed`]). The snapshot's size then
+//! grows with the vehicles, not with the event rate times the allowed lateness.
 
 use super::{Change, Timelines};
 use crate::tiers::WindowAcc;
@@ -47,6 +53,8 @@ pub(crate) struct Snapshotting {
     done: Vec<bytes::Bytes>,
     /// The chunk being written.
     body: Vec<u8>,
+    /// Replayable inputs: input -> the least position of a fix not final when it began.
+    replay_from: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Snapshotting {
@@ -157,6 +165,7 @@ impl Timelines {
             cursor: 0,
             done: Vec::new(),
             body,
+            replay_from: Default::default(),
         });
     }
 
@@ -177,6 +186,8 @@ impl Timelines {
             }
         }
         let mut s = self.snapshotting.take()?;
+        let replay_from: Vec<(u32, u64)> = s.replay_from.into_iter().collect();
+        s.body = postcard::to_extend(&replay_from, s.body).expect("positions encode");
         s.done.push(s.body.into());
         Some(Blob::from_chunks(s.done))
     }
@@ -204,10 +215,20 @@ impl Timelines {
             return;
         }
         v.snapshot_gen = self.snapshot_gen;
+        let replayed = VecDeque::new();
+        let pending = if self.cfg.replay {
+            for p in &v.pending {
+                let least = s.replay_from.entry(p.input).or_insert(p.position);
+                *least = (*least).min(p.position);
+            }
+            &replayed
+        } else {
+            &v.pending
+        };
         let r = VehicleSnapshotRef {
             id: &v.id,
             anchor: &v.anchor,
-            pending: &v.pending,
+            pending,
             windows: &v.windows,
             today_day: v.today_day,
             today_km: v.today_km,

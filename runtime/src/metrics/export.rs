@@ -147,6 +147,11 @@ impl Metrics {
                 OPTIONAL_FIELDS.iter().map(|f| (*f, self.dropped_of(f))).collect(),
             ),
             gauge(
+                "fleetflow_checkpoint_bytes",
+                "Size of the last checkpoint's state object (the operators' snapshots and the inputs' positions).",
+                self.checkpoint_bytes.load(r) as f64,
+            ),
+            gauge(
                 "fleetflow_clock_voters",
                 "Vehicles that vote for the job clock (heard from within idle_timeout on live inputs, all on bounded ones).",
                 self.clock_voters.load(r) as f64,

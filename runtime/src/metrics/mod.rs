@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Time to make a checkpoint's commit visible in the lake's tables once its record is
     /// written (publishing its files, the table commits, vacuum), ms.
     pub commit_latency: LatencyHistogram,
+    /// Size of the last checkpoint's state object, bytes (0 before the first).
+    pub checkpoint_bytes: AtomicU64,
     /// Per input (file, generator partition, Kafka partition), by global input id.
     pub inputs: Vec<InputMetrics>,
 }
@@ -133,6 +135,7 @@ impl Metrics {
             write_retries: AtomicU64::new(0),
             visibility_latency: LatencyHistogram::default(),
             commit_latency: LatencyHistogram::default(),
+            checkpoint_bytes: AtomicU64::new(0),
             delivery_latency: LatencyHistogram::default(),
             inputs: Vec::new(),
         }
