@@ -39,19 +39,48 @@ fn setup(dir: &Path, broker: &KafkaBroker, topic: &str) {
     let mut to_file = args;
     to_file.extend(["--out", "in.ndjson"]);
     fleetflow_ok(dir, &to_file);
+    write_jobs(
+        dir,
+        &brokers,
+        topic,
+        "in.ndjson",
+        "checkpoint_interval = \"100ms\"\nmax_file_age = \"300ms\"\n",
+    );
+    run_to_end(dir, "file.toml", &[]);
+}
+
+/// `file.toml`, a file job over `input` into `file/`, and `kafka.toml`, a bounded job over
+/// `topic` into `kafka/` with `lake_extra` lines in its `[lake]` table.
+fn write_jobs(dir: &Path, brokers: &str, topic: &str, input: &str, lake_extra: &str) {
     std::fs::write(
         dir.join("file.toml"),
-        "name = \"file\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"in.ndjson\"\n[lake]\nurl = \"file://file\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        format!("name = \"file\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"{input}\"\n[lake]\nurl = \"file://file\"\n[api]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     std::fs::write(
         dir.join("kafka.toml"),
         format!(
-            "name = \"kafka\"\nworkers = 2\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nbounded = true\n[lake]\nurl = \"file://kafka\"\ncheckpoint_interval = \"100ms\"\nmax_file_age = \"300ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n"
+            "name = \"kafka\"\nworkers = 2\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\nbounded = true\n[lake]\nurl = \"file://kafka\"\n{lake_extra}[api]\nlisten = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();
-    run_to_end(dir, "file.toml", &[]);
+}
+
+/// Waits (at most 120 s, else fails with `stuck`) for `job` to exit, asserts that it
+/// succeeded, and returns its standard error.
+fn finished_ok(mut job: KillOnDrop, stuck: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{stuck}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    err
 }
 
 fn same_lakes(dir: &Path) {
@@ -154,36 +183,14 @@ fn generated(dir: &Path, parts: usize) -> Vec<Vec<String>> {
 /// file job, run to the end; the lakes must be equal.
 fn kafka_equals_file_of(dir: &Path, broker: &KafkaBroker, topic: &str, committed: &[String]) {
     write_lines(&dir.join("committed.ndjson"), committed);
-    std::fs::write(
-        dir.join("file.toml"),
-        "name = \"file\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"committed.ndjson\"\n[lake]\nurl = \"file://file\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("kafka.toml"),
-        format!(
-            "name = \"kafka\"\nworkers = 2\n[source]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{topic}\"\nbounded = true\n[lake]\nurl = \"file://kafka\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-            broker.brokers()
-        ),
-    )
-    .unwrap();
+    write_jobs(dir, &broker.brokers(), topic, "committed.ndjson", "");
     run_to_end(dir, "file.toml", &[]);
     // A bounded read that could not pass the markers would never end.
-    let mut job = KillOnDrop(command(dir, "kafka.toml", &[]).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the bounded Kafka job did not finish: a partition ending in transaction markers never reached its end"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "{err}");
+    let job = KillOnDrop(command(dir, "kafka.toml", &[]).spawn().unwrap());
+    finished_ok(
+        job,
+        "the bounded Kafka job did not finish: a partition ending in transaction markers never reached its end",
+    );
     same_lakes(dir);
 }
 
@@ -247,20 +254,7 @@ fn the_job_survives_the_broker_going_away_and_coming_back() {
         "the job waits for the broker instead of failing or finishing"
     );
     broker.restart();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish after the broker returned"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "{err}");
+    let err = finished_ok(job, "the job did not finish after the broker returned");
     assert!(
         err.contains("retrying"),
         "the outage was noticed and logged: {err}"

@@ -233,6 +233,20 @@ fn furthest_behind(
         .map(|(n, _)| n)
 }
 
+/// Hands `inc` over with its `payload` copied into the poll's `arena` (`spans`: where each
+/// staged fix's payload lies in it; the fixes share one buffer once the poll ends).
+fn stage(
+    arena: &mut Vec<u8>,
+    spans: &mut Vec<(usize, usize)>,
+    fixes: &mut Vec<IncomingFix>,
+    payload: &[u8],
+    inc: IncomingFix,
+) {
+    spans.push((arena.len(), arena.len() + payload.len()));
+    arena.extend_from_slice(payload);
+    fixes.push(inc);
+}
+
 /// The three streams a source produces.
 pub struct SourceStreams<'scope> {
     /// Decoded fixes.
@@ -413,16 +427,8 @@ pub fn render_source<'scope>(
                         // and the timeline tells; what was rejected then was counted then.
                         if let Ok(fix) = intake::decode(payload, now, Some(registry)) {
                             if key.is_none_or(|k| k == fix.vehicle_id.as_bytes()) {
-                                spans.push((arena.len(), arena.len() + payload.len()));
-                                arena.extend_from_slice(payload);
-                                fixes_buf.push(IncomingFix {
-                                    fix,
-                                    payload: bytes::Bytes::new(),
-                                    input: id,
-                                    position,
-                                    received_at: now,
-                                    replayed: true,
-                                });
+                                let inc = IncomingFix::new(fix, id, position, now, true);
+                                stage(&mut arena, &mut spans, &mut fixes_buf, payload, inc);
                             }
                         }
                         return true;
@@ -449,16 +455,8 @@ pub fn render_source<'scope>(
                             input.saw(fix.ts);
                             // An aligned input stops at the first fix past the horizon.
                             go_on = horizon.is_none_or(|h| fix.ts <= h);
-                            spans.push((arena.len(), arena.len() + payload.len()));
-                            arena.extend_from_slice(payload);
-                            fixes_buf.push(IncomingFix {
-                                fix,
-                                payload: bytes::Bytes::new(),
-                                input: id,
-                                position,
-                                received_at: now,
-                                replayed: false,
-                            });
+                            let inc = IncomingFix::new(fix, id, position, now, false);
+                            stage(&mut arena, &mut spans, &mut fixes_buf, payload, inc);
                         }
                         Err(rej) => {
                             metrics.dead_letter(rej.reason);

@@ -330,6 +330,21 @@ pub struct IncomingFix {
     pub replayed: bool,
 }
 
+impl IncomingFix {
+    /// A fix read from `input` at `position` at processing time `received_at`, its payload
+    /// not attached yet (the source attaches its slice of the poll's buffer).
+    pub fn new(fix: Fix, input: u32, position: u64, received_at: Millis, replayed: bool) -> Self {
+        IncomingFix {
+            fix,
+            payload: bytes::Bytes::new(),
+            input,
+            position,
+            received_at,
+            replayed,
+        }
+    }
+}
+
 /// `NAME:POSITION`, the `source` column of a dead letter, from a table of input names.
 pub fn source_name(names: &[String], input: u32, position: u64) -> String {
     format!(

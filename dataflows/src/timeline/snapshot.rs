@@ -148,6 +148,35 @@ impl Timelines {
         }
     }
 
+    /// Takes in a fix read again after a restore ([`IncomingFix::replayed`]). It was read
+    /// before the checkpoint, so it is among its vehicle's pending fixes exactly when it was
+    /// then: not below the vehicle's watermark and not above its newest `ts` (which counted
+    /// every fix then read). Anything else it was then (final, late, a duplicate) it
+    /// already was: it is dropped without a dead letter, metric or clock change.
+    pub(super) fn replay(&mut self, inc: IncomingFix) {
+        let slot = self.slot(&inc.fix.vehicle_id);
+        self.save(slot);
+        let v = &mut self.vehicles[slot as usize];
+        let ts = inc.fix.ts;
+        if ts < v.clock.watermark || ts > v.clock.newest {
+            return;
+        }
+        let at = v.pending.partition_point(|p| p.fix.ts < ts);
+        match v.pending.get_mut(at) {
+            // Of duplicates the least is kept, whatever the order they are read in.
+            Some(p) if p.fix.ts == ts => {
+                if inc.fix >= p.fix {
+                    return;
+                }
+                *p = inc;
+            }
+            _ => v.pending.insert(at, inc),
+        }
+        v.recompute_latest();
+        self.touch(slot);
+        self.arm_silence(slot);
+    }
+
     /// Begins a snapshot of every vehicle as it is now, to follow `head`; write it with
     /// [`Timelines::continue_snapshot`] while the timelines go on.
     pub fn begin_snapshot(&mut self, head: Vec<u8>) {

@@ -429,6 +429,24 @@ fn a_restored_vehicle_keeps_its_own_clock() {
 /// A vehicle and its pending fixes as `(ts, input, position)`.
 type VehiclePending = (String, Vec<(Millis, u32, u64)>);
 
+/// Every vehicle's pending fixes, by vehicle.
+fn pending_of(t: &Timelines) -> Vec<VehiclePending> {
+    let mut v: Vec<VehiclePending> = t
+        .state_now()
+        .into_iter()
+        .map(|v| {
+            let p = v
+                .pending
+                .iter()
+                .map(|p| (p.fix.ts, p.input, p.position))
+                .collect();
+            (v.id.to_string(), p)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// On replayable inputs a snapshot holds no pending fix, only where each input's pending
 /// fixes begin; restoring it and reading every input again from there (the fixes before
 /// the checkpoint's position marked replayed, the inputs interleaved differently) then
@@ -497,18 +515,7 @@ fn a_snapshot_of_replayable_inputs_is_restored_by_reading_them_again() {
             apply(&mut whole_run, e, &mut a);
         }
         let (raw_at, rows_at, dead_at) = (a.raw.len(), a.rows.len(), a.dead.len());
-        let pending_at: Vec<VehiclePending> = whole_run
-            .state_now()
-            .into_iter()
-            .map(|v| {
-                let p = v
-                    .pending
-                    .iter()
-                    .map(|p| (p.fix.ts, p.input, p.position))
-                    .collect();
-                (v.id.to_string(), p)
-            })
-            .collect();
+        let pending_at = pending_of(&whole_run);
         let clock_at = whole_run.clock();
         whole_run.begin_snapshot(postcard::to_stdvec(&(0u32, clock_at)).unwrap());
         let blob = whole_run.continue_snapshot(None).unwrap();
@@ -545,27 +552,8 @@ fn a_snapshot_of_replayable_inputs_is_restored_by_reading_them_again() {
             "a replay emits nothing"
         );
         assert_eq!(m.dead_letters_of(Reason::Late), 0, "nor counts");
-        let pending_after: Vec<VehiclePending> = restored
-            .state_now()
-            .into_iter()
-            .map(|v| {
-                let p = v
-                    .pending
-                    .iter()
-                    .map(|p| (p.fix.ts, p.input, p.position))
-                    .collect();
-                (v.id.to_string(), p)
-            })
-            .collect();
-        let sorted = |mut v: Vec<VehiclePending>| {
-            v.sort();
-            v
-        };
-        assert_eq!(
-            sorted(pending_after),
-            sorted(pending_at),
-            "seed {seed}: the pending fixes"
-        );
+        let pending_after = pending_of(&restored);
+        assert_eq!(pending_after, pending_at, "seed {seed}: the pending fixes");
         for e in &events[cut..] {
             apply(&mut restored, e, &mut b);
         }
