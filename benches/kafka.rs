@@ -8,16 +8,18 @@
 //! (b) end-to-end latency at a steady rate: an unbounded job runs while this bench
 //!     produces, into a topic of `FLEETFLOW_BENCH_LIVE_PARTITIONS` partitions (default 4),
 //!     at `FLEETFLOW_BENCH_RATE` events/s (default 50,000) for `FLEETFLOW_BENCH_SECONDS`
-//!     (default 600), from `rate * 5` vehicles reporting every 5 s (event time keeps pace
-//!     with the wall clock), after producing the first 30 s of event time at once (the
+//!     (default 600), from `FLEETFLOW_BENCH_FLEET` vehicles (default `rate * 5`, each
+//!     reporting every 5 s; a fixed fleet reports more often at a higher rate; event time
+//!     keeps pace with the wall clock), after producing the first 30 s of event time at once (the
 //!     allowed lateness: so the job measured is in its steady state, finalizing fixes,
 //!     writing the lake and checkpointing 30 s of pending fixes); `FLEETFLOW_BENCH_SAMPLED`
 //!     vehicles (default 80) are polled through `GET /v1/vehicles/{id}` and each fix's
 //!     latency is the time from handing it to the producer to seeing its `ts` there; every
 //!     fix is also followed through `GET /v1/stream?topics=vehicles` (an upper bound on
 //!     when it became visible there, over every fix rather than a sample). Reported: p50
-//!     and p99 over the run, the p99 of every minute (of every second, for the stream), and
-//!     the job's RSS at the end of every minute (sampled from `/proc` every second).
+//!     and p99 over the run, the p99 of every minute (of every second, for the stream), the
+//!     job's RSS at the end of every minute (sampled from `/proc` every second), and the
+//!     largest checkpoint size and consumer lag of every minute (its `/metrics`).
 //!
 //!     cargo bench --bench kafka
 //!
@@ -28,13 +30,15 @@
 //! (default 10000), `FLEETFLOW_BENCH_LAKE` (extra lines of the job's `[lake]` table, e.g.
 //! `checkpoint_interval = "1m"`), `FLEETFLOW_BENCH_SOURCE` (extra lines of `[source]`, e.g.
 //! `options = { "fetch.wait.max.ms" = "5" }`), `FLEETFLOW_BENCH_ONLY` (`a` or `b`: one of
-//! the two).
+//! the two), `FLEETFLOW_BENCH_FOLLOW` (`0`: (b) does not follow the stream, leaving its
+//! CPU to the job and the broker), `FLEETFLOW_BENCH_JOB_LOG` (a file for (b)'s job log; with
+//! `RUST_LOG=fleetflow::slow=debug` it names every operator invocation over 50 ms).
 
 mod common;
 #[path = "../tests/common/mod.rs"]
 mod harness;
 
-use common::{env_or, generated_input, run};
+use common::{env_or, generated_input, generated_input_every, run};
 use fleetflow_connectors::kafka::produce_events;
 use fleetflow_connectors::kafka::rdkafka::mocking::MockCluster;
 use harness::kafka::KafkaBroker;
@@ -42,7 +46,7 @@ use harness::{interrupt, spawn_with_api, KeepAlive, Sse};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The `ts` of an input line or of a vehicle in a stream message (the first `"ts":` from
@@ -76,8 +80,8 @@ fn seen(outstanding: &mut Outstanding, vehicle: &str, ts: i64) -> (Option<Instan
 #[derive(Default)]
 struct Followed {
     /// Latencies (ms) of the fixes seen in a `vehicle` change, by the second (since the
-    /// start) they were handed to the producer in; fixes handed over before the warm-up
-    /// ended are not counted.
+    /// measured part began) they were handed to the producer in; fixes handed over before
+    /// it are not counted.
     by_second: Vec<Vec<f32>>,
     /// Fixes never shown because a newer fix of the same vehicle was shown first.
     overtaken: usize,
@@ -94,8 +98,7 @@ fn follow_stream(
     addr: &str,
     done: &AtomicBool,
     outstanding: &Mutex<Outstanding>,
-    start: Instant,
-    warm_up: Instant,
+    measured_from: &OnceLock<Instant>,
 ) -> Followed {
     use std::io::BufRead;
     let mut f = Followed::default();
@@ -131,8 +134,12 @@ fn follow_stream(
                         if let (Some(k), Some(ts)) = (key_of(&data[at..]), ts_of(data, at)) {
                             let (sent, overtaken) = seen(&mut outstanding.lock().unwrap(), &k, ts);
                             f.overtaken += overtaken;
-                            if let Some(sent) = sent.filter(|s| *s >= warm_up) {
-                                let second = sent.duration_since(start).as_secs() as usize;
+                            let from = measured_from.get().copied();
+                            if let (Some(sent), Some(from)) = (sent, from) {
+                                if sent < from {
+                                    continue;
+                                }
+                                let second = sent.duration_since(from).as_secs() as usize;
                                 f.by_second
                                     .resize_with(f.by_second.len().max(second + 1), Vec::new);
                                 f.by_second[second].push(
@@ -279,11 +286,21 @@ fn main() {
     } else {
         Vec::new()
     };
-    // (b) is real time: `rate` events/s are `rate * 5` vehicles reporting every 5 s, so event
+    // (b) is real time: `rate` events/s are `fleet` vehicles reporting every `fleet / rate`
+    // s (by default `rate * 5` vehicles every 5 s), so event
     // time advances as fast as the wall clock (as it would in production). The first
     // `BACKFILL_S` s of event time are produced at once, before the measured part.
+    let fleet: u64 = env_or("FLEETFLOW_BENCH_FLEET", &(rate * 5).to_string())
+        .parse()
+        .unwrap();
     let steady = if only.contains('b') {
-        generated_input(bin, rate * (BACKFILL_S + seconds), rate * 5, "1")
+        generated_input_every(
+            bin,
+            rate * (BACKFILL_S + seconds),
+            fleet,
+            "1",
+            fleet * 1000 / rate,
+        )
     } else {
         std::path::PathBuf::new()
     };
@@ -295,7 +312,7 @@ fn main() {
             other => panic!("FLEETFLOW_BENCH_BROKER: unknown broker {other}"),
         };
         println!("broker: {}", broker.name());
-        bench(bin, &broker, &input, &steady, rate, seconds);
+        bench(bin, &broker, &input, &steady, (rate, fleet), seconds);
     }
 }
 
@@ -304,7 +321,7 @@ fn bench(
     broker: &Broker,
     input: &[String],
     steady: &std::path::Path,
-    rate: u64,
+    rate: (u64, u64),
     seconds: u64,
 ) {
     let dir = tempfile::tempdir().unwrap();
@@ -351,6 +368,25 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// What (b) samples of the job every second.
+struct Gauges {
+    rss_kib: u64,
+    checkpoint_bytes: u64,
+    lag: u64,
+}
+
+/// The value of the unlabelled metric `name` (the sum over its label sets) in a Prometheus
+/// text exposition; 0 when absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// `minute:p99` for latencies grouped by the second they were handed over in.
 fn p99_by_minute(by_second: &[Vec<f32>]) -> String {
     by_second
@@ -372,7 +408,7 @@ fn latency(
     broker: &Broker,
     dir: &std::path::Path,
     steady: &std::path::Path,
-    rate: u64,
+    (rate, fleet): (u64, u64),
     seconds: u64,
 ) {
     let brokers = broker.brokers();
@@ -394,22 +430,33 @@ fn latency(
     // polled by 4 threads while one of their fixes is on its way (so the polling, every
     // `FLEETFLOW_BENCH_POLL_MS` (default 1), adds about that much to a latency: 80 vehicles
     // cost about 700 requests/s; 400 cost 3,700/s, which loads two cores enough to raise
-    // every p99 several times over); fixes handed to the producer in the first
-    // `FLEETFLOW_BENCH_WARMUP` s (default 3; the job's consumer connecting) are not counted.
+    // every p99 several times over). The measured part begins once the job has caught up
+    // with the backfill (its consumer lag below 50 ms of input, and at least
+    // `FLEETFLOW_BENCH_WARMUP` s (default 3) in): fixes handed to the producer before are
+    // not counted, and minutes count from there.
     let sample: usize = env_or("FLEETFLOW_BENCH_SAMPLED", "80").parse().unwrap();
     let sampled: Vec<String> = (0..sample)
-        .map(|i| format!("V{:05}", (i * 7) % (rate as usize * 5)))
+        .map(|i| format!("V{:05}", (i * 7) % fleet as usize))
         .collect();
     let sent: Arc<Mutex<Outstanding>> = Default::default();
     let done = Arc::new(AtomicBool::new(false));
     let t = Instant::now();
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let warm_up = t + Duration::from_secs(env_or("FLEETFLOW_BENCH_WARMUP", "3").parse().unwrap());
+    let measured_from: Arc<OnceLock<Instant>> = Default::default();
     let poll_every = Duration::from_millis(env_or("FLEETFLOW_BENCH_POLL_MS", "1").parse().unwrap());
     let pollers: Vec<_> = sampled
         .chunks(sample.div_ceil(4).max(1))
         .map(|mine| {
-            let (sent, done, addr, mine) =
-                (sent.clone(), done.clone(), addr.clone(), mine.to_vec());
+            let (sent, done, addr, mine, from) = (
+                sent.clone(),
+                done.clone(),
+                addr.clone(),
+                mine.to_vec(),
+                measured_from.clone(),
+            );
             std::thread::spawn(move || {
                 // (second handed over in, latency ms)
                 let mut latencies: Vec<(u64, f64)> = Vec::new();
@@ -429,9 +476,9 @@ fn latency(
                         };
                         // The fix shown is visible; older ones were overtaken unseen.
                         if let (Some(at), _) = seen(&mut sent.lock().unwrap(), v, ts) {
-                            if at >= warm_up {
+                            if let Some(from) = from.get().filter(|f| at >= **f) {
                                 latencies.push((
-                                    at.duration_since(t).as_secs(),
+                                    at.duration_since(*from).as_secs(),
                                     now.duration_since(at).as_secs_f64() * 1000.0,
                                 ));
                             }
@@ -447,18 +494,36 @@ fn latency(
     // the change to the state `GET /v1/vehicles/{id}` reads: an upper bound on when a fix
     // became visible there, over every fix rather than a sample).
     let every: Arc<Mutex<Outstanding>> = Default::default();
-    let stream = {
-        let (addr, done, every) = (addr.clone(), done.clone(), every.clone());
-        std::thread::spawn(move || follow_stream(&addr, &done, &every, t, warm_up))
-    };
-    // The job's RSS at the end of every second.
-    let rss = {
-        let (done, pid) = (done.clone(), child.id());
+    let follow = env_or("FLEETFLOW_BENCH_FOLLOW", "1") != "0";
+    let stream = follow.then(|| {
+        let (addr, done, every, from) = (
+            addr.clone(),
+            done.clone(),
+            every.clone(),
+            measured_from.clone(),
+        );
+        std::thread::spawn(move || follow_stream(&addr, &done, &every, &from))
+    });
+    // The job's RSS, and its checkpoint size and consumer lag from `/metrics`, at the end
+    // of every second.
+    let gauges = {
+        let (done, pid, addr) = (done.clone(), child.id(), addr.clone());
+        let from = measured_from.clone();
         std::thread::spawn(move || {
+            let mut client = KeepAlive::connect(&addr);
             let mut samples = Vec::new();
             while !done.load(Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                samples.extend(rss_kib(pid));
+                let (_, metrics) = client.get("/metrics");
+                let lag = metric(&metrics, "fleetflow_kafka_consumer_lag");
+                if Instant::now() >= warm_up && lag <= rate / 20 {
+                    let _ = from.set(Instant::now());
+                }
+                samples.push(Gauges {
+                    rss_kib: rss_kib(pid).unwrap_or(0),
+                    checkpoint_bytes: metric(&metrics, "fleetflow_checkpoint_bytes"),
+                    lag,
+                });
             }
             samples
         })
@@ -481,12 +546,14 @@ fn latency(
                         .or_default()
                         .push((ts, now));
                 }
-                every_p
-                    .lock()
-                    .unwrap()
-                    .entry(k.clone())
-                    .or_default()
-                    .push((ts, now));
+                if follow {
+                    every_p
+                        .lock()
+                        .unwrap()
+                        .entry(k.clone())
+                        .or_default()
+                        .push((ts, now));
+                }
             }
             (key, l.into_bytes())
         }),
@@ -500,10 +567,15 @@ fn latency(
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
-    let followed = stream.join().unwrap();
-    let rss = rss.join().unwrap();
+    let followed = stream.map(|s| s.join().unwrap()).unwrap_or_default();
+    let gauges = gauges.join().unwrap();
+    let rss: Vec<u64> = gauges.iter().map(|g| g.rss_kib).collect();
     let unseen: usize = every.lock().unwrap().values().map(Vec::len).sum();
     let log = interrupt(child, rest);
+    if let Ok(path) = std::env::var("FLEETFLOW_BENCH_JOB_LOG") {
+        std::fs::write(&path, &log).unwrap();
+        println!("    the job's log: {path} (its second 0 is {started_at:?} after the epoch)");
+    }
     let job_line = |prefix: &str| {
         log.lines()
             .find(|l| l.starts_with(prefix))
@@ -511,10 +583,19 @@ fn latency(
             .to_string()
     };
     let (job_latency, delivery) = (job_line("latency"), job_line("delivery"));
+    let Some(from) = measured_from.get() else {
+        println!("(b) the job never caught up with the backfill: nothing measured");
+        return;
+    };
     if samples.is_empty() {
         println!("(b) no latency samples");
         return;
     }
+    println!(
+        "(b) the job caught up with the backfill {:.0} s after the steady input began; measured from there ({:.0} s)",
+        from.duration_since(t).as_secs_f64(),
+        (t + Duration::from_secs(seconds)).saturating_duration_since(*from).as_secs_f64()
+    );
     let mut lat: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(f64::total_cmp);
     let mut by_second: Vec<Vec<f32>> = Vec::new();
@@ -524,8 +605,8 @@ fn latency(
         by_second[second].push(*ms as f32);
     }
     println!(
-        "(b) {n} events from {} vehicles at {achieved:.0} events/s for {seconds} s, after {filled} at once ({BACKFILL_S} s of event time): produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
-        rate * 5,
+        "(b) {n} events from {fleet} vehicles (each every {} ms) at {achieved:.0} events/s for {seconds} s, after {filled} at once ({BACKFILL_S} s of event time): produce -> visible in GET /v1/vehicles/{{id}} p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        fleet * 1000 / rate,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len()
@@ -545,7 +626,9 @@ fn latency(
         "{} connection(s), lagged {} time(s), {} overtaken by a newer fix, {unseen} never shown",
         followed.connections, followed.lagged, followed.overtaken
     );
-    if all.is_empty() {
+    if !follow {
+        println!("    every fix via /v1/stream: not followed (FLEETFLOW_BENCH_FOLLOW=0)");
+    } else if all.is_empty() {
         println!("    every fix via /v1/stream: none seen ({stream_note})");
     } else {
         println!(
@@ -571,7 +654,7 @@ fn latency(
                 })
                 .collect();
             println!(
-                "    its p99 by the second produced in (s:ms): {}",
+                "    its p99 by the second produced in, from the measured part's start (s:ms): {}",
                 per_second.join(" ")
             );
         }
@@ -587,6 +670,33 @@ fn latency(
         rss.iter().min().copied().unwrap_or(0) / 1024,
         rss.iter().max().copied().unwrap_or(0) / 1024
     );
+    let by_minute = |f: fn(&Gauges) -> u64| {
+        gauges
+            .chunks(60)
+            .enumerate()
+            .map(|(minute, s)| format!("{minute}:{}", s.iter().map(f).max().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "    the job's checkpoint size, the largest of each minute (minute:bytes): {}",
+        by_minute(|g| g.checkpoint_bytes)
+    );
+    println!(
+        "    its Kafka consumer lag, the largest of each minute (minute:messages): {}",
+        by_minute(|g| g.lag)
+    );
+    if seconds <= 120 {
+        let lag: Vec<String> = gauges
+            .iter()
+            .enumerate()
+            .map(|(second, g)| format!("{}:{}", second + 1, g.lag))
+            .collect();
+        println!(
+            "    its lag by the second, from the steady input's start (s:messages): {}",
+            lag.join(" ")
+        );
+    }
     // The job's histograms cover its whole run: the backfill, read as fast as it could be,
     // waited in the topic, and its vehicles' updates came in large batches.
     println!("    the job's own, over its whole run (the backfill included):\n      {delivery}\n      {job_latency}");

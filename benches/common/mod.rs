@@ -24,7 +24,23 @@ pub fn data_dir() -> PathBuf {
 /// A generated input of about `events` fixes from `vehicles` vehicles in `files` files
 /// (5 s interval), generated once and cached.
 pub fn generated_input(bin: &str, events: u64, vehicles: u64, files: &str) -> PathBuf {
-    let input = data_dir().join(format!("gen-{events}-{vehicles}-f{files}"));
+    generated_input_every(bin, events, vehicles, files, 5_000)
+}
+
+/// [`generated_input`] with each vehicle reporting every `interval_ms`.
+pub fn generated_input_every(
+    bin: &str,
+    events: u64,
+    vehicles: u64,
+    files: &str,
+    interval_ms: u64,
+) -> PathBuf {
+    let every = if interval_ms == 5_000 {
+        String::new()
+    } else {
+        format!("-i{interval_ms}")
+    };
+    let input = data_dir().join(format!("gen-{events}-{vehicles}-f{files}{every}"));
     if !input.exists() {
         let st = Command::new(bin)
             .args([
@@ -32,7 +48,9 @@ pub fn generated_input(bin: &str, events: u64, vehicles: u64, files: &str) -> Pa
                 "--vehicles",
                 &vehicles.to_string(),
                 "--duration",
-                &format!("{}s", events / vehicles * 5),
+                &format!("{}ms", events / vehicles * interval_ms),
+                "--interval",
+                &format!("{interval_ms}ms"),
                 "--files",
                 files,
                 "--out",
