@@ -319,6 +319,41 @@ fn a_lake_that_cannot_be_written_exits_1_with_one_line() {
 }
 
 #[test]
+fn a_staging_area_that_cannot_be_written_exits_1_instead_of_waiting_for_a_checkpoint() {
+    let dir = one_fix_job();
+    // A plain file where the staging area must go: the sink's own writes fail, so its
+    // pieces of the last checkpoint never come; the job must still end.
+    std::fs::create_dir_all(dir.path().join("lake/_fleetflow")).unwrap();
+    std::fs::write(dir.path().join("lake/_fleetflow/staging"), "in the way").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args(["run", "job.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill().unwrap();
+            panic!("the job still runs 60 s after its lake writes failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: writing the lake") && last.contains("_fleetflow/staging"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_second_run_on_a_taken_api_address_stops_before_touching_the_lake() {
     let dir = one_fix_job();
     let (code, _, err) = fleetflow(&["run", "job.toml"], dir.path());
