@@ -62,6 +62,16 @@ fn ts_of(text: &str, from: usize) -> Option<i64> {
 /// Vehicle -> its fixes handed to the producer and not yet seen: (`ts`, when handed over).
 type Outstanding = HashMap<String, Vec<(i64, Instant)>>;
 
+/// Records that the fix `ts` of `vehicle` was handed to the producer at `at`.
+fn handed_over(outstanding: &Mutex<Outstanding>, vehicle: &str, ts: i64, at: Instant) {
+    outstanding
+        .lock()
+        .unwrap()
+        .entry(vehicle.to_string())
+        .or_default()
+        .push((ts, at));
+}
+
 /// Takes the fixes of `vehicle` up to `ts` off `outstanding` (a fix shown overtakes older
 /// ones, which are then never shown): when the fix `ts` itself was handed over, if it was,
 /// and how many older ones it overtook.
@@ -539,20 +549,10 @@ fn latency(
             if let (Some(k), Some(ts)) = (key.as_ref(), ts_of(&l, 0)) {
                 let now = Instant::now();
                 if sampled_p.contains(k) {
-                    sent_p
-                        .lock()
-                        .unwrap()
-                        .entry(k.clone())
-                        .or_default()
-                        .push((ts, now));
+                    handed_over(&sent_p, k, ts, now);
                 }
                 if follow {
-                    every_p
-                        .lock()
-                        .unwrap()
-                        .entry(k.clone())
-                        .or_default()
-                        .push((ts, now));
+                    handed_over(&every_p, k, ts, now);
                 }
             }
             (key, l.into_bytes())

@@ -244,13 +244,13 @@ impl Timelines {
             return;
         }
         v.snapshot_gen = self.snapshot_gen;
-        let replayed = VecDeque::new();
+        let none = VecDeque::new();
         let pending = if self.cfg.replay {
             for p in &v.pending {
                 let least = s.replay_from.entry(p.input).or_insert(p.position);
                 *least = (*least).min(p.position);
             }
-            &replayed
+            &none
         } else {
             &v.pending
         };

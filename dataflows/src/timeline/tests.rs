@@ -338,6 +338,16 @@ fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
     assert_eq!(t.queue_lengths().2, 0, "every vehicle took it");
 }
 
+/// A whole timeline snapshot as these tests write it: the head they pass (a number and a
+/// time), the worker's geofence changes, its vehicles and the replay positions.
+#[derive(serde::Deserialize)]
+struct Whole {
+    head: (u32, Option<Millis>),
+    changes: (Vec<(u64, Millis)>, u64),
+    vehicles: Vec<VehicleSnapshot>,
+    replay_from: Vec<(u32, u64)>,
+}
+
 /// A snapshot written a slice at a time while fixes keep arriving, windows close and new
 /// vehicles appear holds exactly the state of when it began, and its encoding continues
 /// the caller's head.
@@ -345,13 +355,6 @@ fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
 fn an_interleaved_snapshot_holds_the_state_when_it_began() {
     use proptest::prelude::*;
     use snapshot::SNAPSHOT_CHUNK;
-    #[derive(serde::Deserialize)]
-    struct Whole {
-        head: (u32, Option<Millis>),
-        changes: (Vec<(u64, Millis)>, u64),
-        vehicles: Vec<VehicleSnapshot>,
-        replay_from: Vec<(u32, u64)>,
-    }
     let encoded = |mut v: Vec<VehicleSnapshot>| {
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.iter()
@@ -454,13 +457,6 @@ fn pending_of(t: &Timelines) -> Vec<VehiclePending> {
 /// fixes, duplicates (of different content), job clock moves and disorder included.
 #[test]
 fn a_snapshot_of_replayable_inputs_is_restored_by_reading_them_again() {
-    #[derive(serde::Deserialize)]
-    struct Whole {
-        _head: (u32, Option<Millis>),
-        changes: (Vec<(u64, Millis)>, u64),
-        vehicles: Vec<VehicleSnapshot>,
-        replay_from: Vec<(u32, u64)>,
-    }
     // Without silence rules: their timers follow processing time, which this harness
     // does not model (the end-to-end crash tests cover live restores).
     let cfg = TimelineConfig {
