@@ -65,7 +65,8 @@ pub struct Commit {
     pub inputs: Vec<String>,
     /// The state object.
     pub state: String,
-    /// Staged chunks the state references (kept until a later commit drops them).
+    /// Staged chunks the state references, and the files merges in progress are writing
+    /// (kept until a later commit drops them).
     pub staged: Vec<String>,
     /// Files this commit publishes.
     pub publish: Vec<Pending>,
@@ -344,6 +345,8 @@ impl Coordinator {
             for (_, _, chunks) in s.chunks {
                 staged.extend(chunks.into_iter().map(|c| c.path));
             }
+            // Not state, but a later state names them: the sweep must not take them.
+            staged.extend(s.merging);
             publish.extend(s.pending);
             unfinished = unfinished.zip(s.complete).map(|(a, b)| a.min(b));
             sinks += 1;

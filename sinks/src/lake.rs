@@ -163,9 +163,16 @@ impl Lake {
 }
 
 struct Inflight {
-    files: usize,
+    /// The sequence numbers of the files in flight.
+    files: std::collections::BTreeSet<u64>,
+    /// The sequence number of the next file submitted.
+    next: u64,
     errors: Vec<String>,
 }
+
+/// The files an [`Uploader`] had been given at some moment (see [`Uploader::mark`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UploadMark(u64);
 
 /// Commits files to the lake in the background on a tokio runtime, with retries, and
 /// applies back-pressure when too many are in flight.
@@ -207,7 +214,8 @@ impl Uploader {
             metrics,
             state: Arc::new((
                 Mutex::new(Inflight {
-                    files: 0,
+                    files: Default::default(),
+                    next: 0,
                     errors: Vec::new(),
                 }),
                 Condvar::new(),
@@ -219,7 +227,7 @@ impl Uploader {
     /// Queues `bytes` to be written at `path`; `dataset` and `rows` feed the metrics once
     /// committed. Blocks while too many files are in flight.
     pub fn submit(&self, path: String, bytes: Vec<u8>, dataset: String, rows: u64) {
-        self.reserve();
+        let seq = self.reserve();
         let store = self.lake.store.clone();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
@@ -244,14 +252,14 @@ impl Uploader {
                 metrics.bytes_written.fetch_add(len, Relaxed);
             }
             let _ = (dataset, rows);
-            Self::release(&state, result);
+            Self::release(&state, seq, result);
         });
     }
 
     /// Completes a multipart upload in the background: its last part, then the upload
     /// (aborted if a part failed).
     fn submit_multipart(&self, path: String, upload: WriteMultipart, bytes: u64) {
-        self.reserve();
+        let seq = self.reserve();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
         self.runtime.spawn(async move {
@@ -263,7 +271,7 @@ impl Uploader {
             if result.is_ok() {
                 metrics.bytes_written.fetch_add(bytes, Relaxed);
             }
-            Self::release(&state, result);
+            Self::release(&state, seq, result);
         });
     }
 
@@ -279,19 +287,23 @@ impl Uploader {
             .push(error);
     }
 
-    fn reserve(&self) {
+    /// Waits for room and numbers the next file.
+    fn reserve(&self) -> u64 {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().expect("uploader lock");
-        while s.files >= self.max_inflight {
+        while s.files.len() >= self.max_inflight {
             s = cv.wait(s).expect("uploader lock");
         }
-        s.files += 1;
+        let seq = s.next;
+        s.next += 1;
+        s.files.insert(seq);
+        seq
     }
 
-    fn release(state: &(Mutex<Inflight>, Condvar), result: Result<(), String>) {
+    fn release(state: &(Mutex<Inflight>, Condvar), seq: u64, result: Result<(), String>) {
         let (lock, cv) = state;
         let mut s = lock.lock().expect("uploader lock");
-        s.files -= 1;
+        s.files.remove(&seq);
         if let Err(e) = result {
             tracing::error!(error = %e, "lake write failed");
             s.errors.push(e);
@@ -301,11 +313,34 @@ impl Uploader {
 
     /// Waits until every queued file is committed; reports failures.
     pub fn finish(&self) -> Result<(), LakeError> {
+        self.wait_for(self.mark())
+    }
+
+    /// A mark of the files submitted so far, for [`Uploader::done`] and
+    /// [`Uploader::wait_for`].
+    pub fn mark(&self) -> UploadMark {
+        UploadMark(self.state.0.lock().expect("uploader lock").next)
+    }
+
+    /// Whether every file submitted before `mark` is committed, without waiting; reports
+    /// failures.
+    pub fn done(&self, mark: UploadMark) -> Result<bool, LakeError> {
+        let s = self.state.0.lock().expect("uploader lock");
+        Self::failures(&s)?;
+        Ok(s.files.first().is_none_or(|first| *first >= mark.0))
+    }
+
+    /// Waits until every file submitted before `mark` is committed; reports failures.
+    pub fn wait_for(&self, mark: UploadMark) -> Result<(), LakeError> {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().expect("uploader lock");
-        while s.files > 0 {
+        while s.files.first().is_some_and(|first| *first < mark.0) {
             s = cv.wait(s).expect("uploader lock");
         }
+        Self::failures(&s)
+    }
+
+    fn failures(s: &Inflight) -> Result<(), LakeError> {
         match s.errors.first() {
             None => Ok(()),
             Some(first) => Err(LakeError::WritesFailed {

@@ -16,7 +16,7 @@
 //! written exactly once in a run.
 
 use crate::catalogue::{Catalogue, DatasetKind, Partitioning};
-use crate::lake::Uploader;
+use crate::lake::{UploadMark, Uploader};
 use crate::schema::LakeRecord;
 use crate::writer::{
     io_error, DatasetWriter, ParquetResult, PartitionChunks, Pending, RollPolicy, SinkSnapshot,
@@ -26,8 +26,9 @@ use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{DeadLetter, DeadLetterOut, GeofenceEvent, Progress, TierRow};
 use fleetflow_types::time::Millis;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
@@ -53,6 +54,13 @@ enum Item {
     Events(Vec<GeofenceEvent>),
     Progress(Vec<Progress>),
 }
+
+/// How many merges of staged chunks a worker's sink runs at once, beside the worker: more
+/// would only queue at the store (and pile up threads on a slow one).
+const MERGES_PER_WORKER: usize = 1;
+
+/// How often a sink with snapshots waiting for uploads looks again.
+const UPLOAD_POLL: Duration = Duration::from_millis(2);
 
 /// Keeps input that arrived at `time` until the sink processes that time.
 fn stash_at(stash: &mut BTreeMap<u64, Vec<Item>>, time: Option<u64>, item: Item) {
@@ -86,6 +94,17 @@ struct Writers {
     pending: Vec<(u64, Pending)>,
     rolled: Vec<Pending>,
     dead_letter_out: Option<Arc<dyn DeadLetterOut>>,
+    /// Snapshots taken and not yet offered, oldest first: each waits until the files it
+    /// lists are uploaded.
+    offers: VecDeque<Offer>,
+}
+
+/// A cut's snapshot, offered to the hub once every file submitted before `after` is in the
+/// lake.
+struct Offer {
+    after: UploadMark,
+    range: (u64, u64),
+    blob: Vec<u8>,
 }
 
 impl Writers {
@@ -144,8 +163,10 @@ impl Writers {
         v
     }
 
-    /// A checkpoint cut for boundaries `lo..=hi`: stage every tail, roll what is due,
-    /// wait until every staged file is uploaded, and offer the snapshot.
+    /// A checkpoint cut for boundaries `lo..=hi`: stage every tail, roll what is due (a
+    /// merge goes on in the background), and take the snapshot, offered by
+    /// [`Writers::offer_uploaded`] once every file it lists is uploaded: the worker does
+    /// not wait for the lake (on the last cut, `force`, it does).
     fn cut(
         &mut self,
         (lo, hi): (u64, u64),
@@ -162,13 +183,13 @@ impl Writers {
         for w in self.all() {
             w.cut_tails()?;
         }
-        uploader.finish().map_err(io_error)?;
         let (clock, policy) = (self.clock, self.policy.clone());
         let mut rolled = std::mem::take(&mut self.rolled);
+        let running: usize = self.all().iter().map(|w| w.merging_dyn().len()).sum();
+        let mut slots = MERGES_PER_WORKER.saturating_sub(running);
         for w in self.all() {
-            w.cut_roll(clock, &policy, force, &mut rolled)?;
+            w.cut_roll(clock, &policy, force, &mut slots, &mut rolled)?;
         }
-        uploader.finish().map_err(io_error)?;
         let committed = hub.committed();
         self.pending.retain(|(first, _)| *first > committed);
         self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
@@ -182,14 +203,40 @@ impl Writers {
         for w in self.all() {
             let (chunks, oldest) = w.snapshot_dyn();
             snap.chunks.extend(chunks);
+            snap.merging.extend(w.merging_dyn());
             if let Some(o) = oldest {
                 snap.open_from.push((w.name_dyn().to_string(), o));
             }
         }
-        let blob = postcard::to_stdvec(&snap).map_err(io_error)?;
-        fleetflow_runtime::checkpoint::failpoint("sink-cut");
-        hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
-        Ok(())
+        self.offers.push_back(Offer {
+            after: uploader.mark(),
+            range: (lo, hi),
+            blob: postcard::to_stdvec(&snap).map_err(io_error)?,
+        });
+        self.offer_uploaded(uploader, hub, worker, force)
+            .map(|_| ())
+    }
+
+    /// Offers the snapshots whose files are uploaded, in order (waiting for them when
+    /// `wait`). Whether some are still waiting.
+    fn offer_uploaded(
+        &mut self,
+        uploader: &Uploader,
+        hub: &Hub,
+        worker: usize,
+        wait: bool,
+    ) -> ParquetResult<bool> {
+        while let Some(o) = self.offers.front() {
+            if wait {
+                uploader.wait_for(o.after).map_err(io_error)?;
+            } else if !uploader.done(o.after).map_err(io_error)? {
+                return Ok(true);
+            }
+            let o = self.offers.pop_front().expect("present");
+            fleetflow_runtime::checkpoint::failpoint("sink-cut");
+            hub.offer(SNAPSHOT_OP, worker, o.range.0, o.range.1, o.blob);
+        }
+        Ok(false)
     }
 }
 
@@ -201,9 +248,11 @@ trait Cut {
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
+        slots: &mut usize,
         out: &mut Vec<Pending>,
     ) -> ParquetResult;
     fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>);
+    fn merging_dyn(&self) -> Vec<String>;
     fn name_dyn(&self) -> &str;
     fn restore_dyn(&mut self, key: i64, chunks: Vec<Staged>);
 }
@@ -217,12 +266,16 @@ impl<R: LakeRecord> Cut for DatasetWriter<R> {
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
+        slots: &mut usize,
         out: &mut Vec<Pending>,
     ) -> ParquetResult {
-        DatasetWriter::cut_roll(self, clock, policy, force, out)
+        DatasetWriter::cut_roll(self, clock, policy, force, slots, out)
     }
     fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
         self.snapshot()
+    }
+    fn merging_dyn(&self) -> Vec<String> {
+        self.merging()
     }
     fn name_dyn(&self) -> &str {
         self.name()
@@ -252,6 +305,7 @@ pub fn render_lake_sink<'scope>(
     let scope = raw.scope();
     let worker = scope.index();
     let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
     let mut raw_in = builder.new_input(raw, Pipeline);
     let mut rows_in = builder.new_input(rows, Pipeline);
     let mut dead_in = builder.new_input(dead, Pipeline);
@@ -288,6 +342,7 @@ pub fn render_lake_sink<'scope>(
             pending: Vec::new(),
             rolled: Vec::new(),
             dead_letter_out: cfg.dead_letter_out.clone(),
+            offers: VecDeque::new(),
         };
         if let Some(r) = restore {
             w.clock = r.clock;
@@ -375,6 +430,14 @@ pub fn render_lake_sink<'scope>(
                     // a job serving its API after the input goes on with geofence events).
                     let force = frontier.is_none() || w.end;
                     result = w.cut(range, force, &uploader, &hub, worker);
+                }
+            }
+            // Snapshots waiting for their files: offered as the uploads finish.
+            if result.is_ok() {
+                match w.offer_uploaded(&uploader, &hub, worker, false) {
+                    Ok(true) => activator.activate_after(UPLOAD_POLL),
+                    Ok(false) => {}
+                    Err(e) => result = Err(e),
                 }
             }
             if let Err(e) = result {

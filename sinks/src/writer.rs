@@ -85,6 +85,10 @@ pub struct SinkSnapshot {
     /// the input is in this snapshot or before it).
     #[serde(default)]
     pub end: bool,
+    /// Staged files that merges in progress are writing: not part of the state, but a
+    /// later snapshot will name them, so the sweep after this checkpoint keeps them.
+    #[serde(default)]
+    pub merging: Vec<String>,
 }
 
 struct Tail {
@@ -98,6 +102,7 @@ struct PartBuf<R> {
     tail: Option<Tail>,
     chunks: Vec<Staged>,
     opened: Instant,
+    merging: Option<Merge>,
 }
 
 impl<R> PartBuf<R> {
@@ -107,8 +112,25 @@ impl<R> PartBuf<R> {
             tail: None,
             chunks: Vec::new(),
             opened: Instant::now(),
+            merging: None,
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.tail.is_none() && self.chunks.is_empty()
+    }
+}
+
+/// A merge of a partition's first `sources` chunks into one file, on a thread of its own
+/// so that the worker goes on with the rows behind it. Until it is finished (at a later
+/// cut), the chunks stay the partition's state and are what its snapshots list.
+struct Merge {
+    sources: usize,
+    path: String,
+    bytes: u64,
+    /// Whether the merged file is published (the partition was due) or stays its chunk.
+    due: bool,
+    thread: std::thread::JoinHandle<ParquetResult<u64>>,
 }
 
 /// At most this many staged chunks per partition; more are merged into one.
@@ -289,22 +311,41 @@ impl<R: LakeRecord> DatasetWriter<R> {
         Ok(())
     }
 
-    /// Second half, once the chunks are uploaded: partitions that are due (closed by the
-    /// job clock, at the target size or age, or every one when `force`) roll their chunks
-    /// into one file for `out`; partitions with many chunks merge them.
+    /// Second half: partitions that are due (closed by the job clock, at the target size
+    /// or age, or every one when `force`) roll their chunks into one file for `out`;
+    /// partitions with many chunks merge them. A roll of one chunk is immediate; a merge
+    /// runs on its own thread once every file submitted so far (its sources among them,
+    /// the output of a merge taken just now too) is uploaded, and
+    /// its file is taken at a later cut (at this one when `force`). At most `slots` merges
+    /// start (a merge taken gives its slot back); a partition that finds none waits for a
+    /// later cut, its chunks staying its state.
     pub fn cut_roll(
         &mut self,
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
+        slots: &mut usize,
         out: &mut Vec<Pending>,
     ) -> ParquetResult {
         let partitioning = self.partitioning;
         let keys: Vec<i64> = self.parts.keys().copied().collect();
         for key in keys {
+            let merged = self.parts[&key]
+                .merging
+                .as_ref()
+                .is_some_and(|m| force || m.thread.is_finished());
+            if merged {
+                *slots += 1;
+                if self.finish_merge(key, out)? {
+                    continue;
+                }
+            }
             let part = &self.parts[&key];
+            if part.merging.is_some() {
+                continue;
+            }
             if part.chunks.is_empty() {
-                if part.rows.is_empty() && part.tail.is_none() {
+                if part.is_empty() {
                     self.parts.remove(&key);
                 }
                 continue;
@@ -319,27 +360,73 @@ impl<R: LakeRecord> DatasetWriter<R> {
             if !due && part.chunks.len() <= MAX_CHUNKS {
                 continue;
             }
-            let chunks = std::mem::take(&mut self.parts.get_mut(&key).expect("present").chunks);
-            let merged = if chunks.len() == 1 {
-                chunks.into_iter().next().expect("one")
-            } else {
-                let sources: Vec<String> = chunks.iter().map(|c| c.path.clone()).collect();
-                let path = self.staged_path(key);
-                let rows = merge_files(&self.uploader, &sources, path.clone(), &self.name)?;
-                Staged { path, rows, bytes }
-            };
-            if due {
-                out.push(self.pending(&merged));
-                self.parts.remove(&key);
-            } else {
-                self.parts
-                    .get_mut(&key)
-                    .expect("present")
-                    .chunks
-                    .push(merged);
+            if part.chunks.len() == 1 {
+                // Due (one chunk is never too many): it is the file.
+                let part = self.parts.remove(&key).expect("present");
+                out.push(self.pending(&part.chunks[0]));
+                continue;
+            }
+            if !force {
+                if *slots == 0 {
+                    // The worker's merges are busy: a later cut starts this one.
+                    continue;
+                }
+                *slots -= 1;
+            }
+            let sources: Vec<String> = part.chunks.iter().map(|c| c.path.clone()).collect();
+            let count = sources.len();
+            let path = self.staged_path(key);
+            let (uploader, dest, name) = (self.uploader.clone(), path.clone(), self.name.clone());
+            let staged = uploader.mark();
+            let thread = std::thread::Builder::new()
+                .name("fleetflow-merge".into())
+                .spawn(move || {
+                    uploader.wait_for(staged).map_err(io_error)?;
+                    merge_files(&uploader, &sources, dest, &name)
+                })
+                .map_err(io_error)?;
+            self.parts.get_mut(&key).expect("present").merging = Some(Merge {
+                sources: count,
+                path,
+                bytes,
+                due,
+                thread,
+            });
+            if force {
+                self.finish_merge(key, out)?;
             }
         }
         Ok(())
+    }
+
+    /// Waits for partition `key`'s merge and puts its file in place of its sources:
+    /// published into `out` if the partition was due, else its first chunk. Whether the
+    /// partition is gone (nothing else was written to it meanwhile).
+    fn finish_merge(&mut self, key: i64, out: &mut Vec<Pending>) -> ParquetResult<bool> {
+        let part = self.parts.get_mut(&key).expect("present");
+        let m = part.merging.take().expect("a merge");
+        let rows = m
+            .thread
+            .join()
+            .map_err(|_| io_error("a merge thread panicked"))??;
+        let merged = Staged {
+            path: m.path,
+            rows,
+            bytes: m.bytes,
+        };
+        if !m.due {
+            part.chunks.splice(..m.sources, [merged]);
+            return Ok(false);
+        }
+        part.chunks.drain(..m.sources);
+        // The partition's next file begins with what came after the merge began.
+        part.opened = Instant::now();
+        let gone = part.is_empty();
+        if gone {
+            self.parts.remove(&key);
+        }
+        out.push(self.pending(&merged));
+        Ok(gone)
     }
 
     /// The staged chunks per partition, and the oldest partition holding any.
@@ -352,6 +439,12 @@ impl<R: LakeRecord> DatasetWriter<R> {
             .collect();
         let oldest = chunks.first().map(|(_, k, _)| self.partitioning.start(*k));
         (chunks, oldest)
+    }
+
+    /// The files this dataset's merges in progress are writing.
+    pub fn merging(&self) -> Vec<String> {
+        let merges = self.parts.values().filter_map(|p| p.merging.as_ref());
+        merges.map(|m| m.path.clone()).collect()
     }
 
     /// Adopts staged chunks of partition `key` from a restored checkpoint.
@@ -389,6 +482,64 @@ mod tests {
     }
 
     #[test]
+    fn merges_start_only_in_free_slots_and_name_the_file_they_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, _rt) = test_uploader(dir.path());
+        let mut w: DatasetWriter<Fix> =
+            DatasetWriter::new("raw", Partitioning::Hour, "p".into(), 0, uploader.clone());
+        let policy = RollPolicy {
+            target_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+        };
+        let mut out = Vec::new();
+        // Two partitions with more chunks than a partition keeps: both must merge.
+        for cut in 0..=MAX_CHUNKS as i64 {
+            for hour in [0, 1] {
+                let ts = T + hour * fleetflow_types::time::HOUR_MS + cut;
+                w.push(ts, fix(cut), &policy, &mut out).unwrap();
+            }
+            w.cut_tails().unwrap();
+        }
+        let mut slots = 1;
+        w.cut_roll(Some(T), &policy, false, &mut slots, &mut out)
+            .unwrap();
+        assert_eq!(slots, 0, "the one slot is taken");
+        let first = w.merging();
+        assert_eq!(first.len(), 1, "one merge at a time: {first:?}");
+        assert!(first[0].contains("hour=01") || first[0].contains("hour=02"));
+        // Until it is taken, its sources stay the partition's chunks.
+        let chunks: usize = w.snapshot().0.iter().map(|(_, _, c)| c.len()).sum();
+        assert_eq!(chunks, 2 * (MAX_CHUNKS + 1));
+        // Taken once finished: its slot goes to the other partition's merge.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w.merging() == first {
+            assert!(Instant::now() < deadline, "the merge finishes");
+            std::thread::sleep(Duration::from_millis(10));
+            w.cut_roll(Some(T), &policy, false, &mut slots, &mut out)
+                .unwrap();
+        }
+        let second = w.merging();
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_ne!(second, first);
+        assert_eq!(slots, 0);
+        let (snap, _) = w.snapshot();
+        let merged = snap.iter().find(|(_, _, c)| c.len() == 1).expect("merged");
+        assert_eq!(
+            merged.2[0].path, first[0],
+            "the merged file replaces its sources"
+        );
+        assert_eq!(merged.2[0].rows, MAX_CHUNKS as u64 + 1);
+        assert!(out.is_empty(), "neither partition is due");
+        // The last cut (`force`) waits for every merge, slots or not.
+        w.cut_roll(Some(T), &policy, true, &mut 0, &mut out)
+            .unwrap();
+        uploader.finish().unwrap();
+        assert!(w.merging().is_empty());
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| p.rows == MAX_CHUNKS as u64 + 1));
+    }
+
+    #[test]
     fn rows_round_trip_through_parquet_files_in_the_lake() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, metrics, _rt) = test_uploader(dir.path());
@@ -409,22 +560,32 @@ mod tests {
             if i == 10_000 {
                 // A checkpoint cut in the middle: the tail becomes a staged chunk.
                 w.cut_tails().unwrap();
-                uploader.finish().unwrap();
-                w.cut_roll(Some(T), &policy, false, &mut out).unwrap();
+                w.cut_roll(Some(T), &policy, false, &mut 1, &mut out)
+                    .unwrap();
             }
         }
         assert!(out.is_empty(), "nothing closed yet: no file");
         assert_eq!(w.snapshot().0[0].2.len(), 1, "one staged chunk");
-        // The job clock passes the hour: the chunks and the tail roll into one file.
+        // The job clock passes the hour: the chunks and the tail roll into one file, merged
+        // in the background; until a later cut takes the merged file, the chunks are the
+        // partition's state.
+        let closed = Some(T + fleetflow_types::time::HOUR_MS);
         w.cut_tails().unwrap();
-        uploader.finish().unwrap();
-        w.cut_roll(
-            Some(T + fleetflow_types::time::HOUR_MS),
-            &policy,
-            false,
-            &mut out,
-        )
-        .unwrap();
+        w.cut_roll(closed, &policy, false, &mut 1, &mut out)
+            .unwrap();
+        assert!(
+            out.is_empty(),
+            "the merge is not taken at the cut that starts it"
+        );
+        assert_eq!(w.snapshot().0[0].2.len(), 2, "both chunks, until merged");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.is_empty() {
+            assert!(Instant::now() < deadline, "the merge finishes");
+            std::thread::sleep(Duration::from_millis(10));
+            w.cut_tails().unwrap();
+            w.cut_roll(closed, &policy, false, &mut 1, &mut out)
+                .unwrap();
+        }
         uploader.finish().unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rows, 20_000);
