@@ -27,6 +27,7 @@
 use crate::clock::{ClockReport, JobClock};
 use crate::geofence::Finalized;
 use crate::inputs::InputTracker;
+use crate::sliced::{SnapshotWriter, SNAPSHOT_SLICE};
 use crate::timeline::{Outputs, TimelineConfig, Timelines, VehicleSnapshot};
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use fleetflow_runtime::checkpoint::Hub;
@@ -146,77 +147,23 @@ pub struct CoreStreams<'scope> {
 
 type Out<D> = OutputBuilder<u64, CapacityContainerBuilder<Vec<D>>>;
 
-/// How long one invocation of the operator spends writing a snapshot, at most (about):
-/// the rest waits for the next invocation, so a checkpoint of many vehicles does not hold
-/// up the fixes behind it. A fix waits for several invocations on its way (its epoch's
-/// frontier, the exchange, the output's progress), each of which may carry a slice, so
-/// the slice is short (`benches/kafka.rs` measures what it costs the read -> visible
-/// latency).
-const SNAPSHOT_SLICE: Duration = Duration::from_millis(1);
-
-/// The least time from the end of one slice to the start of the next: a snapshot takes at
-/// most a fifth of its worker while fixes flow, so that a large checkpoint does not starve
-/// the broker and the API next to the job.
-const SNAPSHOT_PAUSE: Duration = Duration::from_millis(4);
-
 /// How often a worker counts the vehicles far ahead of and behind the job clock.
 const OUTLIERS_EVERY: Duration = Duration::from_secs(1);
 
-/// Writes the operator's snapshots a slice at a time and offers each to the hub once
-/// complete.
-struct SnapshotWriter {
-    hub: Option<Arc<Hub>>,
-    worker: usize,
-    /// The range of the snapshot being written.
-    writing: Option<(u64, u64)>,
-    /// When the next slice may be written ([`SNAPSHOT_PAUSE`] after the last one ended).
-    next_slice: Instant,
-}
-
-impl SnapshotWriter {
-    /// Begins the snapshot for `range` of the state as it is now, after finishing the one
-    /// being written.
-    fn begin(
-        &mut self,
-        timelines: &mut Timelines,
-        tracker: &InputTracker,
-        clock: Option<Millis>,
-        range: (u64, u64),
-    ) {
-        if self.hub.is_none() {
-            return;
-        }
-        self.step(timelines, None, Instant::now());
-        // Encoded as the head of a `TimelineSnapshot`; the changes and vehicles follow.
-        let head = postcard::to_stdvec(&(tracker, clock)).expect("tracker encodes");
-        timelines.begin_snapshot(head);
-        self.writing = Some(range);
+/// Begins the timelines' snapshot for `range`, headed by the input tracker and the job
+/// clock (a [`TimelineSnapshot`]'s first fields), after finishing the one being written.
+fn begin_snapshot(
+    w: &mut SnapshotWriter,
+    timelines: &mut Timelines,
+    tracker: &InputTracker,
+    clock: Option<Millis>,
+    range: (u64, u64),
+) {
+    if !w.enabled() {
+        return;
     }
-
-    /// Writes for about `budget` (`None`: to the end, at once), a slice only once
-    /// [`SNAPSHOT_PAUSE`] has passed since the last one (`now`: the time it is); offers
-    /// the snapshot once written. How long until the next slice is due (`None`: nothing is
-    /// left to write).
-    fn step(
-        &mut self,
-        timelines: &mut Timelines,
-        budget: Option<Duration>,
-        now: Instant,
-    ) -> Option<Duration> {
-        let (Some(hub), Some(_)) = (&self.hub, &self.writing) else {
-            return None;
-        };
-        if budget.is_some() && self.next_slice > now {
-            return Some(self.next_slice - now);
-        }
-        let Some(blob) = timelines.continue_snapshot(budget) else {
-            self.next_slice = Instant::now() + SNAPSHOT_PAUSE;
-            return Some(SNAPSHOT_PAUSE);
-        };
-        let (lo, hi) = self.writing.take().expect("checked");
-        hub.offer(SNAPSHOT_OP, self.worker, lo, hi, blob);
-        None
-    }
+    let head = postcard::to_stdvec(&(tracker, clock)).expect("tracker encodes");
+    w.begin(timelines, range, |t| t.begin_snapshot(head));
 }
 
 /// Renders the per-vehicle operator over decoded fixes, input reports and geofence
@@ -284,12 +231,7 @@ pub fn render_timeline<'scope>(
             }
             timelines.restore(r.vehicles, r.changes, r.latest_change, r.clock);
         }
-        let mut snapshots = SnapshotWriter {
-            hub: cfg.checkpoints.clone(),
-            worker,
-            writing: None,
-            next_slice: Instant::now(),
-        };
+        let mut snapshots = SnapshotWriter::new(cfg.checkpoints.clone(), SNAPSHOT_OP, worker);
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
@@ -403,7 +345,13 @@ pub fn render_timeline<'scope>(
                         let caps_at: Vec<_> = held.iter().map(|c| c.delayed(&at)).collect();
                         flush(&mut out, &caps_at, at);
                     }
-                    snapshots.begin(&mut timelines, &tracker, job_clock.now(), range);
+                    begin_snapshot(
+                        &mut snapshots,
+                        &mut timelines,
+                        &tracker,
+                        job_clock.now(),
+                        range,
+                    );
                 }
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
                     for inc in batch {
@@ -561,7 +509,13 @@ pub fn render_timeline<'scope>(
                 }
             }
             if let Some(range) = cuts.as_mut().and_then(|c| c.frontier(inputs_frontier)) {
-                snapshots.begin(&mut timelines, &tracker, job_clock.now(), range);
+                begin_snapshot(
+                    &mut snapshots,
+                    &mut timelines,
+                    &tracker,
+                    job_clock.now(),
+                    range,
+                );
             }
             // The snapshot is written a slice at a time, paced (all of it once the input
             // ended).
@@ -596,6 +550,7 @@ pub fn render_timeline<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sliced::SNAPSHOT_PAUSE;
     use crate::timeline::TimelineConfig;
     use fleetflow_runtime::checkpoint::Hub;
     use std::time::{Duration, Instant};
@@ -630,13 +585,8 @@ mod tests {
             t.offer(inc, &mut out);
         }
         let hub = Arc::new(Hub::new(10, vec![(SNAPSHOT_OP.into(), 0)], 0));
-        let mut w = SnapshotWriter {
-            hub: Some(hub.clone()),
-            worker: 0,
-            writing: None,
-            next_slice: Instant::now(),
-        };
-        w.begin(&mut t, &InputTracker::default(), None, (10, 10));
+        let mut w = SnapshotWriter::new(Some(hub.clone()), SNAPSHOT_OP, 0);
+        begin_snapshot(&mut w, &mut t, &InputTracker::default(), None, (10, 10));
         let before = Instant::now();
         assert_eq!(
             w.step(&mut t, Some(SNAPSHOT_SLICE), before),

@@ -9,6 +9,8 @@
 
 use super::index::FenceIndex;
 use super::{FixPoint, ViewUpdate};
+use crate::sliced::{Sliced, SnapshotBody};
+use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{
     GeofenceCause, GeofenceChange, GeofenceEvent, GeofenceEventKind, OccupancyChange,
@@ -37,6 +39,37 @@ struct VehicleFences {
     /// Visits in progress, sorted by slot: exactly the applicable fences of its version
     /// containing `(lat, lon)`.
     inside: Vec<Visit>,
+    /// The last snapshot it is written in, or was too new for.
+    snapshot_gen: u32,
+}
+
+/// A vehicle, encoded exactly as its [`GeoVehicleSnapshot`] but without copying it.
+#[derive(serde::Serialize)]
+struct GeoVehicleRef<'a> {
+    id: &'a CompactString,
+    tenant: &'a CompactString,
+    lat: f64,
+    lon: f64,
+    version: u64,
+    inside: VisitsRef<'a>,
+}
+
+/// Visits, encoded as a [`GeoVehicleSnapshot`]'s `inside`.
+struct VisitsRef<'a>(&'a [Visit]);
+
+impl serde::Serialize for VisitsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| (&v.id, v.entered_at, v.dwelled)))
+    }
+}
+
+/// The snapshot being written.
+struct GeoSnapshotting {
+    /// The vehicles that existed when it began: the slots below this.
+    upto: u32,
+    /// The next slot the background pass looks at.
+    cursor: u32,
+    body: SnapshotBody,
 }
 
 /// What geofencing produced; drained by the caller.
@@ -70,6 +103,9 @@ pub struct Geofencing {
     /// The geofences in force as checkpoints record them, kept until a change (encoding
     /// many geofences at every checkpoint would repeat the same work).
     fences_json: Option<Vec<String>>,
+    snapshotting: Option<GeoSnapshotting>,
+    /// Numbers the snapshots (see [`VehicleFences::snapshot_gen`]).
+    snapshot_gen: u32,
 }
 
 /// One vehicle's geofencing state in a checkpoint.
@@ -145,6 +181,8 @@ impl Geofencing {
             buf: Vec::new(),
             spare: Vec::new(),
             fences_json: None,
+            snapshotting: None,
+            snapshot_gen: 0,
         }
     }
 
@@ -178,51 +216,70 @@ impl Geofencing {
         self.versions.len()
     }
 
-    /// The state for a checkpoint; `fences` includes the geofences in force.
-    pub fn snapshot(&mut self, fences: bool) -> GeoSnapshot {
-        let index = self.latest().index.clone();
+    /// Begins a snapshot of the state as it is now (a [`GeoSnapshot`]; `fences` includes
+    /// the geofences in force); write it with [`Sliced::continue_snapshot`] while fixes go
+    /// on. A vehicle about to change is written first (copy on write).
+    pub fn begin_snapshot(&mut self, fences: bool) {
+        assert!(self.snapshotting.is_none(), "one snapshot at a time");
+        self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
+        let (index, latest) = (self.latest().index.clone(), self.latest().seq);
         let json = |g: &Geofence| serde_json::to_string(g).expect("geofences serialize");
-        GeoSnapshot {
-            fences: if fences {
-                self.fences_json
-                    .get_or_insert_with(|| index.iter().map(|g| json(g)).collect())
-                    .clone()
-            } else {
-                Vec::new()
-            },
-            latest: self.latest().seq,
-            log: self
-                .versions
-                .iter()
-                .filter_map(|v| v.made_by.as_ref())
-                .map(|(c, at, old)| {
-                    (
-                        c.seq,
-                        *at,
-                        c.id.clone(),
-                        old.as_deref().map(json),
-                        c.geofence.as_deref().map(json),
-                    )
-                })
-                .collect(),
-            vehicles: self
-                .vehicles
-                .iter()
-                .flatten()
-                .map(|v| GeoVehicleSnapshot {
-                    id: v.id.clone(),
-                    tenant: v.tenant.clone(),
-                    lat: v.lat,
-                    lon: v.lon,
-                    version: v.version,
-                    inside: v
-                        .inside
-                        .iter()
-                        .map(|i| (i.id.clone(), i.entered_at, i.dwelled))
-                        .collect(),
-                })
-                .collect(),
+        let fences: &[String] = if fences {
+            self.fences_json
+                .get_or_insert_with(|| index.iter().map(|g| json(g)).collect())
+        } else {
+            &[]
+        };
+        let log: Vec<LoggedChange> = self
+            .versions
+            .iter()
+            .filter_map(|v| v.made_by.as_ref())
+            .map(|(c, at, old)| {
+                let new = c.geofence.as_deref().map(json);
+                (c.seq, *at, c.id.clone(), old.as_deref().map(json), new)
+            })
+            .collect();
+        let mut body = SnapshotBody::new();
+        // The fields of a `GeoSnapshot` in order: its vehicles last, counted now (every
+        // vehicle of now is written, once).
+        body.put(&(fences, latest, log));
+        body.put(&(self.vehicles.iter().flatten().count() as u64));
+        self.snapshotting = Some(GeoSnapshotting {
+            upto: self.vehicles.len() as u32,
+            cursor: 0,
+            body,
+        });
+    }
+
+    /// Writes vehicle `slot` into the snapshot being written, unless it is written already
+    /// or is newer than the snapshot. Called before anything the snapshot holds changes.
+    fn save(&mut self, slot: u32) {
+        let Some(s) = self.snapshotting.as_mut() else {
+            return;
+        };
+        let Some(Some(v)) = self.vehicles.get_mut(slot as usize) else {
+            return;
+        };
+        if slot >= s.upto || v.snapshot_gen == self.snapshot_gen {
+            return;
         }
+        v.snapshot_gen = self.snapshot_gen;
+        s.body.put(&GeoVehicleRef {
+            id: &v.id,
+            tenant: &v.tenant,
+            lat: v.lat,
+            lon: v.lon,
+            version: v.version,
+            inside: VisitsRef(&v.inside),
+        });
+    }
+
+    /// The state for a checkpoint at once (tests).
+    #[cfg(test)]
+    pub fn snapshot(&mut self, fences: bool) -> GeoSnapshot {
+        self.begin_snapshot(fences);
+        let blob = self.continue_snapshot(None).expect("written at once");
+        postcard::from_bytes(&blob.contiguous()).expect("a snapshot decodes")
     }
 
     /// A fresh instance from a checkpoint: the versions its vehicles may be on, rebuilt
@@ -292,6 +349,8 @@ impl Geofencing {
             buf: Vec::new(),
             spare: Vec::new(),
             fences_json: None,
+            snapshotting: None,
+            snapshot_gen: 0,
         };
         for (slot, snap) in r.vehicles {
             let s = slot as usize;
@@ -323,6 +382,7 @@ impl Geofencing {
                 lon: snap.lon,
                 version: snap.version,
                 inside,
+                snapshot_gen: 0,
             });
         }
         g
@@ -330,6 +390,7 @@ impl Geofencing {
 
     /// A final fix, in `ts` order for its vehicle, checked against its vehicle's version.
     pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
+        self.save(p.slot);
         // The states are taken out for the call so that one of them and `self` can be
         // borrowed together.
         let mut vehicles = std::mem::take(&mut self.vehicles);
@@ -344,6 +405,8 @@ impl Geofencing {
             lon: f64::NAN,
             version: p.version,
             inside: Vec::new(),
+            // New since a snapshot that is being written: not in it.
+            snapshot_gen: self.snapshot_gen,
         });
         debug_assert_eq!(state.id, p.vehicle_id, "slots are stable");
         debug_assert_eq!(state.version, p.version, "changes are taken in order");
@@ -478,6 +541,7 @@ impl Geofencing {
     /// enters an added one that holds its latest final position (`enter`, cause
     /// `geofence_added`), both at the change's time.
     pub fn apply(&mut self, slot: u32, seq: u64, out: &mut GeoOutputs) {
+        self.save(slot);
         let Some(Some(state)) = self.vehicles.get_mut(slot as usize) else {
             // No final fix yet: its first one says its version.
             return;
@@ -567,4 +631,23 @@ fn occupant(
         }),
         diff as isize,
     ));
+}
+
+impl Sliced for Geofencing {
+    fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
+        let started = std::time::Instant::now();
+        loop {
+            let s = self.snapshotting.as_mut()?;
+            if s.cursor >= s.upto {
+                break;
+            }
+            let slot = s.cursor;
+            s.cursor += 1;
+            self.save(slot);
+            if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
+                return None;
+            }
+        }
+        Some(self.snapshotting.take()?.body.finish())
+    }
 }

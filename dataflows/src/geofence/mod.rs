@@ -44,6 +44,7 @@ pub use membership::{
     GeoOutputs, GeoRestore, GeoSnapshot, GeoVehicleSnapshot, Geofencing, LoggedChange,
 };
 
+use crate::sliced::{SnapshotWriter, SNAPSHOT_SLICE};
 use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, InputReport, OccupancyChange};
@@ -177,6 +178,7 @@ where
 {
     let scope = finals.scope();
     let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
     let mut input = builder.new_input(finals, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
@@ -211,11 +213,11 @@ where
             }
             out.view.clear();
         }
-        let snapshot = move |geo: &mut Geofencing, range: Option<(u64, u64)>| {
-            if let (Some(hub), Some((lo, hi))) = (&hub, range) {
-                let blob = postcard::to_stdvec(&geo.snapshot(worker == 0))
-                    .expect("geofencing state serializes");
-                hub.offer(SNAPSHOT_OP, worker, lo, hi, blob);
+        // Worker 0's snapshot also holds the geofences in force (every worker has them).
+        let mut snapshots = SnapshotWriter::new(hub, SNAPSHOT_OP, worker);
+        let begin = move |w: &mut SnapshotWriter, geo: &mut Geofencing, range| {
+            if let Some(range) = range {
+                w.begin(geo, range, |g| g.begin_snapshot(worker == 0));
             }
         };
         move |frontiers| {
@@ -227,7 +229,11 @@ where
             // their times never decrease), so checkpoint cuts fall between batches.
             input.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
-                    snapshot(&mut geo, cuts.as_mut().and_then(|c| c.before(*t)));
+                    begin(
+                        &mut snapshots,
+                        &mut geo,
+                        cuts.as_mut().and_then(|c| c.before(*t)),
+                    );
                 }
                 for item in data.drain(..) {
                     match item {
@@ -270,7 +276,16 @@ where
                 }
             });
             let f = frontiers[0].frontier().first().copied();
-            snapshot(&mut geo, cuts.as_mut().and_then(|c| c.frontier(f)));
+            begin(
+                &mut snapshots,
+                &mut geo,
+                cuts.as_mut().and_then(|c| c.frontier(f)),
+            );
+            // Written a slice at a time while fixes flow (all of it once they ended).
+            let budget = f.map(|_| SNAPSHOT_SLICE);
+            if let Some(wait) = snapshots.step(&mut geo, budget, std::time::Instant::now()) {
+                activator.activate_after(wait);
+            }
         }
     });
     (events, batches)

@@ -387,3 +387,73 @@ proptest::proptest! {
         }
     }
 }
+
+/// A snapshot written a slice at a time while vehicles move in and out of geofences, new
+/// vehicles appear and a change registers holds exactly the state of when it began.
+#[test]
+fn an_interleaved_snapshot_holds_the_state_when_it_began() {
+    use crate::sliced::Sliced;
+    use proptest::prelude::*;
+    let encoded = |s: &GeoSnapshot| {
+        let mut v: Vec<Vec<u8>> = s
+            .vehicles
+            .iter()
+            .map(|v| postcard::to_stdvec(v).unwrap())
+            .collect();
+        v.sort();
+        (s.fences.clone(), s.latest, s.log.clone(), v)
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
+    runner
+        .run(&(any::<u64>(), 0usize..400), |(seed, before)| {
+            let mut rng = seed | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let fences =
+                (0..4).map(|i| circle(&format!("f{i}"), 0.0, i as f64 * 0.01, 600.0, None));
+            let mut g = Geofencing::new(Arc::new(FenceIndex::new(fences)), 0, 60_000);
+            let mut out = GeoOutputs::default();
+            let mut ts = vec![0; 300];
+            let mut step = |g: &mut Geofencing, next: &mut dyn FnMut(u64) -> u64| {
+                let v = next(300) as usize;
+                ts[v] += 1_000 + next(30_000) as Millis;
+                let mut p = fix(&format!("v{v}"), ts[v], 0.0, next(400) as f64 * 1e-4);
+                p.slot = v as u32;
+                g.on_fix(p, &mut GeoOutputs::default());
+            };
+            for _ in 0..before {
+                step(&mut g, &mut next);
+            }
+            let reference = encoded(&g.snapshot(true));
+            g.begin_snapshot(true);
+            let mut registered = false;
+            let blob = loop {
+                if let Some(b) = g.continue_snapshot(Some(std::time::Duration::ZERO)) {
+                    break b;
+                }
+                if !registered {
+                    // A change after the snapshot began is not in it.
+                    let added = circle("late", 0.0, 0.0, 50.0, None);
+                    let change = GeofenceChange {
+                        seq: 1,
+                        id: "late".into(),
+                        geofence: Some(added),
+                        at: None,
+                    };
+                    g.register(change, Some(1), &mut out);
+                    registered = true;
+                }
+                for _ in 0..next(40) {
+                    step(&mut g, &mut next);
+                }
+            };
+            let whole: GeoSnapshot = postcard::from_bytes(&blob.contiguous()).unwrap();
+            prop_assert_eq!(encoded(&whole), reference);
+            Ok(())
+        })
+        .unwrap();
+}

@@ -13,6 +13,7 @@
 //! grows with the vehicles, not with the event rate times the allowed lateness.
 
 use super::{Change, Timelines};
+use crate::sliced::{Sliced, SnapshotBody};
 use crate::tiers::WindowAcc;
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::fix::Fix;
@@ -20,14 +21,6 @@ use fleetflow_types::records::IncomingFix;
 use fleetflow_types::time::Millis;
 use fleetflow_types::CompactString;
 use std::collections::VecDeque;
-
-/// Size at which a snapshot's chunk is complete and the next one begins: a snapshot of
-/// hundreds of MB is never one buffer that grows (each growth copies it, stalling the
-/// worker for tens of ms).
-#[cfg(not(test))]
-pub(crate) const SNAPSHOT_CHUNK: usize = 1 << 20;
-#[cfg(test)]
-pub(crate) const SNAPSHOT_CHUNK: usize = 512;
 
 /// A vehicle's own time: what decides lateness and finality of its fixes (semantics §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -49,27 +42,10 @@ pub(crate) struct Snapshotting {
     upto: u32,
     /// The next slot the background pass looks at.
     cursor: u32,
-    /// The chunks complete so far, in order.
-    done: Vec<bytes::Bytes>,
-    /// The chunk being written.
-    body: Vec<u8>,
+    /// What is written so far.
+    body: SnapshotBody,
     /// Replayable inputs: input -> the least position of a fix not final when it began.
     replay_from: std::collections::BTreeMap<u32, u64>,
-}
-
-impl Snapshotting {
-    /// An empty chunk, with room for the vehicle that fills it past [`SNAPSHOT_CHUNK`].
-    fn chunk() -> Vec<u8> {
-        Vec::with_capacity(SNAPSHOT_CHUNK * 9 / 8)
-    }
-
-    /// Completes the chunk being written once it is full.
-    fn roll(&mut self) {
-        if self.body.len() >= SNAPSHOT_CHUNK {
-            let full = std::mem::replace(&mut self.body, Snapshotting::chunk());
-            self.done.push(full.into());
-        }
-    }
 }
 
 /// A vehicle, encoded exactly as its [`VehicleSnapshot`] but without copying it.
@@ -183,16 +159,15 @@ impl Timelines {
         assert!(self.snapshotting.is_none(), "one snapshot at a time");
         self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
         let upto = self.vehicles.len() as u32;
-        let mut body = Snapshotting::chunk();
-        body.extend_from_slice(&head);
+        let mut body = SnapshotBody::new();
+        body.extend(&head);
         let changes: Vec<(u64, Millis)> = self.changes.iter().map(|c| (c.seq, c.at)).collect();
-        body = postcard::to_extend(&(changes, self.latest_change), body).expect("changes encode");
+        body.put(&(changes, self.latest_change));
         // Every vehicle of now is written, once: the count is known.
-        body = postcard::to_extend(&(upto as u64), body).expect("a count encodes");
+        body.put(&(upto as u64));
         self.snapshotting = Some(Snapshotting {
             upto,
             cursor: 0,
-            done: Vec::new(),
             body,
             replay_from: Default::default(),
         });
@@ -216,9 +191,8 @@ impl Timelines {
         }
         let mut s = self.snapshotting.take()?;
         let replay_from: Vec<(u32, u64)> = s.replay_from.into_iter().collect();
-        s.body = postcard::to_extend(&replay_from, s.body).expect("positions encode");
-        s.done.push(s.body.into());
-        Some(Blob::from_chunks(s.done))
+        s.body.put(&replay_from);
+        Some(s.body.finish())
     }
 
     /// How many vehicles the pass of the snapshot being written has looked at.
@@ -265,9 +239,7 @@ impl Timelines {
             today_idle_s: v.today_idle_s,
             clock: &v.clock,
         };
-        s.body =
-            postcard::to_extend(&r, std::mem::take(&mut s.body)).expect("vehicle state encodes");
-        s.roll();
+        s.body.put(&r);
     }
 
     /// Every vehicle's state as it is, copied at once (tests: the reference for snapshots
@@ -288,5 +260,11 @@ impl Timelines {
                 clock: v.clock,
             })
             .collect()
+    }
+}
+
+impl Sliced for Timelines {
+    fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
+        Timelines::continue_snapshot(self, budget)
     }
 }

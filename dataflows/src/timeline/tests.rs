@@ -353,8 +353,8 @@ struct Whole {
 /// the caller's head.
 #[test]
 fn an_interleaved_snapshot_holds_the_state_when_it_began() {
+    use crate::sliced::SNAPSHOT_CHUNK;
     use proptest::prelude::*;
-    use snapshot::SNAPSHOT_CHUNK;
     let encoded = |mut v: Vec<VehicleSnapshot>| {
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v.iter()
