@@ -32,7 +32,9 @@
 //! `options = { "fetch.wait.max.ms" = "5" }`), `FLEETFLOW_BENCH_ONLY` (`a` or `b`: one of
 //! the two), `FLEETFLOW_BENCH_FOLLOW` (`0`: (b) does not follow the stream, leaving its
 //! CPU to the job and the broker), `FLEETFLOW_BENCH_JOB_LOG` (a file for (b)'s job log; with
-//! `RUST_LOG=fleetflow::slow=debug` it names every operator invocation over 50 ms).
+//! `RUST_LOG=fleetflow::slow=debug` it names every operator invocation over 50 ms, or
+//! `FLEETFLOW_SLOW_MS`), `FLEETFLOW_BENCH_SETTLE` (how many seconds in a row (b)'s job must
+//! keep up before the measured part begins; default 10).
 
 mod common;
 #[path = "../tests/common/mod.rs"]
@@ -103,12 +105,12 @@ struct Followed {
 
 /// Follows `GET /v1/stream?topics=vehicles` until `done`, resuming with `Last-Event-ID`
 /// (as a dashboard does) whenever the stream ends early, and takes every fix it shows off
-/// `outstanding`.
+/// `outstanding` (by the second from `t` it was handed over in).
 fn follow_stream(
     addr: &str,
     done: &AtomicBool,
     outstanding: &Mutex<Outstanding>,
-    measured_from: &OnceLock<Instant>,
+    t: Instant,
 ) -> Followed {
     use std::io::BufRead;
     let mut f = Followed::default();
@@ -144,12 +146,8 @@ fn follow_stream(
                         if let (Some(k), Some(ts)) = (key_of(&data[at..]), ts_of(data, at)) {
                             let (sent, overtaken) = seen(&mut outstanding.lock().unwrap(), &k, ts);
                             f.overtaken += overtaken;
-                            let from = measured_from.get().copied();
-                            if let (Some(sent), Some(from)) = (sent, from) {
-                                if sent < from {
-                                    continue;
-                                }
-                                let second = sent.duration_since(from).as_secs() as usize;
+                            if let Some(sent) = sent.filter(|s| *s >= t) {
+                                let second = sent.duration_since(t).as_secs() as usize;
                                 f.by_second
                                     .resize_with(f.by_second.len().max(second + 1), Vec::new);
                                 f.by_second[second].push(
@@ -441,9 +439,12 @@ fn latency(
     // `FLEETFLOW_BENCH_POLL_MS` (default 1), adds about that much to a latency: 80 vehicles
     // cost about 700 requests/s; 400 cost 3,700/s, which loads two cores enough to raise
     // every p99 several times over). The measured part begins once the job has caught up
-    // with the backfill (its consumer lag below 50 ms of input, and at least
-    // `FLEETFLOW_BENCH_WARMUP` s (default 3) in): fixes handed to the producer before are
-    // not counted, and minutes count from there.
+    // with the backfill: its consumer lag below 50 ms of input for `FLEETFLOW_BENCH_SETTLE`
+    // s in a row (default 10: reading the backfill is not the end of it, its fixes become
+    // final 30 s of event time later and the job falls behind again for a few seconds),
+    // at least `FLEETFLOW_BENCH_WARMUP` s (default 3) in; it begins at the first of those
+    // seconds. Fixes handed to the producer before are not counted, and minutes count from
+    // there.
     let sample: usize = env_or("FLEETFLOW_BENCH_SAMPLED", "80").parse().unwrap();
     let sampled: Vec<String> = (0..sample)
         .map(|i| format!("V{:05}", (i * 7) % fleet as usize))
@@ -456,19 +457,15 @@ fn latency(
         .unwrap();
     let warm_up = t + Duration::from_secs(env_or("FLEETFLOW_BENCH_WARMUP", "3").parse().unwrap());
     let measured_from: Arc<OnceLock<Instant>> = Default::default();
+    let settle: u32 = env_or("FLEETFLOW_BENCH_SETTLE", "10").parse().unwrap();
     let poll_every = Duration::from_millis(env_or("FLEETFLOW_BENCH_POLL_MS", "1").parse().unwrap());
     let pollers: Vec<_> = sampled
         .chunks(sample.div_ceil(4).max(1))
         .map(|mine| {
-            let (sent, done, addr, mine, from) = (
-                sent.clone(),
-                done.clone(),
-                addr.clone(),
-                mine.to_vec(),
-                measured_from.clone(),
-            );
+            let (sent, done, addr, mine) =
+                (sent.clone(), done.clone(), addr.clone(), mine.to_vec());
             std::thread::spawn(move || {
-                // (second handed over in, latency ms)
+                // (second from `t` handed over in, latency ms)
                 let mut latencies: Vec<(u64, f64)> = Vec::new();
                 let mut client = KeepAlive::connect(&addr);
                 while !done.load(Relaxed) {
@@ -486,9 +483,9 @@ fn latency(
                         };
                         // The fix shown is visible; older ones were overtaken unseen.
                         if let (Some(at), _) = seen(&mut sent.lock().unwrap(), v, ts) {
-                            if let Some(from) = from.get().filter(|f| at >= **f) {
+                            if at >= t {
                                 latencies.push((
-                                    at.duration_since(*from).as_secs(),
+                                    at.duration_since(t).as_secs(),
                                     now.duration_since(at).as_secs_f64() * 1000.0,
                                 ));
                             }
@@ -506,13 +503,8 @@ fn latency(
     let every: Arc<Mutex<Outstanding>> = Default::default();
     let follow = env_or("FLEETFLOW_BENCH_FOLLOW", "1") != "0";
     let stream = follow.then(|| {
-        let (addr, done, every, from) = (
-            addr.clone(),
-            done.clone(),
-            every.clone(),
-            measured_from.clone(),
-        );
-        std::thread::spawn(move || follow_stream(&addr, &done, &every, &from))
+        let (addr, done, every) = (addr.clone(), done.clone(), every.clone());
+        std::thread::spawn(move || follow_stream(&addr, &done, &every, t))
     });
     // The job's RSS, and its checkpoint size and consumer lag from `/metrics`, at the end
     // of every second.
@@ -522,12 +514,18 @@ fn latency(
         std::thread::spawn(move || {
             let mut client = KeepAlive::connect(&addr);
             let mut samples = Vec::new();
+            // The first second of the current run of seconds with the job caught up.
+            let mut caught_up: Option<(Instant, u32)> = None;
             while !done.load(Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 let (_, metrics) = client.get("/metrics");
                 let lag = metric(&metrics, "fleetflow_kafka_consumer_lag");
-                if Instant::now() >= warm_up && lag <= rate / 20 {
-                    let _ = from.set(Instant::now());
+                caught_up = (Instant::now() >= warm_up && lag <= rate / 20).then(|| {
+                    let (first, n) = caught_up.unwrap_or((Instant::now(), 0));
+                    (first, n + 1)
+                });
+                if let Some((first, _)) = caught_up.filter(|(_, n)| *n >= settle) {
+                    let _ = from.set(first);
                 }
                 samples.push(Gauges {
                     rss_kib: rss_kib(pid).unwrap_or(0),
@@ -567,7 +565,7 @@ fn latency(
         .into_iter()
         .flat_map(|p| p.join().unwrap())
         .collect();
-    let followed = stream.map(|s| s.join().unwrap()).unwrap_or_default();
+    let mut followed = stream.map(|s| s.join().unwrap()).unwrap_or_default();
     let gauges = gauges.join().unwrap();
     let rss: Vec<u64> = gauges.iter().map(|g| g.rss_kib).collect();
     let unseen: usize = every.lock().unwrap().values().map(Vec::len).sum();
@@ -592,10 +590,19 @@ fn latency(
         return;
     }
     println!(
-        "(b) the job caught up with the backfill {:.0} s after the steady input began; measured from there ({:.0} s)",
+        "(b) the job caught up with the backfill {:.0} s after the steady input began and stayed caught up (lag under 50 ms of input for {settle} s in a row); measured from there ({:.0} s)",
         from.duration_since(t).as_secs_f64(),
         (t + Duration::from_secs(seconds)).saturating_duration_since(*from).as_secs_f64()
     );
+    // What was handed over before the measured part began is not counted.
+    let skip = from.duration_since(t).as_secs_f64().ceil() as u64;
+    let samples: Vec<(u64, f64)> = samples
+        .into_iter()
+        .filter(|(second, _)| *second >= skip)
+        .map(|(second, ms)| (second - skip, ms))
+        .collect();
+    let stream_skip = followed.by_second.len().min(skip as usize);
+    followed.by_second.drain(..stream_skip);
     let mut lat: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(f64::total_cmp);
     let mut by_second: Vec<Vec<f32>> = Vec::new();
