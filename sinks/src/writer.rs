@@ -381,6 +381,9 @@ impl<R: LakeRecord> DatasetWriter<R> {
             let thread = std::thread::Builder::new()
                 .name("fleetflow-merge".into())
                 .spawn(move || {
+                    if let Err(e) = fleetflow_runtime::background_priority() {
+                        tracing::debug!(error = %e, "a merge runs at full priority");
+                    }
                     uploader.wait_for(staged).map_err(io_error)?;
                     merge_files(&uploader, &sources, dest, &name)
                 })

@@ -247,6 +247,11 @@ pub(super) fn start_coordinator(
 ) -> Result<std::thread::JoinHandle<Result<Option<Commit>, LakeError>>, JobError> {
     Ok(std::thread::Builder::new()
         .name("fleetflow-commit".into())
-        .spawn(move || coordinator.run(stop))
+        .spawn(move || {
+            if let Err(e) = fleetflow_runtime::background_priority() {
+                tracing::debug!(error = %e, "the coordinator runs at full priority");
+            }
+            coordinator.run(stop)
+        })
         .context("starting the checkpoint coordinator")?)
 }
