@@ -24,3 +24,27 @@ pub fn background_priority() -> std::io::Result<()> {
     rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10)?;
     Ok(())
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The calling thread's nice value, from `/proc`.
+    fn nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_background_thread_runs_at_nice_10_and_leaves_the_others_alone() {
+        let before = nice();
+        let inside = std::thread::spawn(|| {
+            super::background_priority().unwrap();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, before + 10);
+        assert_eq!(nice(), before, "only the calling thread");
+    }
+}
