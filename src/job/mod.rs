@@ -129,7 +129,6 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let _ = job.runtime.block_on(wait);
     }
     job.runtime.shutdown_timeout(Duration::from_secs(5));
-    job.lake_runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(RunResult {
         summary,
         vehicles: job.vehicles,

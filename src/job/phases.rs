@@ -48,11 +48,7 @@ pub(super) struct Prepared {
     initial_geofences: Vec<Arc<Geofence>>,
     dwell_after: i64,
     pub lake: Lake,
-    /// The API's server, the Kafka clients' callbacks, signals.
     pub runtime: tokio::runtime::Runtime,
-    /// The lake's uploads, merges' reads and the coordinator's writes, at background
-    /// priority (see [`lake_runtime`]).
-    pub lake_runtime: tokio::runtime::Runtime,
     /// The API's socket, bound before the lake is touched (taken when the API starts).
     api_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     recovered: Option<Recovered>,
@@ -69,25 +65,6 @@ pub(super) struct Prepared {
     change_rx: ChangeReceiver,
     pub shutdown: Arc<AtomicBool>,
     pub uploader: Uploader,
-}
-
-/// The runtime of the lake's I/O: its threads (and their blocking pool) run at background
-/// priority ([`fleetflow_runtime::background_priority`]), so that writing files and
-/// checkpoints, CPU work on a busy machine (copies into the page cache, 50+ MB of state at
-/// a checkpoint), takes the CPU the workers leave rather than delaying fixes; and the API
-/// has a runtime of its own, never queued behind uploads.
-fn lake_runtime() -> Result<tokio::runtime::Runtime, JobError> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("fleetflow-lake")
-        .on_thread_start(|| {
-            if let Err(e) = fleetflow_runtime::background_priority() {
-                tracing::debug!(error = %e, "the lake's I/O runs at full priority");
-            }
-        })
-        .build()
-        .context("starting the lake's I/O runtime")?)
 }
 
 impl Prepared {
@@ -165,8 +142,7 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
     }
     let (changes, vehicles, geofences, change_rx) =
         services::api_views(spec, opts, peers, leader, &initial_geofences, latest_change);
-    let lake_runtime = lake_runtime()?;
-    let uploader = Uploader::new(lake.clone(), lake_runtime.handle().clone(), metrics.clone());
+    let uploader = Uploader::new(lake.clone(), runtime.handle().clone(), metrics.clone());
     Ok(Prepared {
         layout,
         process,
@@ -179,7 +155,6 @@ pub(super) fn prepare(spec: &JobSpec, text: &str, opts: &RunOptions) -> Result<P
         dwell_after,
         lake,
         runtime,
-        lake_runtime,
         api_listener,
         recovered,
         restored,
