@@ -83,6 +83,62 @@ impl SnapshotBody {
     }
 }
 
+/// A snapshot's pass over the slots that existed when it began.
+pub(crate) struct Pass {
+    /// The slots below this existed.
+    upto: u32,
+    /// The next slot the pass looks at.
+    cursor: u32,
+}
+
+impl Pass {
+    /// A pass over the slots below `upto`.
+    pub(crate) fn new(upto: u32) -> Pass {
+        Pass { upto, cursor: 0 }
+    }
+
+    /// The next slot, if any is left.
+    pub(crate) fn next(&mut self) -> Option<u32> {
+        (self.cursor < self.upto).then(|| {
+            self.cursor += 1;
+            self.cursor - 1
+        })
+    }
+
+    /// Whether `slot` existed when the snapshot began.
+    pub(crate) fn covers(&self, slot: u32) -> bool {
+        slot < self.upto
+    }
+
+    /// How many slots the pass has looked at.
+    #[cfg(test)]
+    pub(crate) fn cursor(&self) -> u32 {
+        self.cursor
+    }
+}
+
+/// State whose snapshot writes its items by slot, each once, copy on write: a [`Pass`]
+/// over the slots ([`write_slots`]), and every item about to change written first.
+pub(crate) trait Slots {
+    /// The next slot of the pass, if any is left (the pass moves on).
+    fn next_slot(&mut self) -> Option<u32>;
+    /// Writes the item in `slot`, unless it is written already or newer than the snapshot.
+    fn save_slot(&mut self, slot: u32);
+}
+
+/// Goes on with the pass of `state`'s snapshot for about `budget` (`None`: to its end);
+/// whether it reached the end.
+pub(crate) fn write_slots(state: &mut impl Slots, budget: Option<Duration>) -> bool {
+    let started = Instant::now();
+    while let Some(slot) = state.next_slot() {
+        state.save_slot(slot);
+        if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
+            return false;
+        }
+    }
+    true
+}
+
 /// State whose snapshot is written a slice at a time.
 pub trait Sliced {
     /// Writes the snapshot begun last for about `budget` (`None`: all of what is left).
@@ -158,5 +214,18 @@ impl SnapshotWriter {
         let (lo, hi) = self.writing.take().expect("checked");
         hub.offer(self.op, self.worker, lo, hi, blob);
         None
+    }
+}
+
+/// Tests of snapshots written while the state changes: `next(n)`, a number below `n` from
+/// a sequence that `seed` decides (xorshift).
+#[cfg(test)]
+pub(crate) fn below(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut x = seed | 1;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
     }
 }

@@ -9,7 +9,7 @@
 
 use super::index::FenceIndex;
 use super::{FixPoint, ViewUpdate};
-use crate::sliced::{Sliced, SnapshotBody};
+use crate::sliced::{write_slots, Pass, Sliced, Slots, SnapshotBody};
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{
@@ -65,10 +65,8 @@ impl serde::Serialize for VisitsRef<'_> {
 
 /// The snapshot being written.
 struct GeoSnapshotting {
-    /// The vehicles that existed when it began: the slots below this.
-    upto: u32,
-    /// The next slot the background pass looks at.
-    cursor: u32,
+    /// Over the vehicles that existed when it began.
+    pass: Pass,
     body: SnapshotBody,
 }
 
@@ -245,8 +243,7 @@ impl Geofencing {
         body.put(&(fences, latest, log));
         body.put(&(self.vehicles.iter().flatten().count() as u64));
         self.snapshotting = Some(GeoSnapshotting {
-            upto: self.vehicles.len() as u32,
-            cursor: 0,
+            pass: Pass::new(self.vehicles.len() as u32),
             body,
         });
     }
@@ -260,7 +257,7 @@ impl Geofencing {
         let Some(Some(v)) = self.vehicles.get_mut(slot as usize) else {
             return;
         };
-        if slot >= s.upto || v.snapshot_gen == self.snapshot_gen {
+        if !s.pass.covers(slot) || v.snapshot_gen == self.snapshot_gen {
             return;
         }
         v.snapshot_gen = self.snapshot_gen;
@@ -633,20 +630,21 @@ fn occupant(
     ));
 }
 
+impl Slots for Geofencing {
+    fn next_slot(&mut self) -> Option<u32> {
+        let s = self.snapshotting.as_mut()?;
+        s.pass.next()
+    }
+    fn save_slot(&mut self, slot: u32) {
+        self.save(slot);
+    }
+}
+
 impl Sliced for Geofencing {
     fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
-        let started = std::time::Instant::now();
-        loop {
-            let s = self.snapshotting.as_mut()?;
-            if s.cursor >= s.upto {
-                break;
-            }
-            let slot = s.cursor;
-            s.cursor += 1;
-            self.save(slot);
-            if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
-                return None;
-            }
+        self.snapshotting.as_ref()?;
+        if !write_slots(self, budget) {
+            return None;
         }
         Some(self.snapshotting.take()?.body.finish())
     }

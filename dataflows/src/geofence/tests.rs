@@ -406,13 +406,7 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
     runner
         .run(&(any::<u64>(), 0usize..400), |(seed, before)| {
-            let mut rng = seed | 1;
-            let mut next = move |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = crate::sliced::below(seed);
             let fences =
                 (0..4).map(|i| circle(&format!("f{i}"), 0.0, i as f64 * 0.01, 600.0, None));
             let mut g = Geofencing::new(Arc::new(FenceIndex::new(fences)), 0, 60_000);

@@ -13,7 +13,7 @@
 //! grows with the vehicles, not with the event rate times the allowed lateness.
 
 use super::{Change, Timelines};
-use crate::sliced::{Sliced, SnapshotBody};
+use crate::sliced::{write_slots, Pass, Sliced, Slots, SnapshotBody};
 use crate::tiers::WindowAcc;
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::fix::Fix;
@@ -38,10 +38,8 @@ pub struct VehicleClock {
 
 /// The snapshot being written.
 pub(crate) struct Snapshotting {
-    /// The vehicles that existed when it began: the slots below this.
-    upto: u32,
-    /// The next slot the background pass looks at.
-    cursor: u32,
+    /// Over the vehicles that existed when it began.
+    pass: Pass,
     /// What is written so far.
     body: SnapshotBody,
     /// Replayable inputs: input -> the least position of a fix not final when it began.
@@ -166,8 +164,7 @@ impl Timelines {
         // Every vehicle of now is written, once: the count is known.
         body.put(&(upto as u64));
         self.snapshotting = Some(Snapshotting {
-            upto,
-            cursor: 0,
+            pass: Pass::new(upto),
             body,
             replay_from: Default::default(),
         });
@@ -176,18 +173,9 @@ impl Timelines {
     /// Writes vehicles of the snapshot begun last, for about `budget` (`None`: all of
     /// them). Once every vehicle is written: the snapshot (see the module docs).
     pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
-        let started = std::time::Instant::now();
-        loop {
-            let s = self.snapshotting.as_mut()?;
-            if s.cursor >= s.upto {
-                break;
-            }
-            let slot = s.cursor;
-            s.cursor += 1;
-            self.save(slot);
-            if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
-                return None;
-            }
+        self.snapshotting.as_ref()?;
+        if !write_slots(self, budget) {
+            return None;
         }
         let mut s = self.snapshotting.take()?;
         let replay_from: Vec<(u32, u64)> = s.replay_from.into_iter().collect();
@@ -198,7 +186,7 @@ impl Timelines {
     /// How many vehicles the pass of the snapshot being written has looked at.
     #[cfg(test)]
     pub(crate) fn snapshot_cursor(&self) -> Option<u32> {
-        self.snapshotting.as_ref().map(|s| s.cursor)
+        self.snapshotting.as_ref().map(|s| s.pass.cursor())
     }
 
     /// Whether a snapshot is being written.
@@ -214,7 +202,7 @@ impl Timelines {
             return;
         };
         let v = &mut self.vehicles[slot as usize];
-        if slot >= s.upto || v.snapshot_gen == self.snapshot_gen {
+        if !s.pass.covers(slot) || v.snapshot_gen == self.snapshot_gen {
             return;
         }
         v.snapshot_gen = self.snapshot_gen;
@@ -266,5 +254,15 @@ impl Timelines {
 impl Sliced for Timelines {
     fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
         Timelines::continue_snapshot(self, budget)
+    }
+}
+
+impl Slots for Timelines {
+    fn next_slot(&mut self) -> Option<u32> {
+        let s = self.snapshotting.as_mut()?;
+        s.pass.next()
+    }
+    fn save_slot(&mut self, slot: u32) {
+        self.save(slot);
     }
 }

@@ -364,13 +364,7 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(24));
     runner
         .run(&(any::<u64>(), 0usize..400), |(seed, before)| {
-            let mut rng = seed | 1;
-            let mut next = move |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = crate::sliced::below(seed);
             let (mut t, _) = timelines_with(config(Some(SILENCE)));
             let mut out = Outputs::default();
             let mut clock = T0;
