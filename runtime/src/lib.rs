@@ -44,7 +44,8 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert_eq!(inside, before + 10);
+        // Nice values stop at 19 (a test run under `nice` starts higher).
+        assert_eq!(inside, (before + 10).min(19));
         assert_eq!(nice(), before, "only the calling thread");
     }
 }
