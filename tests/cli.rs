@@ -390,3 +390,33 @@ fn a_second_run_on_a_taken_api_address_stops_before_touching_the_lake() {
         "the lake was cleaned: {err}"
     );
 }
+
+/// CI runs exactly the test command the README gives a newcomer.
+#[test]
+fn ci_runs_the_readmes_test_command() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // The first command line after the comment "# 2." in the README's commands.
+    let after = readme
+        .split("\n# 2.")
+        .nth(1)
+        .expect("README.md has a '# 2.' command");
+    let readme_cmd = after
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a command after '# 2.'");
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let ci_cmd = ci
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap();
+    assert_eq!(readme_cmd, "scripts/test");
+    assert_eq!(
+        ci_cmd,
+        format!("exec {readme_cmd}"),
+        ".ci/run ends in the README's command"
+    );
+}
