@@ -246,8 +246,9 @@ impl Coordinator {
         self.uploader.runtime()
     }
 
-    /// Commits checkpoints until the final one (or until `stop` is set and nothing is
-    /// ready); returns the last commit.
+    /// Commits checkpoints until the final one (or until nothing is ready and `stop` is set
+    /// or the hub records a failure: a sink that failed offers no more pieces, so no later
+    /// checkpoint can be complete); returns the last commit.
     pub fn run(
         mut self,
         stop: Arc<std::sync::atomic::AtomicBool>,
@@ -256,7 +257,7 @@ impl Coordinator {
         loop {
             let ready = self.hub.wait_ready(Duration::from_millis(100));
             let Some(ready) = ready else {
-                if stop.load(Relaxed) {
+                if stop.load(Relaxed) || self.hub.failure().is_some() {
                     return Ok(self.previous);
                 }
                 continue;

@@ -183,9 +183,7 @@ fn settle(
     hub: &Hub,
 ) -> Result<Option<Commit>, JobError> {
     let failed_worker = results.into_iter().find_map(|r| r.err());
-    // A worker that failed, or a lake write that did (the sink then offers no more
-    // pieces, so the final checkpoint can never be ready): the coordinator stops.
-    if failed_worker.is_some() || hub.failure().is_some() {
+    if failed_worker.is_some() {
         coordinator_stop.store(true, Relaxed);
     }
     let committed = match coordinator {
