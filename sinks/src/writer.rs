@@ -484,16 +484,33 @@ mod tests {
         }
     }
 
+    /// A writer of the raw dataset by hour, and a policy that rolls files at
+    /// `target_bytes` (or after an hour).
+    fn raw_writer(
+        uploader: &Uploader,
+        prefix: &str,
+        worker: usize,
+        target_bytes: u64,
+    ) -> (DatasetWriter<Fix>, RollPolicy) {
+        let w = DatasetWriter::new(
+            "raw",
+            Partitioning::Hour,
+            prefix.into(),
+            worker,
+            uploader.clone(),
+        );
+        let policy = RollPolicy {
+            target_bytes,
+            max_age: Duration::from_secs(3600),
+        };
+        (w, policy)
+    }
+
     #[test]
     fn merges_start_only_in_free_slots_and_name_the_file_they_write() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, _, _rt) = test_uploader(dir.path());
-        let mut w: DatasetWriter<Fix> =
-            DatasetWriter::new("raw", Partitioning::Hour, "p".into(), 0, uploader.clone());
-        let policy = RollPolicy {
-            target_bytes: 1 << 30,
-            max_age: Duration::from_secs(3600),
-        };
+        let (mut w, policy) = raw_writer(&uploader, "p", 0, 1 << 30);
         let mut out = Vec::new();
         // Two partitions with more chunks than a partition keeps: both must merge.
         for cut in 0..=MAX_CHUNKS as i64 {
@@ -546,17 +563,7 @@ mod tests {
     fn rows_round_trip_through_parquet_files_in_the_lake() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, metrics, _rt) = test_uploader(dir.path());
-        let mut w: DatasetWriter<Fix> = DatasetWriter::new(
-            "raw",
-            Partitioning::Hour,
-            "part-test".into(),
-            0,
-            uploader.clone(),
-        );
-        let policy = RollPolicy {
-            target_bytes: 1 << 30,
-            max_age: Duration::from_secs(3600),
-        };
+        let (mut w, policy) = raw_writer(&uploader, "part-test", 0, 1 << 30);
         let mut out = Vec::new();
         for i in 0..20_000i64 {
             w.push(T + i * 100, fix(i), &policy, &mut out).unwrap();
@@ -632,12 +639,7 @@ mod tests {
     fn a_partition_at_the_target_size_rolls_without_waiting_for_a_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, _, _rt) = test_uploader(dir.path());
-        let mut w: DatasetWriter<Fix> =
-            DatasetWriter::new("raw", Partitioning::Hour, "p".into(), 1, uploader.clone());
-        let policy = RollPolicy {
-            target_bytes: 64 * 1024,
-            max_age: Duration::from_secs(3600),
-        };
+        let (mut w, policy) = raw_writer(&uploader, "p", 1, 64 * 1024);
         let mut out = Vec::new();
         for i in 0..100_000i64 {
             w.push(T + i, fix(i), &policy, &mut out).unwrap();
