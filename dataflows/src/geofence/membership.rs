@@ -88,6 +88,18 @@ struct Version {
     made_by: Option<(GeofenceChange, Option<Millis>, Option<Arc<Geofence>>)>,
 }
 
+/// Version `seq` among `versions`.
+fn version_of(versions: &VecDeque<Version>, seq: u64) -> &Version {
+    let k = versions.partition_point(|v| v.seq < seq);
+    // A vehicle is never on a version older than the oldest kept; one that is (a vehicle
+    // first seen on a version dropped already) takes the oldest kept.
+    versions
+        .get(k)
+        .filter(|v| v.seq == seq)
+        .or(versions.get(k.saturating_sub(1)))
+        .expect("a version is kept")
+}
+
 /// Membership of the vehicles of one worker (independent of timely).
 pub struct Geofencing {
     /// The versions some vehicle may still be on, oldest first; the last is in force.
@@ -189,14 +201,7 @@ impl Geofencing {
     }
 
     fn version(&self, seq: u64) -> &Version {
-        let k = self.versions.partition_point(|v| v.seq < seq);
-        // A vehicle is never on a version older than the oldest kept; one that is (a
-        // vehicle first seen on a version dropped already) takes the oldest kept.
-        self.versions
-            .get(k)
-            .filter(|v| v.seq == seq)
-            .or(self.versions.get(k.saturating_sub(1)))
-            .expect("a version is kept")
+        version_of(&self.versions, seq)
     }
 
     /// Number of geofences in force.
@@ -388,9 +393,18 @@ impl Geofencing {
     /// A final fix, in `ts` order for its vehicle, checked against its vehicle's version.
     pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
         self.save(p.slot);
-        // The states are taken out for the call so that one of them and `self` can be
-        // borrowed together.
-        let mut vehicles = std::mem::take(&mut self.vehicles);
+        // Borrowed field by field: the index is read in place, never cloned (the first
+        // version's is shared by the workers, and a reference count touched per fix by
+        // both would bounce between their cores).
+        let Geofencing {
+            versions,
+            vehicles,
+            dwell_after,
+            buf,
+            spare,
+            snapshot_gen,
+            ..
+        } = self;
         let slot = p.slot as usize;
         if vehicles.len() <= slot {
             vehicles.resize_with(slot + 1, || None);
@@ -403,43 +417,40 @@ impl Geofencing {
             version: p.version,
             inside: Vec::new(),
             // New since a snapshot that is being written: not in it.
-            snapshot_gen: self.snapshot_gen,
+            snapshot_gen: *snapshot_gen,
         });
         debug_assert_eq!(state.id, p.vehicle_id, "slots are stable");
         debug_assert_eq!(state.version, p.version, "changes are taken in order");
         state.version = p.version;
-        let index = self.version(p.version).index.clone();
+        let index: &FenceIndex = &version_of(versions, p.version).index;
         if index.is_empty() && state.inside.is_empty() {
             // No geofence anywhere: only the position matters (for later additions).
             state.lat = p.lat;
             state.lon = p.lon;
             state.tenant = p.tenant;
-            self.vehicles = vehicles;
             return;
         }
         // `inside` is exactly the fences containing the last position, so an unmoved
         // vehicle needs no lookup.
         let moved = state.lat != p.lat || state.lon != p.lon || state.tenant != p.tenant;
         if moved {
-            let mut now = std::mem::take(&mut self.buf);
-            index.containing(p.lat, p.lon, &p.tenant, &mut now);
+            index.containing(p.lat, p.lon, &p.tenant, buf);
             // The visits are rebuilt into a spare buffer that swaps with the old one, so a
-            // moving vehicle costs no allocation.
-            let mut next = std::mem::take(&mut self.spare);
+            // moving vehicle costs no allocation; visits that go on move across.
+            let next = spare;
             next.clear();
-            let old = std::mem::take(&mut state.inside);
-            let (mut i, mut j) = (0, 0);
-            while i < old.len() || j < now.len() {
-                let o = old.get(i).map(|v| v.slot);
-                let n = now.get(j).copied();
-                match (o, n) {
+            let mut old = std::mem::take(&mut state.inside);
+            let mut olds = old.drain(..).peekable();
+            let mut news = buf.iter().copied().peekable();
+            loop {
+                match (olds.peek().map(|v| v.slot), news.peek().copied()) {
+                    (None, None) => break,
                     (Some(a), Some(b)) if a == b => {
-                        next.push(old[i].clone());
-                        i += 1;
-                        j += 1;
+                        next.extend(olds.next());
+                        news.next();
                     }
                     (Some(a), b) if b.is_none_or(|b| a < b) => {
-                        let visit = &old[i];
+                        let visit = olds.next().expect("peeked");
                         occupant(&visit.id, &p.vehicle_id, visit.entered_at, -1, out);
                         event(
                             &visit.id,
@@ -449,7 +460,6 @@ impl Geofencing {
                             p.ts,
                             out,
                         );
-                        i += 1;
                     }
                     (_, Some(b)) => {
                         let id = index.id(b).clone();
@@ -468,20 +478,19 @@ impl Geofencing {
                             entered_at: p.ts,
                             dwelled: false,
                         });
-                        j += 1;
+                        news.next();
                     }
-                    (_, None) => unreachable!("loop condition"),
+                    (_, None) => unreachable!("the loop ends when both are done"),
                 }
             }
-            state.inside = next;
-            self.spare = old;
-            self.buf = now;
+            drop(olds);
+            state.inside = std::mem::replace(next, old);
             state.lat = p.lat;
             state.lon = p.lon;
             state.tenant = p.tenant.clone();
         }
         for visit in state.inside.iter_mut() {
-            if !visit.dwelled && p.ts.saturating_sub(visit.entered_at) >= self.dwell_after {
+            if !visit.dwelled && p.ts.saturating_sub(visit.entered_at) >= *dwell_after {
                 visit.dwelled = true;
                 event(
                     &visit.id,
@@ -493,7 +502,6 @@ impl Geofencing {
                 );
             }
         }
-        self.vehicles = vehicles;
     }
 
     /// A change reaches this worker, taking effect at job clock `at`: a new version of the
