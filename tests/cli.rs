@@ -87,6 +87,11 @@ fn bad_specs_exit_2_with_one_line_naming_the_field() {
             "line 12: lake.url",
         ),
         (
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmap_tiles = \"tiles.example/{z}/{x}.png\"",
+            "line 17: api.map_tiles",
+        ),
+        (
             "[time]",
             "[time]\nlateness = \"1s\"",
             "unknown field `lateness`",

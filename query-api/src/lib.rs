@@ -3,6 +3,7 @@
 //! - [`view`]: the shared vehicle view the dataflow publishes into and handlers read.
 //! - [`geofences`]: the geofence catalogue, runtime changes and the occupancy/event view.
 //! - [`error`]: the JSON error body.
+//! - [`map`]: the live fleet map at `/` (a page, its script and style, in the binary).
 //! - [`router`]: every route; [`serve`] binds it.
 //!
 //! Every answer that reflects results carries `as_of`: the job clock (epoch ms) through
@@ -16,6 +17,7 @@ pub mod error;
 mod geofence_routes;
 pub mod geofences;
 pub mod lake_routes;
+pub mod map;
 pub mod openapi;
 mod params;
 pub mod stream;
@@ -58,6 +60,8 @@ pub struct ApiState {
     stream_slots: Arc<tokio::sync::Semaphore>,
     /// Set when the server stops: the live streams end.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The live map at `/`.
+    map: Arc<map::MapPage>,
 }
 
 impl ApiState {
@@ -81,7 +85,15 @@ impl ApiState {
             stream_slots: Arc::new(tokio::sync::Semaphore::new(streams.max_streams)),
             streams: Arc::new(streams),
             stop: Arc::new(tokio::sync::watch::Sender::new(false)),
+            map: Arc::default(),
         }
+    }
+
+    /// The same, the map at `/` drawing base-map tiles from `tiles` (a URL template with
+    /// `{z}`, `{x}` and `{y}`).
+    pub fn with_map_tiles(mut self, tiles: Option<&str>) -> Self {
+        self.map = Arc::new(map::MapPage::new(tiles));
+        self
     }
 
     /// The same, reading history and past days from `lake`.
@@ -118,6 +130,7 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .merge(v1)
+        .merge(map::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))

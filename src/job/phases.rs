@@ -214,7 +214,8 @@ pub(super) fn start_services(
     .with_lake(LakeAccess::new(
         Snapshots::new(&job.lake, job.catalogue.clone()).context("reading the lake's tables")?,
         &job.catalogue,
-    ));
+    ))
+    .with_map_tiles(spec.api.map_tiles.as_deref());
     let listener = job.api_listener.lock().expect("not poisoned").take();
     let api_task = services::start_api(&job.runtime, listener, state, api_stop.clone());
     let done = Arc::new(AtomicBool::new(false));

@@ -225,6 +225,11 @@ pub struct ApiSpec {
     /// Messages a stream client may fall behind before it is told it lagged and cut off.
     #[serde(default = "default_stream_queue")]
     pub stream_queue: usize,
+    /// Base-map raster tiles for the live map at `/`, as a URL template with `{z}`, `{x}`
+    /// and `{y}` (e.g. OpenStreetMap's); none by default, so the page fetches nothing
+    /// from outside the job.
+    #[serde(default)]
+    pub map_tiles: Option<String>,
 }
 
 fn default_max_streams() -> usize {
@@ -252,6 +257,7 @@ impl Default for ApiSpec {
             max_streams: default_max_streams(),
             replay_buffer: default_replay_buffer(),
             stream_queue: default_stream_queue(),
+            map_tiles: None,
         }
     }
 }
@@ -539,6 +545,18 @@ impl JobSpec {
         ] {
             if v < min {
                 return err("api", k, format!("must be at least {min}, got {v}"));
+            }
+        }
+        if let Some(t) = &self.api.map_tiles {
+            let web = t.starts_with("https://") || t.starts_with("http://");
+            if !web || !["{z}", "{x}", "{y}"].iter().all(|p| t.contains(p)) {
+                return err(
+                    "api",
+                    "map_tiles",
+                    format!(
+                        "must be an http(s) URL template with {{z}}, {{x}} and {{y}}, got {t:?}"
+                    ),
+                );
             }
         }
         for (token, tenant) in &self.api.tokens {
