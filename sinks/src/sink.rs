@@ -19,8 +19,8 @@ use crate::catalogue::{Catalogue, DatasetKind, Partitioning};
 use crate::lake::{UploadMark, Uploader};
 use crate::schema::LakeRecord;
 use crate::writer::{
-    io_error, DatasetWriter, ParquetResult, PartitionChunks, Pending, RollPolicy, SinkSnapshot,
-    Staged, SNAPSHOT_OP,
+    io_error, DatasetWriter, MergeLane, ParquetResult, PartitionChunks, Pending, RollPolicy,
+    SinkSnapshot, Staged, SNAPSHOT_OP,
 };
 use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
@@ -54,10 +54,6 @@ enum Item {
     Events(Vec<GeofenceEvent>),
     Progress(Vec<Progress>),
 }
-
-/// How many merges of staged chunks a worker's sink runs at once, beside the worker: more
-/// would only queue at the store (and pile up threads on a slow one).
-const MERGES_PER_WORKER: usize = 1;
 
 /// How often a sink with snapshots waiting for uploads looks again.
 const UPLOAD_POLL: Duration = Duration::from_millis(2);
@@ -97,6 +93,8 @@ struct Writers {
     /// Snapshots taken and not yet offered, oldest first: each waits until the files it
     /// lists are uploaded.
     offers: VecDeque<Offer>,
+    /// Where this worker's merges take turns.
+    lane: MergeLane,
 }
 
 /// A cut's snapshot, offered to the hub once every file submitted before `after` is in the
@@ -185,10 +183,9 @@ impl Writers {
         }
         let (clock, policy) = (self.clock, self.policy.clone());
         let mut rolled = std::mem::take(&mut self.rolled);
-        let running: usize = self.all().iter().map(|w| w.merging_dyn().len()).sum();
-        let mut slots = MERGES_PER_WORKER.saturating_sub(running);
+        let lane = self.lane.clone();
         for w in self.all() {
-            w.cut_roll(clock, &policy, force, &mut slots, &mut rolled)?;
+            w.cut_roll(clock, &policy, force, &lane, &mut rolled)?;
         }
         let committed = hub.committed();
         self.pending.retain(|(first, _)| *first > committed);
@@ -248,7 +245,7 @@ trait Cut {
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
-        slots: &mut usize,
+        lane: &MergeLane,
         out: &mut Vec<Pending>,
     ) -> ParquetResult;
     fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>);
@@ -266,10 +263,10 @@ impl<R: LakeRecord> Cut for DatasetWriter<R> {
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
-        slots: &mut usize,
+        lane: &MergeLane,
         out: &mut Vec<Pending>,
     ) -> ParquetResult {
-        DatasetWriter::cut_roll(self, clock, policy, force, slots, out)
+        DatasetWriter::cut_roll(self, clock, policy, force, lane, out)
     }
     fn snapshot_dyn(&self) -> (Vec<PartitionChunks>, Option<Millis>) {
         self.snapshot()
@@ -343,6 +340,7 @@ pub fn render_lake_sink<'scope>(
             rolled: Vec::new(),
             dead_letter_out: cfg.dead_letter_out.clone(),
             offers: VecDeque::new(),
+            lane: MergeLane::default(),
         };
         if let Some(r) = restore {
             w.clock = r.clock;

@@ -15,7 +15,22 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+/// Where one worker's merges take turns: a merge starts (its thread waits) at the cut its
+/// partition becomes due, and the merges run one at a time, in about the order they
+/// started, beside the worker. None waits for a later cut behind another dataset's merge,
+/// and however many are due, one core's worth of merging competes with the workers.
+#[derive(Clone, Debug, Default)]
+pub struct MergeLane(Arc<Mutex<()>>);
+
+impl MergeLane {
+    /// Waits for this lane's turn, held until the guard drops.
+    pub(crate) fn turn(&self) -> MutexGuard<'_, ()> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Rows encoded into Arrow at a time.
 pub(crate) const BATCH_ROWS: usize = 8192;
@@ -316,15 +331,15 @@ impl<R: LakeRecord> DatasetWriter<R> {
     /// partitions with many chunks merge them. A roll of one chunk is immediate; a merge
     /// runs on its own thread once every file submitted so far (its sources among them,
     /// the output of a merge taken just now too) is uploaded, and
-    /// its file is taken at a later cut (at this one when `force`). At most `slots` merges
-    /// start (a merge taken gives its slot back); a partition that finds none waits for a
-    /// later cut, its chunks staying its state.
+    /// its file is taken at a later cut (at this one when `force`). Merges take turns on
+    /// the worker's `lane`, one at a time; until a merge is taken, its sources stay the
+    /// partition's chunks.
     pub fn cut_roll(
         &mut self,
         clock: Option<Millis>,
         policy: &RollPolicy,
         force: bool,
-        slots: &mut usize,
+        lane: &MergeLane,
         out: &mut Vec<Pending>,
     ) -> ParquetResult {
         let partitioning = self.partitioning;
@@ -334,11 +349,8 @@ impl<R: LakeRecord> DatasetWriter<R> {
                 .merging
                 .as_ref()
                 .is_some_and(|m| force || m.thread.is_finished());
-            if merged {
-                *slots += 1;
-                if self.finish_merge(key, out)? {
-                    continue;
-                }
+            if merged && self.finish_merge(key, out)? {
+                continue;
             }
             let part = &self.parts[&key];
             if part.merging.is_some() {
@@ -366,17 +378,11 @@ impl<R: LakeRecord> DatasetWriter<R> {
                 out.push(self.pending(&part.chunks[0]));
                 continue;
             }
-            if !force {
-                if *slots == 0 {
-                    // The worker's merges are busy: a later cut starts this one.
-                    continue;
-                }
-                *slots -= 1;
-            }
             let sources: Vec<String> = part.chunks.iter().map(|c| c.path.clone()).collect();
             let count = sources.len();
             let path = self.staged_path(key);
             let (uploader, dest, name) = (self.uploader.clone(), path.clone(), self.name.clone());
+            let lane = lane.clone();
             let staged = uploader.mark();
             let thread = std::thread::Builder::new()
                 .name("fleetflow-merge".into())
@@ -385,6 +391,7 @@ impl<R: LakeRecord> DatasetWriter<R> {
                         tracing::debug!(error = %e, "a merge runs at full priority");
                     }
                     uploader.wait_for(staged).map_err(io_error)?;
+                    let _turn = lane.turn();
                     merge_files(&uploader, &sources, dest, &name)
                 })
                 .map_err(io_error)?;
@@ -507,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn merges_start_only_in_free_slots_and_name_the_file_they_write() {
+    fn merges_start_when_due_take_turns_on_the_lane_and_name_the_file_they_write() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, _, _rt) = test_uploader(dir.path());
         let (mut w, policy) = raw_writer(&uploader, "p", 0, 1 << 30);
@@ -520,39 +527,42 @@ mod tests {
             }
             w.cut_tails().unwrap();
         }
-        let mut slots = 1;
-        w.cut_roll(Some(T), &policy, false, &mut slots, &mut out)
+        // Another merge of the worker holds the lane.
+        let lane = MergeLane::default();
+        let busy = lane.turn();
+        w.cut_roll(Some(T), &policy, false, &lane, &mut out)
             .unwrap();
-        assert_eq!(slots, 0, "the one slot is taken");
-        let first = w.merging();
-        assert_eq!(first.len(), 1, "one merge at a time: {first:?}");
-        assert!(first[0].contains("hour=01") || first[0].contains("hour=02"));
-        // Until it is taken, its sources stay the partition's chunks.
+        let started = w.merging();
+        assert_eq!(started.len(), 2, "both start at once: {started:?}");
+        // Waiting for their turn, so a later cut takes neither; their sources stay the
+        // partitions' chunks.
+        std::thread::sleep(Duration::from_millis(300));
+        w.cut_roll(Some(T), &policy, false, &lane, &mut out)
+            .unwrap();
+        assert_eq!(w.merging(), started, "a merge ran without its turn");
         let chunks: usize = w.snapshot().0.iter().map(|(_, _, c)| c.len()).sum();
         assert_eq!(chunks, 2 * (MAX_CHUNKS + 1));
-        // Taken once finished: its slot goes to the other partition's merge.
+        // Their turn: taken once finished, each merged file replaces its sources.
+        drop(busy);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while w.merging() == first {
-            assert!(Instant::now() < deadline, "the merge finishes");
+        while !w.merging().is_empty() {
+            assert!(Instant::now() < deadline, "the merges finish");
             std::thread::sleep(Duration::from_millis(10));
-            w.cut_roll(Some(T), &policy, false, &mut slots, &mut out)
+            w.cut_roll(Some(T), &policy, false, &lane, &mut out)
                 .unwrap();
         }
-        let second = w.merging();
-        assert_eq!(second.len(), 1, "{second:?}");
-        assert_ne!(second, first);
-        assert_eq!(slots, 0);
         let (snap, _) = w.snapshot();
-        let merged = snap.iter().find(|(_, _, c)| c.len() == 1).expect("merged");
-        assert_eq!(
-            merged.2[0].path, first[0],
-            "the merged file replaces its sources"
-        );
-        assert_eq!(merged.2[0].rows, MAX_CHUNKS as u64 + 1);
+        let mut merged: Vec<String> = snap.iter().map(|(_, _, c)| c[0].path.clone()).collect();
+        merged.sort();
+        let mut expected = started.clone();
+        expected.sort();
+        assert_eq!(merged, expected, "the merged files replace their sources");
+        assert!(snap
+            .iter()
+            .all(|(_, _, c)| c.len() == 1 && c[0].rows == MAX_CHUNKS as u64 + 1));
         assert!(out.is_empty(), "neither partition is due");
-        // The last cut (`force`) waits for every merge, slots or not.
-        w.cut_roll(Some(T), &policy, true, &mut 0, &mut out)
-            .unwrap();
+        // The last cut (`force`) rolls them, waiting for any merge.
+        w.cut_roll(Some(T), &policy, true, &lane, &mut out).unwrap();
         uploader.finish().unwrap();
         assert!(w.merging().is_empty());
         assert_eq!(out.len(), 2);
@@ -570,7 +580,7 @@ mod tests {
             if i == 10_000 {
                 // A checkpoint cut in the middle: the tail becomes a staged chunk.
                 w.cut_tails().unwrap();
-                w.cut_roll(Some(T), &policy, false, &mut 1, &mut out)
+                w.cut_roll(Some(T), &policy, false, &MergeLane::default(), &mut out)
                     .unwrap();
             }
         }
@@ -581,7 +591,7 @@ mod tests {
         // partition's state.
         let closed = Some(T + fleetflow_types::time::HOUR_MS);
         w.cut_tails().unwrap();
-        w.cut_roll(closed, &policy, false, &mut 1, &mut out)
+        w.cut_roll(closed, &policy, false, &MergeLane::default(), &mut out)
             .unwrap();
         assert!(
             out.is_empty(),
@@ -593,7 +603,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the merge finishes");
             std::thread::sleep(Duration::from_millis(10));
             w.cut_tails().unwrap();
-            w.cut_roll(closed, &policy, false, &mut 1, &mut out)
+            w.cut_roll(closed, &policy, false, &MergeLane::default(), &mut out)
                 .unwrap();
         }
         uploader.finish().unwrap();
