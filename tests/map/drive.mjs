@@ -6,6 +6,7 @@
 //                                               the test restarts the job on the same port
 //   node drive.mjs token BASE_URL TOKEN TENANT  a job with [api].tokens: the page asks
 //   node drive.mjs shot BASE_URL SCREENSHOT     a screenshot with a vehicle selected
+//   node drive.mjs perf BASE_URL [SECONDS]      frames and messages per second, as JSON
 //
 // Every check throws with what it saw; the exit code says whether all passed.
 import { chromium } from 'playwright-core';
@@ -157,6 +158,33 @@ try {
     await selectAVehicle(page);
     await page.waitForTimeout(1000);
     await page.screenshot({ path: arg3 });
+  } else if (mode === 'perf') {
+    // How the page keeps up with a large fleet: frames drawn, their cost, messages taken.
+    await live(page);
+    await page.waitForTimeout(3000);
+    const seconds = Number(arg3 || 10);
+    const r = await page.evaluate(async (seconds) => {
+      const S = window.fleetflowMap;
+      const frames = [];
+      const [t0, n0] = [performance.now(), S.messages];
+      await new Promise((ok) => {
+        const f = () => {
+          frames.push(S.frameMs);
+          if (performance.now() - t0 < seconds * 1000) requestAnimationFrame(f);
+          else ok();
+        };
+        requestAnimationFrame(f);
+      });
+      frames.sort((a, b) => a - b);
+      return {
+        drawn: S.drawn,
+        frames_per_s: frames.length / seconds,
+        frame_ms_p50: frames[frames.length >> 1],
+        frame_ms_max: frames[frames.length - 1],
+        messages_per_s: (S.messages - n0) / seconds,
+      };
+    }, seconds);
+    console.log(JSON.stringify(r));
   } else throw new Error('unknown mode ' + mode);
   if (errors.length) throw new Error('errors in the page: ' + errors.join('; '));
 } catch (e) {

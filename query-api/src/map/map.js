@@ -26,6 +26,8 @@ const S = {
   lastId: null,
   drawn: 0,
   snapshots: 0,
+  messages: 0,
+  frameMs: 0,
   view: null, // { x, y, zoom }: the centre in world pixels at zoom 0
   autoFit: true, // the view follows the whole fleet until the user pans, zooms or clicks
 };
@@ -124,6 +126,7 @@ function connect() {
   const on = (type, f) =>
     es.addEventListener(type, (m) => {
       const msg = JSON.parse(m.data);
+      S.messages += 1;
       if (m.lastEventId) S.lastId = m.lastEventId;
       if (msg.as_of != null) S.asOf = msg.as_of;
       f(msg);
@@ -361,6 +364,7 @@ function drawSelection() {
 }
 
 function draw() {
+  const began = performance.now();
   frame = 0;
   if (!S.view || (S.autoFit && performance.now() - fitAt > 1000)) {
     fit();
@@ -375,6 +379,7 @@ function draw() {
     drawVehicles();
   }
   panel();
+  S.frameMs = performance.now() - began; // how long the last frame took (tests read it)
 }
 
 // --- the side panel --------------------------------------------------------------------
