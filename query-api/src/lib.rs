@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod changes;
+mod conflate;
 pub mod conn;
 pub mod error;
 mod geofence_routes;

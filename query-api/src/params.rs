@@ -145,6 +145,10 @@ pub(crate) struct StreamParams {
     pub tenant: Option<String>,
     /// Resume after this id (as the `Last-Event-ID` header).
     pub last_event_id: Option<String>,
+    /// Each vehicle's latest state at most once per this many ms (1 to 60000), every
+    /// geofence event kept, in log order: for clients that draw the fleet rather than
+    /// follow every fix.
+    pub conflate_ms: Option<u64>,
     /// The bearer token, for clients that cannot set headers.
     // Read by the auth layer from the raw query; declared here so it is documented
     // and accepted by the strict parser.

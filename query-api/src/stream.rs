@@ -29,6 +29,7 @@
 
 use crate::auth::Access;
 use crate::changes::{event_id, parse_event_id, Change, Topic};
+use crate::conflate::Conflate;
 use crate::conn::{Conn, ConnControl};
 use crate::error::ApiError;
 use crate::params::{Params, StreamParams};
@@ -81,7 +82,12 @@ pub struct Filter {
     vehicles: Option<BTreeSet<String>>,
     geofence: Option<String>,
     tenant: Option<String>,
+    /// Each vehicle's latest state once per this interval ([`crate::conflate`]).
+    conflate: Option<Duration>,
 }
+
+/// The longest `conflate_ms`.
+const MAX_CONFLATE_MS: u64 = 60_000;
 
 /// A WebSocket subscription, also the shape of the SSE query parameters.
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +101,8 @@ struct Subscription {
     geofence: Option<String>,
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    conflate_ms: Option<u64>,
 }
 
 /// A WebSocket client message.
@@ -134,12 +142,22 @@ impl Filter {
                 .filter(|v| !v.is_empty())
                 .collect::<BTreeSet<_>>()
         });
+        let conflate = match sub.conflate_ms {
+            None => None,
+            Some(ms @ 1..=MAX_CONFLATE_MS) => Some(Duration::from_millis(ms)),
+            Some(ms) => {
+                return Err(ApiError::BadRequest(format!(
+                    "conflate_ms must be from 1 to {MAX_CONFLATE_MS}, got {ms}"
+                )))
+            }
+        };
         Ok(Filter {
             vehicles_topic,
             events_topic,
             vehicles,
             geofence: sub.geofence,
             tenant: access.narrow(sub.tenant)?,
+            conflate,
         })
     }
 
@@ -153,12 +171,14 @@ impl Filter {
             || q.vehicle.is_some()
             || q.geofence.is_some()
             || q.tenant.is_some()
+            || q.conflate_ms.is_some()
             || q.last_event_id.is_some();
         let sub = Subscription {
             topics: q.topics.map(|t| vec![t]),
             vehicle: q.vehicle.map(|v| vec![v]),
             geofence: q.geofence,
             tenant: q.tenant,
+            conflate_ms: q.conflate_ms,
         };
         Ok((Filter::new(sub, access)?, q.last_event_id, any))
     }
@@ -351,7 +371,8 @@ async fn forward(
     let cfg = s.streams.clone();
     let run = s.changes.run();
     let mut last_sent: Option<u64> = None;
-    let lagged = 'outer: loop {
+    let mut held = filter.conflate.map(Conflate::new);
+    let lagged = loop {
         if *stop.borrow() {
             break false;
         }
@@ -360,33 +381,39 @@ async fn forward(
             Ok(b) => b,
             Err(_) => break true,
         };
+        let mut out = Vec::new();
         if batch.is_empty() {
+            let flush_at = held.as_ref().and_then(Conflate::deadline);
             tokio::select! {
                 r = wake.changed() => if r.is_err() { break false },
                 _ = stop.changed() => break false,
                 _ = tx.closed() => break false,
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if flush_at.is_some() => {}
                 _ = tokio::time::sleep(cfg.keepalive) => {
                     if tx.capacity() > 1 && tx.try_send(Frame::KeepAlive).is_err() {
                         break false;
                     }
                 }
             }
-            continue;
         }
         for c in batch {
             after = c.seq;
             if !filter.keeps(&c) {
                 continue;
             }
-            // The last slot is kept for the `lagged` message.
-            if tx.capacity() <= 1 {
-                break 'outer true;
+            match held.as_mut() {
+                Some(h) => h.hold(c),
+                None => out.push(c),
             }
-            let seq = c.seq;
-            if tx.try_send(Frame::Change(c)).is_err() {
-                break 'outer false;
-            }
-            last_sent = Some(seq);
+        }
+        if let Some(h) = held.as_mut() {
+            out.extend(h.take_due());
+        }
+        match send(&tx, out, &mut last_sent) {
+            Sent::All => {}
+            Sent::Lagged => break true,
+            Sent::Gone => break false,
         }
     };
     if lagged {
@@ -401,6 +428,29 @@ async fn forward(
             }
         }
     }
+}
+
+/// What became of changes handed to a client's queue.
+enum Sent {
+    All,
+    /// The queue is full (its last slot is kept for the `lagged` message).
+    Lagged,
+    /// The client went away.
+    Gone,
+}
+
+fn send(tx: &mpsc::Sender<Frame>, changes: Vec<Arc<Change>>, last_sent: &mut Option<u64>) -> Sent {
+    for c in changes {
+        if tx.capacity() <= 1 {
+            return Sent::Lagged;
+        }
+        let seq = c.seq;
+        if tx.try_send(Frame::Change(c)).is_err() {
+            return Sent::Gone;
+        }
+        *last_sent = Some(seq);
+    }
+    Sent::All
 }
 
 fn acquire(s: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {

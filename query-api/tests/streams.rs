@@ -185,6 +185,83 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflated_stream_ends_at_the_view_with_fewer_messages_and_resumes_exactly() {
+    let s = serve(100_000, StreamConfig::default(), &[], None).await;
+    let vehicles = s.vehicles.clone();
+    let publisher = tokio::task::spawn_blocking(move || {
+        for t in 0..3_000i64 {
+            let id = format!("v{}", t % 37);
+            vehicles.writers()[0].apply(
+                vec![((id.as_str().into(), vehicle(&id, "acme", t)), 1)],
+                Some(t),
+            );
+            if t % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    let path = "/v1/stream?topics=vehicles&conflate_ms=20";
+    let mut clients = Vec::new();
+    for resume_after in [None, Some(5usize)] {
+        let addr = s.addr.clone();
+        let mut c = Sse::connect(&addr, path, &[]).await;
+        clients.push(tokio::spawn(async move {
+            let snap = c.next().await.unwrap();
+            assert_eq!(snap.event, "snapshot");
+            let mut last = seq(snap.id.as_deref().unwrap());
+            let mut map: BTreeMap<String, serde_json::Value> = snap.data["vehicles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
+                .collect();
+            let mut messages = 0;
+            while last < 3_000 {
+                if resume_after == Some(messages) {
+                    // Gone, then back with the last id it processed.
+                    let id = format!(
+                        "{}-{last}",
+                        snap.id.as_deref().unwrap().split('-').next().unwrap()
+                    );
+                    c = Sse::connect(&addr, path, &[("Last-Event-ID", &id)]).await;
+                }
+                let e = c.next().await.unwrap();
+                let n = seq(e.id.as_deref().unwrap());
+                assert!(n > last, "a repeat: {n} after {last}");
+                last = n;
+                messages += 1;
+                let v = &e.data["vehicle"];
+                map.insert(v["vehicle_id"].as_str().unwrap().to_string(), v.clone());
+            }
+            (map, messages)
+        }));
+    }
+    publisher.await.unwrap();
+    let (want, _) = s.vehicles.scan(|_| true);
+    let want: BTreeMap<String, serde_json::Value> = want
+        .iter()
+        .map(|v| {
+            (
+                v.fix.vehicle_id.to_string(),
+                serde_json::to_value(v).unwrap(),
+            )
+        })
+        .collect();
+    for c in clients {
+        let (got, messages) = tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("the client reached the last change")
+            .unwrap();
+        assert_eq!(got, want);
+        assert!(messages < 1_500, "{messages} messages for 3,000 changes");
+    }
+    // Out of range: a 400 naming the parameter.
+    let bad = Sse::connect(&s.addr, "/v1/stream?conflate_ms=0", &[]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body().await.contains("conflate_ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_answers_503_and_frees_with_the_stream() {
     let cfg = StreamConfig {
         max_streams: 2,

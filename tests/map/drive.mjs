@@ -166,7 +166,7 @@ try {
     const r = await page.evaluate(async (seconds) => {
       const S = window.fleetflowMap;
       const frames = [];
-      const [t0, n0] = [performance.now(), S.messages];
+      const [t0, n0, s0] = [performance.now(), S.messages, S.snapshots];
       await new Promise((ok) => {
         const f = () => {
           frames.push(S.frameMs);
@@ -182,6 +182,7 @@ try {
         frame_ms_p50: frames[frames.length >> 1],
         frame_ms_max: frames[frames.length - 1],
         messages_per_s: (S.messages - n0) / seconds,
+        snapshots_again: S.snapshots - s0, // reconnects (a lagged client resumes or resets)
       };
     }, seconds);
     console.log(JSON.stringify(r));
