@@ -171,7 +171,7 @@ function snapshot(m) {
   S.vehicles = new Map((m.vehicles || []).map((v) => [v.vehicle_id, v]));
   S.occupants = new Map();
   for (const o of m.occupants || []) occupantsOf(o.geofence_id).set(o.vehicle_id, o.entered_at);
-  if (S.autoFit) fitAt = 0; // fit the fleet at once, not only the geofences
+  if (S.autoFit) fitAt = -Infinity; // fit the fleet at once, not only the geofences
   // A job that restarted may have other geofences.
   loadFences().catch(() => {});
 }
@@ -240,7 +240,7 @@ function fit() {
 // --- drawing ---------------------------------------------------------------------------
 
 let frame = 0;
-let fitAt = 0;
+let fitAt = -Infinity;
 function dirty() {
   if (!frame) frame = requestAnimationFrame(draw);
 }
