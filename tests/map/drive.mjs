@@ -113,6 +113,20 @@ async function follow(page, screenshot) {
   );
   log('a new event is listed:', await page.evaluate(() => document.querySelector('#events li').textContent));
 
+  // A dropped connection resumes after the last change it took: no new snapshot.
+  const before2 = await page.evaluate(() => [window.fleetflowMap.snapshots, window.fleetflowMap.messages]);
+  await page.evaluate(() => window.fleetflowMap.reconnect());
+  await page.waitForFunction(
+    ([snaps, msgs]) => {
+      const S = window.fleetflowMap;
+      return S.status === 'live' && S.messages > msgs + 10 && S.snapshots === snaps;
+    },
+    before2,
+    { timeout: 20000 },
+  );
+  if ((await page.evaluate(() => window.fleetflowMap.snapshots)) !== before2[0]) throw new Error('resuming took a snapshot');
+  log('resumed after a dropped connection; vehicles drawn and listed:', await drawnMatchesApi(page));
+
   log('selected:', (await selectAVehicle(page)).replace(/\s+/g, ' '));
   await page.screenshot({ path: screenshot });
   log('screenshot', screenshot);

@@ -151,6 +151,9 @@ function connect() {
   };
 }
 
+// Drops the connection and resumes after the last change taken (the browser tests use it).
+S.reconnect = () => reconnectSoon(100);
+
 function reconnectSoon(ms) {
   if (source) source.close();
   setStatus('reconnecting');
