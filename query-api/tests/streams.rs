@@ -121,14 +121,12 @@ async fn sse_snapshot_then_changes_and_resume_after_last_event_id() {
     }
 }
 
-/// A snapshot followed by the changes after it equals the view, for clients that join at
-/// any moment while changes are being applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() {
-    let s = serve(100_000, StreamConfig::default(), &[], None).await;
+/// Publishes `PUBLISHED` states of 37 vehicles (`v0`..`v36`) in the background, pausing now
+/// and then so that streams join and read while it runs.
+fn publish_changes(s: &common::Served) -> tokio::task::JoinHandle<()> {
     let vehicles = s.vehicles.clone();
-    let publisher = tokio::task::spawn_blocking(move || {
-        for t in 0..3_000i64 {
+    tokio::task::spawn_blocking(move || {
+        for t in 0..PUBLISHED as i64 {
             let id = format!("v{}", t % 37);
             vehicles.writers()[0].apply(
                 vec![((id.as_str().into(), vehicle(&id, "acme", t)), 1)],
@@ -138,7 +136,29 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-    });
+    })
+}
+
+/// How many changes [`publish_changes`] makes.
+const PUBLISHED: u64 = 3_000;
+
+/// Every vehicle of the view, as the API writes it, by id.
+fn view_as_json(s: &common::Served) -> BTreeMap<String, serde_json::Value> {
+    let (all, _) = s.vehicles.scan(|_| true);
+    all.iter()
+        .map(|v| {
+            let json = serde_json::to_value(v).unwrap();
+            (v.fix.vehicle_id.to_string(), json)
+        })
+        .collect()
+}
+
+/// A snapshot followed by the changes after it equals the view, for clients that join at
+/// any moment while changes are being applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() {
+    let s = serve(100_000, StreamConfig::default(), &[], None).await;
+    let publisher = publish_changes(&s);
     let mut clients = Vec::new();
     for i in 0..6u64 {
         tokio::time::sleep(Duration::from_millis(7 * i)).await;
@@ -153,7 +173,7 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
                 .iter()
                 .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
                 .collect();
-            while last < 3_000 {
+            while last < PUBLISHED {
                 let e = c.next().await.unwrap();
                 let n = seq(e.id.as_deref().unwrap());
                 assert_eq!(n, last + 1, "a gap or a repeat");
@@ -165,16 +185,7 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
         }));
     }
     publisher.await.unwrap();
-    let (want, _) = s.vehicles.scan(|_| true);
-    let want: BTreeMap<String, serde_json::Value> = want
-        .iter()
-        .map(|v| {
-            (
-                v.fix.vehicle_id.to_string(),
-                serde_json::to_value(v).unwrap(),
-            )
-        })
-        .collect();
+    let want = view_as_json(&s);
     for c in clients {
         let got = tokio::time::timeout(Duration::from_secs(30), c)
             .await
@@ -187,19 +198,7 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflated_stream_ends_at_the_view_with_fewer_messages_and_resumes_exactly() {
     let s = serve(100_000, StreamConfig::default(), &[], None).await;
-    let vehicles = s.vehicles.clone();
-    let publisher = tokio::task::spawn_blocking(move || {
-        for t in 0..3_000i64 {
-            let id = format!("v{}", t % 37);
-            vehicles.writers()[0].apply(
-                vec![((id.as_str().into(), vehicle(&id, "acme", t)), 1)],
-                Some(t),
-            );
-            if t % 50 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    });
+    let publisher = publish_changes(&s);
     let path = "/v1/stream?topics=vehicles&conflate_ms=20";
     let mut clients = Vec::new();
     for resume_after in [None, Some(5usize)] {
@@ -216,7 +215,7 @@ async fn a_conflated_stream_ends_at_the_view_with_fewer_messages_and_resumes_exa
                 .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
                 .collect();
             let mut messages = 0;
-            while last < 3_000 {
+            while last < PUBLISHED {
                 if resume_after == Some(messages) {
                     // Gone, then back with the last id it processed.
                     let id = format!(
@@ -237,16 +236,7 @@ async fn a_conflated_stream_ends_at_the_view_with_fewer_messages_and_resumes_exa
         }));
     }
     publisher.await.unwrap();
-    let (want, _) = s.vehicles.scan(|_| true);
-    let want: BTreeMap<String, serde_json::Value> = want
-        .iter()
-        .map(|v| {
-            (
-                v.fix.vehicle_id.to_string(),
-                serde_json::to_value(v).unwrap(),
-            )
-        })
-        .collect();
+    let want = view_as_json(&s);
     for c in clients {
         let (got, messages) = tokio::time::timeout(Duration::from_secs(30), c)
             .await
