@@ -3,7 +3,8 @@
 //! follows a generator job: the vehicles it draws are the ones the API lists, a geofence
 //! added with `PUT` appears with its occupants, new events are listed, and after the job
 //! restarts the page shows that it is reconnecting and resumes. With `[api].tokens` it
-//! asks for a token and shows only that tenant. The screenshot is kept as an artifact
+//! asks for a token and shows only that tenant; with `api.map_tiles` it draws the tiles of
+//! that server (one on loopback, started by the driver). The screenshot is kept as an artifact
 //! (`target/tmp/map.png`, or `$FLEETFLOW_TEST_ARTIFACTS`).
 
 mod common;
@@ -126,6 +127,23 @@ fn with_tokens_the_map_asks_for_one_and_shows_only_its_tenant() {
     let _child: KillOnDrop = child;
     wait_ready(&addr);
     let mut node = driver(&["token", &format!("http://{addr}"), "token-acme", "acme"]);
+    let status = node.wait().unwrap();
+    assert!(status.success(), "the browser checks failed (log above)");
+}
+
+#[test]
+fn base_map_tiles_come_from_the_configured_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, tiles) = (free_port(), free_port());
+    let spec = job(
+        dir.path(),
+        port,
+        &format!(r#"map_tiles = "http://127.0.0.1:{tiles}/{{z}}/{{x}}/{{y}}.png""#),
+    );
+    let (child, addr, _rest) = spawn_with_api(dir.path(), &["run", spec.to_str().unwrap()]);
+    let _child: KillOnDrop = child;
+    wait_ready(&addr);
+    let mut node = driver(&["tiles", &format!("http://{addr}"), &tiles.to_string()]);
     let status = node.wait().unwrap();
     assert!(status.success(), "the browser checks failed (log above)");
 }

@@ -7,10 +7,14 @@
 //   node drive.mjs token BASE_URL TOKEN TENANT  a job with [api].tokens: the page asks
 //   node drive.mjs shot BASE_URL SCREENSHOT     a screenshot with a vehicle selected
 //   node drive.mjs perf BASE_URL [SECONDS]      frames and messages per second, as JSON
+//   node drive.mjs tiles BASE_URL TILE_PORT     serves base-map tiles on TILE_PORT (the
+//                                               job's api.map_tiles) and checks the page
+//                                               draws them
 //
 // Every check throws with what it saw; the exit code says whether all passed.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:http';
 
 const [mode, base, arg3, arg4] = process.argv.slice(2);
 const executablePath = process.env.FLEETFLOW_CHROMIUM || '/usr/bin/chromium';
@@ -158,6 +162,40 @@ async function token(page, tok, tenant) {
   log(`${n} vehicles of ${tenant} only`);
 }
 
+// A tile server on loopback: one grey 1x1 PNG for every tile, the requests counted.
+function tileServer(port) {
+  const png = Buffer.from(
+    'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGO4cOUGAAT0An14J3cFAAAAAElFTkSuQmCC',
+    'base64',
+  );
+  const served = [];
+  const server = createServer((req, res) => {
+    served.push(req.url);
+    if (!/^\/\d+\/\d+\/\d+\.png$/.test(req.url)) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'image/png' }).end(png);
+  });
+  return new Promise((ok) => server.listen(Number(port), '127.0.0.1', () => ok({ server, served })));
+}
+
+async function tilesDrawn(page, port) {
+  const { server, served } = await tileServer(port);
+  try {
+    await page.reload();
+    await live(page);
+    await page.waitForFunction(() => window.fleetflowMap.tilesDrawn > 0, null, { timeout: 20000 });
+    const bad = served.filter((u) => !/^\/\d+\/\d+\/\d+\.png$/.test(u));
+    if (!served.length || bad.length) throw new Error('tile requests: ' + served.join(' '));
+    const shown = await page.evaluate(() => document.querySelector('#attribution').textContent);
+    if (!shown.includes('127.0.0.1:' + port)) throw new Error('attribution: ' + shown);
+    log(`${served.length} tiles served, e.g. ${served[0]}`);
+  } finally {
+    server.close();
+  }
+}
+
 const browser = await chromium.launch({ executablePath, headless: true, args: ['--no-sandbox'] });
 let failed = false;
 try {
@@ -167,6 +205,7 @@ try {
   await page.goto(base + '/');
   if (mode === 'follow') await follow(page, arg3);
   else if (mode === 'token') await token(page, arg3, arg4);
+  else if (mode === 'tiles') await tilesDrawn(page, arg3);
   else if (mode === 'shot') {
     await live(page);
     await selectAVehicle(page);

@@ -28,6 +28,7 @@ const S = {
   snapshots: 0,
   messages: 0,
   frameMs: 0,
+  tilesDrawn: 0,
   view: null, // { x, y, zoom }: the centre in world pixels at zoom 0
   autoFit: true, // the view follows the whole fleet until the user pans, zooms or clicks
 };
@@ -277,6 +278,7 @@ function drawTiles() {
         if (tileCache.size > 500) tileCache.delete(tileCache.keys().next().value);
       }
       if (img.complete && img.naturalWidth) {
+        S.tilesDrawn += 1;
         const sx = (tx * TILE - cx) * k + canvas.width / 2;
         const sy = (ty * TILE - cy) * k + canvas.height / 2;
         ctx.drawImage(img, sx, sy, TILE * k + 0.5, TILE * k + 0.5);
