@@ -153,6 +153,18 @@ fn view_as_json(s: &common::Served) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// The id and the vehicles (by id) of a stream's first message, its snapshot.
+fn vehicles_of_snapshot(snap: &common::Event) -> (u64, BTreeMap<String, serde_json::Value>) {
+    assert_eq!(snap.event, "snapshot");
+    let map = snap.data["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
+        .collect();
+    (seq(snap.id.as_deref().unwrap()), map)
+}
+
 /// A snapshot followed by the changes after it equals the view, for clients that join at
 /// any moment while changes are being applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,14 +177,7 @@ async fn snapshot_plus_changes_equals_the_view_for_clients_joining_mid_stream() 
         let mut c = Sse::connect(&s.addr, "/v1/stream?topics=vehicles", &[]).await;
         clients.push(tokio::spawn(async move {
             let snap = c.next().await.unwrap();
-            assert_eq!(snap.event, "snapshot");
-            let mut last = seq(snap.id.as_deref().unwrap());
-            let mut map: BTreeMap<String, serde_json::Value> = snap.data["vehicles"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
-                .collect();
+            let (mut last, mut map) = vehicles_of_snapshot(&snap);
             while last < PUBLISHED {
                 let e = c.next().await.unwrap();
                 let n = seq(e.id.as_deref().unwrap());
@@ -206,14 +211,7 @@ async fn a_conflated_stream_ends_at_the_view_with_fewer_messages_and_resumes_exa
         let mut c = Sse::connect(&addr, path, &[]).await;
         clients.push(tokio::spawn(async move {
             let snap = c.next().await.unwrap();
-            assert_eq!(snap.event, "snapshot");
-            let mut last = seq(snap.id.as_deref().unwrap());
-            let mut map: BTreeMap<String, serde_json::Value> = snap.data["vehicles"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| (v["vehicle_id"].as_str().unwrap().to_string(), v.clone()))
-                .collect();
+            let (mut last, mut map) = vehicles_of_snapshot(&snap);
             let mut messages = 0;
             while last < PUBLISHED {
                 if resume_after == Some(messages) {
