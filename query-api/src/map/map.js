@@ -406,10 +406,18 @@ function li(parts, cls) {
   return el;
 }
 
-let panelAt = 0;
+let panelAt = -Infinity;
+let panelLater = null;
 function panel() {
   const now = performance.now();
-  if (now - panelAt < 250) return setTimeout(dirty, 250); // lists at most 4 times a second
+  if (now - panelAt < 250) {
+    // The lists at most 4 times a second; one redraw is due when the quarter ends.
+    panelLater ??= setTimeout(() => {
+      panelLater = null;
+      dirty();
+    }, 250 - (now - panelAt));
+    return;
+  }
   panelAt = now;
   $('#as-of').textContent = 'job clock: ' + time(S.asOf);
   const counts = {};
