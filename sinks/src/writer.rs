@@ -387,7 +387,9 @@ impl<R: LakeRecord> DatasetWriter<R> {
             let thread = std::thread::Builder::new()
                 .name("fleetflow-merge".into())
                 .spawn(move || {
-                    if let Err(e) = fleetflow_runtime::background_priority() {
+                    if let Err(e) =
+                        fleetflow_runtime::background_priority(fleetflow_runtime::MERGE_NICE)
+                    {
                         tracing::debug!(error = %e, "a merge runs at full priority");
                     }
                     uploader.wait_for(staged).map_err(io_error)?;

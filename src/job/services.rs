@@ -248,7 +248,7 @@ pub(super) fn start_coordinator(
     Ok(std::thread::Builder::new()
         .name("fleetflow-commit".into())
         .spawn(move || {
-            if let Err(e) = fleetflow_runtime::background_priority() {
+            if let Err(e) = fleetflow_runtime::background_priority(fleetflow_runtime::COMMIT_NICE) {
                 tracing::debug!(error = %e, "the coordinator runs at full priority");
             }
             coordinator.run(stop)
