@@ -224,6 +224,8 @@ pub struct Generator {
     /// Events skipped when resuming (not paced by `rate`).
     resumed: u64,
     exhausted: bool,
+    /// This partition's share of the job-wide `rate`: its share of the fleet.
+    rate: Option<f64>,
 }
 
 impl Generator {
@@ -249,6 +251,12 @@ impl Generator {
             emitted: 0,
             resumed: 0,
             exhausted: false,
+            rate: spec.rate.map(|r| {
+                let mine = (0..spec.vehicles)
+                    .filter(|i| i % partitions == partition)
+                    .count();
+                r as f64 * mine as f64 / f64::from(spec.vehicles.max(1))
+            }),
             spec: spec.clone(),
         }
     }
@@ -406,14 +414,14 @@ impl Source for Generator {
     /// Generation is deterministic: resuming regenerates and skips the events emitted
     /// before (quick: no decoding, no dataflow).
     fn seek(&mut self, _local: usize, (emitted, _): (u64, u64)) -> Result<(), SourceError> {
-        let rate = self.spec.rate.take();
+        let rate = self.rate.take();
         while self.emitted < emitted {
             let budget = (emitted - self.emitted).min(65_536) as usize;
             if self.poll(0, budget, &mut |_, _, _| true)? == Polled::Finished {
                 break;
             }
         }
-        self.spec.rate = rate;
+        self.rate = rate;
         self.resumed = self.emitted;
         self.started = None;
         Ok(())
@@ -427,8 +435,8 @@ impl Source for Generator {
     ) -> Result<Polled, SourceError> {
         let started = *self.started.get_or_insert_with(std::time::Instant::now);
         let mut allowed = budget as u64;
-        if let Some(rate) = self.spec.rate {
-            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        if let Some(rate) = self.rate {
+            let due = (started.elapsed().as_secs_f64() * rate) as u64;
             allowed = allowed.min(due.saturating_sub(self.emitted - self.resumed));
             if allowed == 0 {
                 return Ok(Polled::Empty);
@@ -654,5 +662,25 @@ mod tests {
             }
         }
         assert!(n <= 150, "{n} events in 100 ms at 1000/s");
+    }
+
+    #[test]
+    fn the_rate_is_the_whole_jobs_shared_by_the_partitions() {
+        let s = GeneratorSpec {
+            rate: Some(2000),
+            ..spec()
+        };
+        let mut parts: Vec<Generator> = (0..3).map(|p| Generator::new(&s, p, 3)).collect();
+        let mut n = 0;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            for g in parts.iter_mut() {
+                if let Polled::Data(k) = g.poll(0, 10_000, &mut |_, _, _| true).unwrap() {
+                    n += k;
+                }
+            }
+        }
+        // 400 due in 200 ms for the job; each partition alone at the full rate made 1,200.
+        assert!((300..=500).contains(&n), "{n} events in 200 ms at 2000/s");
     }
 }
