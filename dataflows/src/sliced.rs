@@ -117,21 +117,20 @@ impl Pass {
     }
 }
 
-/// State whose snapshot writes its items by slot, each once, copy on write: a [`Pass`]
-/// over the slots ([`write_slots`]), and every item about to change written first.
-pub(crate) trait Slots {
-    /// The next slot of the pass, if any is left (the pass moves on).
-    fn next_slot(&mut self) -> Option<u32>;
-    /// Writes the item in `slot`, unless it is written already or newer than the snapshot.
-    fn save_slot(&mut self, slot: u32);
-}
-
 /// Goes on with the pass of `state`'s snapshot for about `budget` (`None`: to its end);
-/// whether it reached the end.
-pub(crate) fn write_slots(state: &mut impl Slots, budget: Option<Duration>) -> bool {
+/// whether it reached the end. A snapshot written by slot writes each item once, copy on
+/// write: `next` moves the pass over the slots on (`None` once none is left), `save` writes
+/// the item in a slot unless it is written already or newer than the snapshot (the state
+/// also calls it for every item about to change).
+pub(crate) fn write_slots<S>(
+    state: &mut S,
+    next: impl Fn(&mut S) -> Option<u32>,
+    save: impl Fn(&mut S, u32),
+    budget: Option<Duration>,
+) -> bool {
     let started = Instant::now();
-    while let Some(slot) = state.next_slot() {
-        state.save_slot(slot);
+    while let Some(slot) = next(state) {
+        save(state, slot);
         if budget.is_some_and(|b| slot % 16 == 15 && started.elapsed() >= b) {
             return false;
         }

@@ -9,7 +9,7 @@
 
 use super::index::FenceIndex;
 use super::{FixPoint, ViewUpdate};
-use crate::sliced::{write_slots, Pass, Sliced, Slots, SnapshotBody};
+use crate::sliced::{write_slots, Pass, Sliced, SnapshotBody};
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{
@@ -638,20 +638,11 @@ fn occupant(
     ));
 }
 
-impl Slots for Geofencing {
-    fn next_slot(&mut self) -> Option<u32> {
-        let s = self.snapshotting.as_mut()?;
-        s.pass.next()
-    }
-    fn save_slot(&mut self, slot: u32) {
-        self.save(slot);
-    }
-}
-
 impl Sliced for Geofencing {
     fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
         self.snapshotting.as_ref()?;
-        if !write_slots(self, budget) {
+        let next = |g: &mut Self| g.snapshotting.as_mut()?.pass.next();
+        if !write_slots(self, next, Self::save, budget) {
             return None;
         }
         Some(self.snapshotting.take()?.body.finish())

@@ -13,7 +13,7 @@
 //! grows with the vehicles, not with the event rate times the allowed lateness.
 
 use super::{Change, Timelines};
-use crate::sliced::{write_slots, Pass, Sliced, Slots, SnapshotBody};
+use crate::sliced::{write_slots, Pass, Sliced, SnapshotBody};
 use crate::tiers::WindowAcc;
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::fix::Fix;
@@ -174,7 +174,8 @@ impl Timelines {
     /// them). Once every vehicle is written: the snapshot (see the module docs).
     pub fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
         self.snapshotting.as_ref()?;
-        if !write_slots(self, budget) {
+        let next = |t: &mut Self| t.snapshotting.as_mut()?.pass.next();
+        if !write_slots(self, next, Self::save, budget) {
             return None;
         }
         let mut s = self.snapshotting.take()?;
@@ -254,15 +255,5 @@ impl Timelines {
 impl Sliced for Timelines {
     fn continue_snapshot(&mut self, budget: Option<std::time::Duration>) -> Option<Blob> {
         Timelines::continue_snapshot(self, budget)
-    }
-}
-
-impl Slots for Timelines {
-    fn next_slot(&mut self) -> Option<u32> {
-        let s = self.snapshotting.as_mut()?;
-        s.pass.next()
-    }
-    fn save_slot(&mut self, slot: u32) {
-        self.save(slot);
     }
 }
