@@ -324,6 +324,7 @@ fn the_timeline_operator_equals_its_logic_however_interleaved_and_batched() {
         every: Duration::from_millis(1),
         busy_every: Duration::from_millis(4),
         busy_rate: 0.0,
+        busy_after: Duration::ZERO,
     };
     for (seed, per_epoch, workers, pace) in [
         (1, 1, 1, fixed),
