@@ -381,6 +381,43 @@ struct Gauges {
     rss_kib: u64,
     checkpoint_bytes: u64,
     lag: u64,
+    /// Fixes delivered (Kafka timestamp -> read by the job) within 50 ms, and all.
+    delivery: (u64, u64),
+    /// Fixes visible (read -> in the API's view) within 50 ms, and all.
+    visible: (u64, u64),
+}
+
+/// Of the Prometheus histogram `name` in `text`: the observations at or below the bucket
+/// bound `le` (seconds, as written), and all of them.
+fn histogram_at(text: &str, name: &str, le: &str) -> (u64, u64) {
+    let bucket = format!("{name}_bucket{{le=\"{le}\"}}");
+    let below = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&bucket)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (below as u64, metric(text, &format!("{name}_count")))
+}
+
+/// From the gauges sampled every second, beginning at sample `from`: the share of a
+/// histogram's observations (`f`: within the bound, all) over the bound in each minute, %.
+fn share_over_by_minute(gauges: &[Gauges], from: usize, f: fn(&Gauges) -> (u64, u64)) -> String {
+    let mut prev = from
+        .checked_sub(1)
+        .and_then(|i| gauges.get(i))
+        .map_or((0, 0), f);
+    gauges[from.min(gauges.len())..]
+        .chunks(60)
+        .enumerate()
+        .map(|(minute, c)| {
+            let last = c.last().map_or(prev, f);
+            let below = last.0.saturating_sub(prev.0);
+            let all = last.1.saturating_sub(prev.1);
+            prev = last;
+            let share = 100.0 * all.saturating_sub(below) as f64 / all.max(1) as f64;
+            format!("{minute}:{share:.2}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The value of the unlabelled metric `name` (the sum over its label sets) in a Prometheus
@@ -531,6 +568,8 @@ fn latency(
                     rss_kib: rss_kib(pid).unwrap_or(0),
                     checkpoint_bytes: metric(&metrics, "fleetflow_checkpoint_bytes"),
                     lag,
+                    delivery: histogram_at(&metrics, "fleetflow_delivery_latency_seconds", "0.05"),
+                    visible: histogram_at(&metrics, "fleetflow_visibility_latency_seconds", "0.05"),
                 });
             }
             samples
@@ -692,6 +731,17 @@ fn latency(
     println!(
         "    its Kafka consumer lag, the largest of each minute (minute:messages): {}",
         by_minute(|g| g.lag)
+    );
+    // Where a minute's slow fixes lost their time: before the job read them (the producer's
+    // batching, the broker, the fetch) or in the job (read -> visible), from the job's own
+    // histograms, in the measured part's minutes.
+    println!(
+        "    fixes over 50 ms by the minute, Kafka timestamp -> read (minute:%): {}",
+        share_over_by_minute(&gauges, skip as usize, |g| g.delivery)
+    );
+    println!(
+        "    fixes over 50 ms by the minute, read -> visible in the API (minute:%): {}",
+        share_over_by_minute(&gauges, skip as usize, |g| g.visible)
     );
     if seconds <= 120 {
         let lag: Vec<String> = gauges
