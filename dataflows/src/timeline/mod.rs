@@ -304,34 +304,32 @@ impl Timelines {
                 .push(dead_letter(&self.input_names, Reason::Late, detail, inc));
             return;
         }
-        // Fixes mostly arrive in order: appending is the common case.
-        let at = match v.pending.back() {
-            None => 0,
-            Some(last) if last.fix.ts < ts => v.pending.len(),
-            Some(_) => v.pending.partition_point(|p| p.fix.ts < ts),
-        };
-        if v.pending.get(at).is_some_and(|p| p.fix.ts == ts) {
-            self.metrics.duplicates.fetch_add(1, Relaxed);
-            if inc.fix < v.pending[at].fix {
-                v.pending[at] = inc;
-                v.recompute_latest();
-                self.touch(slot);
-            }
-            return;
-        }
-        let appended = at == v.pending.len();
-        v.pending.insert(at, inc);
+        // Fixes mostly arrive in order: appending is the common case, and a fix newer than
+        // the vehicle's newest is newer than every pending one (the queue's last entry,
+        // likely not in the cache, is not read for it).
+        let appended = ts > v.clock.newest;
         if appended {
-            let new = &v.pending[at].fix;
             match &v.latest {
                 Some((l, _)) => {
-                    if let Some(kmh) = chain_step(l, new) {
-                        v.latest = Some((new.clone(), Some(kmh)));
+                    if let Some(kmh) = chain_step(l, &inc.fix) {
+                        v.latest = Some((inc.fix.clone(), Some(kmh)));
                     }
                 }
-                None => v.latest = Some((new.clone(), None)),
+                None => v.latest = Some((inc.fix.clone(), None)),
             }
+            v.pending.push_back(inc);
         } else {
+            let at = v.pending.partition_point(|p| p.fix.ts < ts);
+            if v.pending.get(at).is_some_and(|p| p.fix.ts == ts) {
+                self.metrics.duplicates.fetch_add(1, Relaxed);
+                if inc.fix < v.pending[at].fix {
+                    v.pending[at] = inc;
+                    v.recompute_latest();
+                    self.touch(slot);
+                }
+                return;
+            }
+            v.pending.insert(at, inc);
             v.recompute_latest();
         }
         if ts > v.clock.newest {
