@@ -155,6 +155,14 @@ pub fn describe_topic(spec: &KafkaSourceSpec) -> Result<TopicInfo, KafkaSourceEr
     Ok(TopicInfo { partitions, bounds })
 }
 
+/// Whether `error` only says a fetch reached the end of a partition: news the partitions'
+/// queues act on (`enable.partition.eof`), not a failure. librdkafka also raises it as a
+/// global error when it has no partition queue to put it on.
+fn is_partition_end(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
 /// Logs an error at most once per [`LOG_EVERY`], counting the ones it held back.
 #[derive(Default)]
 struct Throttled {
@@ -205,6 +213,9 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_end(&error) {
+            return;
+        }
         self.errors
             .warn("kafka consumer", &format!("{error}: {reason}"));
     }
@@ -779,5 +790,16 @@ mod tests {
         // Once it has slept, it is on time: sent / rate = elapsed.
         let p = pause(ms(3), 1_000, 100_000).unwrap();
         assert_eq!(ms(3) + p, ms(10));
+    }
+
+    #[test]
+    fn the_end_of_a_partition_is_not_logged_as_an_error() {
+        assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
+        assert!(is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
     }
 }
