@@ -4,7 +4,8 @@
 //!
 //! The class path comes from `FLEETFLOW_KAFKA_CLASSPATH`, or from the file
 //! `~/.cache/fleetflow-kafka/classpath` that `scripts/setup` writes; `java` from
-//! `JAVA_HOME` or the `PATH`.
+//! `JAVA_HOME` or the `PATH`. `FLEETFLOW_KAFKA_GC_LOG=FILE` logs the broker's garbage
+//! collections (with their pauses) to `FILE`.
 
 use super::free_port;
 use std::path::PathBuf;
@@ -36,6 +37,22 @@ fn classpath() -> String {
         .trim()
         .to_string()
 }
+
+/// The broker's JVM options: those Apache Kafka's own start scripts give it
+/// (`kafka-server-start.sh`'s heap, `kafka-run-class.sh`'s performance options), so that the
+/// broker in the tests and benches is the one users run. G1's own default pause target
+/// (200 ms) let the broker's collections hold produced messages for tens of milliseconds.
+const BROKER_JVM_OPTIONS: [&str; 9] = [
+    "-Xms1g",
+    "-Xmx1g",
+    "-server",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:MaxInlineLevel=15",
+    "-Djava.awt.headless=true",
+];
 
 /// `java` with the broker's class path.
 fn java() -> Command {
@@ -151,7 +168,14 @@ impl KafkaBroker {
     pub fn restart(&mut self) {
         self.stop();
         let child = java()
-            .args(["-Xms256m", "-Xmx1g", "-XX:+UseG1GC"])
+            .args(BROKER_JVM_OPTIONS)
+            .args(
+                // The broker's garbage collections, one line each with its pause (for a
+                // bench that needs to know what the broker did when).
+                std::env::var("FLEETFLOW_KAFKA_GC_LOG")
+                    .ok()
+                    .map(|path| format!("-Xlog:gc:file={path}:uptime,time")),
+            )
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
                 self.dir.path().join("log4j2.properties").display()
