@@ -359,14 +359,16 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 /// A file being encoded: a `Write` sink that keeps a small file in memory (one `put` when
 /// it is committed) and streams a large one as a multipart upload (`object_store`'s
-/// [`WriteMultipart`]: a part in memory, at most [`PARTS_IN_FLIGHT`] uploading).
-/// [`StreamingFile::finish`] commits it.
+/// [`WriteMultipart`]: a part in memory, at most [`PARTS_IN_FLIGHT`] uploading, except
+/// while it is being closed: see [`StreamingFile::closing`]). [`StreamingFile::finish`]
+/// commits it.
 pub struct StreamingFile {
     uploader: Uploader,
     path: String,
     buf: Vec<u8>,
     written: u64,
     upload: Option<WriteMultipart>,
+    closing: bool,
 }
 
 impl StreamingFile {
@@ -378,7 +380,16 @@ impl StreamingFile {
             buf: Vec::new(),
             written: 0,
             upload: None,
+            closing: false,
         }
+    }
+
+    /// The file is being closed: its last writes (the encoder's last row group and footer)
+    /// no longer wait for parts in flight. A lake sink closes its files at a checkpoint
+    /// on the worker, where waiting for the store held up every fix behind the cut; the
+    /// cost is at most one row group more in memory, for as long as its upload takes.
+    pub fn closing(&mut self) {
+        self.closing = true;
     }
 
     /// Bytes written so far.
@@ -410,9 +421,11 @@ impl std::io::Write for StreamingFile {
         let handle = self.uploader.runtime.clone();
         match self.upload.as_mut() {
             Some(upload) => {
-                handle
-                    .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
-                    .map_err(std::io::Error::other)?;
+                if !self.closing {
+                    handle
+                        .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
+                        .map_err(std::io::Error::other)?;
+                }
                 // Parts are uploaded by tasks of the I/O runtime.
                 let _runtime = handle.enter();
                 upload.write(data);
@@ -509,5 +522,63 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no staging leftovers: {names:?}");
+    }
+
+    #[test]
+    fn a_closing_file_does_not_wait_for_its_parts_in_flight() {
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        // Every part takes 2 s to upload.
+        let store = ThrottledStore::new(
+            object_store::memory::InMemory::new(),
+            ThrottleConfig {
+                wait_put_per_call: std::time::Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let store: Arc<dyn ObjectStore> = Arc::new(store);
+        let lake = Lake {
+            store: store.clone(),
+            url: "memory://".into(),
+            local_dir: None,
+            s3: None,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Arc::new(Metrics::new(vec!["raw".into()]));
+        let uploader = Uploader::new(lake, rt.handle().clone(), metrics);
+        let part = vec![7u8; PART_BYTES];
+        let parts = PARTS_IN_FLIGHT + 2;
+        let write = |file: &mut StreamingFile| {
+            let t = std::time::Instant::now();
+            for _ in 0..parts {
+                file.write_all(&part).unwrap();
+            }
+            t.elapsed()
+        };
+        let mut streaming = StreamingFile::new(uploader.clone(), "streaming.parquet".into());
+        let waited = write(&mut streaming);
+        assert!(
+            waited >= std::time::Duration::from_millis(1500),
+            "while streaming, a write waits for a part in flight: {waited:?}"
+        );
+        let mut closing = StreamingFile::new(uploader.clone(), "closing.parquet".into());
+        closing.closing();
+        let took = write(&mut closing);
+        assert!(
+            took < std::time::Duration::from_millis(1000),
+            "closing, it does not: {took:?}"
+        );
+        for (file, name) in [
+            (streaming, "streaming.parquet"),
+            (closing, "closing.parquet"),
+        ] {
+            file.finish("raw".into(), 1).unwrap();
+            uploader.finish().unwrap();
+            let size = rt.block_on(store.head(&Path::from(name))).unwrap().size;
+            assert_eq!(size, (parts * PART_BYTES) as u64, "{name} complete");
+        }
     }
 }

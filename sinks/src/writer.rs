@@ -301,7 +301,9 @@ impl<R: LakeRecord> DatasetWriter<R> {
         let Some(tail) = part.tail.take() else {
             return Ok(None);
         };
-        let file = tail.writer.into_inner()?;
+        let mut writer = tail.writer;
+        writer.inner_mut().closing();
+        let file = writer.into_inner()?;
         let bytes = file.len();
         file.finish(self.name.clone(), tail.rows)?;
         Ok(Some(Staged {
