@@ -178,15 +178,22 @@ impl Writers {
         if let Some(o) = &self.dead_letter_out {
             o.flush().map_err(io_error)?;
         }
+        // How long each part of the cut holds the worker (logged under `fleetflow::slow`).
+        let started = std::time::Instant::now();
+        let mut tails: Vec<(String, u128)> = Vec::new();
         for w in self.all() {
+            let t = std::time::Instant::now();
             w.cut_tails()?;
+            tails.push((w.name_dyn().to_string(), t.elapsed().as_millis()));
         }
+        let tails_ms = started.elapsed().as_millis();
         let (clock, policy) = (self.clock, self.policy.clone());
         let mut rolled = std::mem::take(&mut self.rolled);
         let lane = self.lane.clone();
         for w in self.all() {
             w.cut_roll(clock, &policy, force, &lane, &mut rolled)?;
         }
+        let roll_ms = started.elapsed().as_millis() - tails_ms;
         let committed = hub.committed();
         self.pending.retain(|(first, _)| *first > committed);
         self.pending.extend(rolled.into_iter().map(|p| (lo, p)));
@@ -210,6 +217,15 @@ impl Writers {
             range: (lo, hi),
             blob: postcard::to_stdvec(&snap).map_err(io_error)?,
         });
+        tracing::debug!(
+            target: "fleetflow::slow",
+            worker,
+            ms = started.elapsed().as_millis() as u64,
+            tails_ms = tails_ms as u64,
+            roll_ms = roll_ms as u64,
+            tails = ?tails,
+            "lake sink checkpoint cut"
+        );
         self.offer_uploaded(uploader, hub, worker, force)
             .map(|_| ())
     }
