@@ -589,7 +589,7 @@ impl Coordinator {
                 }
                 for (g, group) in groups.into_iter().enumerate().filter(|(_, g)| g.len() > 1) {
                     let staged = format!("{STAGING}/{dir}/compacted-{:06}-{g}.parquet", c.seq);
-                    let rows = merge_files(&self.uploader, &group, staged.clone(), name)
+                    let rows = merge_files(&self.uploader, &group, staged.clone())
                         .map_err(|e| store_err(&dir, e))?;
                     self.uploader.finish()?;
                     failpoint("compact");

@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 /// A lake that cannot be opened or written.
@@ -183,6 +183,8 @@ pub struct Uploader {
     metrics: Arc<Metrics>,
     state: Arc<(Mutex<Inflight>, Condvar)>,
     max_inflight: usize,
+    /// Closes run one at a time (see [`Uploader::close_beside`]).
+    closes: Arc<Mutex<()>>,
 }
 
 impl Uploader {
@@ -221,13 +223,17 @@ impl Uploader {
                 Condvar::new(),
             )),
             max_inflight: 16,
+            closes: Arc::default(),
         }
     }
 
-    /// Queues `bytes` to be written at `path`; `dataset` and `rows` feed the metrics once
-    /// committed. Blocks while too many files are in flight.
-    pub fn submit(&self, path: String, bytes: Vec<u8>, dataset: String, rows: u64) {
-        let seq = self.reserve();
+    /// Queues `bytes` to be written at `path`. Blocks while too many files are in flight.
+    pub fn submit(&self, path: String, bytes: Vec<u8>) {
+        self.submit_as(self.reserve(), path, bytes);
+    }
+
+    /// [`Uploader::submit`] of a file numbered `seq` already.
+    fn submit_as(&self, seq: u64, path: String, bytes: Vec<u8>) {
         let store = self.lake.store.clone();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
@@ -251,15 +257,13 @@ impl Uploader {
             if result.is_ok() {
                 metrics.bytes_written.fetch_add(len, Relaxed);
             }
-            let _ = (dataset, rows);
             Self::release(&state, seq, result);
         });
     }
 
     /// Completes a multipart upload in the background: its last part, then the upload
     /// (aborted if a part failed).
-    fn submit_multipart(&self, path: String, upload: WriteMultipart, bytes: u64) {
-        let seq = self.reserve();
+    fn submit_multipart(&self, seq: u64, path: String, upload: WriteMultipart, bytes: u64) {
         let metrics = self.metrics.clone();
         let state = self.state.clone();
         self.runtime.spawn(async move {
@@ -272,6 +276,26 @@ impl Uploader {
                 metrics.bytes_written.fetch_add(bytes, Relaxed);
             }
             Self::release(&state, seq, result);
+        });
+    }
+
+    /// Runs `close` (the rest of a file's encoding, returning the file) beside the calling
+    /// worker, then commits the file. The file is in flight from this call on: a mark taken
+    /// after it waits for the file, and [`Uploader::finish`] does too. Closes run one at a
+    /// time per uploader (one per worker), so that however many files a checkpoint cut
+    /// closes, they take at most one core's turn beside the worker.
+    pub fn close_beside<F>(&self, close: F)
+    where
+        F: FnOnce() -> Result<StreamingFile, String> + Send + 'static,
+    {
+        let seq = self.reserve();
+        let (this, state) = (self.clone(), self.state.clone());
+        self.runtime.spawn_blocking(move || {
+            let _turn = this.closes.lock().unwrap_or_else(PoisonError::into_inner);
+            match close() {
+                Ok(file) => file.commit(seq),
+                Err(e) => Self::release(&state, seq, Err(e)),
+            }
         });
     }
 
@@ -385,9 +409,10 @@ impl StreamingFile {
     }
 
     /// The file is being closed: its last writes (the encoder's last row group and footer)
-    /// no longer wait for parts in flight. A lake sink closes its files at a checkpoint
-    /// on the worker, where waiting for the store held up every fix behind the cut; the
-    /// cost is at most one row group more in memory, for as long as its upload takes.
+    /// no longer wait for parts in flight. A lake sink closes its files at a checkpoint,
+    /// one at a time per worker, where waiting for the store held up the next close and
+    /// so the checkpoint; the cost is at most one row group more in memory, for as long as
+    /// its upload takes.
     pub fn closing(&mut self) {
         self.closing = true;
     }
@@ -403,15 +428,21 @@ impl StreamingFile {
     }
 
     /// Commits the file: one `put` when it stayed small, else the last part and the
-    /// completion of the multipart upload. `dataset` and `rows` feed the metrics.
-    pub fn finish(self, dataset: String, rows: u64) -> std::io::Result<()> {
+    /// completion of the multipart upload.
+    pub fn finish(self) -> std::io::Result<()> {
+        let seq = self.uploader.reserve();
+        self.commit(seq);
+        Ok(())
+    }
+
+    /// [`StreamingFile::finish`] of a file numbered `seq` in its uploader already.
+    fn commit(self, seq: u64) {
         match self.upload {
-            None => self.uploader.submit(self.path, self.buf, dataset, rows),
+            None => self.uploader.submit_as(seq, self.path, self.buf),
             Some(upload) => self
                 .uploader
-                .submit_multipart(self.path, upload, self.written),
+                .submit_multipart(seq, self.path, upload, self.written),
         }
-        Ok(())
     }
 }
 
@@ -513,7 +544,7 @@ mod tests {
         );
         let target = dir.path().join("raw/date=2025-01-06/hour=01/big.parquet");
         assert!(!target.exists(), "not visible before it is complete");
-        file.finish("raw".into(), 42).unwrap();
+        file.finish().unwrap();
         uploader.finish().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), expected);
         assert_eq!(metrics.bytes_written.load(Relaxed), expected.len() as u64);
@@ -575,7 +606,7 @@ mod tests {
             (streaming, "streaming.parquet"),
             (closing, "closing.parquet"),
         ] {
-            file.finish("raw".into(), 1).unwrap();
+            file.finish().unwrap();
             uploader.finish().unwrap();
             let size = rt.block_on(store.head(&Path::from(name))).unwrap().size;
             assert_eq!(size, (parts * PART_BYTES) as u64, "{name} complete");

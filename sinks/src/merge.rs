@@ -198,12 +198,7 @@ impl Merged {
 /// Merges staged or published Parquet files with the same schema into a new file at
 /// `dest` (see the module docs). Returns the rows written. The caller waits for the
 /// upload with [`Uploader::finish`].
-pub fn merge_files(
-    uploader: &Uploader,
-    sources: &[String],
-    dest: String,
-    dataset: &str,
-) -> ParquetResult<u64> {
+pub fn merge_files(uploader: &Uploader, sources: &[String], dest: String) -> ParquetResult<u64> {
     let store = uploader.lake().store.clone();
     let runtime = uploader.runtime();
     let mut merged: Option<Merged> = None;
@@ -238,7 +233,7 @@ pub fn merge_files(
     }
     if let Some(mut out) = merged {
         out.flush()?;
-        out.file.into_inner()?.finish(dataset.to_string(), rows)?;
+        out.file.into_inner()?.finish()?;
     }
     Ok(rows)
 }
@@ -310,7 +305,7 @@ mod tests {
         let b = source(dir.path(), "b.parquet", 3500 + big, &[big + 1]);
         let c = source(dir.path(), "c.parquet", 3501 + 2 * big, &[700, 800]);
         let total = 5000 + 2 * big + 1;
-        let rows = merge_files(&uploader, &[a, b, c], "merged.parquet".into(), "raw").unwrap();
+        let rows = merge_files(&uploader, &[a, b, c], "merged.parquet".into()).unwrap();
         uploader.finish().unwrap();
         assert_eq!(rows, total as u64);
 
@@ -358,7 +353,7 @@ mod tests {
         let (uploader, _, _rt) = test_uploader(dir.path());
         let groups = vec![10_000i64; 30];
         let a = source(dir.path(), "a.parquet", 0, &groups);
-        let rows = merge_files(&uploader, &[a], "merged.parquet".into(), "1m").unwrap();
+        let rows = merge_files(&uploader, &[a], "merged.parquet".into()).unwrap();
         uploader.finish().unwrap();
         assert_eq!(rows, 300_000);
         let file = std::fs::File::open(dir.path().join("merged.parquet")).unwrap();

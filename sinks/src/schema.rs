@@ -22,8 +22,8 @@ fn ts_builder(n: usize) -> TimestampMillisecondBuilder {
     TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")
 }
 
-/// A record type that has a lake dataset.
-pub trait LakeRecord: Sized {
+/// A record type that has a lake dataset (its rows are encoded beside the worker too).
+pub trait LakeRecord: Sized + Send + 'static {
     /// The dataset's Arrow schema.
     fn schema() -> SchemaRef;
     /// Converts rows to one record batch.

@@ -294,23 +294,53 @@ impl<R: LakeRecord> DatasetWriter<R> {
         tail.writer.write(&batch)
     }
 
-    /// Closes partition `key`'s tail into a staged file (uploaded in the background).
+    /// Closes partition `key`'s tail into a staged file. The worker only hands it over: the
+    /// encoding of its last rows, its last row group and footer, and its upload run beside
+    /// it ([`Uploader::close_beside`]), and a snapshot listing it is offered once its upload
+    /// (like every other one submitted before the snapshot) is done. The size it records is
+    /// what was encoded so far plus an estimate for the rows not yet encoded: it serves the
+    /// roll decisions only.
     fn close_tail(&mut self, key: i64) -> ParquetResult<Option<Staged>> {
-        self.encode(key)?;
         let part = self.parts.get_mut(&key).expect("present");
-        let Some(tail) = part.tail.take() else {
+        if part.rows.is_empty() && part.tail.is_none() {
             return Ok(None);
+        }
+        let rows = std::mem::take(&mut part.rows);
+        let tail = match part.tail.take() {
+            Some(tail) => tail,
+            None => {
+                let path = self.staged_path(key);
+                let file = StreamingFile::new(self.uploader.clone(), path.clone());
+                let writer = ArrowWriter::try_new(file, R::schema(), Some(props(R::DICTIONARY)))?;
+                Tail {
+                    writer,
+                    path,
+                    rows: 0,
+                }
+            }
         };
-        let mut writer = tail.writer;
-        writer.inner_mut().closing();
-        let file = writer.into_inner()?;
-        let bytes = file.len();
-        file.finish(self.name.clone(), tail.rows)?;
-        Ok(Some(Staged {
+        let encoded = (tail.writer.in_progress_size() + tail.writer.bytes_written()) as u64;
+        let per_row = match tail.rows {
+            0 => R::APPROX_BYTES as u64,
+            n => encoded.div_ceil(n),
+        };
+        let staged = Staged {
             path: tail.path,
-            rows: tail.rows,
-            bytes,
-        }))
+            rows: tail.rows + rows.len() as u64,
+            bytes: encoded + per_row * rows.len() as u64,
+        };
+        let (mut writer, path) = (tail.writer, staged.path.clone());
+        self.uploader.close_beside(move || {
+            let close = || -> ParquetResult<StreamingFile> {
+                if !rows.is_empty() {
+                    writer.write(&R::to_batch(&rows)?)?;
+                }
+                writer.inner_mut().closing();
+                writer.into_inner()
+            };
+            close().map_err(|e| format!("{path}: {e}"))
+        });
+        Ok(Some(staged))
     }
 
     /// First half of a checkpoint cut: every partition's tail becomes a staged chunk.
@@ -383,7 +413,7 @@ impl<R: LakeRecord> DatasetWriter<R> {
             let sources: Vec<String> = part.chunks.iter().map(|c| c.path.clone()).collect();
             let count = sources.len();
             let path = self.staged_path(key);
-            let (uploader, dest, name) = (self.uploader.clone(), path.clone(), self.name.clone());
+            let (uploader, dest) = (self.uploader.clone(), path.clone());
             let lane = lane.clone();
             let staged = uploader.mark();
             let thread = std::thread::Builder::new()
@@ -396,7 +426,7 @@ impl<R: LakeRecord> DatasetWriter<R> {
                     }
                     uploader.wait_for(staged).map_err(io_error)?;
                     let _turn = lane.turn();
-                    merge_files(&uploader, &sources, dest, &name)
+                    merge_files(&uploader, &sources, dest)
                 })
                 .map_err(io_error)?;
             self.parts.get_mut(&key).expect("present").merging = Some(Merge {
@@ -664,5 +694,70 @@ mod tests {
             let size = std::fs::metadata(dir.path().join(&p.from)).unwrap().len();
             assert!(size < 4 * 64 * 1024, "{size} bytes");
         }
+    }
+
+    /// Rows of the raw dataset whose encoding records the thread it ran on, and fails
+    /// when the vehicle is `fail`.
+    #[derive(Clone)]
+    struct Probe(Fix);
+
+    static ENCODED_ON: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+
+    impl LakeRecord for Probe {
+        const APPROX_BYTES: usize = Fix::APPROX_BYTES;
+        const DICTIONARY: &'static [&'static str] = Fix::DICTIONARY;
+        fn schema() -> arrow::datatypes::SchemaRef {
+            Fix::schema()
+        }
+        fn to_batch(rows: &[Self]) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+            ENCODED_ON.lock().unwrap().push(std::thread::current().id());
+            if rows.iter().any(|r| &*r.0.vehicle_id == "fail") {
+                return Err(arrow::error::ArrowError::ComputeError("a bad row".into()));
+            }
+            Fix::to_batch(&rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        }
+    }
+
+    #[test]
+    fn a_cut_closes_its_files_beside_the_worker_and_a_later_mark_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (uploader, _, _rt) = test_uploader(dir.path());
+        let mut w: DatasetWriter<Probe> =
+            DatasetWriter::new("raw", Partitioning::Hour, "p".into(), 0, uploader.clone());
+        let policy = RollPolicy {
+            target_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+        };
+        let mut out = Vec::new();
+        for i in 0..100 {
+            w.push(T + i, Probe(fix(i)), &policy, &mut out).unwrap();
+        }
+        w.cut_tails().unwrap();
+        let mark = uploader.mark();
+        uploader.wait_for(mark).unwrap();
+        let on = ENCODED_ON.lock().unwrap().clone();
+        assert_eq!(on.len(), 1, "the rows are encoded once");
+        assert_ne!(on[0], std::thread::current().id(), "not on the worker");
+        let chunks = w.snapshot().0;
+        let staged = &chunks[0].2[0];
+        assert_eq!(staged.rows, 100);
+        let file = std::fs::File::open(dir.path().join(&staged.path)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 100, "the file is complete once the mark is passed");
+
+        // A close that fails is the uploader's failure, naming the file.
+        let mut bad = fix(0);
+        bad.vehicle_id = "fail".into();
+        w.push(T, Probe(bad), &policy, &mut out).unwrap();
+        w.cut_tails().unwrap();
+        let err = uploader.wait_for(uploader.mark()).unwrap_err().to_string();
+        assert!(
+            err.contains("a bad row") && err.contains("_fleetflow/staging/raw/"),
+            "{err}"
+        );
     }
 }
