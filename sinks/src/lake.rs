@@ -7,6 +7,7 @@
 //! store stages it and renames it into place, S3 completes the upload), so a reader never
 //! sees a partial file.
 
+use crate::beside::Beside;
 use bytes::Bytes;
 use fleetflow_runtime::metrics::Metrics;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -15,9 +16,10 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// A lake that cannot be opened or written.
@@ -183,8 +185,8 @@ pub struct Uploader {
     metrics: Arc<Metrics>,
     state: Arc<(Mutex<Inflight>, Condvar)>,
     max_inflight: usize,
-    /// Closes run one at a time (see [`Uploader::close_beside`]).
-    closes: Arc<Mutex<()>>,
+    /// The worker's encoder thread (see [`Uploader::beside`]).
+    beside: Beside,
 }
 
 impl Uploader {
@@ -223,7 +225,7 @@ impl Uploader {
                 Condvar::new(),
             )),
             max_inflight: 16,
-            closes: Arc::default(),
+            beside: Beside::start(),
         }
     }
 
@@ -279,24 +281,28 @@ impl Uploader {
         });
     }
 
-    /// Runs `close` (the rest of a file's encoding, returning the file) beside the calling
-    /// worker, then commits the file. The file is in flight from this call on: a mark taken
-    /// after it waits for the file, and [`Uploader::finish`] does too. Closes run one at a
-    /// time per uploader (one per worker), so that however many files a checkpoint cut
-    /// closes, they take at most one core's turn beside the worker.
+    /// Runs `job` (encoding rows into one of the worker's files) on this uploader's encoder
+    /// thread, behind every job handed over before it; waits while its queue is full. A
+    /// failing job records its failure with [`Uploader::fail`].
+    pub fn beside(&self, job: impl FnOnce() + Send + 'static) {
+        self.beside.run(job);
+    }
+
+    /// Runs `close` (the rest of a file's encoding, returning the file) on the encoder
+    /// thread, then commits the file. The file is in flight from this call on: a mark taken
+    /// after it waits for the file, and [`Uploader::finish`] does too.
     pub fn close_beside<F>(&self, close: F)
     where
         F: FnOnce() -> Result<StreamingFile, String> + Send + 'static,
     {
         let seq = self.reserve();
-        let (this, state) = (self.clone(), self.state.clone());
-        self.runtime.spawn_blocking(move || {
-            let _turn = this.closes.lock().unwrap_or_else(PoisonError::into_inner);
-            match close() {
-                Ok(file) => file.commit(seq),
-                Err(e) => Self::release(&state, seq, Err(e)),
-            }
-        });
+        let state = self.state.clone();
+        self.beside
+            .run(move || match catch_unwind(AssertUnwindSafe(close)) {
+                Ok(Ok(file)) => file.commit(seq),
+                Ok(Err(e)) => Self::release(&state, seq, Err(e)),
+                Err(_) => Self::release(&state, seq, Err("closing a file panicked".into())),
+            });
     }
 
     /// Records a failure that happened before a file reached the store (e.g. encoding);

@@ -13,6 +13,7 @@
 //!   as they are encoded.
 #![deny(missing_docs)]
 
+mod beside;
 pub mod catalogue;
 pub mod commit;
 pub mod ddl;
@@ -25,4 +26,5 @@ pub mod schema;
 pub mod sink;
 mod staging;
 pub mod table;
+mod tail;
 pub mod writer;

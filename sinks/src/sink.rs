@@ -4,12 +4,14 @@
 //! ```text
 //!   raw fixes ───┐
 //!   tier rows ───┤   "LakeSink" (per worker)      per (dataset, partition):
-//!   dead letters ┤ ─────────────────────────────► rows ─► Arrow batches ─► ArrowWriter (in memory)
-//!   geofence ev. ┤
-//!   progress ────┘                                       │ roll: partition closed by the job clock,
+//!   dead letters ┤ ─────────────────────────────► rows, 8,192 at a time ─┐
+//!   geofence ev. ┤                                                      │ the worker's encoder
+//!   progress ────┘                                                      ▼ thread (crate::tail)
+//!                                        Arrow batches ─► ArrowWriter ─► staged file (streamed)
+//!                                                        │ roll: partition closed by the job clock,
 //!                                                        │       target size, max age, end of input
 //!                                                        ▼
-//!                                                Uploader: one atomic put per file
+//!                                                Uploader: put / multipart upload per file
 //! ```
 //!
 //! Every row reaching this operator is final (closed windows, final fixes), so each is

@@ -1,15 +1,16 @@
-//! Partitioned Parquet writers: one [`DatasetWriter`] per dataset and worker keeps an
-//! in-memory Arrow writer per open partition, stages chunks at checkpoint cuts and rolls
+//! Partitioned Parquet writers: one [`DatasetWriter`] per dataset and worker keeps a file
+//! in progress per open partition (encoded beside the worker: the `tail` module), stages
+//! chunks at checkpoint cuts and rolls
 //! files when a partition closes (by the job clock), reaches the target size or age, or the
 //! input ends. Files are named `part-{run}-w{worker}-{seq}.parquet`. The operator that
 //! feeds them is [`crate::sink`].
 use crate::catalogue::Partitioning;
-use crate::lake::{StreamingFile, Uploader};
+use crate::lake::Uploader;
 pub use crate::merge::merge_files;
 use crate::merge::MAX_ROW_GROUP;
 use crate::schema::LakeRecord;
+use crate::tail::Tail;
 use fleetflow_types::time::Millis;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -104,12 +105,6 @@ pub struct SinkSnapshot {
     /// later snapshot will name them, so the sweep after this checkpoint keeps them.
     #[serde(default)]
     pub merging: Vec<String>,
-}
-
-struct Tail {
-    writer: ArrowWriter<StreamingFile>,
-    path: String,
-    rows: u64,
 }
 
 struct PartBuf<R> {
@@ -246,7 +241,8 @@ impl<R: LakeRecord> DatasetWriter<R> {
     }
 
     /// Adds a row whose partitioning time is `ts`; a partition whose file reaches the
-    /// target size rolls it into `out`.
+    /// target size rolls it into `out`. Rows are handed to the encoder thread a batch at a
+    /// time (the `tail` module).
     pub fn push(
         &mut self,
         ts: Millis,
@@ -258,12 +254,10 @@ impl<R: LakeRecord> DatasetWriter<R> {
         let part = self.parts.entry(key).or_insert_with(PartBuf::new);
         part.rows.push(row);
         if part.rows.len() >= BATCH_ROWS {
-            self.encode(key)?;
+            self.hand_over(key);
             let part = &self.parts[&key];
-            let size = part.tail.as_ref().map_or(0, |t| {
-                t.writer.in_progress_size() + t.writer.bytes_written()
-            });
-            if size as u64 >= policy.target_bytes {
+            let size = part.tail.as_ref().map_or(0, |t| t.size::<R>());
+            if size >= policy.target_bytes {
                 if let Some(staged) = self.close_tail(key)? {
                     out.push(self.pending(&staged));
                 }
@@ -272,75 +266,28 @@ impl<R: LakeRecord> DatasetWriter<R> {
         Ok(())
     }
 
-    fn encode(&mut self, key: i64) -> ParquetResult {
+    /// Hands partition `key`'s buffered rows over to be encoded into its tail.
+    fn hand_over(&mut self, key: i64) {
         if self.parts[&key].rows.is_empty() {
-            return Ok(());
+            return;
         }
         if self.parts[&key].tail.is_none() {
             let path = self.staged_path(key);
-            let file = StreamingFile::new(self.uploader.clone(), path.clone());
-            let writer = ArrowWriter::try_new(file, R::schema(), Some(props(R::DICTIONARY)))?;
-            self.parts.get_mut(&key).expect("present").tail = Some(Tail {
-                writer,
-                path,
-                rows: 0,
-            });
+            self.parts.get_mut(&key).expect("present").tail = Some(Tail::new(path));
         }
         let part = self.parts.get_mut(&key).expect("present");
-        let batch = R::to_batch(&part.rows)?;
+        let rows = std::mem::replace(&mut part.rows, Vec::with_capacity(BATCH_ROWS));
         let tail = part.tail.as_mut().expect("opened");
-        tail.rows += part.rows.len() as u64;
-        part.rows.clear();
-        tail.writer.write(&batch)
+        tail.write(rows, &self.uploader);
     }
 
-    /// Closes partition `key`'s tail into a staged file. The worker only hands it over: the
-    /// encoding of its last rows, its last row group and footer, and its upload run beside
-    /// it ([`Uploader::close_beside`]), and a snapshot listing it is offered once its upload
-    /// (like every other one submitted before the snapshot) is done. The size it records is
-    /// what was encoded so far plus an estimate for the rows not yet encoded: it serves the
-    /// roll decisions only.
+    /// Closes partition `key`'s tail into a staged file. The worker only hands it over
+    /// ([`Tail::close`]); a snapshot listing the file is offered once it is closed and
+    /// uploaded, like every other file submitted before the snapshot.
     fn close_tail(&mut self, key: i64) -> ParquetResult<Option<Staged>> {
+        self.hand_over(key);
         let part = self.parts.get_mut(&key).expect("present");
-        if part.rows.is_empty() && part.tail.is_none() {
-            return Ok(None);
-        }
-        let rows = std::mem::take(&mut part.rows);
-        let tail = match part.tail.take() {
-            Some(tail) => tail,
-            None => {
-                let path = self.staged_path(key);
-                let file = StreamingFile::new(self.uploader.clone(), path.clone());
-                let writer = ArrowWriter::try_new(file, R::schema(), Some(props(R::DICTIONARY)))?;
-                Tail {
-                    writer,
-                    path,
-                    rows: 0,
-                }
-            }
-        };
-        let encoded = (tail.writer.in_progress_size() + tail.writer.bytes_written()) as u64;
-        let per_row = match tail.rows {
-            0 => R::APPROX_BYTES as u64,
-            n => encoded.div_ceil(n),
-        };
-        let staged = Staged {
-            path: tail.path,
-            rows: tail.rows + rows.len() as u64,
-            bytes: encoded + per_row * rows.len() as u64,
-        };
-        let (mut writer, path) = (tail.writer, staged.path.clone());
-        self.uploader.close_beside(move || {
-            let close = || -> ParquetResult<StreamingFile> {
-                if !rows.is_empty() {
-                    writer.write(&R::to_batch(&rows)?)?;
-                }
-                writer.inner_mut().closing();
-                writer.into_inner()
-            };
-            close().map_err(|e| format!("{path}: {e}"))
-        });
-        Ok(Some(staged))
+        Ok(part.tail.take().map(|tail| tail.close::<R>(&self.uploader)))
     }
 
     /// First half of a checkpoint cut: every partition's tail becomes a staged chunk.
@@ -719,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_closes_its_files_beside_the_worker_and_a_later_mark_waits_for_them() {
+    fn rows_are_encoded_and_files_closed_beside_the_worker_and_a_later_mark_waits_for_them() {
         let dir = tempfile::tempdir().unwrap();
         let (uploader, _, _rt) = test_uploader(dir.path());
         let mut w: DatasetWriter<Probe> =
@@ -729,25 +676,31 @@ mod tests {
             max_age: Duration::from_secs(3600),
         };
         let mut out = Vec::new();
-        for i in 0..100 {
+        // Two batches handed over as they fill, the rest at the cut.
+        let n = 2 * BATCH_ROWS as i64 + 100;
+        for i in 0..n {
             w.push(T + i, Probe(fix(i)), &policy, &mut out).unwrap();
         }
         w.cut_tails().unwrap();
         let mark = uploader.mark();
         uploader.wait_for(mark).unwrap();
         let on = ENCODED_ON.lock().unwrap().clone();
-        assert_eq!(on.len(), 1, "the rows are encoded once");
-        assert_ne!(on[0], std::thread::current().id(), "not on the worker");
+        assert_eq!(on.len(), 3, "each row is encoded once, a batch at a time");
+        let here = std::thread::current().id();
+        assert!(on.iter().all(|t| *t != here), "not on the worker");
         let chunks = w.snapshot().0;
         let staged = &chunks[0].2[0];
-        assert_eq!(staged.rows, 100);
+        assert_eq!(staged.rows, n as u64);
         let file = std::fs::File::open(dir.path().join(&staged.path)).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()
             .unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
-        assert_eq!(rows, 100, "the file is complete once the mark is passed");
+        assert_eq!(
+            rows, n as usize,
+            "the file is complete once the mark is passed"
+        );
 
         // A close that fails is the uploader's failure, naming the file.
         let mut bad = fix(0);
