@@ -94,7 +94,7 @@ pub struct SinkSnapshot {
     /// (every row of an earlier partition is published or pending).
     pub open_from: Vec<(String, Millis)>,
     /// Every row the worker's vehicles will still produce is at or after this (see
-    /// [`Progress::complete`]).
+    /// [`Progress::complete`](fleetflow_types::records::Progress::complete)).
     #[serde(default)]
     pub complete: Option<Millis>,
     /// Whether the sink had seen the end of a bounded input (every row it will get from

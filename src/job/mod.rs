@@ -103,6 +103,7 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
     job.geofences.close();
     services.done.store(true, Relaxed);
     if let Some(t) = services.progress_thread {
+        t.thread().unpark();
         let _ = t.join();
     }
     let stop = &services.coordinator_stop;

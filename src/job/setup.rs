@@ -91,7 +91,8 @@ pub(super) fn open_error(text: &str, e: OpenError) -> JobError {
     }
 }
 
-/// Shows a progress bar (bytes of the input files, else a spinner) until `done`.
+/// Shows a progress bar (bytes of the input files, else a spinner) until `done` (the
+/// caller unparks the thread after setting it).
 pub(super) fn show_progress(
     source: &dyn JobSource,
     metrics: Arc<Metrics>,
@@ -122,7 +123,9 @@ pub(super) fn show_progress(
             if total_bytes == 0 {
                 bar.tick();
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Woken at once when the job is done (see `run_job`), so that a short job does
+            // not wait up to a tick for its progress bar.
+            std::thread::park_timeout(Duration::from_millis(100));
         }
         bar.finish_and_clear();
     })
