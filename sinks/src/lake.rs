@@ -229,13 +229,8 @@ impl Uploader {
         }
     }
 
-    /// Queues `bytes` to be written at `path`. Blocks while too many files are in flight.
-    pub fn submit(&self, path: String, bytes: Vec<u8>) {
-        self.submit_as(self.reserve(), path, bytes);
-    }
-
-    /// [`Uploader::submit`] of a file numbered `seq` already.
-    fn submit_as(&self, seq: u64, path: String, bytes: Vec<u8>) {
+    /// Writes `bytes` at `path` in the background, as file `seq` ([`Uploader::reserve`]).
+    fn submit(&self, seq: u64, path: String, bytes: Vec<u8>) {
         let store = self.lake.store.clone();
         let metrics = self.metrics.clone();
         let state = self.state.clone();
@@ -284,14 +279,14 @@ impl Uploader {
     /// Runs `job` (encoding rows into one of the worker's files) on this uploader's encoder
     /// thread, behind every job handed over before it; waits while its queue is full. A
     /// failing job records its failure with [`Uploader::fail`].
-    pub fn beside(&self, job: impl FnOnce() + Send + 'static) {
+    pub(crate) fn beside(&self, job: impl FnOnce() + Send + 'static) {
         self.beside.run(job);
     }
 
     /// Runs `close` (the rest of a file's encoding, returning the file) on the encoder
     /// thread, then commits the file. The file is in flight from this call on: a mark taken
     /// after it waits for the file, and [`Uploader::finish`] does too.
-    pub fn close_beside<F>(&self, close: F)
+    pub(crate) fn close_beside<F>(&self, close: F)
     where
         F: FnOnce() -> Result<StreamingFile, String> + Send + 'static,
     {
@@ -435,16 +430,16 @@ impl StreamingFile {
 
     /// Commits the file: one `put` when it stayed small, else the last part and the
     /// completion of the multipart upload.
-    pub fn finish(self) -> std::io::Result<()> {
+    /// Blocks while too many files are in flight.
+    pub fn finish(self) {
         let seq = self.uploader.reserve();
         self.commit(seq);
-        Ok(())
     }
 
     /// [`StreamingFile::finish`] of a file numbered `seq` in its uploader already.
     fn commit(self, seq: u64) {
         match self.upload {
-            None => self.uploader.submit_as(seq, self.path, self.buf),
+            None => self.uploader.submit(seq, self.path, self.buf),
             Some(upload) => self
                 .uploader
                 .submit_multipart(seq, self.path, upload, self.written),
@@ -550,7 +545,7 @@ mod tests {
         );
         let target = dir.path().join("raw/date=2025-01-06/hour=01/big.parquet");
         assert!(!target.exists(), "not visible before it is complete");
-        file.finish().unwrap();
+        file.finish();
         uploader.finish().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), expected);
         assert_eq!(metrics.bytes_written.load(Relaxed), expected.len() as u64);
@@ -612,7 +607,7 @@ mod tests {
             (streaming, "streaming.parquet"),
             (closing, "closing.parquet"),
         ] {
-            file.finish().unwrap();
+            file.finish();
             uploader.finish().unwrap();
             let size = rt.block_on(store.head(&Path::from(name))).unwrap().size;
             assert_eq!(size, (parts * PART_BYTES) as u64, "{name} complete");

@@ -233,7 +233,7 @@ pub fn merge_files(uploader: &Uploader, sources: &[String], dest: String) -> Par
     }
     if let Some(mut out) = merged {
         out.flush()?;
-        out.file.into_inner()?.finish()?;
+        out.file.into_inner()?.finish();
     }
     Ok(rows)
 }
