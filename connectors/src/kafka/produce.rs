@@ -152,31 +152,21 @@ impl DeadLetterTopic {
 impl DeadLetterOut for DeadLetterTopic {
     fn send(&self, d: &DeadLetter) {
         let (partition, offset) = (d.input.to_string(), d.position.to_string());
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "fleetflow-reason",
-                value: Some(d.reason.as_str()),
+        let headers = [
+            ("fleetflow-reason", d.reason.as_str()),
+            ("fleetflow-detail", d.detail.as_str()),
+            ("fleetflow-source", d.source.as_str()),
+            ("fleetflow-topic", self.source_topic.as_str()),
+            ("fleetflow-partition", partition.as_str()),
+            ("fleetflow-offset", offset.as_str()),
+        ]
+        .into_iter()
+        .fold(OwnedHeaders::new_with_capacity(6), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
             })
-            .insert(Header {
-                key: "fleetflow-detail",
-                value: Some(d.detail.as_str()),
-            })
-            .insert(Header {
-                key: "fleetflow-source",
-                value: Some(d.source.as_str()),
-            })
-            .insert(Header {
-                key: "fleetflow-topic",
-                value: Some(self.source_topic.as_str()),
-            })
-            .insert(Header {
-                key: "fleetflow-partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "fleetflow-offset",
-                value: Some(offset.as_str()),
-            });
+        });
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
             .payload(d.original_payload())
             .headers(headers);
