@@ -17,29 +17,55 @@ const CELL_DEG: f64 = 0.002;
 /// Geofences whose box spans more grid cells than this live in the R-tree instead.
 const MAX_CELLS: i64 = 256;
 
-/// The geofences listed in one grid cell, as two parallel arrays: the boxes alone (16
-/// bytes each, scanned in order for every lookup) and what a lookup needs for the few
-/// whose box holds the point (tenant, a circle's parameters or a ring, slot: 40 bytes),
-/// so that a scan touches little memory and only polygons that pass the box test are
-/// followed to their rings. Ids are not in the cells: a lookup answers slots, and only a
-/// vehicle entering a geofence needs its id ([`FenceIndex::id`]).
+/// The geofences listed in one grid cell, as parallel arrays: the boxes alone (16 bytes
+/// each, scanned in order for every lookup), what a lookup needs for the few whose box
+/// holds the point (tenant, a circle's parameters or where its ring is, slot: 32 bytes),
+/// and the rings of the cell's simple polygons, copied into the cell. A lookup thus reads
+/// one cell's memory front to back and follows no pointer for the usual shapes: with
+/// many geofences, the rings behind pointers were a cache miss for every polygon tested.
+/// Ids are not in the cells: a lookup answers slots, and only a vehicle entering a
+/// geofence needs its id ([`FenceIndex::id`]).
 #[derive(Clone, Debug, Default)]
 struct CellList {
     /// Boxes relative to the cell's corner, in single precision, widened by [`BOX_SLACK`]
     /// so that rounding never excludes a point (a pre-test only: the exact test follows).
     boxes: Vec<[f32; 4]>,
     entries: Vec<CellEntry>,
+    /// The rings of the entries that are [`Exact::Ring`], one after another.
+    rings: Vec<geo::Coord<f64>>,
 }
 
 /// The exact test of a cell entry, with what it needs at hand.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Exact {
     /// `[lat, lon, radius_m]`.
     Circle([f64; 3]),
-    /// One polygon without holes (the usual case): its ring, one pointer away.
-    Ring(Arc<[geo::Coord<f64>]>),
+    /// One polygon without holes (the usual case): its ring is
+    /// `CellList::rings[start..start + len]`.
+    Ring { start: u32, len: u32 },
     /// Several polygons or holes: the slot's entry in `FenceIndex::polygons`.
     Polygons,
+}
+
+impl CellList {
+    /// Removes the entry of `slot`, and its ring.
+    fn remove(&mut self, slot: u32) {
+        let Some(k) = self.entries.iter().position(|e| e.slot == slot) else {
+            return;
+        };
+        if let Exact::Ring { start, len } = self.entries[k].exact {
+            self.rings.drain(start as usize..(start + len) as usize);
+            for e in self.entries.iter_mut() {
+                if let Exact::Ring { start: s, .. } = &mut e.exact {
+                    if *s > start {
+                        *s -= len;
+                    }
+                }
+            }
+        }
+        self.entries.swap_remove(k);
+        self.boxes.swap_remove(k);
+    }
 }
 
 /// Whether the closed, simple `ring` (first position = last) holds `c`, its boundary
@@ -84,7 +110,7 @@ pub(crate) fn ring_holds(ring: &[geo::Coord<f64>], c: geo::Coord<f64>) -> bool {
 }
 
 /// One geofence of a [`CellList`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct CellEntry {
     /// How to test a point whose box test passed.
     exact: Exact,
@@ -225,13 +251,17 @@ impl FenceIndex {
             None => 0,
             Some(t) => *self.tenants.entry(t.clone()).or_insert(next_code),
         };
+        // The ring of a simple polygon goes into each of its cells.
+        let mut ring: &[geo::Coord<f64>] = &[];
         let (exact, polygons) = match &g.shape {
             Shape::Circle { lat, lon, radius_m } => {
                 (Exact::Circle([*lat, *lon, *radius_m]), Rings::None)
             }
             Shape::Polygons(mp) => match mp.0.as_slice() {
                 [one] if one.interiors().is_empty() => {
-                    (Exact::Ring(one.exterior().0.as_slice().into()), Rings::None)
+                    ring = one.exterior().0.as_slice();
+                    let len = u32::try_from(ring.len()).expect("a ring of under 2^32 points");
+                    (Exact::Ring { start: 0, len }, Rings::None)
                 }
                 many => (Exact::Polygons, Rings::of(many)),
             },
@@ -249,9 +279,15 @@ impl FenceIndex {
             for x in min.0..=max.0 {
                 for y in min.1..=max.1 {
                     let list = self.grid.entry((x, y)).or_default();
+                    let mut exact = exact;
+                    if let Exact::Ring { start, .. } = &mut exact {
+                        *start = u32::try_from(list.rings.len())
+                            .expect("a cell's rings under 2^32 points");
+                        list.rings.extend_from_slice(ring);
+                    }
                     list.boxes.push(relative_box(&b, (x, y)));
                     list.entries.push(CellEntry {
-                        exact: exact.clone(),
+                        exact,
                         tenant,
                         slot,
                     });
@@ -326,10 +362,7 @@ impl FenceIndex {
                     for x in min.0..=max.0 {
                         for y in min.1..=max.1 {
                             if let Some(list) = self.grid.get_mut(&(x, y)) {
-                                if let Some(k) = list.entries.iter().position(|e| e.slot == slot) {
-                                    list.entries.swap_remove(k);
-                                    list.boxes.swap_remove(k);
-                                }
+                                list.remove(slot);
                                 if list.entries.is_empty() {
                                     self.grid.remove(&(x, y));
                                 }
@@ -371,11 +404,14 @@ impl FenceIndex {
                 if e.tenant != 0 && e.tenant != code {
                     continue;
                 }
-                let inside = match &e.exact {
+                let inside = match e.exact {
                     Exact::Circle([clat, clon, r]) => {
-                        circle_contains_near(*clat, *clon, *r, lat, lon, cos_lat)
+                        circle_contains_near(clat, clon, r, lat, lon, cos_lat)
                     }
-                    Exact::Ring(ring) => ring_holds(ring, geo::Coord { x: lon, y: lat }),
+                    Exact::Ring { start, len } => ring_holds(
+                        &cands.rings[start as usize..(start + len) as usize],
+                        geo::Coord { x: lon, y: lat },
+                    ),
                     Exact::Polygons => {
                         polygons_contain(self.polygons[e.slot as usize].as_slice(), lat, lon)
                     }
