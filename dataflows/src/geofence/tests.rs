@@ -338,11 +338,16 @@ fn polygon(id: &str, ring: serde_json::Value) -> Arc<Geofence> {
 }
 
 proptest::proptest! {
-    /// Whatever is added and removed, in any order, a lookup anywhere finds exactly the
-    /// geofences in force that contain the point (each tested on its own), so the cells'
-    /// index stays right as geofences that share cells come and go.
+    /// Whatever the index starts with and whatever is added and removed, in any order, a
+    /// lookup anywhere finds exactly the geofences in force that contain the point (each
+    /// tested on its own), so the cells' index stays right as geofences that share cells
+    /// come and go, inside the dense rectangle of cells the first ones span and outside it.
     #[test]
     fn lookups_equal_testing_every_geofence_in_force_after_any_changes(
+        initial in proptest::collection::vec(
+            (0.001f64..0.003, 0.001f64..0.003, 0.0002f64..0.0008, proptest::bool::ANY),
+            0..4,
+        ),
         ops in proptest::collection::vec(
             (0u8..12, proptest::option::weighted(0.7, (
                 0.0f64..0.004, 0.0f64..0.004,
@@ -353,8 +358,19 @@ proptest::proptest! {
         ),
         points in proptest::collection::vec((0.0f64..0.006, 0.0f64..0.006), 20),
     ) {
-        let mut idx = FenceIndex::new([]);
         let mut in_force: std::collections::BTreeMap<String, Arc<Geofence>> = Default::default();
+        for (k, (dlat, dlon, r, is_circle)) in initial.into_iter().enumerate() {
+            // Ids the changes below may replace or remove (`g0`..`g3`).
+            let id = format!("g{k}");
+            let (lat, lon) = (41.5 + dlat, -8.6 + dlon);
+            let g = if is_circle {
+                circle(&id, lat, lon, r * 100_000.0, None)
+            } else {
+                star(&id, lat, lon, &[r, r * 0.6, r, r * 0.8, r * 0.5])
+            };
+            in_force.insert(id, g);
+        }
+        let mut idx = FenceIndex::new(in_force.values().cloned());
         for (n, op) in ops {
             let id = format!("g{n}");
             if idx.slot_of(&id).is_some() {
