@@ -39,8 +39,22 @@ struct VehicleFences {
     /// Visits in progress, sorted by slot: exactly the applicable fences of its version
     /// containing `(lat, lon)`.
     inside: Vec<Visit>,
+    /// The least `ts` at which a visit in `inside` that has not dwelled does
+    /// ([`dwell_due`]), so that a fix before it reads none of the visits.
+    dwell_due: Millis,
     /// The last snapshot it is written in, or was too new for.
     snapshot_gen: u32,
+}
+
+/// The least `ts` at which one of `inside` that has not dwelled dwells (a fix at `ts`
+/// dwells a visit when `ts - entered_at >= dwell_after`); `Millis::MAX` for none.
+fn dwell_due(inside: &[Visit], dwell_after: Millis) -> Millis {
+    inside
+        .iter()
+        .filter(|v| !v.dwelled)
+        .map(|v| v.entered_at.saturating_add(dwell_after))
+        .min()
+        .unwrap_or(Millis::MAX)
 }
 
 /// A vehicle, encoded exactly as its [`GeoVehicleSnapshot`] but without copying it.
@@ -383,6 +397,7 @@ impl Geofencing {
                 lat: snap.lat,
                 lon: snap.lon,
                 version: snap.version,
+                dwell_due: dwell_due(&inside, dwell_after),
                 inside,
                 snapshot_gen: 0,
             });
@@ -416,6 +431,7 @@ impl Geofencing {
             lon: f64::NAN,
             version: p.version,
             inside: Vec::new(),
+            dwell_due: Millis::MAX,
             // New since a snapshot that is being written: not in it.
             snapshot_gen: *snapshot_gen,
         });
@@ -485,9 +501,15 @@ impl Geofencing {
             }
             drop(olds);
             state.inside = std::mem::replace(next, old);
+            state.dwell_due = dwell_due(&state.inside, *dwell_after);
             state.lat = p.lat;
             state.lon = p.lon;
             state.tenant = p.tenant.clone();
+        }
+        // Most fixes dwell no visit: they read none (an unmoved vehicle's visits are
+        // likely not in the cache).
+        if p.ts < state.dwell_due {
+            return;
         }
         for visit in state.inside.iter_mut() {
             if !visit.dwelled && p.ts.saturating_sub(visit.entered_at) >= *dwell_after {
@@ -502,6 +524,7 @@ impl Geofencing {
                 );
             }
         }
+        state.dwell_due = dwell_due(&state.inside, *dwell_after);
     }
 
     /// A change reaches this worker, taking effect at job clock `at`: a new version of the
@@ -599,6 +622,7 @@ impl Geofencing {
                 );
             }
         }
+        state.dwell_due = dwell_due(&state.inside, self.dwell_after);
     }
 }
 
