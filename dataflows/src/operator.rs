@@ -250,6 +250,8 @@ pub fn render_timeline<'scope>(
         let mut ending = false;
         // Whether the end of input left on the progress output.
         let mut end_published = false;
+        // Whether an interrupted input's open state was logged (once).
+        let mut told_interrupted = false;
         // Sends what `out` holds (but progress) at `at`.
         let mut flush = move |out: &mut Outputs, caps_at: &[Capability<u64>], at: u64| {
             if !out.raw.is_empty() {
@@ -400,7 +402,8 @@ pub fn render_timeline<'scope>(
                     .store(c, std::sync::atomic::Ordering::Relaxed);
             }
             let done = finished && (!at_end || end_clock.is_some());
-            if finished && !at_end {
+            if finished && !at_end && !told_interrupted {
+                told_interrupted = true;
                 let (pending, windows) = timelines.open_state();
                 if pending + windows > 0 {
                     tracing::info!(
