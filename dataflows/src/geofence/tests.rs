@@ -338,10 +338,10 @@ fn polygon(id: &str, ring: serde_json::Value) -> Arc<Geofence> {
 }
 
 proptest::proptest! {
-    /// Whatever the index starts with and whatever is added and removed, in any order, a
-    /// lookup anywhere finds exactly the geofences in force that contain the point (each
-    /// tested on its own), so the cells' index stays right as geofences that share cells
-    /// come and go, inside the dense rectangle of cells the first ones span and outside it.
+    /// Whatever the index is built with and whatever is added and removed after, in any
+    /// order, a lookup anywhere finds exactly the geofences in force that contain the point
+    /// (each tested on its own), so the cells' index, and the rings copied into the cells,
+    /// stay right as geofences that share cells come and go.
     #[test]
     fn lookups_equal_testing_every_geofence_in_force_after_any_changes(
         initial in proptest::collection::vec(
