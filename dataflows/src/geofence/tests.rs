@@ -259,12 +259,18 @@ fn a_fix_is_checked_against_its_vehicles_version() {
     assert!(out.events.is_empty());
     // It takes the change: it is inside, so it enters at the change's time.
     g.apply(0, 1, &mut out);
-    let mut later = fix("v", 60_000, 0.0, 0.0);
-    later.version = 1;
-    g.on_fix(later, &mut out);
+    // Parked inside from then on: it dwells `dwell_after` after the change's time.
+    for ts in [60_000, 649_999, 650_000, 700_000] {
+        let mut later = fix("v", ts, 0.0, 0.0);
+        later.version = 1;
+        g.on_fix(later, &mut out);
+    }
     assert_eq!(
         kinds(&out),
-        [("depot".into(), "enter", 50_000, "geofence_added")]
+        [
+            ("depot".into(), "enter", 50_000, "geofence_added"),
+            ("depot".into(), "dwell", 650_000, "fix"),
+        ]
     );
 }
 
@@ -307,6 +313,31 @@ fn restored_versions_are_rebuilt_by_undoing_the_logged_changes() {
             ("b".into(), "enter", 3_000, "geofence_added"),
         ]
     );
+}
+
+/// A vehicle restored inside a geofence it has not dwelled in yet dwells when it would
+/// have without the restore.
+#[test]
+fn a_restored_visit_dwells_as_it_would_have() {
+    let fences = || Arc::new(FenceIndex::new([circle("a", 0.0, 0.0, 1000.0, None)]));
+    let mut g = Geofencing::new(fences(), 0, 600_000);
+    let mut out = GeoOutputs::default();
+    g.on_fix(fix("v", 1_000, 0.0, 0.0), &mut out);
+    let snap = g.snapshot(true);
+    let r = GeoRestore {
+        latest: snap.latest,
+        log: Default::default(),
+        vehicles: vec![(0, snap.vehicles[0].clone())],
+    };
+    let mut back = GeoOutputs::default();
+    let mut h = Geofencing::restore(fences(), r, 600_000, &mut back);
+    for (x, out) in [(&mut g, &mut out), (&mut h, &mut back)] {
+        out.events.clear();
+        x.on_fix(fix("v", 600_999, 0.0, 0.0), out);
+        x.on_fix(fix("v", 601_000, 0.0, 0.0), out);
+    }
+    assert_eq!(kinds(&back), [("a".into(), "dwell", 601_000, "fix")]);
+    assert_eq!(kinds(&back), kinds(&out));
 }
 
 fn star(id: &str, lat: f64, lon: f64, radii: &[f64]) -> Arc<Geofence> {
