@@ -384,7 +384,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 /// A file being encoded: a `Write` sink that keeps a small file in memory (one `put` when
 /// it is committed) and streams a large one as a multipart upload (`object_store`'s
-/// [`WriteMultipart`]: a part in memory, at most two uploading, except
+/// [`WriteMultipart`]: a part in memory, at most `PARTS_IN_FLIGHT` uploading, except
 /// while it is being closed: see [`StreamingFile::closing`]). [`StreamingFile::finish`]
 /// commits it.
 pub struct StreamingFile {
