@@ -33,7 +33,8 @@
 //! (default 10000), `FLEETFLOW_BENCH_LAKE` (extra lines of the job's `[lake]` table, e.g.
 //! `checkpoint_interval = "1m"`), `FLEETFLOW_BENCH_SOURCE` (extra lines of `[source]`, e.g.
 //! `options = { "fetch.wait.max.ms" = "5" }`), `FLEETFLOW_BENCH_ONLY` (`a` or `b`: one of
-//! the two), `FLEETFLOW_BENCH_FOLLOW` (`1`: (b) also follows the stream, see above), `FLEETFLOW_BENCH_JOB_LOG` (a file for (b)'s job log; with
+//! the two), `FLEETFLOW_BENCH_FOLLOW` (`1`: (b) also follows the stream, see above),
+//! `FLEETFLOW_BENCH_JOB_LOG` (a file for (b)'s job log; with
 //! `RUST_LOG=fleetflow::slow=debug` it names every operator invocation over 50 ms, or
 //! `FLEETFLOW_SLOW_MS`), `FLEETFLOW_BENCH_SETTLE` (how many seconds in a row (b)'s job must
 //! keep up before the measured part begins; default 10).
