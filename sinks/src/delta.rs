@@ -210,6 +210,7 @@ impl DeltaTables {
     /// this commit), which no vacuum would delete.
     async fn commit_table(
         &self,
+        table: &mut DeltaTable,
         d: &Dataset,
         commit: &Commit,
         adds: &[(String, u64)],
@@ -219,8 +220,6 @@ impl DeltaTables {
             table: d.name.clone(),
             error,
         };
-        let mut tables = self.tables.lock().await;
-        let table = tables.get_mut(&d.name).expect("opened by `open_all`");
         let log_store = table.log_store();
         let state = table.snapshot().map_err(err)?;
         let done = state
@@ -527,24 +526,38 @@ impl TableCommitter for DeltaTables {
                         .push(path.clone());
                 }
             }
-            let mut never_added = Vec::new();
-            for d in self.datasets.iter() {
-                let (a, r) = (adds.get(d.name.as_str()), removes.get(d.name.as_str()));
+            // The tables are independent (each commit is idempotent by its `txn`
+            // version, and recovery completes whichever a crash left out), so they are
+            // committed at the same time: a commit waits for the slowest table, not for
+            // the sum of them (on S3, several round trips each).
+            let mut tables = self.tables.lock().await;
+            let commits = tables.iter_mut().filter_map(|(name, table)| {
+                let d = self.datasets.get(name)?;
+                let (a, r) = (adds.get(name.as_str()), removes.get(name.as_str()));
                 if a.is_none() && r.is_none() {
-                    continue;
+                    return None;
                 }
-                let gone = self
-                    .commit_table(
-                        d,
-                        commit,
-                        a.map(Vec::as_slice).unwrap_or_default(),
-                        r.map(Vec::as_slice).unwrap_or_default(),
-                    )
-                    .await
-                    .map_err(store_error)?;
-                never_added.extend(gone);
-                fleetflow_runtime::checkpoint::failpoint("delta_commit");
-            }
+                Some(async move {
+                    let gone = self
+                        .commit_table(
+                            table,
+                            d,
+                            commit,
+                            a.map(Vec::as_slice).unwrap_or_default(),
+                            r.map(Vec::as_slice).unwrap_or_default(),
+                        )
+                        .await
+                        .map_err(store_error)?;
+                    fleetflow_runtime::checkpoint::failpoint("delta_commit");
+                    Ok::<_, object_store::Error>(gone)
+                })
+            });
+            let never_added: Vec<String> = futures::future::try_join_all(commits)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+            drop(tables);
             for path in never_added {
                 delete_if_exists(store, &path).await?;
             }
