@@ -254,6 +254,7 @@ impl Coordinator {
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Option<Commit>, LakeError> {
         let mut carry = (Vec::new(), Vec::new());
+        let mut published = BTreeSet::new();
         loop {
             let ready = self.hub.wait_ready(Duration::from_millis(100));
             let Some(ready) = ready else {
@@ -263,7 +264,7 @@ impl Coordinator {
                 continue;
             };
             let last = ready.last;
-            let commit = match self.commit(ready, std::mem::take(&mut carry)) {
+            let commit = match self.commit(ready, std::mem::take(&mut carry), &mut published) {
                 Ok(c) => c,
                 Err(e) => {
                     self.hub.fail(e.to_string());
@@ -319,10 +320,14 @@ impl Coordinator {
         d.partitioning.parse_dir(dir)
     }
 
+    /// Commits a complete checkpoint, with what the compaction after the previous commit
+    /// carries (`cpublish`, `cdelete`). `published` holds the files of the sinks' lists that
+    /// earlier commits published (see below); it is kept between calls.
     fn commit(
         &mut self,
         ready: Ready,
         (cpublish, cdelete): (Vec<Pending>, Vec<String>),
+        published: &mut BTreeSet<String>,
     ) -> Result<Commit, LakeError> {
         let state_path = format!("{STATE}/{:020}.bin", ready.boundary);
         let mut staged = BTreeSet::new();
@@ -357,6 +362,16 @@ impl Coordinator {
                 *e = (*e).min(t);
             }
         }
+        // A sink lists a rolled file in every snapshot until it learns that a checkpoint
+        // listing it was taken, which on a process of a cluster can be several checkpoints
+        // later. Such a file was published by an earlier commit, and the compaction since
+        // may have merged it into another file and removed it from its table: publishing
+        // it again would add its rows a second time. A name stays here until the sinks stop
+        // listing it (they never list it again after that).
+        let listed: BTreeSet<&str> = publish.iter().map(|p: &Pending| p.to.as_str()).collect();
+        published.retain(|to| listed.contains(to.as_str()));
+        publish.retain(|p| !published.contains(&p.to));
+        published.extend(publish.iter().map(|p| p.to.clone()));
         let previous = self.previous.take().unwrap_or_default();
         let mut c = Commit {
             version: FORMAT_VERSION,
@@ -621,158 +636,5 @@ impl Coordinator {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lake::test_uploader;
-
-    fn write(dir: &std::path::Path, rel: &str, body: &[u8]) {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, body).unwrap();
-    }
-
-    #[test]
-    fn a_multipart_upload_listing_is_read_with_its_keys_and_ids() {
-        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
-<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
-  <Bucket>lake</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
-  <Prefix>jobs/_fleetflow/</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>false</IsTruncated>
-  <Upload><Key>jobs/_fleetflow/staging/a&amp;b.parquet</Key><UploadId>id-1</UploadId>
-    <Initiator><ID>x</ID></Initiator><StorageClass>STANDARD</StorageClass></Upload>
-  <Upload><Key>jobs/_fleetflow/staging/c.parquet</Key><UploadId>id-2</UploadId></Upload>
-</ListMultipartUploadsResult>"#;
-        use crate::staging::ListMultipartUploadsResult;
-        let listed: ListMultipartUploadsResult = quick_xml::de::from_str(body).unwrap();
-        let got: Vec<(String, String)> = listed
-            .uploads
-            .into_iter()
-            .map(|u| (u.key, u.upload_id))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("jobs/_fleetflow/staging/a&b.parquet".into(), "id-1".into()),
-                ("jobs/_fleetflow/staging/c.parquet".into(), "id-2".into())
-            ]
-        );
-        let none: ListMultipartUploadsResult = quick_xml::de::from_str(
-            "<ListMultipartUploadsResult><Bucket>l</Bucket></ListMultipartUploadsResult>",
-        )
-        .unwrap();
-        assert!(none.uploads.is_empty());
-    }
-
-    #[test]
-    fn the_state_file_is_the_pieces_encoded_whole() {
-        let pieces: Vec<(Participant, Vec<u8>)> = vec![
-            (("timeline".into(), 0), (0..=255).collect()),
-            (("sink".into(), 300), vec![]),
-            (("input".into(), 1), vec![7; 70_000]),
-        ];
-        // The same bytes, in chunks (as a large snapshot is written) and whole.
-        let blobs: Vec<(Participant, Blob)> = pieces
-            .iter()
-            .map(|(p, b)| {
-                let chunks = b.chunks(100).map(Bytes::copy_from_slice).collect();
-                (p.clone(), Blob::from_chunks(chunks))
-            })
-            .chain(
-                pieces
-                    .iter()
-                    .map(|(p, b)| (p.clone(), Blob::from(b.clone()))),
-            )
-            .collect();
-        let payload = state_payload(&blobs);
-        let written: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
-        let twice: Vec<_> = pieces.iter().chain(&pieces).cloned().collect();
-        assert_eq!(written, postcard::to_stdvec(&twice).unwrap());
-    }
-
-    #[test]
-    fn recovery_reapplies_the_newest_commit_idempotently_and_drops_unreferenced_staging() {
-        let dir = tempfile::tempdir().unwrap();
-        let (uploader, _, rt) = test_uploader(dir.path());
-        let lake = uploader.lake().clone();
-        let pieces: Vec<((String, usize), Vec<u8>)> = vec![
-            (("source".into(), 0), vec![1, 2, 3]),
-            (("lake".into(), 1), vec![4]),
-        ];
-        write(
-            dir.path(),
-            "_fleetflow/state/00000000000000002000.bin",
-            &postcard::to_allocvec(&pieces).unwrap(),
-        );
-        let staged = |n: &str| format!("{STAGING}/raw/date=2025-01-06/hour=01/{n}.parquet");
-        for n in ["published", "chunk", "orphan"] {
-            write(dir.path(), &staged(n), n.as_bytes());
-        }
-        write(dir.path(), &format!("{STAGING}/raw/x.parquet#7"), b"temp");
-        write(
-            dir.path(),
-            "raw/date=2025-01-05/hour=23/old.parquet",
-            b"old",
-        );
-        let old = Commit {
-            seq: 1,
-            state: "_fleetflow/state/00000000000000001000.bin".into(),
-            ..Commit::default()
-        };
-        let commit = Commit {
-            version: FORMAT_VERSION,
-            seq: 2,
-            boundary: 2000,
-            state: "_fleetflow/state/00000000000000002000.bin".into(),
-            staged: vec![staged("chunk")],
-            publish: vec![Pending {
-                from: staged("published"),
-                to: "raw/date=2025-01-06/hour=01/a.parquet".into(),
-                dataset: "raw".into(),
-                rows: 9,
-            }],
-            delete: vec!["raw/date=2025-01-05/hour=23/old.parquet".into()],
-            ..Commit::default()
-        };
-        for c in [&old, &commit] {
-            write(
-                dir.path(),
-                &log_path(c.seq),
-                &serde_json::to_vec(c).unwrap(),
-            );
-        }
-        for _ in 0..2 {
-            let recovered = recover(&lake, rt.handle(), &crate::table::HiveDirectories)
-                .unwrap()
-                .expect("a checkpoint");
-            assert_eq!(recovered.commit, commit, "the newest record");
-            assert_eq!(recovered.pieces, pieces);
-            assert_eq!(
-                std::fs::read(dir.path().join("raw/date=2025-01-06/hour=01/a.parquet")).unwrap(),
-                b"published"
-            );
-            assert!(!dir.path().join(staged("published")).exists());
-            assert!(!dir
-                .path()
-                .join("raw/date=2025-01-05/hour=23/old.parquet")
-                .exists());
-        }
-        let keep: BTreeSet<String> = commit.staged.iter().cloned().collect();
-        assert_eq!(clean_staging(&lake, rt.handle(), &keep).unwrap(), 2);
-        assert!(dir.path().join(staged("chunk")).exists(), "referenced");
-        assert!(!dir.path().join(staged("orphan")).exists());
-        assert!(!dir
-            .path()
-            .join(format!("{STAGING}/raw/x.parquet#7"))
-            .exists());
-    }
-
-    #[test]
-    fn a_lake_without_a_log_has_nothing_to_recover() {
-        let dir = tempfile::tempdir().unwrap();
-        let (uploader, _, rt) = test_uploader(dir.path());
-        assert!(
-            recover(uploader.lake(), rt.handle(), &crate::table::HiveDirectories)
-                .unwrap()
-                .is_none()
-        );
-    }
-}
+#[path = "commit_tests.rs"]
+mod tests;

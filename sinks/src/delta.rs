@@ -241,9 +241,9 @@ impl DeltaTables {
             return Ok(never_added);
         }
         // The record's lists are what to publish and delete, not changes of the table: a
-        // file can be listed for publishing again after it was published, and one file
-        // both published and deleted (merged away, or expired) by the same commit. The
-        // table gets what changes its files.
+        // record applied again (recovery) lists files the table may have already, and one
+        // file can be both published and deleted (merged away, or expired) by the same
+        // commit. The table gets what changes its files.
         let deleted: HashSet<&str> = removes.iter().map(|p| relative(d, p)).collect();
         let adds = adds.iter().filter(|(p, _)| {
             let rel = relative(d, p);
