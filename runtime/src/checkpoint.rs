@@ -285,12 +285,16 @@ impl Hub {
         self.changed.notify_all();
     }
 
-    /// The boundary of the last committed checkpoint.
+    /// The boundary of the last checkpoint committed, or taken to be committed: on the hub
+    /// it moves when the coordinator takes a ready checkpoint (so a sink need not list
+    /// again the files that checkpoint lists; if its commit fails, the job stops); on a
+    /// relay, when the news arrives, which can be several checkpoints later.
     pub fn committed(&self) -> u64 {
         self.state.lock().expect("hub lock").committed
     }
 
-    /// Records that the checkpoint at `boundary` is durable.
+    /// Records that the checkpoint at `boundary` is committed (by the coordinator once its
+    /// record is durable; on a relay, as the news arrives).
     pub fn set_committed(&self, boundary: u64) {
         let mut s = self.state.lock().expect("hub lock");
         s.committed = s.committed.max(boundary);
