@@ -154,11 +154,13 @@ fn a_lake_without_a_log_has_nothing_to_recover() {
     );
 }
 
+/// The hour of the rows of [`rolled`] files: 2025-01-06T01:00:00Z.
+const T: Millis = 1_736_125_200_000;
+
 /// A file of 100 rows of hour `T` rolled by `worker`'s writer of the raw dataset.
 fn rolled(uploader: &Uploader, worker: usize) -> Pending {
     use crate::writer::{DatasetWriter, MergeLane, RollPolicy};
     use fleetflow_types::fix::Fix;
-    const T: Millis = 1_736_125_200_000; // 2025-01-06T01:00:00Z
     let mut w = DatasetWriter::<Fix>::new(
         "raw",
         crate::catalogue::Partitioning::Hour,
@@ -226,7 +228,7 @@ fn files_a_lagging_sink_lists_again_are_published_once_even_after_compaction() {
     let running = std::thread::spawn(move || coordinator.run(stop));
     // The hour is closed at every checkpoint, and both files are listed at three of them.
     let snapshot = SinkSnapshot {
-        clock: Some(1_736_125_200_000 + 2 * fleetflow_types::time::HOUR_MS),
+        clock: Some(T + 2 * fleetflow_types::time::HOUR_MS),
         pending: files.clone(),
         ..SinkSnapshot::default()
     };
@@ -241,13 +243,7 @@ fn files_a_lagging_sink_lists_again_are_published_once_even_after_compaction() {
     {
         hub.offer(SNAPSHOT_OP, 0, lo, hi, blob.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !lake
-            .local_dir
-            .as_ref()
-            .unwrap()
-            .join(log_path(seq as u64 + 1))
-            .exists()
-        {
+        while !dir.path().join(log_path(seq as u64 + 1)).exists() {
             assert!(std::time::Instant::now() < deadline, "commit {}", seq + 1);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -264,11 +260,11 @@ fn files_a_lagging_sink_lists_again_are_published_once_even_after_compaction() {
         "the two files merged, and only the merged file in the table"
     );
     use parquet::file::reader::FileReader;
-    let merged = std::fs::File::open(lake.local_dir.as_ref().unwrap().join(names[0])).unwrap();
+    let merged = std::fs::File::open(dir.path().join(names[0])).unwrap();
     let merged = parquet::file::reader::SerializedFileReader::new(merged).unwrap();
     assert_eq!(merged.metadata().file_metadata().num_rows(), 200);
     let read = |c: u64| -> Commit {
-        let body = std::fs::read(lake.local_dir.as_ref().unwrap().join(log_path(c))).unwrap();
+        let body = std::fs::read(dir.path().join(log_path(c))).unwrap();
         serde_json::from_slice(&body).unwrap()
     };
     assert_eq!(read(1).publish, files, "published by the first commit");
