@@ -529,9 +529,9 @@ impl TableCommitter for DeltaTables {
             // The tables are independent (each commit is idempotent by its `txn`
             // version, and recovery completes whichever a crash left out), so they are
             // committed at the same time: a commit waits for the slowest table, not for
-            // the sum of them (on S3, several round trips each). As before, one table's
-            // failure fails the checkpoint, and the job, whose restart reads every table's
-            // log again (the others' commits may be cut short by it).
+            // the sum of them (on S3, several round trips each). One table's failure fails
+            // the checkpoint, and the job, whose restart reads every table's log again (the
+            // others' commits may be cut short by it).
             let mut tables = self.tables.lock().await;
             let commits = tables.iter_mut().filter_map(|(name, table)| {
                 let d = self.datasets.get(name)?;
