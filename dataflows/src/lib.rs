@@ -36,6 +36,7 @@ pub mod operator;
 #[cfg(test)]
 mod operator_tests;
 pub mod pace;
+mod prefetch;
 pub mod segments;
 pub mod sliced;
 pub mod state;

@@ -356,9 +356,7 @@ pub fn render_timeline<'scope>(
                     );
                 }
                 for batch in fix_stash.remove(&epoch).unwrap_or_default() {
-                    for inc in batch {
-                        timelines.offer(inc, &mut out);
-                    }
+                    timelines.offer_batch(batch, &mut out);
                 }
                 for r in report_stash.remove(&epoch).unwrap_or_default() {
                     tracker.apply(&r);

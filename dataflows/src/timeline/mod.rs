@@ -26,6 +26,7 @@
 //! lateness), one open window per tier, today's sums and its clock. Nothing grows with the
 //! number of events seen.
 
+mod ahead;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -281,10 +282,15 @@ impl Timelines {
 
     /// Takes in a fix as it arrives.
     pub fn offer(&mut self, inc: IncomingFix, out: &mut Outputs) {
+        let slot = self.slot(&inc.fix.vehicle_id);
+        self.offer_at(slot, inc, out);
+    }
+
+    /// Takes in a fix of the vehicle in `slot`.
+    fn offer_at(&mut self, slot: u32, inc: IncomingFix, out: &mut Outputs) {
         if inc.replayed {
             return self.replay(inc);
         }
-        let slot = self.slot(&inc.fix.vehicle_id);
         self.save(slot);
         let lateness = self.cfg.lateness;
         let (now, clock) = (self.now, self.clock);

@@ -407,6 +407,50 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
 }
 
 #[test]
+fn a_batch_offered_at_once_gives_what_its_fixes_offered_one_by_one_give() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(32));
+    runner
+        .run(&(any::<u64>(), 1usize..600), |(seed, n)| {
+            let mut next = crate::sliced::below(seed);
+            // Out of order, duplicated, jumping and replayed fixes of vehicles that appear
+            // for the first time inside a batch, cut into batches of random sizes.
+            let mut batches: Vec<Vec<IncomingFix>> = vec![vec![]];
+            for i in 0..n {
+                let ts = T0 + i as Millis * 700 - next(40_000) as Millis;
+                let lat = 52.0 + next(50) as f64 * if next(20) == 0 { 1.0 } else { 1e-4 };
+                let mut f = inc(&format!("v{}", next(40)), ts, lat, Some(next(60) as f64));
+                f.replayed = next(30) == 0;
+                batches.last_mut().expect("one").push(f);
+                if next(50) == 0 {
+                    batches.push(vec![]);
+                }
+            }
+            let run = |at_once: bool| {
+                let (mut t, m) = timelines();
+                let mut out = Outputs::default();
+                for (k, batch) in batches.iter().enumerate() {
+                    if at_once {
+                        t.offer_batch(batch.clone(), &mut out);
+                    } else {
+                        batch.iter().for_each(|f| t.offer(f.clone(), &mut out));
+                    }
+                    t.set_clock(T0 + k as Millis * 1_000, &mut out);
+                    t.publish(&mut out);
+                }
+                t.finish(&mut out);
+                let counts = (m.accepted.load(Relaxed), m.duplicates.load(Relaxed));
+                (format!("{out:?}"), counts, t.vehicles())
+            };
+            let (one_by_one, at_once) = (run(false), run(true));
+            prop_assert!(one_by_one.0.contains("Fix(") && one_by_one.1 .0 > 0);
+            prop_assert_eq!(at_once, one_by_one);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
 fn a_restored_vehicle_keeps_its_own_clock() {
     let (mut t, m) = timelines();
     let mut out = Outputs::default();
