@@ -289,6 +289,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 f => f,
             })?;
             eprint!("{}", result.summary);
+            // The process ends here: its memory goes with it, without freeing the views
+            // piece by piece first.
+            std::mem::forget(result);
             Ok(())
         }
         Command::Generate {

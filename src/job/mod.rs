@@ -129,7 +129,8 @@ pub fn run_job(spec: &JobSpec, text: &str, opts: RunOptions) -> Result<RunResult
         let wait = async { tokio::time::timeout(Duration::from_secs(5), task).await };
         let _ = job.runtime.block_on(wait);
     }
-    job.runtime.shutdown_timeout(Duration::from_secs(5));
+    // Its tasks are done (the API stopped above, every upload finished): nothing to wait for.
+    job.runtime.shutdown_background();
     Ok(RunResult {
         summary,
         vehicles: job.vehicles,
