@@ -164,6 +164,10 @@ pub struct IntakeContext {
 /// Event times remembered per input for its progress.
 const RECENT: usize = 16;
 
+/// How soon a source held back by its downstream (see [`IntakeContext::backpressure`])
+/// looks again.
+const BACKPRESSURE_RECHECK: Duration = Duration::from_micros(200);
+
 struct LocalInput {
     id: u32,
     /// Where it is in event time: the median `ts` of its last [`RECENT`] fixes (one fix
@@ -383,8 +387,11 @@ pub fn render_source<'scope>(
             if let Some((probe, max_lag)) = &ctx.backpressure {
                 let epoch = *held[0].time();
                 if epoch > *max_lag && probe.less_than(&(epoch - max_lag)) {
-                    // Downstream is behind: let it run rather than queue more.
-                    activator.activate();
+                    // Downstream is behind: let it run rather than queue more, and look
+                    // again shortly. Not at once: with nothing else to do here the worker
+                    // would spin through its scheduler (a quarter million times in a
+                    // one-second job) on cores the other workers and the encoder need.
+                    activator.activate_after(BACKPRESSURE_RECHECK);
                     return;
                 }
             }
