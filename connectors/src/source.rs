@@ -153,6 +153,10 @@ pub struct IntakeContext {
     /// no back-pressure of its own; without this a source faster than the dataflow would
     /// queue an unbounded backlog.
     pub backpressure: Option<(timely::dataflow::ProbeHandle<u64>, u64)>,
+    /// The key the fixes are exchanged by downstream: a fix goes to worker
+    /// `route(fix) % peers`. The source hands its fixes over in one batch per worker, so
+    /// that the exchange moves batches, not fixes one by one.
+    pub route: fn(&IncomingFix) -> u64,
     /// Checkpoints: the hub to offer snapshots to and the inputs' restored state (every
     /// input of the job; each worker takes its own).
     pub checkpoints: Option<(Arc<Hub>, Arc<Vec<InputSnapshot>>)>,
@@ -239,22 +243,64 @@ fn furthest_behind(
 
 /// Hands `inc` over with its `payload` copied into the poll's `arena` (`spans`: where each
 /// staged fix's payload lies in it; the fixes share one buffer once the poll ends).
-fn stage(
-    arena: &mut Vec<u8>,
-    spans: &mut Vec<(usize, usize)>,
-    fixes: &mut Vec<IncomingFix>,
-    payload: &[u8],
-    inc: IncomingFix,
-) {
-    spans.push((arena.len(), arena.len() + payload.len()));
-    arena.extend_from_slice(payload);
-    fixes.push(inc);
+/// The fixes of an activation, one batch per worker they go to (see
+/// [`IntakeContext::route`]), their payloads copied into an arena until a poll ends.
+struct Batches {
+    route: fn(&IncomingFix) -> u64,
+    /// Per worker: its fixes, and where the payloads of its last ones (not attached yet)
+    /// are in the arena.
+    fixes: Vec<Vec<IncomingFix>>,
+    spans: Vec<Vec<(usize, usize)>>,
+    /// Each batch's capacity when it starts.
+    capacity: usize,
+}
+
+impl Batches {
+    fn new(route: fn(&IncomingFix) -> u64, peers: usize, budget: usize) -> Self {
+        // A fair share and some slack: the routing key is a hash.
+        let capacity = budget / peers + budget / (4 * peers) + 16;
+        Batches {
+            route,
+            fixes: (0..peers).map(|_| Vec::with_capacity(capacity)).collect(),
+            spans: vec![Vec::new(); peers],
+            capacity,
+        }
+    }
+
+    fn stage(&mut self, arena: &mut Vec<u8>, payload: &[u8], inc: IncomingFix) {
+        let w = ((self.route)(&inc) % self.fixes.len() as u64) as usize;
+        self.spans[w].push((arena.len(), arena.len() + payload.len()));
+        arena.extend_from_slice(payload);
+        self.fixes[w].push(inc);
+    }
+
+    /// Attaches their payloads, slices of `chunk` (the arena), to the fixes staged since
+    /// the last call.
+    fn attach(&mut self, chunk: &bytes::Bytes) {
+        for (fixes, spans) in self.fixes.iter_mut().zip(&mut self.spans) {
+            let first = fixes.len() - spans.len();
+            for (inc, (a, b)) in fixes[first..].iter_mut().zip(spans.drain(..)) {
+                inc.payload = chunk.slice(a..b);
+            }
+        }
+    }
+
+    /// The batches that have fixes, taken.
+    fn take(&mut self) -> Vec<Vec<IncomingFix>> {
+        let capacity = self.capacity;
+        self.fixes
+            .iter_mut()
+            .filter(|f| !f.is_empty())
+            .map(|f| std::mem::replace(f, Vec::with_capacity(capacity)))
+            .collect()
+    }
 }
 
 /// The three streams a source produces.
 pub struct SourceStreams<'scope> {
-    /// Decoded fixes.
-    pub fixes: Stream<'scope, u64, Vec<IncomingFix>>,
+    /// Decoded fixes, in batches whose fixes all go to one worker (by
+    /// [`IntakeContext::route`]).
+    pub fixes: Stream<'scope, u64, Vec<Vec<IncomingFix>>>,
     /// Per-input progress reports.
     pub reports: Stream<'scope, u64, Vec<InputReport>>,
     /// Lines that could not be decoded.
@@ -271,12 +317,13 @@ pub fn render_source<'scope>(
     let mut builder = OperatorBuilder::new(format!("Source: {name}"), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
-    let (fix_out, fixes) = builder.new_output::<Vec<IncomingFix>>();
+    let peers = scope.peers();
+    let (fix_out, fixes) = builder.new_output::<Vec<Vec<IncomingFix>>>();
     let (report_out, reports) = builder.new_output::<Vec<InputReport>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let mut fix_out = OutputBuilder::<
         _,
-        timely::container::CapacityContainerBuilder<Vec<IncomingFix>>,
+        timely::container::CapacityContainerBuilder<Vec<Vec<IncomingFix>>>,
     >::from(fix_out);
     let mut report_out = OutputBuilder::<
         _,
@@ -366,7 +413,7 @@ pub fn render_source<'scope>(
     builder.build(move |caps| {
         let mut caps = Some(caps);
         let budget = ctx.budget.max(1);
-        let mut fixes_buf: Vec<IncomingFix> = Vec::with_capacity(budget);
+        let mut batches = Batches::new(ctx.route, peers, budget);
         let mut dead_buf: Vec<DeadLetter> = Vec::new();
         let mut arena: Vec<u8> = Vec::with_capacity(budget.min(4096) * 192);
         let mut last_read = usize::MAX;
@@ -424,9 +471,7 @@ pub fn render_source<'scope>(
                 let id = input.id;
                 let mut max_ts: Option<Millis> = None;
                 let (mut events, mut bytes) = (0u64, 0u64);
-                let first = fixes_buf.len();
                 arena.clear();
-                let mut spans: Vec<(usize, usize)> = Vec::with_capacity(budget.min(4096));
                 let replay_until = input.replay_until;
                 let polled = source.poll(local, budget, &mut |payload, position, key| {
                     if replay_until.is_some_and(|until| position < until) {
@@ -435,7 +480,7 @@ pub fn render_source<'scope>(
                         if let Ok(fix) = intake::decode(payload, now, Some(registry)) {
                             if key.is_none_or(|k| k == fix.vehicle_id.as_bytes()) {
                                 let inc = IncomingFix::new(fix, id, position, now, true);
-                                stage(&mut arena, &mut spans, &mut fixes_buf, payload, inc);
+                                batches.stage(&mut arena, payload, inc);
                             }
                         }
                         return true;
@@ -463,7 +508,7 @@ pub fn render_source<'scope>(
                             // An aligned input stops at the first fix past the horizon.
                             go_on = horizon.is_none_or(|h| fix.ts <= h);
                             let inc = IncomingFix::new(fix, id, position, now, false);
-                            stage(&mut arena, &mut spans, &mut fixes_buf, payload, inc);
+                            batches.stage(&mut arena, payload, inc);
                         }
                         Err(rej) => {
                             metrics.dead_letter(rej.reason);
@@ -489,9 +534,7 @@ pub fn render_source<'scope>(
                 // An exact-size copy: the fixes' payloads keep the chunk alive (until they are
                 // final), and a small poll must not pin a large arena.
                 let chunk = bytes::Bytes::copy_from_slice(&arena);
-                for (inc, (a, b)) in fixes_buf[first..].iter_mut().zip(spans) {
-                    inc.payload = chunk.slice(a..b);
-                }
+                batches.attach(&chunk);
                 metrics.events_in.fetch_add(events, Relaxed);
                 metrics.bytes_in.fetch_add(bytes, Relaxed);
                 metrics.input_read(id, events, bytes, max_ts);
@@ -551,8 +594,9 @@ pub fn render_source<'scope>(
             }
             {
                 let mut out = fix_out.activate();
-                if !fixes_buf.is_empty() {
-                    out.session(&held[0]).give_container(&mut fixes_buf);
+                let mut taken = batches.take();
+                if !taken.is_empty() {
+                    out.session(&held[0]).give_container(&mut taken);
                 }
             }
             {
@@ -597,5 +641,49 @@ pub fn render_source<'scope>(
         fixes,
         reports,
         dead_letters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetflow_types::fix::Fix;
+
+    #[test]
+    fn batches_hold_one_workers_fixes_each_with_their_payloads() {
+        let route = |inc: &IncomingFix| inc.fix.vehicle_id.len() as u64;
+        let mut b = Batches::new(route, 3, 8);
+        let mut arena = Vec::new();
+        // Two polls: the second one's payloads are in a chunk of their own.
+        for poll in [["a", "bb", "cccc"], ["dddddd", "e", "ff"]] {
+            arena.clear();
+            for id in poll {
+                let inc = IncomingFix::new(Fix::at(id, "t", 0, 0.0, 0.0), 0, 0, 0, false);
+                b.stage(&mut arena, format!("{{{id}}}").as_bytes(), inc);
+            }
+            b.attach(&bytes::Bytes::copy_from_slice(&arena));
+        }
+        let batches = b.take();
+        let got: Vec<Vec<(String, String)>> = batches
+            .iter()
+            .map(|batch| {
+                let pairs = batch.iter().map(|f| {
+                    let payload = String::from_utf8(f.payload.to_vec()).unwrap();
+                    (f.fix.vehicle_id.to_string(), payload)
+                });
+                pairs.collect()
+            })
+            .collect();
+        let pair = |id: &str| (id.to_string(), format!("{{{id}}}"));
+        // Worker 0 has ids of length 3k, worker 1 of 3k + 1, worker 2 of 3k + 2.
+        assert_eq!(
+            got,
+            vec![
+                vec![pair("dddddd")],
+                vec![pair("a"), pair("cccc"), pair("e")],
+                vec![pair("bb"), pair("ff")],
+            ]
+        );
+        assert!(b.take().is_empty(), "taken");
     }
 }

@@ -166,10 +166,18 @@ fn begin_snapshot(
     w.begin(timelines, range, |t| t.begin_snapshot(head));
 }
 
+/// The key fixes are exchanged by: all of a vehicle's fixes go to worker `route % peers`.
+pub fn route(f: &IncomingFix) -> u64 {
+    f.fix.vehicle_id.hashed()
+}
+
 /// Renders the per-vehicle operator over decoded fixes, input reports and geofence
 /// changes, with the loop that carries the workers' clock reports.
+///
+/// The fixes come in batches whose fixes all go to one worker (by [`route`]): the
+/// exchange moves batches whole, routed by their first fix, not fix by fix.
 pub fn render_timeline<'scope>(
-    fixes: Stream<'scope, u64, Vec<IncomingFix>>,
+    fixes: Stream<'scope, u64, Vec<Vec<IncomingFix>>>,
     reports: Stream<'scope, u64, Vec<InputReport>>,
     changes: Stream<'scope, u64, Vec<GeofenceChange>>,
     cfg: CoreConfig,
@@ -183,7 +191,7 @@ pub fn render_timeline<'scope>(
     let activator = scope.activator_for(builder.operator_info().address);
     let mut fix_in = builder.new_input(
         fixes,
-        Exchange::new(|f: &IncomingFix| f.fix.vehicle_id.hashed()),
+        Exchange::new(|b: &Vec<IncomingFix>| b.first().map_or(0, route)),
     );
     let mut report_in = builder.new_input(reports, Pipeline);
     let mut change_in = builder.new_input(changes, Pipeline);
@@ -292,8 +300,8 @@ pub fn render_timeline<'scope>(
             timelines.tick();
             fix_in.for_each(|cap, data| {
                 if let Some(t) = cap.least() {
-                    pacer.took(data.len());
-                    fix_stash.entry(*t).or_default().push(std::mem::take(data));
+                    pacer.took(data.iter().map(Vec::len).sum());
+                    fix_stash.entry(*t).or_default().append(data);
                 }
             });
             report_in.for_each(|cap, data| {

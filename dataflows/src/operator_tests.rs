@@ -3,7 +3,7 @@
 //! interleaved and batched over epochs.
 
 use crate::geofence::{render_geofences, FenceIndex, Finalized, GeoOutputs, Geofencing, ViewSink};
-use crate::operator::{render_timeline, CoreConfig, Progress};
+use crate::operator::{render_timeline, route, CoreConfig, Progress};
 use crate::timeline::{Outputs, TimelineConfig, Timelines};
 use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
@@ -240,7 +240,7 @@ fn run_timeline(
         };
         let probe = Probe::new();
         let (mut fix_in, mut report_in, mut change_in, captured) = worker.dataflow(|scope| {
-            let (fix_in, fixes) = scope.new_input::<Vec<IncomingFix>>();
+            let (fix_in, fixes) = scope.new_input::<Vec<Vec<IncomingFix>>>();
             let (report_in, reports) = scope.new_input::<Vec<InputReport>>();
             let (change_in, changes) = scope.new_input::<Vec<GeofenceChange>>();
             let core = render_timeline(fixes, reports, changes, cfg);
@@ -262,8 +262,13 @@ fn run_timeline(
         // Worker 0 reads the one input, in epochs of `per_epoch` fixes.
         if worker.index() == 0 {
             for (epoch, chunk) in fixes.chunks(per_epoch).enumerate() {
+                // In batches of one worker each, as a source hands them over.
+                let mut batches: Vec<Vec<IncomingFix>> = vec![Vec::new(); worker.peers()];
                 for f in chunk {
-                    fix_in.send(f.clone());
+                    batches[(route(f) % worker.peers() as u64) as usize].push(f.clone());
+                }
+                for b in batches.into_iter().filter(|b| !b.is_empty()) {
+                    fix_in.send(b);
                 }
                 let next = epoch as u64 + 1;
                 fix_in.advance_to(next);

@@ -121,6 +121,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         input_names: input_names.clone(),
         budget: batch,
         backpressure: Some((probe.clone(), 20)),
+        route: fleetflow_dataflows::operator::route,
         checkpoints: Some((hub.clone(), plan.inputs_restored.clone())),
         align_slack: lateness / 4,
     };
