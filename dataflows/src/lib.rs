@@ -17,7 +17,8 @@
 //!
 //! The timeline operator ([`operator::render_timeline`]) is the one sequential
 //! per-vehicle operator. Its vehicle-state output is a differential collection of exact
-//! retract/insert pairs ([`operator::CoreStreams::state`]), never an upsert stream.
+//! retract/insert pairs ([`operator::CoreStreams::state`]), never an upsert stream. Its
+//! fixes arrive in batches of one worker each, exchanged by [`operator::route`].
 //!
 //! | arrangement | built by | key -> value | who reads it |
 //! |---|---|---|---|
