@@ -5,7 +5,6 @@
 //! rows.
 
 use anyhow::{Context, Result};
-use differential_dataflow::Hashable;
 use fleetflow_connectors::source::{self, InputSnapshot};
 use fleetflow_dataflows::geofence::{self as geofence_op, GeoRestore, GeoSnapshot};
 use fleetflow_dataflows::operator::{self, TimelineSnapshot};
@@ -66,9 +65,9 @@ pub fn input_snapshots(pieces: &Pieces) -> Result<Vec<InputSnapshot>> {
     Ok(out)
 }
 
-/// The worker of `workers` that owns a vehicle: the hash its fixes are exchanged by.
+/// The worker of `workers` that owns a vehicle: the key its fixes are exchanged by.
 fn owner(id: &CompactString, workers: usize) -> usize {
-    (id.hashed() % workers as u64) as usize
+    (fleetflow_dataflows::operator::vehicle_key(id) % workers as u64) as usize
 }
 
 /// This process's shares of a restored checkpoint: the inputs' positions, and the state of

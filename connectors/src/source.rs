@@ -241,8 +241,6 @@ fn furthest_behind(
         .map(|(n, _)| n)
 }
 
-/// Hands `inc` over with its `payload` copied into the poll's `arena` (`spans`: where each
-/// staged fix's payload lies in it; the fixes share one buffer once the poll ends).
 /// The fixes of an activation, one batch per worker they go to (see
 /// [`IntakeContext::route`]), their payloads copied into an arena until a poll ends.
 struct Batches {
@@ -267,6 +265,8 @@ impl Batches {
         }
     }
 
+    /// Hands `inc` over to its worker's batch with its `payload` copied into the poll's
+    /// `arena` (the fixes share one buffer once the poll ends: [`Batches::attach`]).
     fn stage(&mut self, arena: &mut Vec<u8>, payload: &[u8], inc: IncomingFix) {
         let w = ((self.route)(&inc) % self.fixes.len() as u64) as usize;
         self.spans[w].push((arena.len(), arena.len() + payload.len()));

@@ -168,7 +168,12 @@ fn begin_snapshot(
 
 /// The key fixes are exchanged by: all of a vehicle's fixes go to worker `route % peers`.
 pub fn route(f: &IncomingFix) -> u64 {
-    f.fix.vehicle_id.hashed()
+    vehicle_key(&f.fix.vehicle_id)
+}
+
+/// The key of vehicle `id` ([`route`]'s, for what is keyed by vehicle id alone).
+pub fn vehicle_key(id: &CompactString) -> u64 {
+    id.hashed()
 }
 
 /// Renders the per-vehicle operator over decoded fixes, input reports and geofence
