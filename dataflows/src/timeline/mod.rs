@@ -114,8 +114,10 @@ struct Vehicle {
     anchor: Option<(Fix, Option<f64>)>,
     /// Fixes not yet final, sorted by ts, distinct ts.
     pending: VecDeque<IncomingFix>,
-    /// Newest provisionally accepted fix (the anchor when no pending fix qualifies).
-    latest: Option<(Fix, Option<f64>)>,
+    /// Newest provisionally accepted fix (the anchor when no pending fix qualifies): its
+    /// `ts` and implied speed. The fix itself is the anchor or a pending fix
+    /// ([`find_latest`]): not a copy, so an offer copies no fix for it.
+    latest: Option<(Millis, Option<f64>)>,
     windows: Vec<Option<WindowAcc>>,
     today_day: i64,
     today_km: f64,
@@ -315,13 +317,13 @@ impl Timelines {
         // likely not in the cache, is not read for it).
         let appended = ts > v.clock.newest;
         if appended {
-            match &v.latest {
+            match find_latest(&v.anchor, &v.pending, v.latest) {
                 Some((l, _)) => {
                     if let Some(kmh) = chain_step(l, &inc.fix) {
-                        v.latest = Some((inc.fix.clone(), Some(kmh)));
+                        v.latest = Some((ts, Some(kmh)));
                     }
                 }
-                None => v.latest = Some((inc.fix.clone(), None)),
+                None => v.latest = Some((ts, None)),
             }
             v.pending.push_back(inc);
         } else {
@@ -380,7 +382,7 @@ impl Timelines {
         }
         if changed {
             if v.latest.is_none() {
-                v.latest = v.anchor.clone();
+                v.latest = v.anchor.as_ref().map(|(a, kmh)| (a.ts, *kmh));
             }
             self.touch(slot);
         }
@@ -695,10 +697,10 @@ impl Timelines {
         for slot in std::mem::take(&mut self.touched) {
             let v = &mut self.vehicles[slot as usize];
             v.touched = false;
-            let Some((fix, kmh)) = v.latest.as_ref() else {
+            let Some((fix, kmh)) = find_latest(&v.anchor, &v.pending, v.latest) else {
                 continue;
             };
-            let status = status_of(fix, *kmh, clock, offline_after);
+            let status = status_of(fix, kmh, clock, offline_after);
             let today = clock.map(day_of).unwrap_or(v.today_day) == v.today_day;
             let state = VehicleState {
                 fix: fix.clone(),
@@ -740,8 +742,32 @@ impl Vehicle {
                 None => last = Some((&p.fix, None)),
             }
         }
-        self.latest = last.map(|(f, k)| (f.clone(), k));
+        self.latest = last.map(|(f, k)| (f.ts, k));
     }
+}
+
+/// The fix a vehicle's `latest` names, with its implied speed: its newest pending fix
+/// (usually), its last final one, or another pending one. Pending fixes have distinct
+/// times, and the latest fix is never older than the last final one.
+fn find_latest<'a>(
+    anchor: &'a Option<(Fix, Option<f64>)>,
+    pending: &'a VecDeque<IncomingFix>,
+    latest: Option<(Millis, Option<f64>)>,
+) -> Option<(&'a Fix, Option<f64>)> {
+    let (ts, kmh) = latest?;
+    if let Some(p) = pending.back().filter(|p| p.fix.ts == ts) {
+        return Some((&p.fix, kmh));
+    }
+    if let Some((a, _)) = anchor.as_ref().filter(|(a, _)| a.ts == ts) {
+        return Some((a, kmh));
+    }
+    let at = pending.partition_point(|p| p.fix.ts < ts);
+    let found = pending.get(at).filter(|p| p.fix.ts == ts);
+    debug_assert!(
+        found.is_some(),
+        "the latest fix is the last final or a pending one"
+    );
+    found.map(|p| (&p.fix, kmh))
 }
 
 /// Status of a vehicle whose latest fix is `fix` at job clock `clock` (semantics §3). A
