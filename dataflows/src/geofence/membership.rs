@@ -405,6 +405,24 @@ impl Geofencing {
         g
     }
 
+    /// Asks the CPU for the record of the vehicle in `slot` (see [`crate::prefetch`]),
+    /// a few fixes before its own.
+    pub(crate) fn fetch_record(&self, slot: u32) {
+        // Not whether it exists yet: that would wait for the record.
+        if let Some(v) = self.vehicles.get(slot as usize) {
+            crate::prefetch::line(v);
+        }
+    }
+
+    /// Asks for the visits of the vehicle in `slot` (its record in the cache by then).
+    pub(crate) fn fetch_visits(&self, slot: u32) {
+        if let Some(Some(v)) = self.vehicles.get(slot as usize) {
+            if let Some(first) = v.inside.first() {
+                crate::prefetch::line(first);
+            }
+        }
+    }
+
     /// A final fix, in `ts` order for its vehicle, checked against its vehicle's version.
     pub fn on_fix(&mut self, p: FixPoint, out: &mut GeoOutputs) {
         self.save(p.slot);

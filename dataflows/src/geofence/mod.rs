@@ -235,7 +235,22 @@ where
                         cuts.as_mut().and_then(|c| c.before(*t)),
                     );
                 }
-                for item in data.drain(..) {
+                // The vehicles' records and visits are fetched a few fixes ahead, as the
+                // timelines do theirs (`timeline::ahead`).
+                let slots: Vec<Option<u32>> = data
+                    .iter()
+                    .map(|i| match i {
+                        Finalized::Fix(p) => Some(p.slot),
+                        _ => None,
+                    })
+                    .collect();
+                for (k, item) in data.drain(..).enumerate() {
+                    if let Some(Some(s)) = slots.get(k + 4) {
+                        geo.fetch_record(*s);
+                    }
+                    if let Some(Some(s)) = slots.get(k + 2) {
+                        geo.fetch_visits(*s);
+                    }
                     match item {
                         Finalized::Fix(p) => geo.on_fix(p, &mut out),
                         Finalized::Change(c, at) => geo.register(c, at, &mut out),
