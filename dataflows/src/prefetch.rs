@@ -2,7 +2,7 @@
 //!
 //! The per-vehicle operators touch the state of a different vehicle with almost every
 //! fix, so that state is rarely in the cache. Where the vehicle of a fix a few fixes
-//! ahead is known, its state is requested early ([`crate::timeline`] does so per batch):
+//! ahead is known, its state is requested early (the timelines and geofencing do so):
 //! the loads then overlap with the work on the fixes before it. A prefetch is a hint: it
 //! never changes a result, and on targets without one it does nothing.
 
