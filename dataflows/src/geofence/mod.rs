@@ -244,21 +244,20 @@ where
                         _ => None,
                     })
                     .collect();
-                for (k, item) in data.drain(..).enumerate() {
-                    if let Some(Some(s)) = slots.get(k + 4) {
-                        geo.fetch_record(*s);
-                    }
-                    if let Some(Some(s)) = slots.get(k + 2) {
-                        geo.fetch_visits(*s);
-                    }
-                    match item {
-                        Finalized::Fix(p) => geo.on_fix(p, &mut out),
-                        Finalized::Change(c, at) => geo.register(c, at, &mut out),
-                        Finalized::Apply { slot, seq } => geo.apply(slot, seq, &mut out),
-                        Finalized::Taken(seq) => geo.taken(seq),
+                crate::prefetch::in_order(
+                    &mut geo,
+                    &slots,
+                    data.drain(..),
+                    |g, s| s.into_iter().for_each(|s| g.fetch_record(s)),
+                    |g, s| s.into_iter().for_each(|s| g.fetch_visits(s)),
+                    |g, _, item| match item {
+                        Finalized::Fix(p) => g.on_fix(p, &mut out),
+                        Finalized::Change(c, at) => g.register(c, at, &mut out),
+                        Finalized::Apply { slot, seq } => g.apply(slot, seq, &mut out),
+                        Finalized::Taken(seq) => g.taken(seq),
                         Finalized::Clock(c) => out.view.push((ViewUpdate::AsOf(c), 1)),
-                    }
-                }
+                    },
+                );
                 let Some(t) = cap.least().copied() else {
                     return;
                 };

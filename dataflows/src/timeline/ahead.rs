@@ -19,12 +19,6 @@ use super::{Outputs, Timelines, Vehicle};
 use crate::prefetch;
 use fleetflow_types::records::IncomingFix;
 
-/// How many fixes ahead a vehicle's record is fetched.
-const RECORD_AHEAD: usize = 4;
-/// How many fixes ahead what the record points to is fetched (the record is in the cache
-/// by then).
-const QUEUE_AHEAD: usize = 2;
-
 impl Timelines {
     /// Takes in a batch of fixes in the order they arrived: the same as offering each in
     /// turn.
@@ -35,15 +29,14 @@ impl Timelines {
             .iter()
             .map(|inc| self.slot(&inc.fix.vehicle_id))
             .collect();
-        for (i, inc) in batch.into_iter().enumerate() {
-            if let Some(&s) = slots.get(i + RECORD_AHEAD) {
-                fetch_record(&self.vehicles[s as usize]);
-            }
-            if let Some(&s) = slots.get(i + QUEUE_AHEAD) {
-                fetch_queues(&self.vehicles[s as usize]);
-            }
-            self.offer_at(slots[i], inc, out);
-        }
+        prefetch::in_order(
+            self,
+            &slots,
+            batch,
+            |t, s| fetch_record(&t.vehicles[s as usize]),
+            |t, s| fetch_queues(&t.vehicles[s as usize]),
+            |t, s, inc| t.offer_at(s, inc, out),
+        );
     }
 }
 
