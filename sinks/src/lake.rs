@@ -89,6 +89,16 @@ pub struct S3Bucket {
 }
 
 impl Lake {
+    /// The size of the parts a large file is uploaded in: [`LOCAL_PART_BYTES`] for a
+    /// `file://` lake, [`PART_BYTES`] for an object store.
+    pub fn part_bytes(&self) -> usize {
+        if self.local_dir.is_some() {
+            LOCAL_PART_BYTES
+        } else {
+            PART_BYTES
+        }
+    }
+
     /// Opens `file://DIR` (created if missing; relative to the working directory) or
     /// `s3://BUCKET/PREFIX`, configured by the standard `AWS_*` environment variables
     /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -376,8 +386,14 @@ impl Uploader {
     }
 }
 
-/// Bytes shipped per multipart part (S3 needs at least 5 MiB for all but the last).
+/// Bytes shipped per multipart part to an object store (S3 needs at least 5 MiB for all
+/// but the last).
 pub const PART_BYTES: usize = 6 * 1024 * 1024;
+
+/// Bytes per part written to a local lake, which takes parts of any size: a file being
+/// encoded holds a part and the parts in flight in memory, so small parts keep a worker's
+/// open files at a few MiB instead of about 18 MiB each.
+pub const LOCAL_PART_BYTES: usize = 1024 * 1024;
 
 /// Parts of one file in flight at most, before writing waits.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -391,6 +407,8 @@ pub struct StreamingFile {
     uploader: Uploader,
     path: String,
     buf: Vec<u8>,
+    /// [`Lake::part_bytes`] of its lake.
+    part: usize,
     written: u64,
     upload: Option<WriteMultipart>,
     closing: bool,
@@ -399,10 +417,12 @@ pub struct StreamingFile {
 impl StreamingFile {
     /// A file that will be committed at `path` (relative to the lake root).
     pub fn new(uploader: Uploader, path: String) -> Self {
+        let part = uploader.lake.part_bytes();
         StreamingFile {
             uploader,
             path,
             buf: Vec::new(),
+            part,
             written: 0,
             upload: None,
             closing: false,
@@ -451,8 +471,36 @@ impl std::io::Write for StreamingFile {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.written += data.len() as u64;
         let handle = self.uploader.runtime.clone();
-        match self.upload.as_mut() {
-            Some(upload) => {
+        let mut rest = data;
+        if self.upload.is_none() {
+            // Held in memory up to one part (grown to the part size and no further:
+            // doubling would overshoot it).
+            let (now, later) = rest.split_at(rest.len().min(self.part - self.buf.len()));
+            if self.buf.capacity() - self.buf.len() < now.len() {
+                let want = (self.buf.capacity() * 2)
+                    .min(self.part)
+                    .max(self.buf.len() + now.len());
+                self.buf.reserve_exact(want - self.buf.len());
+            }
+            self.buf.extend_from_slice(now);
+            rest = later;
+            if self.buf.len() == self.part {
+                // Too large for one put: a multipart upload from here on.
+                let store = self.uploader.lake.store.clone();
+                let location = Path::from(self.path.as_str());
+                let started = handle
+                    .block_on(async move { store.put_multipart(&location).await })
+                    .map_err(std::io::Error::other)?;
+                let mut upload = WriteMultipart::new_with_chunk_size(started, self.part);
+                let _runtime = handle.enter();
+                upload.put(Bytes::from(std::mem::take(&mut self.buf)));
+                self.upload = Some(upload);
+            }
+        }
+        if let Some(upload) = self.upload.as_mut() {
+            // A part at a time, so that a large write (a merge splices whole column
+            // chunks) starts no more uploads than `PARTS_IN_FLIGHT`.
+            for piece in rest.chunks(self.part) {
                 if !self.closing {
                     handle
                         .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
@@ -460,22 +508,7 @@ impl std::io::Write for StreamingFile {
                 }
                 // Parts are uploaded by tasks of the I/O runtime.
                 let _runtime = handle.enter();
-                upload.write(data);
-            }
-            None => {
-                self.buf.extend_from_slice(data);
-                if self.buf.len() >= PART_BYTES {
-                    // Too large for one put: a multipart upload from here on.
-                    let store = self.uploader.lake.store.clone();
-                    let location = Path::from(self.path.as_str());
-                    let started = handle
-                        .block_on(async move { store.put_multipart(&location).await })
-                        .map_err(std::io::Error::other)?;
-                    let mut upload = WriteMultipart::new_with_chunk_size(started, PART_BYTES);
-                    let _runtime = handle.enter();
-                    upload.put(Bytes::from(std::mem::take(&mut self.buf)));
-                    self.upload = Some(upload);
-                }
+                upload.write(piece);
             }
         }
         Ok(data.len())
@@ -540,7 +573,7 @@ mod tests {
         }
         assert!(file.upload.is_some(), "more than one part: multipart");
         assert!(
-            file.buf.len() < PART_BYTES,
+            file.buf.len() < LOCAL_PART_BYTES,
             "at most one part is held in memory"
         );
         let target = dir.path().join("raw/date=2025-01-06/hour=01/big.parquet");
@@ -596,6 +629,17 @@ mod tests {
             waited >= std::time::Duration::from_millis(1500),
             "while streaming, a write waits for a part in flight: {waited:?}"
         );
+        // One write of all those parts at once (a merge splices a whole column chunk)
+        // waits as well: it is shipped a part at a time.
+        let mut single = StreamingFile::new(uploader.clone(), "single.parquet".into());
+        let all = vec![7u8; parts * PART_BYTES];
+        let t = std::time::Instant::now();
+        single.write_all(&all).unwrap();
+        let waited_once = t.elapsed();
+        assert!(
+            waited_once >= std::time::Duration::from_millis(1500),
+            "a large write waits for parts in flight too: {waited_once:?}"
+        );
         let mut closing = StreamingFile::new(uploader.clone(), "closing.parquet".into());
         closing.closing();
         let took = write(&mut closing);
@@ -605,6 +649,7 @@ mod tests {
         );
         for (file, name) in [
             (streaming, "streaming.parquet"),
+            (single, "single.parquet"),
             (closing, "closing.parquet"),
         ] {
             file.finish();
