@@ -8,9 +8,9 @@
 //! merged file never consists of many tiny row groups. Rows keep their order: sources in
 //! the order given, row groups in file order.
 //!
-//! Both ways stream: a source is fetched one row group's byte range at a time and the
-//! result is uploaded as it is written, so memory stays at a few row groups however large
-//! the files are.
+//! Both ways stream: a copied row group is fetched one column chunk at a time, a decoded
+//! one (small) whole, and the result is uploaded as it is written, so memory stays at a
+//! column chunk or a small row group plus the parts in flight, however large the files.
 
 use crate::lake::{StreamingFile, Uploader};
 use crate::ranged::RangedFile;
@@ -33,7 +33,8 @@ pub(crate) const RAW_ROWS: i64 = 32 * 1024;
 /// Rows per row group the writers aim at (and the merge encodes small row groups into).
 pub(crate) const MAX_ROW_GROUP: usize = 128 * 1024;
 
-/// One row group's bytes of a source file, addressed by file offsets.
+/// A byte range of a source file (a column chunk, or a whole row group to decode),
+/// addressed by file offsets.
 struct RowGroupBytes {
     bytes: Bytes,
     /// The file offset of `bytes[0]`.
@@ -120,13 +121,20 @@ impl Merged {
             && (0..ours.num_columns()).all(|i| ours.column(i) == theirs.column(i))
     }
 
-    /// Splices row group `rg` of the source whose bytes `chunk` holds.
-    fn copy(&mut self, chunk: &RowGroupBytes, rg: &RowGroupMetaData) -> ParquetResult {
+    /// Splices row group `rg` of a source, fetching one column chunk at a time (so that a
+    /// merge holds a column chunk of its source, not a whole row group).
+    fn copy(
+        &mut self,
+        rg: &RowGroupMetaData,
+        mut fetch: impl FnMut(std::ops::Range<u64>) -> ParquetResult<RowGroupBytes>,
+    ) -> ParquetResult {
         self.flush()?;
         let mut writer = self.file.next_row_group()?;
         for col in rg.columns() {
+            let (start, len) = col.byte_range();
+            let chunk = fetch(start..start + len)?;
             writer.append_column(
-                chunk,
+                &chunk,
                 ColumnCloseResult {
                     bytes_written: col.compressed_size() as u64,
                     rows_written: rg.num_rows() as u64,
@@ -214,20 +222,21 @@ pub fn merge_files(uploader: &Uploader, sources: &[String], dest: String) -> Par
             None => merged.insert(Merged::new(uploader, dest.clone(), meta.schema().clone())?),
         };
         let copy = out.can_copy(&meta);
-        for (index, rg) in meta.metadata().row_groups().iter().enumerate() {
-            let range = row_group_range(rg);
+        let fetch = |range: std::ops::Range<u64>| {
             let bytes = runtime
                 .block_on(store.get_range(&path, range.clone()))
                 .map_err(io_error)?;
-            let chunk = RowGroupBytes {
+            Ok(RowGroupBytes {
                 bytes,
                 start: range.start,
-            };
+            })
+        };
+        for (index, rg) in meta.metadata().row_groups().iter().enumerate() {
             rows += rg.num_rows() as u64;
             if copy && rg.num_rows() >= RAW_ROWS {
-                out.copy(&chunk, rg)?;
+                out.copy(rg, fetch)?;
             } else {
-                out.decode(chunk, &meta, index)?;
+                out.decode(fetch(row_group_range(rg))?, &meta, index)?;
             }
         }
     }
