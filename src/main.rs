@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 /// jemalloc: the job allocates and frees many multi-megabyte buffers (Parquet parts, read
 /// chunks) from several threads; glibc's malloc keeps such memory in per-thread arenas and
-/// peak RSS then drifts up with the length of the run. jemalloc returns it.
+/// peak RSS then drifts up with the length of the run. jemalloc returns it. It is built with
+/// one arena per CPU (`percpu_arena`, in `.cargo/config.toml`), so that the job's
+/// short-lived threads reuse what others freed; `_RJEM_MALLOC_CONF` overrides that.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
