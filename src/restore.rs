@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use fleetflow_connectors::source::{self, InputSnapshot};
 use fleetflow_dataflows::geofence::{self as geofence_op, GeoRestore, GeoSnapshot};
 use fleetflow_dataflows::operator::{self, TimelineSnapshot};
+use fleetflow_dataflows::sliced;
 use fleetflow_runtime::checkpoint::Participant;
 use fleetflow_sinks::writer::{self, SinkSnapshot};
 use fleetflow_types::geofence::Geofence;
@@ -42,7 +43,10 @@ pub struct Restored {
     pub workers: Vec<WorkerRestore>,
 }
 
-fn decode<'a, T: serde::Deserialize<'a>>(
+/// Each worker's state of `op`. Every participant's snapshot is `postcard`; those written
+/// a slice at a time (the timelines', geofencing's) are compressed as well, which
+/// [`sliced::decode`] undoes.
+fn decode<'a, T: serde::de::DeserializeOwned>(
     pieces: &'a Pieces,
     op: &'a str,
 ) -> impl Iterator<Item = Result<(usize, T)>> + 'a {
@@ -50,7 +54,7 @@ fn decode<'a, T: serde::Deserialize<'a>>(
         .iter()
         .filter(move |((o, _), _)| o == op)
         .map(move |((_, w), blob)| {
-            postcard::from_bytes(blob)
+            sliced::decode(blob)
                 .map(|t| (*w, t))
                 .with_context(|| format!("reading the checkpoint's {op} state of worker {w}"))
         })

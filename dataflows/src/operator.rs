@@ -630,7 +630,7 @@ mod tests {
         let ready = hub.take_ready().expect("offered");
         assert_eq!(ready.boundary, 10);
         let snap: TimelineSnapshot =
-            postcard::from_bytes(&ready.pieces[0].1.contiguous()).expect("decodes");
+            crate::sliced::decode(&ready.pieces[0].1.contiguous()).expect("decodes");
         assert_eq!(snap.vehicles.len(), n as usize);
         assert_eq!(w.step(&mut t, Some(SNAPSHOT_SLICE), Instant::now()), None);
     }

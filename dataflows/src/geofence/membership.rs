@@ -295,7 +295,7 @@ impl Geofencing {
     pub fn snapshot(&mut self, fences: bool) -> GeoSnapshot {
         self.begin_snapshot(fences);
         let blob = self.continue_snapshot(None).expect("written at once");
-        postcard::from_bytes(&blob.contiguous()).expect("a snapshot decodes")
+        crate::sliced::decode(&blob.contiguous()).expect("a snapshot decodes")
     }
 
     /// A fresh instance from a checkpoint: the versions its vehicles may be on, rebuilt

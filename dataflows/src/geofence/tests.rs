@@ -492,7 +492,7 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
                     step(&mut g, &mut next);
                 }
             };
-            let whole: GeoSnapshot = postcard::from_bytes(&blob.contiguous()).unwrap();
+            let whole: GeoSnapshot = crate::sliced::decode(&blob.contiguous()).unwrap();
             prop_assert_eq!(encoded(&whole), reference);
             Ok(())
         })

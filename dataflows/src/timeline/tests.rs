@@ -396,7 +396,7 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
                 blob.chunks().len() > 1 || blob.len() < SNAPSHOT_CHUNK,
                 "written in chunks"
             );
-            let whole: Whole = postcard::from_bytes(&blob.contiguous()).unwrap();
+            let whole: Whole = crate::sliced::decode(&blob.contiguous()).unwrap();
             prop_assert_eq!(whole.head, (7, Some(T0)));
             prop_assert_eq!(whole.changes, (vec![], 0));
             prop_assert_eq!(encoded(whole.vehicles), reference);
@@ -558,7 +558,7 @@ fn a_snapshot_of_replayable_inputs_is_restored_by_reading_them_again() {
         }
         whole_run.finish(&mut a);
 
-        let snap: Whole = postcard::from_bytes(&blob.contiguous()).unwrap();
+        let snap: Whole = crate::sliced::decode(&blob.contiguous()).unwrap();
         assert!(snap.vehicles.iter().all(|v| v.pending.is_empty()));
         assert!(!snap.replay_from.is_empty(), "some fixes were pending");
         let (mut restored, m) = timelines_with(cfg.clone());
