@@ -9,7 +9,7 @@
 //! - [`pace`]: how often vehicle state is published (longer while catching up).
 //! - [`operator`]: the timely operator running the timelines on every worker.
 //! - [`geofence`]: geofence membership, events and occupancy over final fixes.
-//! - [`sliced`]: snapshots of large operator state written a slice at a time.
+//! - [`sliced`]: snapshots of large operator state written a slice at a time, compressed.
 //! - [`state`]: vehicle state arranged by vehicle, its batches published to the query API.
 //! - [`cluster`]: where the workers of a cluster are; mirroring results to every process.
 //!
