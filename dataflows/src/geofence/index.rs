@@ -17,19 +17,18 @@ const CELL_DEG: f64 = 0.002;
 /// Geofences whose box spans more grid cells than this live in the R-tree instead.
 const MAX_CELLS: i64 = 256;
 
-/// The geofences listed in one grid cell, as parallel arrays: the boxes alone (16 bytes
-/// each, scanned in order for every lookup), what a lookup needs for the few whose box
-/// holds the point (tenant, a circle's parameters or where its ring is, slot: 32 bytes),
-/// and the rings of the cell's simple polygons, copied into the cell. A lookup thus reads
-/// one cell's memory front to back and follows no pointer for the usual shapes: with
-/// many geofences, the rings behind pointers were a cache miss for every polygon tested.
+/// The geofences listed in one grid cell: each entry's box next to what a lookup needs once
+/// the box holds the point (tenant, a circle's parameters or where its ring is, slot), and
+/// the rings of the cell's simple polygons, copied into the cell. A lookup thus reads one
+/// cell's memory front to back and follows no pointer for the usual shapes: with many
+/// geofences, the rings behind pointers were a cache miss for every polygon tested, and
+/// boxes kept apart from the entries one more per lookup (a point is in several boxes of
+/// its cell, so the entries were read anyway).
 /// Ids are not in the cells: a lookup answers slots, and only a vehicle entering a
 /// geofence needs its id ([`FenceIndex::id`]).
 #[derive(Clone, Debug, Default)]
 struct CellList {
-    /// Boxes relative to the cell's corner, in single precision, widened by [`BOX_SLACK`]
-    /// so that rounding never excludes a point (a pre-test only: the exact test follows).
-    boxes: Vec<[f32; 4]>,
+    /// The cell's geofences, in the order they were placed.
     entries: Vec<CellEntry>,
     /// The rings of the entries that are [`Exact::Ring`], one after another.
     rings: Vec<geo::Coord<f64>>,
@@ -64,7 +63,6 @@ impl CellList {
             }
         }
         self.entries.swap_remove(k);
-        self.boxes.swap_remove(k);
     }
 }
 
@@ -112,6 +110,10 @@ pub(crate) fn ring_holds(ring: &[geo::Coord<f64>], c: geo::Coord<f64>) -> bool {
 /// One geofence of a [`CellList`].
 #[derive(Clone, Copy, Debug)]
 struct CellEntry {
+    /// The geofence's box relative to the cell's corner, in single precision, widened by
+    /// [`BOX_SLACK`] so that rounding never excludes a point (a pre-test only: the exact
+    /// test follows).
+    bbox: [f32; 4],
     /// How to test a point whose box test passed.
     exact: Exact,
     /// Interned tenant, 0 for geofences of every tenant.
@@ -285,8 +287,8 @@ impl FenceIndex {
                             .expect("a cell's rings under 2^32 points");
                         list.rings.extend_from_slice(ring);
                     }
-                    list.boxes.push(relative_box(&b, (x, y)));
                     list.entries.push(CellEntry {
+                        bbox: relative_box(&b, (x, y)),
                         exact,
                         tenant,
                         slot,
@@ -396,11 +398,11 @@ impl FenceIndex {
             let cos_lat = lat.to_radians().cos();
             let (ox, oy) = cell_origin(cell);
             let (x, y) = ((lon - ox) as f32, (lat - oy) as f32);
-            for (k, b) in cands.boxes.iter().enumerate() {
+            for e in cands.entries.iter() {
+                let b = &e.bbox;
                 if x < b[0] || x > b[2] || y < b[1] || y > b[3] {
                     continue;
                 }
-                let e = &cands.entries[k];
                 if e.tenant != 0 && e.tenant != code {
                     continue;
                 }
