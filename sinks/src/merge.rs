@@ -35,19 +35,19 @@ pub(crate) const MAX_ROW_GROUP: usize = 128 * 1024;
 
 /// A byte range of a source file (a column chunk, or a whole row group to decode),
 /// addressed by file offsets.
-struct RowGroupBytes {
+struct SourceBytes {
     bytes: Bytes,
     /// The file offset of `bytes[0]`.
     start: u64,
 }
 
-impl Length for RowGroupBytes {
+impl Length for SourceBytes {
     fn len(&self) -> u64 {
         self.start + self.bytes.len() as u64
     }
 }
 
-impl ChunkReader for RowGroupBytes {
+impl ChunkReader for SourceBytes {
     type T = bytes::buf::Reader<Bytes>;
 
     fn get_read(&self, start: u64) -> ParquetResult<Self::T> {
@@ -126,7 +126,7 @@ impl Merged {
     fn copy(
         &mut self,
         rg: &RowGroupMetaData,
-        mut fetch: impl FnMut(std::ops::Range<u64>) -> ParquetResult<RowGroupBytes>,
+        mut fetch: impl FnMut(std::ops::Range<u64>) -> ParquetResult<SourceBytes>,
     ) -> ParquetResult {
         self.flush()?;
         let mut writer = self.file.next_row_group()?;
@@ -153,7 +153,7 @@ impl Merged {
     /// Decodes row group `index` of the source into the buffer.
     fn decode(
         &mut self,
-        chunk: RowGroupBytes,
+        chunk: SourceBytes,
         meta: &ArrowReaderMetadata,
         index: usize,
     ) -> ParquetResult {
@@ -226,7 +226,7 @@ pub fn merge_files(uploader: &Uploader, sources: &[String], dest: String) -> Par
             let bytes = runtime
                 .block_on(store.get_range(&path, range.clone()))
                 .map_err(io_error)?;
-            Ok(RowGroupBytes {
+            Ok(SourceBytes {
                 bytes,
                 start: range.start,
             })
