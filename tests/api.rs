@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::process::Proc;
 use common::*;
 use std::time::Duration;
 
@@ -158,14 +159,16 @@ fn a_served_file_job_without_a_valid_fix_still_ends_its_input_and_keeps_its_dead
         "name = \"junk\"\n[source]\nkind = \"file\"\npath = \"junk.ndjson\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"200ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
-    wait_for_input_ended(&d.join("lake"), Duration::from_secs(60));
+    let mut job = Proc::spawn(d, &["run", "job.toml", "--serve"]);
+    let addr = job.api();
+    // The job says so once a commit holds the whole input, and that commit is in the lake.
+    job.wait_for("input done; serving the API", Duration::from_secs(60));
+    wait_for_input_ended(&d.join("lake"), Duration::from_secs(5));
     let (status, body) = http_get(&addr, "/v1/vehicles");
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
-    let log = interrupt(child, rest);
-    assert!(log.contains("input done; serving the API"), "{log}");
+    let log = job.interrupt();
     assert!(log.contains("malformed=1 invalid=2"), "{log}");
     let dead = duckdb(&format!(
         "SELECT count(*) FROM {}",

@@ -6,6 +6,7 @@ pub mod data;
 pub mod delta;
 pub mod geofence_reference;
 pub mod kafka;
+pub mod process;
 pub mod reference;
 
 pub use data::*;
