@@ -82,14 +82,39 @@ impl SnapshotBody {
         }
     }
 
-    /// The whole snapshot.
-    pub(crate) fn finish(mut self) -> Blob {
+    /// Appends a part encoded and compressed before (the chunk being written completes
+    /// first): its chunks are shared, not copied.
+    pub(crate) fn append(&mut self, part: &Frozen) {
+        if !self.body.is_empty() {
+            self.done.push(compress(&self.body));
+            self.body.clear();
+        }
+        self.done.extend(part.0.iter().cloned());
+    }
+
+    /// Every chunk, the last one completed.
+    fn into_chunks(mut self) -> Vec<bytes::Bytes> {
         if !self.body.is_empty() || self.done.is_empty() {
             self.done.push(compress(&self.body));
         }
-        Blob::from_chunks(self.done)
+        self.done
+    }
+
+    /// The whole snapshot.
+    pub(crate) fn finish(self) -> Blob {
+        Blob::from_chunks(self.into_chunks())
+    }
+
+    /// What was put, kept to be [appended](SnapshotBody::append) to later snapshots.
+    pub(crate) fn freeze(self) -> Frozen {
+        Frozen(self.into_chunks())
     }
 }
+
+/// A part of snapshots that rarely changes (the geofences in force), encoded and
+/// compressed once and shared by every snapshot that holds it until it changes.
+#[derive(Clone, Debug)]
+pub(crate) struct Frozen(Vec<bytes::Bytes>);
 
 /// `chunk` as a Snappy frame stream.
 fn compress(chunk: &[u8]) -> bytes::Bytes {
@@ -291,6 +316,37 @@ mod tests {
                 (i as u64, i as f64 * 0.5, payload)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_frozen_part_is_shared_by_the_snapshots_it_is_appended_to() {
+        let all = items(300);
+        let mut part = SnapshotBody::new();
+        part.put(&(all.len() as u64));
+        for item in &all {
+            part.put(item);
+        }
+        let part = part.freeze();
+        assert!(part.0.len() > 1, "several chunks");
+        let snapshot = |head: u32, tail: &str| {
+            let mut body = SnapshotBody::new();
+            body.put(&head);
+            body.append(&part);
+            body.put(tail);
+            body.finish()
+        };
+        let (a, b) = (snapshot(1, "one"), snapshot(2, "two"));
+        for (blob, head, tail) in [(&a, 1, "one"), (&b, 2, "two")] {
+            let back: (u32, Vec<(u64, f64, String)>, String) = decode(&blob.contiguous()).unwrap();
+            assert_eq!(back, (head, all.clone(), tail.to_string()));
+        }
+        // The part's chunks are the same memory in both.
+        let shared = |blob: &Blob| blob.chunks().iter().map(|c| c.as_ptr()).collect::<Vec<_>>();
+        let (sa, sb) = (shared(&a), shared(&b));
+        assert!(part
+            .0
+            .iter()
+            .all(|c| sa.contains(&c.as_ptr()) && sb.contains(&c.as_ptr())));
     }
 
     #[test]

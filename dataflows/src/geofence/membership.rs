@@ -9,7 +9,7 @@
 
 use super::index::FenceIndex;
 use super::{FixPoint, ViewUpdate};
-use crate::sliced::{write_slots, Pass, Sliced, SnapshotBody};
+use crate::sliced::{write_slots, Frozen, Pass, Sliced, SnapshotBody};
 use fleetflow_runtime::checkpoint::Blob;
 use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{
@@ -126,7 +126,7 @@ pub struct Geofencing {
     spare: Vec<Visit>,
     /// The geofences in force as checkpoints record them, kept until a change (encoding
     /// many geofences at every checkpoint would repeat the same work).
-    fences_json: Option<Vec<String>>,
+    fences_frozen: Option<Frozen>,
     snapshotting: Option<GeoSnapshotting>,
     /// Numbers the snapshots (see [`VehicleFences::snapshot_gen`]).
     snapshot_gen: u32,
@@ -204,7 +204,7 @@ impl Geofencing {
             dwell_after,
             buf: Vec::new(),
             spare: Vec::new(),
-            fences_json: None,
+            fences_frozen: None,
             snapshotting: None,
             snapshot_gen: 0,
         }
@@ -241,12 +241,6 @@ impl Geofencing {
         self.snapshot_gen = self.snapshot_gen.wrapping_add(1);
         let (index, latest) = (self.latest().index.clone(), self.latest().seq);
         let json = |g: &Geofence| serde_json::to_string(g).expect("geofences serialize");
-        let fences: &[String] = if fences {
-            self.fences_json
-                .get_or_insert_with(|| index.iter().map(|g| json(g)).collect())
-        } else {
-            &[]
-        };
         let log: Vec<LoggedChange> = self
             .versions
             .iter()
@@ -257,9 +251,24 @@ impl Geofencing {
             })
             .collect();
         let mut body = SnapshotBody::new();
-        // The fields of a `GeoSnapshot` in order: its vehicles last, counted now (every
-        // vehicle of now is written, once).
-        body.put(&(fences, latest, log));
+        // The fields of a `GeoSnapshot` in order: the geofences (a length, then each as
+        // JSON), encoded and compressed once per version of the set and shared by the
+        // snapshots until it changes; its vehicles last, counted now (every vehicle of now
+        // is written, once).
+        if fences {
+            let frozen = self.fences_frozen.get_or_insert_with(|| {
+                let mut part = SnapshotBody::new();
+                part.put(&(index.iter().count() as u64));
+                for g in index.iter() {
+                    part.put(json(g).as_str());
+                }
+                part.freeze()
+            });
+            body.append(frozen);
+        } else {
+            body.put(&0u64);
+        }
+        body.put(&(latest, log));
         body.put(&(self.vehicles.iter().flatten().count() as u64));
         self.snapshotting = Some(GeoSnapshotting {
             pass: Pass::new(self.vehicles.len() as u32),
@@ -364,7 +373,7 @@ impl Geofencing {
             dwell_after,
             buf: Vec::new(),
             spare: Vec::new(),
-            fences_json: None,
+            fences_frozen: None,
             snapshotting: None,
             snapshot_gen: 0,
         };
@@ -572,7 +581,7 @@ impl Geofencing {
             index: Arc::new(index),
             made_by: Some((change, at, old)),
         });
-        self.fences_json = None;
+        self.fences_frozen = None;
     }
 
     /// Every vehicle of this worker took every change up to `seq`: older versions go.

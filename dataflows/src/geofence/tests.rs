@@ -1,6 +1,6 @@
 use super::index::ring_holds;
 use super::*;
-use fleetflow_types::geofence::Geofence;
+use fleetflow_types::geofence::{Geofence, Shape};
 use fleetflow_types::records::GeofenceChange;
 use serde_json::json;
 use std::collections::HashMap;
@@ -271,6 +271,55 @@ fn a_fix_is_checked_against_its_vehicles_version() {
             ("depot".into(), "enter", 50_000, "geofence_added"),
             ("depot".into(), "dwell", 650_000, "fix"),
         ]
+    );
+}
+
+/// The geofences of a snapshot are encoded once per version of the set: every snapshot
+/// until a change holds the same, and one after it holds the changed set.
+#[test]
+fn snapshots_hold_the_geofences_in_force_when_they_begin() {
+    let c = |id: &str, r: f64| circle(id, 0.0, 0.0, r, None);
+    let mut g = Geofencing::new(Arc::new(FenceIndex::new([c("a", 1000.0)])), 0, 600_000);
+    let mut out = GeoOutputs::default();
+    let ids = |snap: &GeoSnapshot| {
+        let mut v: Vec<(String, f64)> = snap
+            .geofences()
+            .unwrap()
+            .iter()
+            .map(|f| match f.shape {
+                Shape::Circle { radius_m, .. } => (f.id.to_string(), radius_m),
+                _ => unreachable!("circles only"),
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let first = g.snapshot(true);
+    assert_eq!(ids(&first), [("a".to_string(), 1000.0)]);
+    assert_eq!(first.fences, g.snapshot(true).fences);
+    assert!(g.snapshot(false).fences.is_empty());
+    let change = GeofenceChange {
+        seq: 1,
+        id: "b".into(),
+        geofence: Some(c("b", 50.0)),
+        at: None,
+    };
+    g.register(change, Some(2_000), &mut out);
+    let after = g.snapshot(true);
+    assert_eq!(
+        ids(&after),
+        [("a".to_string(), 1000.0), ("b".to_string(), 50.0)]
+    );
+    let replace = GeofenceChange {
+        seq: 2,
+        id: "a".into(),
+        geofence: Some(c("a", 10.0)),
+        at: None,
+    };
+    g.register(replace, Some(3_000), &mut out);
+    assert_eq!(
+        ids(&g.snapshot(true)),
+        [("a".to_string(), 10.0), ("b".to_string(), 50.0)]
     );
 }
 
