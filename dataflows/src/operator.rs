@@ -4,7 +4,7 @@
 //!   fixes ──Exchange(hash vehicle_id)──┐
 //!                                      ├─► "VehicleTimeline" ─┬─► raw fixes       (final)
 //!   input reports ──Broadcast──────────┤                      ├─► tier rows       (final)
-//!   geofence changes (broadcast) ──────┤                      ├─► finals          (to geofencing)
+//!   geofence changes (broadcast) ──────┤                      ├─► finals          (to geofencing: fixes, change marks)
 //!   clock reports of every worker ─────┘                      ├─► dead letters    (late, implausible_jump)
 //!        ▲                                                    ├─► vehicle state   (differential updates)
 //!        │                                                    ├─► progress        (job clock per epoch)

@@ -165,7 +165,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 }
             });
         }
-        let core = render_timeline(source.fixes, source.reports, changes, core_cfg);
+        let core = render_timeline(source.fixes, source.reports, changes.clone(), core_cfg);
         let geo_writers = geo_view.writers();
         let apply_geo = move |worker: usize,
                               updates: &mut Vec<(ViewUpdate, isize)>,
@@ -184,6 +184,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         let (events, batches) = if clustered {
             render_geofences(
                 core.finals,
+                changes,
                 (fence_index, latest_change),
                 dwell_after,
                 Some((hub.clone(), share.geo)),
@@ -193,6 +194,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             let apply_geo = apply_geo.clone();
             render_geofences(
                 core.finals,
+                changes,
                 (fence_index, latest_change),
                 dwell_after,
                 Some((hub.clone(), share.geo)),

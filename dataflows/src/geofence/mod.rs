@@ -1,14 +1,18 @@
 //! Geofence membership in event time (semantics §5).
 //!
 //! ```text
-//!   API changes ──► "GeofenceInput" (worker 0) ──Broadcast──► "VehicleTimeline"
-//!                                                               │ final fixes in ts order per vehicle,
-//!                                                               │ each vehicle taking changes at their time
-//!                                                               ▼
-//!                                                         "Geofences" ─┬─► events (lake, final)
-//!                                                                      └─► view: occupancy ±1, events,
-//!                                                                          applied changes, as_of (API)
+//!   API changes ──► "GeofenceInput" (worker 0) ──Broadcast──┬──► "VehicleTimeline"
+//!                                                            │     │ final fixes in ts order per vehicle, and
+//!                                                            │     │ marks: where each vehicle takes a change
+//!                                                            │     ▼
+//!                                                            └──► "Geofences" ─┬─► events (lake, final)
+//!                                                       (the changes themselves) └─► view: occupancy ±1, events,
+//!                                                                                  applied changes, as_of (API)
 //! ```
+//!
+//! The timeline sees every change, since only it knows where each vehicle's time reaches
+//! the change's `T`, but it passes on only marks (`Finalized::Change { seq, at }`,
+//! `Finalized::Apply`); geofencing reads the geometry from the change stream itself.
 //!
 //! - [`index`]: the geofences indexed by a cell covering (small ones) and an R-tree (large
 //!   ones), so a fix costs one cell scan plus an exact test of the few geofences whose box
@@ -100,9 +104,15 @@ impl FixPoint {
 pub enum Finalized {
     /// A fix became final.
     Fix(FixPoint),
-    /// A geofence change reached the worker, taking effect at this job clock (`None`:
-    /// before the clock began).
-    Change(GeofenceChange, Option<Millis>),
+    /// Geofence change `seq` reached the worker's vehicles, taking effect at job clock `at`
+    /// (`None`: before the clock began). Only the mark: geofencing has the change itself
+    /// from the change stream (see [`render_geofences`]).
+    Change {
+        /// The change's sequence number.
+        seq: u64,
+        /// The job clock it takes effect at.
+        at: Option<Millis>,
+    },
     /// The vehicle in `slot` takes change `seq` (changes are taken in order).
     Apply {
         /// The vehicle's slot.
@@ -156,15 +166,22 @@ pub enum ViewSink<F> {
     Stream,
 }
 
-/// Renders geofencing over the timeline's final fixes and changes (same worker, in order)
-/// and returns the events, for the lake, and the view batches (empty unless `view` is
-/// [`ViewSink::Stream`]).
+/// Renders geofencing over the timeline's final fixes and change marks (same worker, in
+/// order) and the geofence changes themselves, and returns the events, for the lake, and
+/// the view batches (empty unless `view` is [`ViewSink::Stream`]).
+///
+/// `changes` is the broadcast change stream the timeline reads too, on the same worker:
+/// the timeline marks a change on `finals` only once that stream delivered it, and one
+/// output hands its data to all of its readers at once, so reading `changes` first in every
+/// invocation has each change here before its mark. The geometry thus never passes through
+/// the timeline, which only decides where each vehicle takes a change.
 ///
 /// The view receives this worker's occupancy and applied changes after each batch, in the
 /// order they happened (an enter followed by an exit of the same visit arrives in that
 /// order, so applying them in turn needs no consolidation), and the batch's events.
 pub fn render_geofences<'scope, F>(
     finals: Stream<'scope, u64, Vec<Finalized>>,
+    changes: Stream<'scope, u64, Vec<GeofenceChange>>,
     (index, latest): (Arc<FenceIndex>, u64),
     dwell_after: Millis,
     checkpoints: Option<(Arc<Hub>, Option<GeoRestore>)>,
@@ -180,6 +197,7 @@ where
     let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     let mut input = builder.new_input(finals, Pipeline);
+    let mut change_in = builder.new_input(changes, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
     let (batches_out, batches) = builder.new_output::<Vec<ViewBatch>>();
@@ -220,10 +238,15 @@ where
                 w.begin(geo, range, |g| g.begin_snapshot(worker == 0));
             }
         };
+        // Changes received and not yet marked, by sequence number.
+        let mut received: std::collections::BTreeMap<u64, GeofenceChange> = Default::default();
         move |frontiers| {
             if let Some((cap, batch)) = initial.take() {
                 batches_out.activate().session(&cap).give(batch);
             }
+            change_in.for_each(|_, data| {
+                received.extend(data.drain(..).map(|c| (c.seq, c)));
+            });
             // A pipeline channel delivers one producer's batches in the order they were sent,
             // which is the order the timeline made fixes final and applied changes (and
             // their times never decrease), so checkpoint cuts fall between batches.
@@ -252,7 +275,10 @@ where
                     |g, s| s.into_iter().for_each(|s| g.fetch_visits(s)),
                     |g, _, item| match item {
                         Finalized::Fix(p) => g.on_fix(p, &mut out),
-                        Finalized::Change(c, at) => g.register(c, at, &mut out),
+                        Finalized::Change { seq, at } => {
+                            let c = received.remove(&seq).expect("a change precedes its mark");
+                            g.register(c, at, &mut out)
+                        }
                         Finalized::Apply { slot, seq } => g.apply(slot, seq, &mut out),
                         Finalized::Taken(seq) => g.taken(seq),
                         Finalized::Clock(c) => out.view.push((ViewUpdate::AsOf(c), 1)),

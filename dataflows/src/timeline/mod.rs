@@ -579,8 +579,7 @@ impl Timelines {
         let at = change.at.unwrap_or(Millis::MIN);
         let seq = change.seq;
         if self.cfg.finals {
-            let when = change.at;
-            out.finals.push(Finalized::Change(change, when));
+            out.finals.push(Finalized::Change { seq, at: change.at });
         }
         self.latest_change = self.latest_change.max(seq);
         self.changes.push_back(Change {

@@ -311,7 +311,10 @@ fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
     assert_eq!(
         out.finals[before..],
         [
-            Finalized::Change(change(1), Some(T0 + 100_000)),
+            Finalized::Change {
+                seq: 1,
+                at: Some(T0 + 100_000)
+            },
             Finalized::Apply { slot: 1, seq: 1 }
         ],
         "the vehicle ahead takes it at once"
