@@ -167,8 +167,14 @@ fn offset(lat: f64, lon: f64, north_m: f64, east_m: f64) -> [f64; 2] {
 
 /// A point spread uniformly over the generator's area, `[lon, lat]`.
 fn random_point(rng: &mut impl Rng) -> [f64; 2] {
+    random_point_within(rng, AREA_M)
+}
+
+/// A point spread uniformly over the disc of radius `area_m` around the generator's
+/// center, `[lon, lat]`.
+fn random_point_within(rng: &mut impl Rng, area_m: f64) -> [f64; 2] {
     let (r, a) = (
-        AREA_M * rng.random::<f64>().sqrt(),
+        area_m * rng.random::<f64>().sqrt(),
         rng.random_range(0.0..std::f64::consts::TAU),
     );
     offset(CENTER[0], CENTER[1], r * a.cos(), r * a.sin())
@@ -182,10 +188,16 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 /// `n` random geofences, half circles, half star-shaped polygons, 50-500 m across.
 pub fn fences(n: usize) -> String {
+    fences_within(n, AREA_M)
+}
+
+/// Like [`fences`], spread over the disc of radius `area_m` around the generator's center
+/// instead of its area (a wider disc leaves most of them where no vehicle drives).
+pub fn fences_within(n: usize, area_m: f64) -> String {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let features: Vec<_> = (0..n)
         .map(|i| {
-            let [lon, lat] = random_point(&mut rng);
+            let [lon, lat] = random_point_within(&mut rng, area_m);
             let radius = rng.random_range(25.0..250.0);
             if i % 2 == 0 {
                 json!({"type": "Feature", "id": format!("c{i}"), "properties": {"radius_m": radius},
