@@ -121,7 +121,7 @@ struct CellEntry {
     slot: u32,
 }
 
-type Cell = (i32, i32);
+use super::blocks::{Cell, OccupiedBlocks};
 
 /// A geofence's polygons, the usual single one held inline (one pointer less to follow).
 #[derive(Clone, Debug)]
@@ -212,6 +212,9 @@ pub struct FenceIndex {
     /// slot of every geofence (a slot is never given to another id).
     slot_of_id: HashMap<CompactString, u32>,
     grid: HashMap<Cell, CellList, ahash::RandomState>,
+    /// The blocks of the grid that hold any geofence, so that a lookup in an empty part of
+    /// a large grid does not probe the map (a cache miss).
+    blocks: OccupiedBlocks,
     pub(crate) tree: RTree<Entry>,
     /// Ids by slot, apart from the geofences for locality.
     ids: Vec<CompactString>,
@@ -240,6 +243,7 @@ impl FenceIndex {
             }
         }
         idx.tree = RTree::bulk_load(large);
+        idx.blocks = OccupiedBlocks::of(idx.grid.keys().copied());
         idx
     }
 
@@ -346,8 +350,18 @@ impl FenceIndex {
     pub fn insert(&mut self, g: Arc<Geofence>) -> u32 {
         debug_assert!(!self.by_id.contains_key(&g.id));
         let (slot, placement) = self.place(g);
-        if let Placement::Tree(e) = placement {
-            self.tree.insert(e);
+        match placement {
+            Placement::Tree(e) => self.tree.insert(e),
+            Placement::Grid { min, max } => {
+                let cells = (min.0..=max.0).flat_map(|x| (min.1..=max.1).map(move |y| (x, y)));
+                let mut outside = false;
+                for c in cells {
+                    outside |= !self.blocks.set(c);
+                }
+                if outside {
+                    self.blocks = OccupiedBlocks::of(self.grid.keys().copied());
+                }
+            }
         }
         slot
     }
@@ -392,7 +406,12 @@ impl FenceIndex {
             }
         };
         let cell = cell_of(lon, lat);
-        if let Some(cands) = self.grid.get(&cell) {
+        let listed = if self.blocks.maybe(cell) {
+            self.grid.get(&cell)
+        } else {
+            None
+        };
+        if let Some(cands) = listed {
             // Tenants no geofence names match only geofences of every tenant.
             let code = self.tenants.get(tenant).copied().unwrap_or(u32::MAX);
             let cos_lat = lat.to_radians().cos();

@@ -40,6 +40,7 @@
 //! past `T` (a tracker ahead of the fleet), or that is silent on a live input, takes it at
 //! once. Results therefore do not depend on timing or worker count.
 
+mod blocks;
 pub mod index;
 pub mod membership;
 

@@ -137,6 +137,35 @@ fn the_index_finds_only_containing_fences() {
     assert_eq!(idx.len(), 1000);
 }
 
+/// The index skips the cells of empty blocks; a geofence added where no block was (far
+/// from the others, or into an empty index) is found all the same.
+#[test]
+fn geofences_added_outside_the_indexed_extent_are_found() {
+    let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
+        let mut out = Vec::new();
+        idx.containing(lat, lon, "acme", &mut out);
+        out.into_iter()
+            .map(|m| idx.id(m).to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut idx = FenceIndex::new([circle("porto", 41.15, -8.61, 200.0, None)]);
+    assert_eq!(ids(&idx, 41.15, -8.61), ["porto"]);
+    assert!(ids(&idx, 52.52, 13.405).is_empty());
+    idx.insert(circle("berlin", 52.52, 13.405, 200.0, None));
+    assert_eq!(ids(&idx, 52.52, 13.405), ["berlin"]);
+    assert_eq!(ids(&idx, 41.15, -8.61), ["porto"]);
+    // Near the new one but in an empty cell: nothing.
+    assert!(ids(&idx, 52.53, 13.405).is_empty());
+    idx.insert(circle("berlin-north", 52.53, 13.405, 200.0, None));
+    assert_eq!(ids(&idx, 52.53, 13.405), ["berlin-north"]);
+    idx.remove("berlin");
+    assert!(ids(&idx, 52.52, 13.405).is_empty());
+    let mut empty = FenceIndex::new([]);
+    assert!(ids(&empty, 41.15, -8.61).is_empty());
+    empty.insert(circle("porto", 41.15, -8.61, 200.0, None));
+    assert_eq!(ids(&empty, 41.15, -8.61), ["porto"]);
+}
+
 #[test]
 fn polygons_sharing_cells_survive_each_others_removal() {
     let square = |id: &str, d: f64| {
