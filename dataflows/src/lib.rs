@@ -27,6 +27,9 @@
 //! The fence set is not a differential arrangement: it is a shared index
 //! ([`geofence::FenceIndex`], cells and an R-tree) that runtime changes replace copy-on-write,
 //! and geofence membership follows each vehicle's final fixes on the vehicle's worker.
+//! Runtime changes are one broadcast stream read by both the timeline (which decides where
+//! each vehicle takes a change and passes on only that mark) and geofencing (which takes
+//! the geometry from the stream itself).
 #![deny(missing_docs)]
 
 pub mod clock;
