@@ -3,7 +3,7 @@
 //!
 //! - [`intake`]: decoding and validation of location events (the hot path).
 //! - [`source`]: the `Source` trait and its timely operator (epochs, input reports).
-//! - [`file`]: NDJSON files and directories.
+//! - [`file`](mod@file): NDJSON files and directories.
 //! - [`generator`]: the deterministic simulated fleet.
 //! - [`kafka`]: the Kafka source, dead-letter topic, offset commits and event producer.
 //! - [`registry`]: every kind of source a job spec can name, opened once per job.

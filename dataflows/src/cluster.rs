@@ -90,7 +90,7 @@ where
 
 /// Sends every record of `stream` to every worker; every worker gets a sender's records in
 /// the order they were sent (which timely's own `broadcast` does not keep, see
-/// [`send_in_order`]).
+/// `send_in_order`).
 pub fn broadcast_in_order<'scope, D>(
     stream: Stream<'scope, u64, Vec<D>>,
 ) -> Stream<'scope, u64, Vec<D>>

@@ -4,7 +4,7 @@
 //! checkpoint cut and writes it over later invocations, a short slice each, so that the
 //! fixes behind the cut are not held up. Its state is copied on write: an item about to
 //! change is written first, so what is written is the state when the snapshot began.
-//! [`SnapshotBody`] is the encoded snapshot, in chunks; [`SnapshotWriter`] paces the slices
+//! `SnapshotBody` is the encoded snapshot, in chunks; [`SnapshotWriter`] paces the slices
 //! of anything that is [`Sliced`] and offers the snapshot to the checkpoint hub once
 //! complete. Used by the timelines ([`crate::timeline`]) and geofence membership
 //! ([`crate::geofence`]).

@@ -128,7 +128,7 @@ pub fn arrange_state<'scope>(
 
 /// Hands the arranged state's batches to `sink`, in time order: per batch, every vehicle's
 /// net change (retractions before insertions), the latest progress of each worker in the
-/// batch (see [`latest_progress`]), and the latest epoch (processing-time ms the inputs
+/// batch (see `latest_progress`), and the latest epoch (processing-time ms the inputs
 /// were read at) with state updates in the batch. A batch holds a worker's progress with
 /// the states of its epoch, so a reader's `as_of` never runs ahead of the states.
 pub fn publish_state<'scope, F>(state: StateArrangement<'scope>, mut sink: F)

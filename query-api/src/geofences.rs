@@ -5,7 +5,7 @@
 //! Occupancy is read the way vehicle state is ([`crate::view`]): each batch of a producing
 //! worker's occupancy changes becomes one sorted run of `(geofence, vehicle) -> entered_at`
 //! (or a tombstone), the producer's runs are merged geometrically
-//! ([`crate::view::batches`]), and the producer swaps its next immutable snapshot in. A
+//! (`view::batches`), and the producer swaps its next immutable snapshot in. A
 //! request loads the snapshots without a lock; a worker never waits for a reader.
 
 use crate::changes::{ChangeBody, ChangeLog};

@@ -24,7 +24,7 @@
 //! given, subscribe at once.
 //!
 //! With `conflate_ms` the forwarder holds changes and sends each vehicle's latest state
-//! once per interval, with every event, in log order ([`crate::conflate`]).
+//! once per interval, with every event, in log order (`conflate`).
 //!
 //! A forwarder never blocks the dataflow: it only takes the log's read lock to copy
 //! pointers. A client's queue holds at most `queue` messages; a client that does not read

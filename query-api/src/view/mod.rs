@@ -11,7 +11,7 @@
 //! ```
 //!
 //! There is no second map of every vehicle: a producer turns each published batch into one
-//! sorted run ([`batches`]), builds its next snapshot off any lock (sharing every run it
+//! sorted run (`batches`), builds its next snapshot off any lock (sharing every run it
 //! does not merge) and swaps one pointer in. A reader loads each producer's pointer (no
 //! lock, usually no reference count) and searches the runs; it never blocks a producer, and
 //! a producer never blocks it.
