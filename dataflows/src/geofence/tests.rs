@@ -137,33 +137,33 @@ fn the_index_finds_only_containing_fences() {
     assert_eq!(idx.len(), 1000);
 }
 
+/// The ids of `idx`'s geofences containing the point, for tenant `acme`.
+fn ids_at(idx: &FenceIndex, lat: f64, lon: f64) -> Vec<String> {
+    let mut out = Vec::new();
+    idx.containing(lat, lon, "acme", &mut out);
+    out.into_iter().map(|m| idx.id(m).to_string()).collect()
+}
+
 /// The index skips the cells of empty blocks; a geofence added where no block was (far
 /// from the others, or into an empty index) is found all the same.
 #[test]
 fn geofences_added_outside_the_indexed_extent_are_found() {
-    let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
-        let mut out = Vec::new();
-        idx.containing(lat, lon, "acme", &mut out);
-        out.into_iter()
-            .map(|m| idx.id(m).to_string())
-            .collect::<Vec<_>>()
-    };
     let mut idx = FenceIndex::new([circle("porto", 41.15, -8.61, 200.0, None)]);
-    assert_eq!(ids(&idx, 41.15, -8.61), ["porto"]);
-    assert!(ids(&idx, 52.52, 13.405).is_empty());
+    assert_eq!(ids_at(&idx, 41.15, -8.61), ["porto"]);
+    assert!(ids_at(&idx, 52.52, 13.405).is_empty());
     idx.insert(circle("berlin", 52.52, 13.405, 200.0, None));
-    assert_eq!(ids(&idx, 52.52, 13.405), ["berlin"]);
-    assert_eq!(ids(&idx, 41.15, -8.61), ["porto"]);
+    assert_eq!(ids_at(&idx, 52.52, 13.405), ["berlin"]);
+    assert_eq!(ids_at(&idx, 41.15, -8.61), ["porto"]);
     // Near the new one but in an empty cell: nothing.
-    assert!(ids(&idx, 52.53, 13.405).is_empty());
+    assert!(ids_at(&idx, 52.53, 13.405).is_empty());
     idx.insert(circle("berlin-north", 52.53, 13.405, 200.0, None));
-    assert_eq!(ids(&idx, 52.53, 13.405), ["berlin-north"]);
+    assert_eq!(ids_at(&idx, 52.53, 13.405), ["berlin-north"]);
     idx.remove("berlin");
-    assert!(ids(&idx, 52.52, 13.405).is_empty());
+    assert!(ids_at(&idx, 52.52, 13.405).is_empty());
     let mut empty = FenceIndex::new([]);
-    assert!(ids(&empty, 41.15, -8.61).is_empty());
+    assert!(ids_at(&empty, 41.15, -8.61).is_empty());
     empty.insert(circle("porto", 41.15, -8.61, 200.0, None));
-    assert_eq!(ids(&empty, 41.15, -8.61), ["porto"]);
+    assert_eq!(ids_at(&empty, 41.15, -8.61), ["porto"]);
 }
 
 #[test]
@@ -179,23 +179,16 @@ fn polygons_sharing_cells_survive_each_others_removal() {
         polygon(id, ring)
     };
     let mut idx = FenceIndex::new([square("a", 0.001), square("b", 0.002)]);
-    let ids = |idx: &FenceIndex, lat: f64, lon: f64| {
-        let mut out = Vec::new();
-        idx.containing(lat, lon, "acme", &mut out);
-        out.into_iter()
-            .map(|m| idx.id(m).to_string())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ids(&idx, 41.5, -8.6), ["a", "b"]);
-    assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
+    assert_eq!(ids_at(&idx, 41.5, -8.6), ["a", "b"]);
+    assert_eq!(ids_at(&idx, 41.5015, -8.6), ["b"]);
     idx.remove("a");
-    assert_eq!(ids(&idx, 41.5, -8.6), ["b"]);
-    assert_eq!(ids(&idx, 41.5015, -8.6), ["b"]);
-    assert_eq!(ids(&idx, 41.503, -8.6), Vec::<String>::new());
+    assert_eq!(ids_at(&idx, 41.5, -8.6), ["b"]);
+    assert_eq!(ids_at(&idx, 41.5015, -8.6), ["b"]);
+    assert_eq!(ids_at(&idx, 41.503, -8.6), Vec::<String>::new());
     idx.insert(square("c", 0.0005));
-    assert_eq!(ids(&idx, 41.5, -8.6).len(), 2);
+    assert_eq!(ids_at(&idx, 41.5, -8.6).len(), 2);
     idx.remove("b");
-    assert_eq!(ids(&idx, 41.5, -8.6), ["c"]);
+    assert_eq!(ids_at(&idx, 41.5, -8.6), ["c"]);
 }
 
 #[test]
@@ -327,25 +320,19 @@ fn snapshots_hold_the_geofences_in_force_when_they_begin() {
     assert_eq!(ids(&first), [("a".to_string(), 1000.0)]);
     assert_eq!(first.fences, g.snapshot(true).fences);
     assert!(g.snapshot(false).fences.is_empty());
-    let change = GeofenceChange {
-        seq: 1,
-        id: "b".into(),
-        geofence: Some(c("b", 50.0)),
+    let put = |seq, id: &str, r| GeofenceChange {
+        seq,
+        id: id.into(),
+        geofence: Some(c(id, r)),
         at: None,
     };
-    g.register(change, Some(2_000), &mut out);
+    g.register(put(1, "b", 50.0), Some(2_000), &mut out);
     let after = g.snapshot(true);
     assert_eq!(
         ids(&after),
         [("a".to_string(), 1000.0), ("b".to_string(), 50.0)]
     );
-    let replace = GeofenceChange {
-        seq: 2,
-        id: "a".into(),
-        geofence: Some(c("a", 10.0)),
-        at: None,
-    };
-    g.register(replace, Some(3_000), &mut out);
+    g.register(put(2, "a", 10.0), Some(3_000), &mut out);
     assert_eq!(
         ids(&g.snapshot(true)),
         [("a".to_string(), 10.0), ("b".to_string(), 50.0)]
