@@ -341,6 +341,13 @@ impl FenceIndex {
         &self.ids[slot as usize]
     }
 
+    /// Asks for the id of the geofence in `slot` (to be read by [`FenceIndex::id`] soon).
+    pub(crate) fn fetch_id(&self, slot: u32) {
+        if let Some(id) = self.ids.get(slot as usize) {
+            crate::prefetch::line(id);
+        }
+    }
+
     /// The slot of geofence `id`.
     pub fn slot_of(&self, id: &str) -> Option<u32> {
         self.by_id.get(id).copied()

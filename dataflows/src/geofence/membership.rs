@@ -478,6 +478,17 @@ impl Geofencing {
         let moved = state.lat != p.lat || state.lon != p.lon || state.tenant != p.tenant;
         if moved {
             index.containing(p.lat, p.lon, &p.tenant, buf);
+            // The ids of the geofences it enters are read below, each likely a cache miss:
+            // asked for first, the misses overlap.
+            let mut k = 0;
+            for &b in buf.iter() {
+                while state.inside.get(k).is_some_and(|v| v.slot < b) {
+                    k += 1;
+                }
+                if state.inside.get(k).is_none_or(|v| v.slot != b) {
+                    index.fetch_id(b);
+                }
+            }
             // The visits are rebuilt into a spare buffer that swaps with the old one, so a
             // moving vehicle costs no allocation; visits that go on move across.
             let next = spare;
