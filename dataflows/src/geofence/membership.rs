@@ -426,8 +426,10 @@ impl Geofencing {
     /// Asks for the visits of the vehicle in `slot` (its record in the cache by then).
     pub(crate) fn fetch_visits(&self, slot: u32) {
         if let Some(Some(v)) = self.vehicles.get(slot as usize) {
-            if let Some(first) = v.inside.first() {
-                crate::prefetch::line(first);
+            // All of them (a vehicle is in a handful), not only the first line: a moving
+            // vehicle's lookup reads every one.
+            for visit in v.inside.iter().take(8) {
+                crate::prefetch::line(visit);
             }
         }
     }
