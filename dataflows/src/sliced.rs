@@ -74,11 +74,16 @@ impl SnapshotBody {
         self.roll();
     }
 
-    /// Completes the chunk being written once it is full (its buffer is written again).
+    /// Completes the chunk being written, compressed (its buffer is written again).
+    fn complete(&mut self) {
+        self.done.push(compress(&self.body));
+        self.body.clear();
+    }
+
+    /// Completes the chunk being written once it is full.
     fn roll(&mut self) {
         if self.body.len() >= SNAPSHOT_CHUNK {
-            self.done.push(compress(&self.body));
-            self.body.clear();
+            self.complete();
         }
     }
 
@@ -86,16 +91,15 @@ impl SnapshotBody {
     /// first): its chunks are shared, not copied.
     pub(crate) fn append(&mut self, part: &Frozen) {
         if !self.body.is_empty() {
-            self.done.push(compress(&self.body));
-            self.body.clear();
+            self.complete();
         }
         self.done.extend(part.0.iter().cloned());
     }
 
-    /// Every chunk, the last one completed.
+    /// Every chunk, the last one completed (an empty snapshot is one empty stream).
     fn into_chunks(mut self) -> Vec<bytes::Bytes> {
         if !self.body.is_empty() || self.done.is_empty() {
-            self.done.push(compress(&self.body));
+            self.complete();
         }
         self.done
     }

@@ -223,13 +223,11 @@ pub fn merge_files(uploader: &Uploader, sources: &[String], dest: String) -> Par
         };
         let copy = out.can_copy(&meta);
         let fetch = |range: std::ops::Range<u64>| {
+            let start = range.start;
             let bytes = runtime
-                .block_on(store.get_range(&path, range.clone()))
+                .block_on(store.get_range(&path, range))
                 .map_err(io_error)?;
-            Ok(SourceBytes {
-                bytes,
-                start: range.start,
-            })
+            Ok(SourceBytes { bytes, start })
         };
         for (index, rg) in meta.metadata().row_groups().iter().enumerate() {
             rows += rg.num_rows() as u64;

@@ -258,7 +258,8 @@ impl Geofencing {
         if fences {
             let frozen = self.fences_frozen.get_or_insert_with(|| {
                 let mut part = SnapshotBody::new();
-                part.put(&(index.iter().count() as u64));
+                debug_assert_eq!(index.iter().count(), index.len());
+                part.put(&(index.len() as u64));
                 for g in index.iter() {
                     part.put(json(g).as_str());
                 }
