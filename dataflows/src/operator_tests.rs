@@ -2,7 +2,9 @@
 //! captured and compared with the sequential logic they wrap, however the input is
 //! interleaved and batched over epochs.
 
-use crate::geofence::{render_geofences, FenceIndex, Finalized, GeoOutputs, Geofencing, ViewSink};
+use crate::geofence::{
+    render_geofences, FenceIndex, Finalized, FixPoint, GeoOutputs, Geofencing, ViewSink,
+};
 use crate::operator::{render_timeline, route, CoreConfig, Progress};
 use crate::timeline::{Outputs, TimelineConfig, Timelines};
 use fleetflow_runtime::metrics::Metrics;
@@ -370,15 +372,28 @@ fn run_geofences(
     index: Arc<FenceIndex>,
     per_epoch: usize,
 ) -> Vec<GeofenceEvent> {
+    run_geofences_with(finals, Vec::new(), index, per_epoch)
+}
+
+/// [`run_geofences`], with runtime `changes` on the change input in the first epoch (the
+/// marks in `finals` name them).
+fn run_geofences_with(
+    finals: Vec<Finalized>,
+    changes: Vec<GeofenceChange>,
+    index: Arc<FenceIndex>,
+    per_epoch: usize,
+) -> Vec<GeofenceEvent> {
     timely::execute_directly(move |worker| {
         let probe = Probe::new();
         let (mut input, events) = worker.dataflow(|scope| {
             let (input, stream) = scope.new_input::<Vec<Finalized>>();
-            // No runtime changes: their input closes at once.
-            let (_, changes) = scope.new_input::<Vec<GeofenceChange>>();
+            let (mut change_input, change_stream) = scope.new_input::<Vec<GeofenceChange>>();
+            for c in changes {
+                change_input.send(c);
+            }
             let (events, _) = render_geofences(
                 stream,
-                changes,
+                change_stream,
                 (index, 0),
                 10 * MINUTE_MS,
                 None,
@@ -397,6 +412,63 @@ fn run_geofences(
         while worker.step_or_park(None) {}
         drain(events)
     })
+}
+
+/// A runtime change reaches the operator on the change input; the timeline's mark names
+/// it, and fixes on the new version are checked against it.
+#[test]
+fn the_geofence_operator_takes_a_change_from_its_input_at_its_mark() {
+    let index = Arc::new(FenceIndex::new([circle("start", 41.1555, -8.61, 2000.0)]));
+    let added = GeofenceChange {
+        seq: 1,
+        id: "added".into(),
+        geofence: Some(circle("added", 41.17, -8.61, 300.0)),
+        at: Some(1_000),
+    };
+    let fix = |ts, version| {
+        Finalized::Fix(FixPoint {
+            slot: 0,
+            vehicle_id: "v".into(),
+            tenant: "acme".into(),
+            ts,
+            lat: 41.17,
+            lon: -8.61,
+            version,
+        })
+    };
+    // Before the change in its own time (inside "start" only), then the mark, its taking
+    // (inside "added" too: it enters at the change's time), and a fix after it.
+    let finals = vec![
+        fix(500, 0),
+        Finalized::Change {
+            seq: 1,
+            at: Some(1_000),
+        },
+        Finalized::Apply { slot: 0, seq: 1 },
+        fix(2_000, 1),
+    ];
+    let kinds = |events: &[GeofenceEvent]| {
+        events
+            .iter()
+            .map(|e| (e.geofence_id.to_string(), e.kind.as_str(), e.ts))
+            .collect::<Vec<_>>()
+    };
+    for per_epoch in [1, 2, 4] {
+        let events = run_geofences_with(
+            finals.clone(),
+            vec![added.clone()],
+            index.clone(),
+            per_epoch,
+        );
+        assert_eq!(
+            kinds(&events),
+            [
+                ("start".to_string(), "enter", 500),
+                ("added".to_string(), "enter", 1_000)
+            ],
+            "{per_epoch} a batch"
+        );
+    }
 }
 
 #[test]
