@@ -78,18 +78,19 @@ fn sigkill_at_random_points_leaves_exactly_the_rows_of_an_uninterrupted_run() {
 fn sigkill_in_store_and_forward_bursts_leaves_exactly_the_rows_of_an_uninterrupted_run() {
     use fleetflow_types::config::GeneratorSpec;
     use fleetflow_types::time::HumanDuration;
-    // 300 vehicles over 100 minutes; 100 of them lose coverage for 40 minutes from minute
-    // 30 and then upload what they recorded all at once, oldest first: a burst of 48,000
-    // fixes an hour old, none of them late for its own vehicle.
+    // 900 vehicles over 100 minutes; 300 of them lose coverage for 40 minutes from minute
+    // 30 and then upload what they recorded all at once, oldest first: a burst of 144,000
+    // fixes an hour old, none of them late for its own vehicle. (With a third of that, a
+    // fast machine ran the whole job within the kills' window: too few runs were killed.)
     let lines = generated_with(GeneratorSpec {
-        vehicles: 300,
+        vehicles: 900,
         seed: 17,
         duration: Some(HumanDuration::from_millis(100 * 60_000)),
         disorder: Some(HumanDuration::from_millis(10_000)),
         duplicates: 0.01,
         bad_lines: 0.002,
         outage: Some(HumanDuration::from_millis(40 * 60_000)),
-        outages: 100,
+        outages: 300,
         outage_start: HumanDuration::from_millis(30 * 60_000),
         ..GeneratorSpec::default()
     });
