@@ -24,12 +24,16 @@
 //! |---|---|---|---|
 //! | `Arrange: VehicleState` | [`state::arrange_state`] | hash of vehicle id -> [`state::HeldState`]; worker -> its [`Progress`](operator::Progress) at the epoch (so a batch carries the progress its states are complete through) | "Publish: VehicleState" ([`state::publish_state`]): its batches feed the live streams' change log and become the API's vehicle view (per producing worker, each batch one sorted run, merged like a spine: `fleetflow_query_api::view`); the trace itself is not imported |
 //!
-//! The fence set is not a differential arrangement: it is a shared index
-//! ([`geofence::FenceIndex`], cells and an R-tree) that runtime changes replace copy-on-write,
-//! and geofence membership follows each vehicle's final fixes on the vehicle's worker.
-//! Runtime changes are one broadcast stream read by both the timeline (which decides where
-//! each vehicle takes a change and passes on only that mark) and geofencing (which takes
-//! the geometry from the stream itself).
+//! | `Upsert: Fences` | [`geofence::fences::arrange_fences`] (differential's `arrange_from_upsert`) | geofence id -> [`FenceVersion`](geofence::fences::FenceVersion) (the version change `seq` made; 0: the initial set): the fence set, sharded by id | the upsert itself (it reads the version a change replaces); its exact retract/insert pairs from time 1 on are broadcast and listed by cell |
+//! | `Arrange: FenceChanges` | [`geofence::fences::arrange_fences`] | [`FenceKey`](geofence::fences::FenceKey) (grid cell, the R-tree's `Wide`, or `Changes`) -> [`FenceHeld`](geofence::fences::FenceHeld) (a version covering the cell, or the change of the epoch): the fence set's difference from its initial set, on every worker | "Fence change marks" ([`geofence::fences::change_marks`]) for the timeline, and "Geofences" ([`geofence::render_geofences`]), which makes each version of its index ([`geofence::FenceIndex`]) from the batch of the change; the trace itself is not imported |
+//!
+//! The fence set is thus a collection: the initial set at time 0 and each runtime change
+//! at an epoch of its own (one change an epoch, so none consolidates another away). The
+//! batches of its changes carry a change's mark exactly when they carry the cells it
+//! moved. The lookups read geofencing's versions of the index (a grid of cells and an
+//! R-tree): the initial set indexed once and shared by the workers, and each later version
+//! made copy-on-write from the batch of its change. Geofence membership follows each
+//! vehicle's final fixes on the vehicle's worker.
 #![deny(missing_docs)]
 
 pub mod clock;

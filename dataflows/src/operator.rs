@@ -4,7 +4,7 @@
 //!   fixes ──Exchange(hash vehicle_id)──┐
 //!                                      ├─► "VehicleTimeline" ─┬─► raw fixes       (final)
 //!   input reports ──Broadcast──────────┤                      ├─► tier rows       (final)
-//!   geofence changes (broadcast) ──────┤                      ├─► finals          (to geofencing: fixes, change marks)
+//!   fence change marks ────────────────┤                      ├─► finals          (to geofencing: fixes, change marks)
 //!   clock reports of every worker ─────┘                      ├─► dead letters    (late, implausible_jump)
 //!        ▲                                                    ├─► vehicle state   (differential updates)
 //!        │                                                    ├─► progress        (job clock per epoch)
@@ -25,6 +25,7 @@
 //! was interrupted (open windows are left unwritten rather than written incomplete).
 
 use crate::clock::{ClockReport, JobClock};
+use crate::geofence::fences::ChangeMark;
 use crate::geofence::Finalized;
 use crate::inputs::InputTracker;
 use crate::sliced::{SnapshotWriter, SNAPSHOT_SLICE};
@@ -35,7 +36,7 @@ use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
 pub use fleetflow_types::records::Progress;
 use fleetflow_types::records::{
-    DeadLetter, GeofenceChange, IncomingFix, InputReport, InputState, TierRow, VehicleState,
+    DeadLetter, IncomingFix, InputReport, InputState, TierRow, VehicleState,
 };
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::Millis;
@@ -184,7 +185,7 @@ pub fn vehicle_key(id: &CompactString) -> u64 {
 pub fn render_timeline<'scope>(
     fixes: Stream<'scope, u64, Vec<Vec<IncomingFix>>>,
     reports: Stream<'scope, u64, Vec<InputReport>>,
-    changes: Stream<'scope, u64, Vec<GeofenceChange>>,
+    changes: Stream<'scope, u64, Vec<ChangeMark>>,
     cfg: CoreConfig,
 ) -> CoreStreams<'scope> {
     let scope = fixes.scope();
@@ -248,7 +249,7 @@ pub fn render_timeline<'scope>(
         let mut published: Option<Millis> = None;
         let mut fix_stash: BTreeMap<u64, Vec<Vec<IncomingFix>>> = BTreeMap::new();
         let mut report_stash: BTreeMap<u64, Vec<InputReport>> = BTreeMap::new();
-        let mut change_stash: BTreeMap<u64, Vec<GeofenceChange>> = BTreeMap::new();
+        let mut change_stash: BTreeMap<u64, Vec<ChangeMark>> = BTreeMap::new();
         let mut out = Outputs::default();
         let mut pacer = crate::pace::Pacer::new(cfg.publish, Instant::now());
         let mut last_stats = Instant::now();
@@ -378,7 +379,7 @@ pub fn render_timeline<'scope>(
                 // In the order they were made (they arrive so; the sort costs nothing then).
                 changes.sort_by_key(|c| c.seq);
                 for change in changes {
-                    timelines.register_change(change, &mut out);
+                    timelines.register_change(change.seq, change.at, &mut out);
                 }
                 last_epoch = Some(epoch);
             }

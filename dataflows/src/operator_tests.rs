@@ -2,6 +2,7 @@
 //! captured and compared with the sequential logic they wrap, however the input is
 //! interleaved and batched over epochs.
 
+use crate::geofence::fences::{arrange_fences, ChangeMark};
 use crate::geofence::{
     render_geofences, FenceIndex, Finalized, FixPoint, GeoOutputs, Geofencing, ViewSink,
 };
@@ -244,7 +245,7 @@ fn run_timeline(
         let (mut fix_in, mut report_in, mut change_in, captured) = worker.dataflow(|scope| {
             let (fix_in, fixes) = scope.new_input::<Vec<Vec<IncomingFix>>>();
             let (report_in, reports) = scope.new_input::<Vec<InputReport>>();
-            let (change_in, changes) = scope.new_input::<Vec<GeofenceChange>>();
+            let (change_in, changes) = scope.new_input::<Vec<ChangeMark>>();
             let core = render_timeline(fixes, reports, changes, cfg);
             let raw = core.raw.probe_with(&probe);
             (
@@ -384,16 +385,21 @@ fn run_geofences_with(
     per_epoch: usize,
 ) -> Vec<GeofenceEvent> {
     timely::execute_directly(move |worker| {
-        let probe = Probe::new();
+        let (probe, fence_probe) = (Probe::new(), Probe::new());
         let (mut input, events) = worker.dataflow(|scope| {
             let (input, stream) = scope.new_input::<Vec<Finalized>>();
+            // The changes at epochs 1, 2, ... (one an epoch, as the geofence input makes
+            // them), through the fence set's arrangement.
             let (mut change_input, change_stream) = scope.new_input::<Vec<GeofenceChange>>();
             for c in changes {
+                change_input.advance_to(change_input.time() + 1);
                 change_input.send(c);
             }
+            let fences = arrange_fences(change_stream, index.iter().cloned().collect());
+            fences.stream.clone().probe_with(&fence_probe);
             let (events, _) = render_geofences(
                 stream,
-                change_stream,
+                fences.stream,
                 (index, 0),
                 10 * MINUTE_MS,
                 None,
@@ -401,6 +407,8 @@ fn run_geofences_with(
             );
             (input, events.probe_with(&probe).capture())
         });
+        // The timeline marks a change only once the fence set's batch holding it is out.
+        worker.step_while(|| !fence_probe.done());
         for (epoch, chunk) in finals.chunks(per_epoch).enumerate() {
             for f in chunk {
                 input.send(f.clone());

@@ -6,6 +6,7 @@ use differential_dataflow::AsCollection;
 use fleetflow_connectors::registry::JobSource;
 use fleetflow_connectors::source::{render_source, InputSnapshot, IntakeContext};
 use fleetflow_dataflows::cluster::{mirror, Layout};
+use fleetflow_dataflows::geofence::fences::{arrange_fences, change_marks};
 use fleetflow_dataflows::geofence::{
     render_geofence_input, render_geofences, ChangeReceiver, FenceIndex, ViewBatch, ViewSink,
     ViewUpdate,
@@ -165,7 +166,20 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
                 }
             });
         }
-        let core = render_timeline(source.fixes, source.reports, changes.clone(), core_cfg);
+        // The fence set, arranged by cell on every worker: its batches carry the change
+        // marks to the timeline and the versions' cells to geofencing.
+        let initial = if scope.index() == 0 {
+            fence_index.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let fences = arrange_fences(changes, initial);
+        let core = render_timeline(
+            source.fixes,
+            source.reports,
+            change_marks(&fences),
+            core_cfg,
+        );
         let geo_writers = geo_view.writers();
         let apply_geo = move |worker: usize,
                               updates: &mut Vec<(ViewUpdate, isize)>,
@@ -184,7 +198,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         let (events, batches) = if clustered {
             render_geofences(
                 core.finals,
-                changes,
+                fences.stream.clone(),
                 (fence_index, latest_change),
                 dwell_after,
                 Some((hub.clone(), share.geo)),
@@ -194,7 +208,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
             let apply_geo = apply_geo.clone();
             render_geofences(
                 core.finals,
-                changes,
+                fences.stream.clone(),
                 (fence_index, latest_change),
                 dwell_after,
                 Some((hub.clone(), share.geo)),

@@ -122,6 +122,7 @@ struct CellEntry {
 }
 
 use super::blocks::{Cell, OccupiedBlocks};
+use super::fences::FenceKey;
 
 /// A geofence's polygons, the usual single one held inline (one pointer less to follow).
 #[derive(Clone, Debug)]
@@ -174,6 +175,42 @@ fn cell_of(lon: f64, lat: f64) -> Cell {
         (lon / CELL_DEG).floor() as i32,
         (lat / CELL_DEG).floor() as i32,
     )
+}
+
+/// The grid cells a geofence with box `b` is listed in (`min` to `max` inclusive), or
+/// `None` when it spans more than [`MAX_CELLS`] (it goes into the R-tree).
+fn grid_of_box(b: &fleetflow_types::geofence::BBox) -> Option<(Cell, Cell)> {
+    let (min, max) = (cell_of(b[0], b[1]), cell_of(b[2], b[3]));
+    let cells = (max.0 as i64 - min.0 as i64 + 1) * (max.1 as i64 - min.1 as i64 + 1);
+    (cells <= MAX_CELLS).then_some((min, max))
+}
+
+/// The rectangle of cells `keys` name (`None` if they name [`FenceKey::Wide`] or no cell).
+fn grid_of_keys(keys: &[FenceKey]) -> Option<(Cell, Cell)> {
+    let mut grid: Option<(Cell, Cell)> = None;
+    for k in keys {
+        match *k {
+            FenceKey::Cell(x, y) => {
+                let (min, max) = grid.get_or_insert(((x, y), (x, y)));
+                *min = (min.0.min(x), min.1.min(y));
+                *max = (max.0.max(x), max.1.max(y));
+            }
+            FenceKey::Wide => return None,
+            FenceKey::Changes => {}
+        }
+    }
+    grid
+}
+
+/// The keys the arrangement of the fence set lists `g` under: every grid cell its box
+/// touches (row by row), or [`FenceKey::Wide`] for a geofence the R-tree holds.
+pub fn covering(g: &Geofence) -> Vec<FenceKey> {
+    match grid_of_box(&g.bbox()) {
+        Some((min, max)) => (min.0..=max.0)
+            .flat_map(|x| (min.1..=max.1).map(move |y| FenceKey::Cell(x, y)))
+            .collect(),
+        None => vec![FenceKey::Wide],
+    }
 }
 
 /// Where a geofence is indexed.
@@ -238,7 +275,8 @@ impl FenceIndex {
             if idx.by_id.contains_key(&g.id) {
                 continue; // ids are unique once loaded; keep the first
             }
-            if let (_, Placement::Tree(e)) = idx.place(g) {
+            let grid = grid_of_box(&g.bbox());
+            if let (_, Placement::Tree(e)) = idx.place(g, grid) {
                 large.push(e);
             }
         }
@@ -247,8 +285,9 @@ impl FenceIndex {
         idx
     }
 
-    /// Puts `g` in a slot and in the grid (not in the tree: the caller does).
-    fn place(&mut self, g: Arc<Geofence>) -> (u32, Placement) {
+    /// Puts `g` in a slot and in the cells `grid` (`None`: not in the tree either, the
+    /// caller puts it there).
+    fn place(&mut self, g: Arc<Geofence>, grid: Option<(Cell, Cell)>) -> (u32, Placement) {
         let next = self.slots.len().max(self.ids.len()) as u32;
         let slot = *self.slot_of_id.entry(g.id.clone()).or_insert(next);
         let b = g.bbox();
@@ -279,9 +318,7 @@ impl FenceIndex {
         }
         self.polygons[slot as usize] = polygons;
         self.ids[slot as usize] = g.id.clone();
-        let (min, max) = (cell_of(b[0], b[1]), cell_of(b[2], b[3]));
-        let cells = (max.0 as i64 - min.0 as i64 + 1) * (max.1 as i64 - min.1 as i64 + 1);
-        let placement = if cells <= MAX_CELLS {
+        let placement = if let Some((min, max)) = grid {
             for x in min.0..=max.0 {
                 for y in min.1..=max.1 {
                     let list = self.grid.entry((x, y)).or_default();
@@ -355,8 +392,22 @@ impl FenceIndex {
 
     /// Adds a geofence (its id must not be present) and returns its slot.
     pub fn insert(&mut self, g: Arc<Geofence>) -> u32 {
+        let grid = grid_of_box(&g.bbox());
+        self.insert_placed(g, grid)
+    }
+
+    /// Adds a geofence (its id must not be present) under the keys the arrangement of the
+    /// fence set lists it under ([`covering`]: its grid cells, or [`FenceKey::Wide`]), and
+    /// returns its slot.
+    pub fn insert_listed(&mut self, g: Arc<Geofence>, keys: &[FenceKey]) -> u32 {
+        let grid = grid_of_keys(keys);
+        debug_assert_eq!(grid, grid_of_box(&g.bbox()), "listed as covered");
+        self.insert_placed(g, grid)
+    }
+
+    fn insert_placed(&mut self, g: Arc<Geofence>, grid: Option<(Cell, Cell)>) -> u32 {
         debug_assert!(!self.by_id.contains_key(&g.id));
-        let (slot, placement) = self.place(g);
+        let (slot, placement) = self.place(g, grid);
         match placement {
             Placement::Tree(e) => self.tree.insert(e),
             Placement::Grid { min, max } => {

@@ -7,6 +7,7 @@
 //! different versions: every version some vehicle may still need is kept, and a fix is
 //! checked against its vehicle's version. A geofence keeps its slot in every version.
 
+use super::fences::FenceChange;
 use super::index::FenceIndex;
 use super::{FixPoint, ViewUpdate};
 use crate::sliced::{write_slots, Frozen, Pass, Sliced, SnapshotBody};
@@ -570,18 +571,22 @@ impl Geofencing {
 
     /// A change reaches this worker, taking effect at job clock `at`: a new version of the
     /// fence set, in force for the vehicles as they take it.
-    pub fn register(&mut self, change: GeofenceChange, at: Option<Millis>, out: &mut GeoOutputs) {
+    /// The change comes from the fence set's arrangement ([`super::fences`]): the version
+    /// it retracted and the cells it lists the new one under make the new index.
+    pub fn register(&mut self, change: FenceChange, at: Option<Millis>, out: &mut GeoOutputs) {
         let latest = self.latest();
-        let old = latest
-            .index
-            .slot_of(&change.id)
-            .and_then(|s| latest.index.get(s).cloned());
+        let FenceChange { change, old, keys } = change;
+        debug_assert_eq!(
+            old.as_ref().map(|g| &g.id),
+            latest.index.slot_of(&change.id).map(|_| &change.id),
+            "the retracted version is the one in force"
+        );
         let mut index = (*latest.index).clone();
         if old.is_some() {
             index.remove(&change.id);
         }
         if let Some(g) = &change.geofence {
-            index.insert(g.clone());
+            index.insert_listed(g.clone(), &keys);
         }
         out.view.push((
             ViewUpdate::Applied {
@@ -596,6 +601,28 @@ impl Geofencing {
             made_by: Some((change, at, old)),
         });
         self.fences_frozen = None;
+    }
+
+    /// [`Geofencing::register`] of a change made here as the fence set's arrangement makes
+    /// it (the version it retracts from the index in force, its cells by the covering), for
+    /// tests of the logic apart from the dataflow.
+    #[cfg(test)]
+    pub(crate) fn register_direct(
+        &mut self,
+        change: GeofenceChange,
+        at: Option<Millis>,
+        out: &mut GeoOutputs,
+    ) {
+        let latest = &self.latest().index;
+        let old = latest
+            .slot_of(&change.id)
+            .and_then(|s| latest.get(s).cloned());
+        let keys = change
+            .geofence
+            .as_deref()
+            .map(super::index::covering)
+            .unwrap_or_default();
+        self.register(FenceChange { change, old, keys }, at, out)
     }
 
     /// Every vehicle of this worker took every change up to `seq`: older versions go.

@@ -1,19 +1,30 @@
 //! Geofence membership in event time (semantics §5).
 //!
 //! ```text
-//!   API changes ──► "GeofenceInput" (worker 0) ──Broadcast──┬──► "VehicleTimeline"
-//!                                                            │     │ final fixes in ts order per vehicle, and
-//!                                                            │     │ marks: where each vehicle takes a change
-//!                                                            │     ▼
-//!                                                            └──► "Geofences" ─┬─► events (lake, final)
-//!                                                       (the changes themselves) └─► view: occupancy ±1, events,
-//!                                                                                  applied changes, as_of (API)
+//!   API changes ──► "GeofenceInput" (worker 0, one change an epoch) ──Broadcast──┐
+//!                                                                                ▼
+//!   initial set (time 0) ──► "Upsert: Fences" ──Broadcast──► "Arrange: FenceChanges" (every worker)
+//!                                                            │ batches: versions by cell, change marks
+//!                                   ┌─ change marks ─────────┤
+//!                                   ▼                        │
+//!                           "VehicleTimeline"                │
+//!                                   │ final fixes in ts order per vehicle, and
+//!                                   │ marks: where each vehicle takes a change
+//!                                   ▼                        ▼
+//!                              "Geofences" ◄─────────────────┘ (its versions of the index)
+//!                                   ├─► events (lake, final)
+//!                                   └─► view: occupancy ±1, events, applied changes, as_of (API)
 //! ```
 //!
-//! The timeline sees every change, since only it knows where each vehicle's time reaches
-//! the change's `T`, but it passes on only marks (`Finalized::Change { seq, at }`,
-//! `Finalized::Apply`); geofencing reads the geometry from the change stream itself.
+//! The fence set is a differential collection ([`fences`]): the initial set and every
+//! runtime change, by upsert, its changes since the start arranged by grid cell on every
+//! worker. The timeline takes
+//! from its batches only the marks of the changes, since only it knows where each
+//! vehicle's time reaches a change's `T`, and passes on marks (`Finalized::Change { seq,
+//! at }`, `Finalized::Apply`); geofencing reads the same batches and makes each version of
+//! its index from the version a change retracted and the cells of the one it inserted.
 //!
+//! - [`fences`]: the fence set as a collection, its changes arranged by cell.
 //! - [`index`]: the geofences indexed by a cell covering (small ones) and an R-tree (large
 //!   ones), so a fix costs one cell scan plus an exact test of the few geofences whose box
 //!   holds it, however many geofences exist elsewhere.
@@ -41,6 +52,7 @@
 //! once. Results therefore do not depend on timing or worker count.
 
 mod blocks;
+pub mod fences;
 pub mod index;
 pub mod membership;
 
@@ -50,6 +62,7 @@ pub use membership::{
 };
 
 use crate::sliced::{SnapshotWriter, SNAPSHOT_SLICE};
+use fences::{FenceChange, FenceSpan};
 use fleetflow_runtime::checkpoint::Hub;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{GeofenceChange, GeofenceEvent, InputReport, OccupancyChange};
@@ -168,21 +181,23 @@ pub enum ViewSink<F> {
 }
 
 /// Renders geofencing over the timeline's final fixes and change marks (same worker, in
-/// order) and the geofence changes themselves, and returns the events, for the lake, and
-/// the view batches (empty unless `view` is [`ViewSink::Stream`]).
+/// order) and the batches of the fence set's arrangement ([`fences::arrange_fences`]), and
+/// returns the events, for the lake, and the view batches (empty unless `view` is
+/// [`ViewSink::Stream`]).
 ///
-/// `changes` is the broadcast change stream the timeline reads too, on the same worker:
-/// the timeline marks a change on `finals` only once that stream delivered it, and one
-/// output hands its data to all of its readers at once, so reading `changes` first in every
-/// invocation has each change here before its mark. The geometry thus never passes through
-/// the timeline, which only decides where each vehicle takes a change.
+/// `fences` is the stream of the arrangement whose marks the timeline reads
+/// ([`fences::change_marks`]), on the same worker: the timeline marks a change on `finals`
+/// only once a batch delivered it, and one output hands its data to all of its readers at
+/// once, so reading `fences` first in every invocation has each change's batch here before
+/// its mark. The geometry thus never passes through the timeline, which only decides where
+/// each vehicle takes a change.
 ///
 /// The view receives this worker's occupancy and applied changes after each batch, in the
 /// order they happened (an enter followed by an exit of the same visit arrives in that
 /// order, so applying them in turn needs no consolidation), and the batch's events.
 pub fn render_geofences<'scope, F>(
     finals: Stream<'scope, u64, Vec<Finalized>>,
-    changes: Stream<'scope, u64, Vec<GeofenceChange>>,
+    fences: Stream<'scope, u64, Vec<FenceSpan>>,
     (index, latest): (Arc<FenceIndex>, u64),
     dwell_after: Millis,
     checkpoints: Option<(Arc<Hub>, Option<GeoRestore>)>,
@@ -198,7 +213,7 @@ where
     let mut builder = OperatorBuilder::new("Geofences".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     let mut input = builder.new_input(finals, Pipeline);
-    let mut change_in = builder.new_input(changes, Pipeline);
+    let mut fence_in = builder.new_input(fences, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<GeofenceEvent>>();
     let mut events_out: Out<GeofenceEvent> = OutputBuilder::from(events_out);
     let (batches_out, batches) = builder.new_output::<Vec<ViewBatch>>();
@@ -240,14 +255,12 @@ where
             }
         };
         // Changes received and not yet marked, by sequence number.
-        let mut received: std::collections::BTreeMap<u64, GeofenceChange> = Default::default();
+        let mut received: std::collections::BTreeMap<u64, FenceChange> = Default::default();
         move |frontiers| {
             if let Some((cap, batch)) = initial.take() {
                 batches_out.activate().session(&cap).give(batch);
             }
-            change_in.for_each(|_, data| {
-                received.extend(data.drain(..).map(|c| (c.seq, c)));
-            });
+            fence_in.for_each(|_, spans| fences::changes_in(spans, &mut received));
             // A pipeline channel delivers one producer's batches in the order they were sent,
             // which is the order the timeline made fixes final and applied changes (and
             // their times never decrease), so checkpoint cuts fall between batches.
@@ -336,9 +349,10 @@ where
 pub type ChangeReceiver = Arc<Mutex<std::sync::mpsc::Receiver<GeofenceChange>>>;
 
 /// Renders the runtime geofence input: worker 0 reads `changes`, stamps each with the job
-/// clock it takes effect at (`clock`, this process's), and emits them at the frontier of
-/// `watch` (the sources' reports), broadcast to every worker; it closes when that frontier
-/// closes (the sources ended or were interrupted).
+/// clock it takes effect at (`clock`, this process's), and emits them from the frontier of
+/// `watch` (the sources' reports) on, one an epoch and never at epoch 0 (see
+/// [`fences`]), broadcast to every worker; it closes when that frontier closes (the
+/// sources ended or were interrupted).
 ///
 /// With `serve_until`, it outlives the sources: once they ended it goes on taking changes
 /// at processing time (so the dataflow, its checkpoints and the API stay alive) until the
@@ -370,9 +384,15 @@ pub fn render_geofence_input<'scope>(
                     Err(_) => Vec::new(),
                 };
                 if !received.is_empty() {
-                    out.activate()
-                        .session(&*held)
-                        .give_iterator(received.into_iter());
+                    // One change an epoch, from epoch 1 on (epoch 0 is the initial fence
+                    // set's), so that the fence set's collection holds every change.
+                    let mut t = (*held.time()).max(1);
+                    let mut out = out.activate();
+                    for c in received {
+                        out.session(&held.delayed(&t)).give(c);
+                        t += 1;
+                    }
+                    held.downgrade(&t);
                 }
             }
             // After the sources, processing time moves the frontier (serving the API).

@@ -219,17 +219,17 @@ fn transitions_dwell_and_changes() {
         geofence: g,
         at: None,
     };
-    g.register(
+    g.register_direct(
         change(1, "a", Some(circle("a", 0.0, 0.0, 500.0, None))),
         Some(100_000),
         &mut out,
     );
-    g.register(
+    g.register_direct(
         change(2, "b", Some(circle("b", 5.0, 5.0, 10.0, None))),
         Some(100_000),
         &mut out,
     );
-    g.register(change(3, "a", None), Some(110_000), &mut out);
+    g.register_direct(change(3, "a", None), Some(110_000), &mut out);
     assert!(
         out.events.is_empty(),
         "a vehicle takes a change when its clock reaches it"
@@ -275,7 +275,7 @@ fn a_fix_is_checked_against_its_vehicles_version() {
         geofence: Some(circle("depot", 0.0, 0.0, 1000.0, None)),
         at: None,
     };
-    g.register(add, Some(50_000), &mut out);
+    g.register_direct(add, Some(50_000), &mut out);
     // Before the change in its own time: the depot does not exist for it yet.
     g.on_fix(fix("v", 40_000, 0.0, 0.0), &mut out);
     assert!(out.events.is_empty());
@@ -326,13 +326,13 @@ fn snapshots_hold_the_geofences_in_force_when_they_begin() {
         geofence: Some(c(id, r)),
         at: None,
     };
-    g.register(put(1, "b", 50.0), Some(2_000), &mut out);
+    g.register_direct(put(1, "b", 50.0), Some(2_000), &mut out);
     let after = g.snapshot(true);
     assert_eq!(
         ids(&after),
         [("a".to_string(), 1000.0), ("b".to_string(), 50.0)]
     );
-    g.register(put(2, "a", 10.0), Some(3_000), &mut out);
+    g.register_direct(put(2, "a", 10.0), Some(3_000), &mut out);
     assert_eq!(
         ids(&g.snapshot(true)),
         [("a".to_string(), 10.0), ("b".to_string(), 50.0)]
@@ -351,8 +351,8 @@ fn restored_versions_are_rebuilt_by_undoing_the_logged_changes() {
         geofence: g,
         at: None,
     };
-    g.register(change(1, "a", Some(c("a", 100.0))), Some(2_000), &mut out);
-    g.register(change(2, "b", Some(c("b", 1000.0))), Some(3_000), &mut out);
+    g.register_direct(change(1, "a", Some(c("a", 100.0))), Some(2_000), &mut out);
+    g.register_direct(change(2, "b", Some(c("b", 1000.0))), Some(3_000), &mut out);
     let snap = g.snapshot(true);
     assert_eq!((snap.latest, snap.log.len()), (2, 2));
     let fences = snap.geofences().unwrap();
@@ -550,7 +550,7 @@ fn an_interleaved_snapshot_holds_the_state_when_it_began() {
                         geofence: Some(added),
                         at: None,
                     };
-                    g.register(change, Some(1), &mut out);
+                    g.register_direct(change, Some(1), &mut out);
                     registered = true;
                 }
                 for _ in 0..next(40) {

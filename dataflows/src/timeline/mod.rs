@@ -43,7 +43,7 @@ use crate::tiers::WindowAcc;
 use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
 use fleetflow_types::records::{
-    source_name, DeadLetter, GeofenceChange, IncomingFix, Reason, Status, TierRow, VehicleState,
+    source_name, DeadLetter, IncomingFix, Reason, Status, TierRow, VehicleState,
 };
 use fleetflow_types::registry::VehicleRegistry;
 use fleetflow_types::time::{day_of, Millis};
@@ -575,12 +575,12 @@ impl Timelines {
     /// (its fixes before `T` are checked against the old geofences, later ones against the
     /// new), once its watermark reaches `T`; a vehicle whose watermark is already past `T`
     /// (a clock ahead of the fleet) or that is silent takes it at once.
-    pub fn register_change(&mut self, change: GeofenceChange, out: &mut Outputs) {
-        let at = change.at.unwrap_or(Millis::MIN);
-        let seq = change.seq;
+    /// (`at`: `None` before the job clock began.)
+    pub fn register_change(&mut self, seq: u64, at: Option<Millis>, out: &mut Outputs) {
         if self.cfg.finals {
-            out.finals.push(Finalized::Change { seq, at: change.at });
+            out.finals.push(Finalized::Change { seq, at });
         }
+        let at = at.unwrap_or(Millis::MIN);
         self.latest_change = self.latest_change.max(seq);
         self.changes.push_back(Change {
             seq,

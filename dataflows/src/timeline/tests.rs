@@ -294,12 +294,6 @@ fn a_vehicle_that_keeps_reporting_is_never_silent_however_far_behind() {
 fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
     let (mut t, _) = timelines();
     let mut out = Outputs::default();
-    let change = |seq| GeofenceChange {
-        seq,
-        id: "g".into(),
-        geofence: None,
-        at: Some(T0 + 100_000),
-    };
     t.set_clock(T0 + 100_000, &mut out);
     for k in 0..10 {
         t.offer(inc("a", T0 + 80_000 + k * 5_000, 52.0, Some(0.0)), &mut out);
@@ -307,7 +301,7 @@ fn a_geofence_change_takes_effect_at_its_time_in_each_vehicles_own_time() {
     // Ahead of the fleet: its watermark is past the change already.
     t.offer(inc("ahead", T0 + 3_600_000, 52.0, Some(0.0)), &mut out);
     let before = out.finals.len();
-    t.register_change(change(1), &mut out);
+    t.register_change(1, Some(T0 + 100_000), &mut out);
     assert_eq!(
         out.finals[before..],
         [
