@@ -4,7 +4,9 @@
 //! vehicle's own clock, implausible jumps, segments, three window tiers, vehicle state)
 //! for 100k fixes of 1,000 vehicles, moving the job clock and publishing every 5,000 fixes. `geofencing/{0,1000,100000}` is geofence
 //! membership and events for the same fixes with that many random geofences (50-500 m
-//! across over the generator's area).
+//! across over the generator's area). `fence_changes/{copy,layers}` makes 301 versions of
+//! a fence set of 100,000 geofences, one runtime change each, by copying the index (the
+//! reference) and by layers.
 
 mod common;
 
@@ -154,5 +156,44 @@ fn bench_geofencing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_geofencing);
+/// 301 runtime changes (each replacing one of 100,000 geofences) made into versions of
+/// the fence set: `copy` clones the whole index per change, as versions were made before
+/// the layers (the reference); `layers` is what geofencing does.
+fn bench_fence_changes(c: &mut Criterion) {
+    use fleetflow_dataflows::geofence::index::covering;
+    use fleetflow_dataflows::geofence::layers::FenceLayers;
+    use fleetflow_dataflows::geofence::FenceIndex;
+    let loaded = fleetflow_types::geofence::load(&common::fences(100_000), None).unwrap();
+    let fences: Vec<_> = loaded.geofences.into_iter().map(Arc::new).collect();
+    // More changes than a top layer holds, so that the layers fold once.
+    let changed: Vec<_> = fences.iter().step_by(333).cloned().collect();
+    let index = Arc::new(FenceIndex::new(fences));
+    let mut group = c.benchmark_group("fence_changes");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(changed.len() as u64));
+    group.bench_function("copy", |b| {
+        b.iter(|| {
+            let mut version = index.clone();
+            for g in &changed {
+                let mut next = (*version).clone();
+                next.remove(&g.id);
+                next.insert(g.clone());
+                version = Arc::new(next);
+            }
+            black_box(version.len())
+        })
+    });
+    group.bench_function("layers", |b| {
+        b.iter(|| {
+            let mut version = FenceLayers::new(index.clone());
+            for g in &changed {
+                version = version.changed(&g.id, true, Some(g.clone()), &covering(g));
+            }
+            black_box(version.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_geofencing, bench_fence_changes);
 criterion_main!(benches);

@@ -32,7 +32,8 @@
 //! batches of its changes carry a change's mark exactly when they carry the cells it
 //! moved. The lookups read geofencing's versions of the index (a grid of cells and an
 //! R-tree): the initial set indexed once and shared by the workers, and each later version
-//! made copy-on-write from the batch of its change. Geofence membership follows each
+//! made from the batch of its change as that base plus a small top layer of the changes
+//! since it ([`geofence::layers`]), folded into a new base every few hundred geofences. Geofence membership follows each
 //! vehicle's final fixes on the vehicle's worker.
 #![deny(missing_docs)]
 

@@ -231,8 +231,8 @@ struct Slot {
 
 /// Every geofence of the job, indexed by a cell covering and an R-tree.
 ///
-/// Cloning copies the whole index (a runtime change on a shared index does that once per
-/// worker).
+/// Cloning copies the whole index: versions of the fence set share one and layer the
+/// changes since it on top ([`super::layers`]), cloning only when they fold them in.
 ///
 /// Small geofences (the usual case: depots, stops, sites) are listed in each cell of a
 /// fixed lon/lat grid that their bounding box touches, so a lookup is one hash probe and a
@@ -265,6 +265,40 @@ impl FenceIndex {
     /// The geofences in force, by slot.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Geofence>> {
         self.slots.iter().flatten().map(|s| &s.fence)
+    }
+
+    /// The geofences in force with their slots.
+    pub fn iter_slots(&self) -> impl Iterator<Item = (u32, &Arc<Geofence>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| s.as_ref().map(|s| (k as u32, &s.fence)))
+    }
+
+    /// The slot the next id never placed here would get.
+    pub(crate) fn next_slot(&self) -> u32 {
+        self.slots.len().max(self.ids.len()) as u32
+    }
+
+    /// The slot `id` has or had here (it keeps it when removed).
+    pub(crate) fn assigned_slot(&self, id: &str) -> Option<u32> {
+        self.slot_of_id.get(id).copied()
+    }
+
+    /// Gives `id` slot `slot` (which no other id has) before it is placed, so that an index
+    /// made from layers keeps the slots they gave.
+    pub(crate) fn reserve_slot(&mut self, id: CompactString, slot: u32) {
+        debug_assert!(self
+            .ids
+            .get(slot as usize)
+            .is_none_or(|i| i.is_empty() || *i == id));
+        if self.ids.len() <= slot as usize {
+            self.polygons.resize_with(slot as usize + 1, || Rings::None);
+            self.ids
+                .resize_with(slot as usize + 1, CompactString::default);
+        }
+        self.ids[slot as usize] = id.clone();
+        self.slot_of_id.insert(id, slot);
     }
 
     /// An index over `fences` (the R-tree bulk loaded).
@@ -454,6 +488,12 @@ impl FenceIndex {
     /// ([`FenceIndex::id`] names them).
     pub fn containing(&self, lat: f64, lon: f64, tenant: &str, out: &mut Vec<u32>) {
         out.clear();
+        self.append_containing(lat, lon, tenant, out);
+        out.sort_unstable();
+    }
+
+    /// [`FenceIndex::containing`], appended to `out` in no particular order.
+    pub(crate) fn append_containing(&self, lat: f64, lon: f64, tenant: &str, out: &mut Vec<u32>) {
         let in_box = |b: &fleetflow_types::geofence::BBox| {
             lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
         };
@@ -505,6 +545,5 @@ impl FenceIndex {
                 test(e.data, out);
             }
         }
-        out.sort_unstable();
     }
 }

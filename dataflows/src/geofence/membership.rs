@@ -9,6 +9,7 @@
 
 use super::fences::FenceChange;
 use super::index::FenceIndex;
+use super::layers::FenceLayers;
 use super::{FixPoint, ViewUpdate};
 use crate::sliced::{write_slots, Frozen, Pass, Sliced, SnapshotBody};
 use fleetflow_runtime::checkpoint::Blob;
@@ -97,7 +98,8 @@ pub struct GeoOutputs {
 /// One version of the fence set: the set after change `seq`.
 struct Version {
     seq: u64,
-    index: Arc<FenceIndex>,
+    /// The base index (the first version's is shared by the workers) and the changes since.
+    index: FenceLayers,
     /// The change that made it from the version before, with the job clock it took effect
     /// at and the geofence it replaced or removed (`None` for the first version kept).
     made_by: Option<(GeofenceChange, Option<Millis>, Option<Arc<Geofence>>)>,
@@ -198,7 +200,7 @@ impl Geofencing {
         Geofencing {
             versions: VecDeque::from([Version {
                 seq: latest,
-                index,
+                index: FenceLayers::new(index),
                 made_by: None,
             }]),
             vehicles: Vec::new(),
@@ -331,7 +333,7 @@ impl Geofencing {
                 }
             }
         };
-        let mut index = index;
+        let mut index = FenceLayers::new(index);
         let mut versions: VecDeque<Version> = VecDeque::new();
         let mut seq = r.latest;
         for (_, (cseq, at, id, old, new)) in r.log.into_iter().rev().filter(|(s, _)| *s <= r.latest)
@@ -346,22 +348,18 @@ impl Geofencing {
                 geofence: new.clone(),
                 at,
             };
-            let before = {
-                let mut b = (*index).clone();
-                if new.is_some() {
-                    b.remove(&id);
-                }
-                if let Some(o) = &old {
-                    b.insert(o.clone());
-                }
-                b
-            };
+            // The change undone: the new version goes, the old one comes back.
+            let keys = old
+                .as_deref()
+                .map(super::index::covering)
+                .unwrap_or_default();
+            let before = index.changed(&id, new.is_some(), old.clone(), &keys);
             versions.push_front(Version {
                 seq: cseq,
                 index,
                 made_by: Some((change, at, old)),
             });
-            index = Arc::new(before);
+            index = before;
             seq = cseq - 1;
         }
         versions.push_front(Version {
@@ -469,7 +467,7 @@ impl Geofencing {
         debug_assert_eq!(state.id, p.vehicle_id, "slots are stable");
         debug_assert_eq!(state.version, p.version, "changes are taken in order");
         state.version = p.version;
-        let index: &FenceIndex = &version_of(versions, p.version).index;
+        let index: &FenceLayers = &version_of(versions, p.version).index;
         if index.is_empty() && state.inside.is_empty() {
             // No geofence anywhere: only the position matters (for later additions).
             state.lat = p.lat;
@@ -581,13 +579,10 @@ impl Geofencing {
             latest.index.slot_of(&change.id).map(|_| &change.id),
             "the retracted version is the one in force"
         );
-        let mut index = (*latest.index).clone();
-        if old.is_some() {
-            index.remove(&change.id);
-        }
-        if let Some(g) = &change.geofence {
-            index.insert_listed(g.clone(), &keys);
-        }
+        // Only the changes since the base are copied (see `layers`).
+        let index = latest
+            .index
+            .changed(&change.id, old.is_some(), change.geofence.clone(), &keys);
         out.view.push((
             ViewUpdate::Applied {
                 seq: change.seq,
@@ -597,7 +592,7 @@ impl Geofencing {
         ));
         self.versions.push_back(Version {
             seq: change.seq,
-            index: Arc::new(index),
+            index,
             made_by: Some((change, at, old)),
         });
         self.fences_frozen = None;

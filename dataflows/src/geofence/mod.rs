@@ -28,6 +28,8 @@
 //! - [`index`]: the geofences indexed by a cell covering (small ones) and an R-tree (large
 //!   ones), so a fix costs one cell scan plus an exact test of the few geofences whose box
 //!   holds it, however many geofences exist elsewhere.
+//! - [`layers`]: a version of the fence set as a shared base index and the changes since
+//!   it, so that a runtime change copies a few geofences, not the whole index.
 //! - [`membership`]: per vehicle, the position of its latest final fix and the visits in
 //!   progress (geofence, `entered_at`, dwell emitted): state grows with vehicles times the
 //!   geofences they are in, never with events.
@@ -54,6 +56,7 @@
 mod blocks;
 pub mod fences;
 pub mod index;
+pub mod layers;
 pub mod membership;
 
 pub use index::FenceIndex;
