@@ -10,7 +10,6 @@ use crate::operator::{render_timeline, route, CoreConfig, Progress};
 use crate::timeline::{Outputs, TimelineConfig, Timelines};
 use fleetflow_runtime::metrics::Metrics;
 use fleetflow_types::fix::Fix;
-use fleetflow_types::geofence::Geofence;
 use fleetflow_types::records::{
     GeofenceChange, GeofenceEvent, IncomingFix, InputReport, InputState, Reason,
 };
@@ -361,11 +360,7 @@ fn the_timeline_operator_equals_its_logic_however_interleaved_and_batched() {
     }
 }
 
-fn circle(id: &str, lat: f64, lon: f64, r: f64) -> Arc<Geofence> {
-    let f = serde_json::json!({"type": "Feature", "id": id, "properties": {"radius_m": r},
-        "geometry": {"type": "Point", "coordinates": [lon, lat]}});
-    Arc::new(Geofence::from_feature(&f, None, None, "#0").expect("a circle"))
-}
+use crate::geofence::test_circle as circle;
 
 /// Runs the geofence operator over `finals`, `per_epoch` items an epoch.
 fn run_geofences(

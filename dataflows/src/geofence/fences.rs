@@ -366,11 +366,7 @@ mod tests {
     use timely::dataflow::operators::capture::{Capture, Extract};
     use timely::dataflow::operators::Input;
 
-    fn circle(id: &str, lat: f64, lon: f64, r: f64) -> Arc<Geofence> {
-        let f = serde_json::json!({"type": "Feature", "id": id, "properties": {"radius_m": r},
-            "geometry": {"type": "Point", "coordinates": [lon, lat]}});
-        Arc::new(Geofence::from_feature(&f, None, None, "#0").expect("a circle"))
-    }
+    use crate::geofence::test_circle as circle;
 
     type Seen = (
         Vec<(u64, Vec<ChangeMark>)>,

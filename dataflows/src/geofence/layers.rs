@@ -230,11 +230,7 @@ mod tests {
     use super::*;
     use crate::geofence::index::covering;
 
-    fn circle(id: &str, lat: f64, lon: f64, r: f64) -> Arc<Geofence> {
-        let f = serde_json::json!({"type": "Feature", "id": id, "properties": {"radius_m": r},
-            "geometry": {"type": "Point", "coordinates": [lon, lat]}});
-        Arc::new(Geofence::from_feature(&f, None, None, "#0").expect("a circle"))
-    }
+    use crate::geofence::test_circle as circle;
 
     /// What a version answers at a few points, by id.
     fn answers(v: &FenceLayers, points: &[(f64, f64)]) -> Vec<Vec<String>> {

@@ -423,3 +423,18 @@ pub fn render_geofence_input<'scope>(
 
 #[cfg(test)]
 mod tests;
+
+/// A circular geofence of every tenant, for tests.
+#[cfg(test)]
+pub(crate) fn test_circle(
+    id: &str,
+    lat: f64,
+    lon: f64,
+    radius_m: f64,
+) -> Arc<fleetflow_types::geofence::Geofence> {
+    let f = serde_json::json!({"type": "Feature", "id": id, "properties": {"radius_m": radius_m},
+        "geometry": {"type": "Point", "coordinates": [lon, lat]}});
+    Arc::new(
+        fleetflow_types::geofence::Geofence::from_feature(&f, None, None, "#0").expect("a circle"),
+    )
+}
