@@ -343,6 +343,15 @@ fn change_geofence(addr: &str, method: &str, id: &str, body: Option<String>, wan
             Geofence::from_feature(&serde_json::from_str(&b).unwrap(), Some(id), None, id).unwrap()
         }),
         id: id.to_string(),
+        after_input: false,
+    }
+}
+
+/// [`change_geofence`] on a job serving after its file input ended.
+fn change_served(addr: &str, method: &str, id: &str, body: Option<String>, want: u16) -> Change {
+    Change {
+        after_input: true,
+        ..change_geofence(addr, method, id, body, want)
     }
 }
 
@@ -536,7 +545,7 @@ fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
 
     let mut changes = Vec::new();
     let mut change = |method: &str, id: &str, body: Option<String>, want: u16| {
-        let change = change_geofence(&addr, method, id, body, want);
+        let change = change_served(&addr, method, id, body, want);
         let at = change.at;
         changes.push(change);
         std::thread::sleep(Duration::from_millis(700));
@@ -581,4 +590,79 @@ fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
     assert!(body.contains("1500"), "the replaced depot: {body}");
     assert_eq!(http_get(&addr, "/v1/geofences/all").0, 404, "removed");
     interrupt(child, rest);
+}
+
+/// A circle of `radius_m` at `(lat, lon)`, as a request body.
+fn circle_at(lat: f64, lon: f64, radius_m: f64) -> String {
+    json!({"type": "Feature", "properties": {"radius_m": radius_m},
+        "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+    .to_string()
+}
+
+/// More runtime changes than a version of the fence set layers on its base (so that the
+/// layers fold into a new base at least once): the spec's geofences replaced, removed and
+/// added again, and new ones, on a served file job. The lake's events equal the reference.
+#[test]
+fn hundreds_of_runtime_changes_yield_the_events_of_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fleetflow_ok(
+        d,
+        &[
+            "generate",
+            "--vehicles",
+            "60",
+            "--duration",
+            "20m",
+            "--seed",
+            "4",
+            "--out",
+            "fleet.ndjson",
+        ],
+    );
+    let fences = random_fences(21, 120).to_string();
+    std::fs::write(d.join("fences.geojson"), &fences).unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"changes\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[geofences]\npath = \"fences.geojson\"\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let initial = load(&fences, None).unwrap().geofences;
+    let ids: Vec<String> = initial.iter().map(|g| g.id.to_string()).collect();
+    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    let lake = d.join("lake");
+    wait_for_input_ended(&lake, Duration::from_secs(120));
+
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+    let mut live: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    let mut changes = Vec::new();
+    for k in 0..400 {
+        let id = match k % 4 {
+            3 => format!("new{k}"),
+            _ => ids[rng.random_range(0..ids.len())].clone(),
+        };
+        if k % 4 == 2 && live.contains(&id) {
+            changes.push(change_served(&addr, "DELETE", &id, None, 200));
+            live.remove(&id);
+            continue;
+        }
+        let (lat, lon) = offset(
+            CENTER[0],
+            CENTER[1],
+            rng.random_range(-8_000.0..8_000.0),
+            rng.random_range(-8_000.0..8_000.0),
+        );
+        let body = circle_at(lat, lon, rng.random_range(300.0..3_000.0));
+        let want = if live.contains(&id) { 200 } else { 201 };
+        changes.push(change_served(&addr, "PUT", &id, Some(body), want));
+        live.insert(id);
+    }
+    let (_, body) = http_get(&addr, "/v1/geofences?limit=1000");
+    let listed = serde_json::from_str::<Value>(&body).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(listed, live.len(), "{body}");
+    interrupt(child, rest);
+    lake_events_match_the_reference(&lake, &initial, &changes);
 }

@@ -18,6 +18,11 @@ pub struct Change {
     pub id: String,
     /// The new definition, or `None` for a removal.
     pub fence: Option<Geofence>,
+    /// Made after the input ended (`--serve` after a file): every fix of the vehicle was
+    /// taken before it, those after `at` too (a vehicle whose clock is past a change's
+    /// time takes it at once, and events are never revised), so it applies after the last
+    /// fix, still at `at`.
+    pub after_input: bool,
 }
 
 /// What §5 says the job produces.
@@ -117,10 +122,13 @@ pub fn expected_geofences(
             }
         };
         // A change applies before the first fix at or after its time; the `None` at the end
-        // applies those after the last fix.
+        // applies those after the last fix (and those made after the input ended).
         for item in fixes.into_iter().map(Some).chain([None]) {
             let limit = item.map_or(i64::MAX, |f| f.ts);
-            while next_change < changes.len() && changes[next_change].at <= limit {
+            while next_change < changes.len()
+                && (item.is_none()
+                    || (!changes[next_change].after_input && changes[next_change].at <= limit))
+            {
                 apply(
                     &changes[next_change],
                     &mut out,
