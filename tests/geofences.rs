@@ -501,13 +501,15 @@ fn lake_events_match_the_reference(lake: &Path, initial: &[Geofence], changes: &
     got.len()
 }
 
-/// `--serve` after a file job keeps the dataflow alive: geofence changes through the API
-/// are taken (not refused), yield their events and occupancy, reach the lake and its
-/// checkpoint, and equal the reference; the job ends on SIGINT with exit 0.
-#[test]
-fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// In `d`: a generated fleet of 60 vehicles over 20 minutes (`seed`), the `geofences`
+/// (GeoJSON) and a 2-worker file job over them, run with `--serve` until the lake holds
+/// its whole input.
+fn serve_fleet(
+    d: &Path,
+    seed: u64,
+    geofences: &str,
+) -> (KillOnDrop, String, std::thread::JoinHandle<String>) {
+    let seed = seed.to_string();
     fleetflow_ok(
         d,
         &[
@@ -517,25 +519,36 @@ fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
             "--duration",
             "20m",
             "--seed",
-            "3",
+            &seed,
             "--out",
             "fleet.ndjson",
         ],
     );
+    std::fs::write(d.join("fences.geojson"), geofences).unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"served\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[geofences]\npath = \"fences.geojson\"\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let served = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    wait_for_input_ended(&d.join("lake"), Duration::from_secs(120));
+    served
+}
+
+/// `--serve` after a file job keeps the dataflow alive: geofence changes through the API
+/// are taken (not refused), yield their events and occupancy, reach the lake and its
+/// checkpoint, and equal the reference; the job ends on SIGINT with exit 0.
+#[test]
+fn after_a_file_job_serve_takes_geofence_changes_like_a_live_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let depot = format!(
         "{{\"type\":\"FeatureCollection\",\"features\":[{}]}}",
         json!({"type": "Feature", "id": "depot", "properties": {"radius_m": 3000.0},
             "geometry": {"type": "Point", "coordinates": [CENTER[1], CENTER[0]]}})
     );
-    std::fs::write(d.join("depot.geojson"), &depot).unwrap();
-    std::fs::write(
-        d.join("job.toml"),
-        "name = \"served\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[geofences]\npath = \"depot.geojson\"\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
-    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    let (child, addr, rest) = serve_fleet(d, 3, &depot);
     let lake = d.join("lake");
-    wait_for_input_ended(&lake, Duration::from_secs(120));
     let (_, body) = http_get(&addr, "/v1/vehicles?limit=1000");
     let vehicles = serde_json::from_str::<Value>(&body).unwrap()["items"]
         .as_array()
@@ -606,32 +619,11 @@ fn circle_at(lat: f64, lon: f64, radius_m: f64) -> String {
 fn hundreds_of_runtime_changes_yield_the_events_of_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    fleetflow_ok(
-        d,
-        &[
-            "generate",
-            "--vehicles",
-            "60",
-            "--duration",
-            "20m",
-            "--seed",
-            "4",
-            "--out",
-            "fleet.ndjson",
-        ],
-    );
     let fences = random_fences(21, 120).to_string();
-    std::fs::write(d.join("fences.geojson"), &fences).unwrap();
-    std::fs::write(
-        d.join("job.toml"),
-        "name = \"changes\"\nworkers = 2\n[source]\nkind = \"file\"\npath = \"fleet.ndjson\"\n[geofences]\npath = \"fences.geojson\"\ndwell_after = \"1m\"\n[lake]\nurl = \"file://./lake\"\ncheckpoint_interval = \"500ms\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
     let initial = load(&fences, None).unwrap().geofences;
     let ids: Vec<String> = initial.iter().map(|g| g.id.to_string()).collect();
-    let (child, addr, rest) = spawn_with_api(d, &["run", "job.toml", "--serve"]);
+    let (child, addr, rest) = serve_fleet(d, 4, &fences);
     let lake = d.join("lake");
-    wait_for_input_ended(&lake, Duration::from_secs(120));
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
     let mut live: std::collections::BTreeSet<String> = ids.iter().cloned().collect();

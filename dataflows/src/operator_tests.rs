@@ -390,7 +390,7 @@ fn run_geofences_with(
                 change_input.advance_to(change_input.time() + 1);
                 change_input.send(c);
             }
-            let fences = arrange_fences(change_stream, index.iter().cloned().collect());
+            let fences = arrange_fences(change_stream, &index);
             fences.stream.clone().probe_with(&fence_probe);
             let (events, _) = render_geofences(
                 stream,

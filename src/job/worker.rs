@@ -168,12 +168,7 @@ pub(super) fn build(worker: &mut timely::worker::Worker, plan: &WorkerPlan) {
         }
         // The fence set, arranged by cell on every worker: its batches carry the change
         // marks to the timeline and the versions' cells to geofencing.
-        let initial = if scope.index() == 0 {
-            fence_index.iter().cloned().collect()
-        } else {
-            Vec::new()
-        };
-        let fences = arrange_fences(changes, initial);
+        let fences = arrange_fences(changes, &fence_index);
         let core = render_timeline(
             source.fixes,
             source.reports,

@@ -35,7 +35,7 @@
 //!   ([`FenceChange`]): the initial index plus the accumulated changes. The trace is not
 //!   kept: geofencing's versions of the index are the state the lookups read.
 
-use super::index::covering;
+use super::index::{covering, FenceIndex};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
@@ -135,17 +135,22 @@ pub type FenceSpan = SpanOf<TraceAgent<FenceSpine>>;
 
 type Update<D> = (D, u64, isize);
 
-/// Defines the fence set by id from `initial` at time 0 and the runtime `changes` (the
+/// Defines the fence set by id from the geofences of `initial` (the index in force at the
+/// start, read on worker 0) at time 0 and the runtime `changes` (the
 /// broadcast change stream: every worker holds every change, worker 0's copy defines the
 /// collection) at their epochs, which are at least 1 and hold one change each, and
 /// arranges its changes since the start by cell on every worker. See the module docs.
 pub fn arrange_fences<'scope>(
     changes: Stream<'scope, u64, Vec<GeofenceChange>>,
-    initial: Vec<Arc<Geofence>>,
+    initial: &FenceIndex,
 ) -> FenceArrangement<'scope> {
     let scope = changes.scope();
     let defines = scope.index() == 0;
-    let mut initial = if defines { initial } else { Vec::new() };
+    let mut initial: Vec<Arc<Geofence>> = if defines {
+        initial.iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     let upserts = changes
         .clone()
         .unary(Pipeline, "Fences as upserts", move |cap, info| {
@@ -383,7 +388,7 @@ mod tests {
             let got_w = got.clone();
             let (mut input, marks) = worker.dataflow::<u64, _, _>(move |scope| {
                 let (input, stream) = scope.new_input::<Vec<GeofenceChange>>();
-                let fences = arrange_fences(stream, initial);
+                let fences = arrange_fences(stream, &FenceIndex::new(initial));
                 let marks = change_marks(&fences).capture();
                 fences.stream.sink(Pipeline, "Read", move |(input, _)| {
                     input.for_each(|_, spans| changes_in(spans, &mut got_w.borrow_mut()));

@@ -84,10 +84,14 @@ impl FenceLayers {
             }
         }
         if let Some(g) = geofence {
+            debug_assert!(
+                retract || self.slot_of(&g.id).is_none(),
+                "a geofence in force is retracted before its new version comes in"
+            );
             let global = match self
                 .base
                 .assigned_slot(&g.id)
-                .or(top.fresh.get(&g.id).copied())
+                .or_else(|| top.fresh.get(&g.id).copied())
             {
                 Some(s) => s,
                 None => {
@@ -97,10 +101,6 @@ impl FenceLayers {
                     s
                 }
             };
-            if let Some(s) = self.base.slot_of(&g.id) {
-                // Replaced in the top while in force in the base.
-                top.hidden.insert(s);
-            }
             let local = top.index.insert_listed(g, keys);
             if top.global.len() <= local as usize {
                 top.global.resize(local as usize + 1, u32::MAX);
